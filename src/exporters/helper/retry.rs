@@ -1,0 +1,88 @@
+//! Exponential backoff as a tower retry policy.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tower::BoxError;
+use tower::retry::Policy;
+
+use super::{Encoded, RetryConfig, SendError};
+
+/// Retries retryable failures (and per-attempt timeouts) with exponential backoff,
+/// until `max_elapsed_time` or the pipeline's drain deadline.
+#[derive(Clone)]
+pub struct BackoffPolicy {
+    cfg: RetryConfig,
+    next: Duration,
+    first_failure: Option<Instant>,
+    deadline: CancellationToken,
+    exporter: String,
+}
+
+impl BackoffPolicy {
+    pub fn new(cfg: RetryConfig, deadline: CancellationToken, exporter: String) -> Self {
+        BackoffPolicy {
+            next: cfg.initial_interval,
+            cfg,
+            first_failure: None,
+            deadline,
+            exporter,
+        }
+    }
+
+    fn jittered(&self, d: Duration) -> Duration {
+        let f = self.cfg.randomization_factor;
+        if f == 0.0 {
+            return d;
+        }
+        d.mul_f64(1.0 - f + 2.0 * f * fastrand::f64())
+    }
+}
+
+/// Whether an error from the timeout-wrapped sender is worth retrying.
+fn retryable(e: &BoxError) -> bool {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        return true;
+    }
+    matches!(e.downcast_ref::<SendError>(), Some(SendError::Retryable(_)))
+}
+
+impl Policy<Encoded, (), BoxError> for BackoffPolicy {
+    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn retry(
+        &mut self,
+        _req: &mut Encoded,
+        result: &mut Result<(), BoxError>,
+    ) -> Option<Self::Future> {
+        let Err(e) = result else { return None };
+        if !self.cfg.enabled || !retryable(e) || self.deadline.is_cancelled() {
+            return None;
+        }
+        let first = *self.first_failure.get_or_insert_with(Instant::now);
+        let wait = self.jittered(self.next);
+        let max = self.cfg.max_elapsed_time;
+        if !max.is_zero() && first.elapsed() + wait > max {
+            tracing::warn!(exporter = %self.exporter, error = %e, "giving up after retrying for {:?} (retry_on_failure.max_elapsed_time)", first.elapsed());
+            return None;
+        }
+        tracing::warn!(exporter = %self.exporter, error = %e, "export failed; retrying in {wait:?}");
+        self.next = self
+            .next
+            .mul_f64(self.cfg.multiplier)
+            .min(self.cfg.max_interval);
+        let deadline = self.deadline.clone();
+        Some(Box::pin(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = deadline.cancelled() => {}
+            }
+        }))
+    }
+
+    fn clone_request(&mut self, req: &Encoded) -> Option<Encoded> {
+        Some(req.clone())
+    }
+}

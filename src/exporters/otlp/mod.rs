@@ -1,0 +1,44 @@
+//! `otlp` exporter: sends profiles to another collector or a backend over OTLP/gRPC,
+//! with retry, timeout and a sending queue from [`crate::exporters::helper`].
+
+mod config;
+mod sender;
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+
+pub use config::{Compression, OtlpExporterConfig, TlsConfig};
+
+use crate::config::parse_component;
+use crate::exporters::helper;
+use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
+
+pub fn factory() -> ExporterFactory {
+    ExporterFactory {
+        type_name: "otlp",
+        description: "sends OTLP profiles over gRPC with retry, timeout and a sending queue",
+        create: |_, v| Ok(Box::new(OtlpExporter { cfg: parse_component(v)? })),
+    }
+}
+
+pub struct OtlpExporter {
+    cfg: OtlpExporterConfig,
+}
+
+#[async_trait]
+impl Exporter for OtlpExporter {
+    async fn start(self: Box<Self>, ctx: Context, input: Input) -> Result<JoinHandle<()>, StartError> {
+        let cfg = self.cfg;
+        // Connects lazily: a backend that is down at start is retried like any other failure.
+        let sender = sender::GrpcSender::new(&cfg)?;
+        tracing::info!(exporter = %ctx.id, endpoint = %cfg.endpoint, "OTLP exporter ready");
+        Ok(tokio::spawn(helper::run(
+            ctx,
+            input,
+            sender,
+            cfg.timeout,
+            cfg.retry_on_failure,
+            cfg.sending_queue,
+        )))
+    }
+}

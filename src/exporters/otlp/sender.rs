@@ -1,0 +1,142 @@
+//! One `ProfilesService/Export` call with an already-encoded request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::{Compression, OtlpExporterConfig};
+use crate::exporters::helper::{Encoded, SendError};
+use crate::otlp::collector::ExportProfilesServiceResponse;
+
+const PATH: &str = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
+
+/// Sends pre-encoded protobuf bytes, so a retried request is not encoded again.
+#[derive(Clone, Default)]
+struct BytesCodec;
+
+struct BytesEncoder;
+struct ResponseDecoder;
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = ExportProfilesServiceResponse;
+    type Encoder = BytesEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        ResponseDecoder
+    }
+}
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for ResponseDecoder {
+    type Item = ExportProfilesServiceResponse;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        let n = src.remaining();
+        ExportProfilesServiceResponse::decode(src.copy_to_bytes(n))
+            .map(Some)
+            .map_err(|e| Status::internal(format!("undecodable export response: {e}")))
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct GrpcSender {
+    grpc: tonic::client::Grpc<Channel>,
+    headers: Arc<Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>>,
+}
+
+impl GrpcSender {
+    pub(super) fn new(cfg: &OtlpExporterConfig) -> Result<Self, crate::pipeline::StartError> {
+        let endpoint = Endpoint::from_shared(cfg.uri())
+            .map_err(|e| format!("invalid endpoint `{}`: {e}", cfg.endpoint))?
+            .connect_timeout(cfg.timeout);
+        let mut grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
+        grpc = match cfg.compression {
+            Compression::Gzip => grpc.send_compressed(CompressionEncoding::Gzip),
+            Compression::Zstd => grpc.send_compressed(CompressionEncoding::Zstd),
+            Compression::None => grpc,
+        }
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd);
+        let headers = cfg
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+            .collect();
+        Ok(GrpcSender {
+            grpc,
+            headers: Arc::new(headers),
+        })
+    }
+}
+
+/// The collector's classification of gRPC codes.
+fn classify(status: &Status) -> SendError {
+    let msg = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => SendError::Retryable(msg),
+        _ => SendError::Permanent(msg),
+    }
+}
+
+impl tower::Service<Encoded> for GrpcSender {
+    type Response = ();
+    type Error = SendError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), SendError>> {
+        // Readiness of the channel is awaited inside `call`, so connection errors are
+        // classified (and retried) like any other failure.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, item: Encoded) -> Self::Future {
+        let mut grpc = self.grpc.clone();
+        let headers = self.headers.clone();
+        Box::pin(async move {
+            grpc.ready()
+                .await
+                .map_err(|e| SendError::Retryable(format!("cannot connect: {e}")))?;
+            let mut req = tonic::Request::new(item.bytes);
+            for (k, v) in headers.iter() {
+                req.metadata_mut().insert(k.clone(), v.clone());
+            }
+            let path = http::uri::PathAndQuery::from_static(PATH);
+            let resp = grpc
+                .unary(req, path, BytesCodec)
+                .await
+                .map_err(|s| classify(&s))?;
+            if let Some(p) = resp.into_inner().partial_success
+                && p.rejected_profiles > 0
+            {
+                tracing::warn!(rejected = p.rejected_profiles, message = %p.error_message, "backend rejected part of a request");
+            }
+            Ok(())
+        })
+    }
+}

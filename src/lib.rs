@@ -1,0 +1,14 @@
+//! Stackline: a continuous-profiling collector in the mould of the OpenTelemetry Collector.
+//!
+//! Configuration ([`config`]) describes receivers, processors and exporters and the
+//! pipelines that connect them; [`pipeline`] builds and runs that graph; [`otlp`]
+//! holds the data model and the dictionary operations every component uses.
+
+pub mod config;
+pub mod exporters;
+pub mod otlp;
+pub mod pipeline;
+pub mod processors;
+pub mod receivers;
+pub mod service;
+pub mod telemetry;

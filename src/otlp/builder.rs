@@ -1,0 +1,396 @@
+//! Re-interning dictionaries: the engine behind [`merge`] and [`split`].
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use prost::Message;
+
+use super::check::check;
+use super::profiles::{
+    Function, KeyValueAndUnit, Link, Location, Mapping, Profile, ProfilesDictionary,
+    ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
+};
+use super::{IndexError, ProfilesRequest, sample_count};
+
+/// Interns table entries by their protobuf encoding: prost encodes deterministically,
+/// and several entry types hold floats (in `AnyValue`) so they cannot derive `Hash`.
+#[derive(Default)]
+struct Table<T> {
+    entries: Vec<T>,
+    index: HashMap<Vec<u8>, i32>,
+}
+
+impl<T: Message + Default> Table<T> {
+    fn new() -> Self {
+        let mut t = Table {
+            entries: Vec::new(),
+            index: HashMap::new(),
+        };
+        // Index 0 is the zero value, whose encoding is empty.
+        t.entries.push(T::default());
+        t.index.insert(Vec::new(), 0);
+        t
+    }
+    fn intern(&mut self, entry: T) -> i32 {
+        let key = entry.encode_to_vec();
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        let i = self.entries.len() as i32;
+        self.entries.push(entry);
+        self.index.insert(key, i);
+        i
+    }
+}
+
+/// Per-import memo from a source dictionary's indices to the builder's (-1 = not yet seen).
+struct Memo<'a> {
+    src: &'a ProfilesDictionary,
+    strings: Vec<i32>,
+    attributes: Vec<i32>,
+    mappings: Vec<i32>,
+    functions: Vec<i32>,
+    locations: Vec<i32>,
+    stacks: Vec<i32>,
+    links: Vec<i32>,
+}
+
+impl<'a> Memo<'a> {
+    fn new(src: &'a ProfilesDictionary) -> Self {
+        Memo {
+            src,
+            strings: vec![-1; src.string_table.len()],
+            attributes: vec![-1; src.attribute_table.len()],
+            mappings: vec![-1; src.mapping_table.len()],
+            functions: vec![-1; src.function_table.len()],
+            locations: vec![-1; src.location_table.len()],
+            stacks: vec![-1; src.stack_table.len()],
+            links: vec![-1; src.link_table.len()],
+        }
+    }
+}
+
+/// Looks up a memoized index. Index 0 always maps to 0 (the zero value); an index the
+/// memo does not cover (only possible for unchecked input) also maps to 0.
+fn memo_slot(memo: &[i32], i: i32) -> Option<(usize, i32)> {
+    if i <= 0 {
+        return None;
+    }
+    let u = i as usize;
+    memo.get(u).map(|&v| (u, v))
+}
+
+/// Builds one request with one deduplicated dictionary out of parts of other requests.
+pub struct DictionaryBuilder {
+    strings: HashMap<String, i32>,
+    string_table: Vec<String>,
+    attributes: Table<KeyValueAndUnit>,
+    mappings: Table<Mapping>,
+    functions: Table<Function>,
+    locations: Table<Location>,
+    stacks: Table<Stack>,
+    links: Table<Link>,
+    resources: Vec<ResourceProfiles>,
+    /// (resource, schema_url) encoding → index in `resources`, so equal resources merge.
+    resource_index: HashMap<Vec<u8>, usize>,
+    samples: u64,
+}
+
+impl Default for DictionaryBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+macro_rules! remap {
+    ($self:ident, $memo:ident, $field:ident, $i:expr, $make:expr) => {{
+        match memo_slot(&$memo.$field, $i) {
+            None => 0,
+            Some((_, v)) if v >= 0 => v,
+            Some((u, _)) => {
+                let src = $memo.src;
+                let entry = $make(src, u);
+                let v = $self.$field.intern(entry);
+                $memo.$field[u] = v;
+                v
+            }
+        }
+    }};
+}
+
+impl DictionaryBuilder {
+    pub fn new() -> Self {
+        let mut strings = HashMap::new();
+        strings.insert(String::new(), 0);
+        DictionaryBuilder {
+            strings,
+            string_table: vec![String::new()],
+            attributes: Table::new(),
+            mappings: Table::new(),
+            functions: Table::new(),
+            locations: Table::new(),
+            stacks: Table::new(),
+            links: Table::new(),
+            resources: Vec::new(),
+            resource_index: HashMap::new(),
+            samples: 0,
+        }
+    }
+
+    /// Samples imported so far.
+    pub fn sample_count(&self) -> u64 {
+        self.samples
+    }
+
+    /// Interns a string into the output string table.
+    pub fn intern_string(&mut self, s: &str) -> i32 {
+        if let Some(&i) = self.strings.get(s) {
+            return i;
+        }
+        let i = self.string_table.len() as i32;
+        self.string_table.push(s.to_owned());
+        self.strings.insert(s.to_owned(), i);
+        i
+    }
+
+    fn string(&mut self, m: &mut Memo, i: i32) -> i32 {
+        match memo_slot(&m.strings, i) {
+            None => 0,
+            Some((_, v)) if v >= 0 => v,
+            Some((u, _)) => {
+                let v = self.intern_string(&m.src.string_table[u]);
+                m.strings[u] = v;
+                v
+            }
+        }
+    }
+
+    fn attribute_list(&mut self, m: &mut Memo, list: &[i32]) -> Vec<i32> {
+        list.iter().map(|&a| self.attribute(m, a)).collect()
+    }
+
+    fn attribute(&mut self, m: &mut Memo, i: i32) -> i32 {
+        remap!(self, m, attributes, i, |src: &ProfilesDictionary, u: usize| {
+            let a = &src.attribute_table[u];
+            KeyValueAndUnit {
+                key_strindex: self.string(m, a.key_strindex),
+                value: a.value.clone(),
+                unit_strindex: self.string(m, a.unit_strindex),
+            }
+        })
+    }
+
+    fn mapping(&mut self, m: &mut Memo, i: i32) -> i32 {
+        remap!(self, m, mappings, i, |src: &ProfilesDictionary, u: usize| {
+            let src = &src.mapping_table[u];
+            Mapping {
+                memory_start: src.memory_start,
+                memory_limit: src.memory_limit,
+                file_offset: src.file_offset,
+                filename_strindex: self.string(m, src.filename_strindex),
+                attribute_indices: self.attribute_list(m, &src.attribute_indices),
+            }
+        })
+    }
+
+    fn function(&mut self, m: &mut Memo, i: i32) -> i32 {
+        remap!(self, m, functions, i, |src: &ProfilesDictionary, u: usize| {
+            let f = &src.function_table[u];
+            Function {
+                name_strindex: self.string(m, f.name_strindex),
+                system_name_strindex: self.string(m, f.system_name_strindex),
+                filename_strindex: self.string(m, f.filename_strindex),
+                start_line: f.start_line,
+            }
+        })
+    }
+
+    fn location(&mut self, m: &mut Memo, i: i32) -> i32 {
+        remap!(self, m, locations, i, |src: &ProfilesDictionary, u: usize| {
+            let l = &src.location_table[u];
+            Location {
+                mapping_index: self.mapping(m, l.mapping_index),
+                address: l.address,
+                lines: l
+                    .lines
+                    .iter()
+                    .map(|line| super::profiles::Line {
+                        function_index: self.function(m, line.function_index),
+                        line: line.line,
+                        column: line.column,
+                    })
+                    .collect(),
+                attribute_indices: self.attribute_list(m, &l.attribute_indices),
+            }
+        })
+    }
+
+    fn stack(&mut self, m: &mut Memo, i: i32) -> i32 {
+        remap!(self, m, stacks, i, |src: &ProfilesDictionary, u: usize| {
+            let s = &src.stack_table[u];
+            Stack {
+                location_indices: s
+                    .location_indices
+                    .iter()
+                    .map(|&l| self.location(m, l))
+                    .collect(),
+            }
+        })
+    }
+
+    fn link(&mut self, m: &mut Memo, i: i32) -> i32 {
+        remap!(self, m, links, i, |src: &ProfilesDictionary, u: usize| src.link_table[u].clone())
+    }
+
+    fn value_type(&mut self, m: &mut Memo, vt: &Option<ValueType>) -> Option<ValueType> {
+        vt.as_ref().map(|vt| ValueType {
+            type_strindex: self.string(m, vt.type_strindex),
+            unit_strindex: self.string(m, vt.unit_strindex),
+        })
+    }
+
+    /// Adds all of `req` to the output.
+    pub fn import(&mut self, req: &ProfilesRequest) -> Result<(), IndexError> {
+        self.import_range(req, None)
+    }
+
+    /// Adds `req` to the output, keeping only the samples whose ordinal (counted across
+    /// the whole request in order) lies in `range`; profiles left without samples are
+    /// dropped when a range is given. The request is checked first, so bad input is an
+    /// error rather than a wrong result.
+    fn import_range(
+        &mut self,
+        req: &ProfilesRequest,
+        range: Option<Range<u64>>,
+    ) -> Result<(), IndexError> {
+        check(req)?;
+        let empty = ProfilesDictionary::default();
+        let mut m = Memo::new(req.dictionary.as_ref().unwrap_or(&empty));
+        let mut ordinal = 0u64;
+        for rp in &req.resource_profiles {
+            let mut scopes = Vec::with_capacity(rp.scope_profiles.len());
+            for sp in &rp.scope_profiles {
+                let mut profiles = Vec::with_capacity(sp.profiles.len());
+                for p in &sp.profiles {
+                    let mut samples = Vec::new();
+                    for s in &p.samples {
+                        let keep = range.as_ref().is_none_or(|r| r.contains(&ordinal));
+                        ordinal += 1;
+                        if !keep {
+                            continue;
+                        }
+                        samples.push(Sample {
+                            stack_index: self.stack(&mut m, s.stack_index),
+                            attribute_indices: self.attribute_list(&mut m, &s.attribute_indices),
+                            link_index: self.link(&mut m, s.link_index),
+                            values: s.values.clone(),
+                            timestamps_unix_nano: s.timestamps_unix_nano.clone(),
+                        });
+                    }
+                    if range.is_some() && samples.is_empty() {
+                        continue;
+                    }
+                    self.samples += samples.len() as u64;
+                    profiles.push(Profile {
+                        sample_type: self.value_type(&mut m, &p.sample_type),
+                        samples,
+                        time_unix_nano: p.time_unix_nano,
+                        duration_nano: p.duration_nano,
+                        period_type: self.value_type(&mut m, &p.period_type),
+                        period: p.period,
+                        profile_id: p.profile_id.clone(),
+                        dropped_attributes_count: p.dropped_attributes_count,
+                        original_payload_format: p.original_payload_format.clone(),
+                        original_payload: p.original_payload.clone(),
+                        attribute_indices: self.attribute_list(&mut m, &p.attribute_indices),
+                    });
+                }
+                if range.is_some() && profiles.is_empty() {
+                    continue;
+                }
+                scopes.push(ScopeProfiles {
+                    scope: sp.scope.clone(),
+                    profiles,
+                    schema_url: sp.schema_url.clone(),
+                });
+            }
+            if range.is_some() && scopes.is_empty() {
+                continue;
+            }
+            self.add_resource(rp, scopes);
+        }
+        Ok(())
+    }
+
+    /// Appends scopes to the output resource equal to `rp`'s, creating it if needed;
+    /// scopes equal to one already there are merged into it.
+    fn add_resource(&mut self, rp: &ResourceProfiles, scopes: Vec<ScopeProfiles>) {
+        let mut key = rp.resource.as_ref().map(Message::encode_to_vec).unwrap_or_default();
+        key.extend_from_slice(rp.schema_url.as_bytes());
+        let idx = *self.resource_index.entry(key).or_insert_with(|| {
+            self.resources.push(ResourceProfiles {
+                resource: rp.resource.clone(),
+                scope_profiles: Vec::new(),
+                schema_url: rp.schema_url.clone(),
+            });
+            self.resources.len() - 1
+        });
+        let out = &mut self.resources[idx].scope_profiles;
+        for sp in scopes {
+            match out
+                .iter_mut()
+                .find(|o| o.scope == sp.scope && o.schema_url == sp.schema_url)
+            {
+                Some(o) => o.profiles.extend(sp.profiles),
+                None => out.push(sp),
+            }
+        }
+    }
+
+    /// The merged request.
+    pub fn finish(self) -> ProfilesRequest {
+        ProfilesRequest {
+            resource_profiles: self.resources,
+            dictionary: Some(ProfilesDictionary {
+                mapping_table: self.mappings.entries,
+                location_table: self.locations.entries,
+                function_table: self.functions.entries,
+                link_table: self.links.entries,
+                string_table: self.string_table,
+                attribute_table: self.attributes.entries,
+                stack_table: self.stacks.entries,
+            }),
+        }
+    }
+}
+
+/// Merges requests into one whose dictionary has no duplicate entries.
+/// Fails on the first request whose indices are out of range.
+pub fn merge<'a>(
+    reqs: impl IntoIterator<Item = &'a ProfilesRequest>,
+) -> Result<ProfilesRequest, IndexError> {
+    let mut b = DictionaryBuilder::new();
+    for r in reqs {
+        b.import(r)?;
+    }
+    Ok(b.finish())
+}
+
+/// Splits a request into requests of at most `max_samples` samples each (0 = no limit),
+/// in sample order, each with a dictionary that holds only what its samples reference.
+pub fn split(req: ProfilesRequest, max_samples: u64) -> Result<Vec<ProfilesRequest>, IndexError> {
+    let total = sample_count(&req);
+    if max_samples == 0 || total <= max_samples {
+        return Ok(vec![req]);
+    }
+    let mut out = Vec::with_capacity(total.div_ceil(max_samples) as usize);
+    let mut start = 0;
+    while start < total {
+        let end = (start + max_samples).min(total);
+        let mut b = DictionaryBuilder::new();
+        b.import_range(&req, Some(start..end))?;
+        out.push(b.finish());
+        start = end;
+    }
+    Ok(out)
+}

@@ -1,0 +1,44 @@
+//! The whole flow of data, in one folder.
+//!
+//! ```text
+//!  receivers ──▶ processors (one instance per pipeline) ──▶ fanout ──▶ exporters
+//! ```
+//! - [`registry`]: component factories by type, and the traits every component implements.
+//! - [`graph`]: builds the component graph from the configuration (reporting every
+//!   error at once), starts it exporters → processors → receivers, and stops it
+//!   receivers first, letting everything in flight drain.
+//! - [`channel`]: the bounded channels between stages and the fanout. A full channel
+//!   makes the sender wait, so a slow exporter slows its pipeline instead of growing memory.
+//!
+//! Data is an OTLP [`ProfilesRequest`](crate::otlp::ProfilesRequest) with its own dictionary.
+//! Draining works by dropping senders: when receivers stop, their fanouts drop, each
+//! processor sees its input end, flushes and drops its own fanout, and so on down to
+//! the exporters. Past `service.shutdown_timeout` the [`Context::deadline`] token fires
+//! and components count whatever they still hold as dropped.
+
+pub mod channel;
+pub mod graph;
+pub mod registry;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ComponentId;
+use crate::telemetry::HealthReporter;
+
+pub use channel::{Fanout, Input};
+pub use graph::{Graph, Running};
+pub use registry::{
+    Exporter, ExporterFactory, Factories, Processor, ProcessorFactory, Receiver, ReceiverFactory,
+    StartError,
+};
+
+/// What a running component gets from the pipeline.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub id: ComponentId,
+    pub health: HealthReporter,
+    /// Fires when receivers must stop accepting data (SIGINT/SIGTERM).
+    pub shutdown: CancellationToken,
+    /// Fires when the drain time is over: stop retrying and count what is left as dropped.
+    pub deadline: CancellationToken,
+}

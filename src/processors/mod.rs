@@ -1,0 +1,3 @@
+//! Processors: per-pipeline stages between receivers and exporters.
+
+pub mod batch;

@@ -1,0 +1,3 @@
+//! Receivers: where profiles enter a pipeline.
+
+pub mod otlp;

@@ -1,0 +1,79 @@
+//! Settings of the `otlp` receiver.
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Validate};
+
+/// `receivers.otlp`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpReceiverConfig {
+    pub protocols: Protocols,
+}
+
+/// `receivers.otlp.protocols`: only gRPC is served for now.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Protocols {
+    /// The gRPC server (`opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export`).
+    pub grpc: GrpcConfig,
+}
+
+/// `receivers.otlp.protocols.grpc`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// `host:port` to listen on. Default `127.0.0.1:4317`; use `0.0.0.0:4317` to accept
+    /// from other hosts (e.g. as a gateway behind a Kubernetes Service).
+    pub endpoint: String,
+    /// Largest request accepted, in MiB, after decompression. Default 32.
+    pub max_recv_msg_size_mib: u64,
+}
+
+impl Default for OtlpReceiverConfig {
+    fn default() -> Self {
+        OtlpReceiverConfig {
+            protocols: Protocols::default(),
+        }
+    }
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Protocols {
+            grpc: GrpcConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            endpoint: "127.0.0.1:4317".into(),
+            max_recv_msg_size_mib: 32,
+        }
+    }
+}
+
+impl Validate for OtlpReceiverConfig {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let g = &self.protocols.grpc;
+        if crate::config::units::parse_endpoint(&g.endpoint).is_none() {
+            errs.push(ConfigError::new(
+                "protocols.grpc.endpoint",
+                format!("`{}` is not a `host:port` address", g.endpoint),
+            ));
+        }
+        if g.max_recv_msg_size_mib == 0 || g.max_recv_msg_size_mib > 2048 {
+            errs.push(ConfigError::new(
+                "protocols.grpc.max_recv_msg_size_mib",
+                format!(
+                    "{} is out of range; give a size in MiB from 1 to 2048",
+                    g.max_recv_msg_size_mib
+                ),
+            ));
+        }
+        errs
+    }
+}

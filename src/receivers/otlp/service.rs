@@ -1,0 +1,97 @@
+//! The gRPC `ProfilesService/Export` server.
+
+use metrics::Counter;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use super::GrpcConfig;
+use crate::otlp::collector::profiles_service_server::{ProfilesService, ProfilesServiceServer};
+use crate::otlp::collector::{ExportProfilesServiceRequest, ExportProfilesServiceResponse};
+use crate::otlp::{check, sample_count};
+use crate::pipeline::{Context, Fanout, StartError};
+use crate::telemetry::names;
+
+struct Service {
+    out: Fanout,
+    accepted: Counter,
+    refused: Counter,
+}
+
+#[tonic::async_trait]
+impl ProfilesService for Service {
+    async fn export(
+        &self,
+        request: Request<ExportProfilesServiceRequest>,
+    ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
+        let req = request.into_inner();
+        let samples = sample_count(&req);
+        if let Err(e) = check(&req) {
+            self.refused.increment(samples);
+            return Err(Status::invalid_argument(format!(
+                "request refused, nothing was accepted: {e}"
+            )));
+        }
+        if samples == 0 {
+            return Ok(Response::new(ExportProfilesServiceResponse::default()));
+        }
+        // Waits while the pipeline is full: back-pressure reaches the client as latency.
+        match self.out.send(req).await {
+            Ok(()) => {
+                self.accepted.increment(samples);
+                Ok(Response::new(ExportProfilesServiceResponse::default()))
+            }
+            Err(e) => {
+                self.refused.increment(samples);
+                Err(Status::unavailable(format!(
+                    "the pipeline is shutting down: {e}; retry against another instance"
+                )))
+            }
+        }
+    }
+}
+
+pub(super) async fn serve(
+    cfg: GrpcConfig,
+    ctx: Context,
+    out: Fanout,
+) -> Result<JoinHandle<()>, StartError> {
+    let listener = TcpListener::bind(&cfg.endpoint).await.map_err(|e| {
+        format!(
+            "cannot listen on {} (receivers.{}.protocols.grpc.endpoint): {e}",
+            cfg.endpoint, ctx.id
+        )
+    })?;
+    let local = listener.local_addr()?;
+    let id = ctx.id.to_string();
+    let labels = [("receiver", id.clone()), ("transport", "grpc".to_owned())];
+    let svc = Service {
+        out,
+        accepted: metrics::counter!(names::RECEIVER_ACCEPTED, &labels),
+        refused: metrics::counter!(names::RECEIVER_REFUSED, &labels),
+    };
+    let max = (cfg.max_recv_msg_size_mib as usize) << 20;
+    let server = ProfilesServiceServer::new(svc)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max);
+    tracing::info!(receiver = %id, endpoint = %local, "OTLP gRPC receiver listening");
+    ctx.health.running();
+    let shutdown = ctx.shutdown.clone();
+    Ok(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+            .await;
+        if let Err(e) = result {
+            ctx.health.unhealthy(format!("gRPC server failed: {e}"));
+            tracing::error!(receiver = %id, error = %e, "OTLP gRPC server failed");
+        } else {
+            ctx.health.stopping();
+        }
+        // `svc` (and with it the fanout) is dropped here, letting the pipeline drain.
+    }))
+}

@@ -1,0 +1,73 @@
+//! Running the collector: configuration → telemetry → graph → wait for a signal → drain.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigErrors, MetricsLevel};
+use crate::pipeline::{Factories, Graph};
+use crate::telemetry::{self, Health};
+
+/// The configuration used when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.yaml");
+
+/// Loads the given files, or the built-in default when there are none.
+pub fn load_config(files: &[PathBuf]) -> Result<Config, ConfigErrors> {
+    if files.is_empty() {
+        Config::from_yaml("<built-in default config>", DEFAULT_CONFIG)
+    } else {
+        Config::load(files)
+    }
+}
+
+/// Loads and validates everything `run` would, without starting anything.
+pub fn validate(files: &[PathBuf]) -> Result<Vec<String>, ConfigErrors> {
+    let cfg = load_config(files)?;
+    Graph::build(&cfg, &Factories::builtin()).map(|g| g.warnings)
+}
+
+/// Runs until SIGINT or SIGTERM, then drains.
+pub async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
+    let cfg = load_config(files)?;
+    telemetry::init_logs(&cfg.service.telemetry.logs.level);
+    let graph = Graph::build(&cfg, &Factories::builtin())?;
+    for w in &graph.warnings {
+        tracing::warn!("{w}");
+    }
+    let health = Health::default();
+    let telemetry_stop = CancellationToken::new();
+    let metrics = &cfg.service.telemetry.metrics;
+    if metrics.level != MetricsLevel::None {
+        let handle = telemetry::install_recorder();
+        let addr = telemetry::serve(&metrics.address, handle, health.clone(), telemetry_stop.clone())
+            .await?;
+        tracing::info!(address = %addr, "serving /metrics and /health");
+    }
+    let running = graph
+        .start(&health)
+        .await
+        .context("the pipeline could not start")?;
+    tracing::info!(config = ?cfg.sources, "stackline is running");
+
+    wait_for_signal().await?;
+    tracing::info!(timeout = ?cfg.service.shutdown_timeout, "shutting down: receivers stop, data in flight drains");
+    let report = running.shutdown().await;
+    if report.timed_out.is_empty() {
+        tracing::info!(elapsed = ?report.elapsed, "all data in flight was drained");
+    } else {
+        tracing::warn!(components = ?report.timed_out, "shutdown timeout reached; what these components still held was counted as dropped");
+    }
+    telemetry_stop.cancel();
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Self-telemetry: Prometheus metrics and `/health` on one HTTP listener, and logs.
+
+mod health;
+pub mod names;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use health::{Health, HealthReporter, Status};
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once; later calls return the same handle.
+/// Returns `None` if another recorder was installed first (then metrics go there).
+pub fn install_recorder() -> Option<PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new().install_recorder().ok()?;
+            metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            Some(handle)
+        })
+        .clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(
+        "cannot listen for metrics on {address}: {source}; change service.telemetry.metrics.address or set service.telemetry.metrics.level: none"
+    )]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// Serves `/metrics` and `/health` until `shutdown` fires. Returns the bound address.
+pub async fn serve(
+    address: &str,
+    handle: Option<PrometheusHandle>,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, TelemetryError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| TelemetryError::Bind {
+            address: address.to_owned(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| TelemetryError::Bind {
+        address: address.to_owned(),
+        source,
+    })?;
+    if let Some(h) = handle.clone() {
+        // Histograms and summaries need periodic upkeep to bound their memory.
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => h.run_upkeep(),
+                }
+            }
+        });
+    }
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    match handle {
+                        Some(h) => (
+                            StatusCode::OK,
+                            [("content-type", "text/plain; version=0.0.4")],
+                            h.render(),
+                        )
+                            .into_response(),
+                        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed")
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let (ok, components) = health.snapshot();
+                    let unhealthy: Vec<&String> = components
+                        .iter()
+                        .filter(|(_, s)| **s != Status::Running)
+                        .map(|(k, _)| k)
+                        .collect();
+                    let body = serde_json::json!({
+                        "status": if ok { "ok" } else { "unhealthy" },
+                        "unhealthy": unhealthy,
+                        "components": components,
+                    });
+                    let code = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, axum::Json(body))
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(local)
+}
+
+/// Sets up logging to stderr at `level` (`RUST_LOG` overrides it).
+pub fn init_logs(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
