@@ -14,6 +14,7 @@
 
 mod builder;
 mod check;
+pub mod synth;
 
 pub use builder::{DictionaryBuilder, merge, split};
 pub use check::{IndexError, check};
@@ -27,6 +28,9 @@ pub use opentelemetry_proto::tonic::resource::v1 as resource;
 pub type ProfilesRequest = collector::ExportProfilesServiceRequest;
 
 /// Number of samples in a request: the item count used by every `*_profile_samples_total` metric.
+#[cfg(test)]
+mod tests;
+
 pub fn sample_count(req: &ProfilesRequest) -> u64 {
     req.resource_profiles
         .iter()

@@ -42,3 +42,17 @@ pub struct Context {
     /// Fires when the drain time is over: stop retrying and count what is left as dropped.
     pub deadline: CancellationToken,
 }
+
+impl Context {
+    /// A context outside any graph, with its own health table and tokens (for tests,
+    /// benchmarks and embedding one component alone).
+    pub fn standalone(kind: &str, id: ComponentId) -> Self {
+        let health = crate::telemetry::Health::default();
+        Context {
+            health: health.reporter(format!("{kind}/{id}")),
+            id,
+            shutdown: CancellationToken::new(),
+            deadline: CancellationToken::new(),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+use std::time::Duration;
+
+use prost::Message;
+
+use super::writer::Writer;
+use super::*;
+use crate::config::ComponentId;
+use crate::otlp::ProfilesRequest;
+use crate::otlp::synth::request;
+use crate::pipeline::channel::channel;
+
+fn cfg(path: std::path::PathBuf, format: FileFormat, rotation: Option<RotationConfig>) -> FileExporterConfig {
+    FileExporterConfig {
+        path,
+        format,
+        rotation,
+        flush_interval: Duration::from_millis(50),
+    }
+}
+
+/// Reads `<u32 BE length><protobuf>` records.
+fn read_proto(bytes: &[u8]) -> Vec<ProfilesRequest> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        out.push(ProfilesRequest::decode(&rest[4..4 + len]).unwrap());
+        rest = &rest[4 + len..];
+    }
+    out
+}
+
+async fn export(cfg: FileExporterConfig, reqs: Vec<ProfilesRequest>) {
+    let (tx, rx) = channel();
+    let ctx = Context::standalone("exporter", ComponentId::parse("file").unwrap());
+    let h = Box::new(FileExporter { cfg }).start(ctx, Input::new(rx, None)).await.unwrap();
+    for r in reqs {
+        tx.send(r).await.unwrap();
+    }
+    drop(tx);
+    h.await.unwrap();
+}
+
+#[tokio::test]
+async fn proto_records_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/p.binpb");
+    let reqs: Vec<_> = (0..3).map(|i| request("a", i * 10, 10, 4)).collect();
+    export(cfg(path.clone(), FileFormat::Proto, None), reqs.clone()).await;
+    assert_eq!(read_proto(&std::fs::read(&path).unwrap()), reqs);
+}
+
+#[tokio::test]
+async fn json_lines_are_otlp_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.jsonl");
+    let reqs: Vec<_> = (0..2).map(|i| request("a", i * 3, 3, 4)).collect();
+    export(cfg(path.clone(), FileFormat::Json, None), reqs.clone()).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for (line, req) in lines.iter().zip(&reqs) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        // lowerCamelCase keys, as OTLP/JSON requires.
+        assert!(v["resourceProfiles"][0]["scopeProfiles"][0]["profiles"][0]["samples"].is_array(), "{line}");
+        assert!(v["dictionary"]["stringTable"].is_array());
+        let back: ProfilesRequest = serde_json::from_str(line).unwrap();
+        assert_eq!(&back, req);
+    }
+}
+
+#[tokio::test]
+async fn rotates_by_size_and_keeps_max_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.binpb");
+    let one = request("a", 0, 2000, 50);
+    let size = one.encoded_len() as u64 + 4;
+    // Each ~MiB-sized record forces a rotation with max_megabytes: 1.
+    let n = (2 << 20) / size + 1;
+    assert!(size < 1 << 20);
+    let reqs: Vec<_> = (0..n * 3).map(|i| request("a", i * 2000, 2000, 50)).collect();
+    let total = reqs.len();
+    export(
+        cfg(path.clone(), FileFormat::Proto, Some(RotationConfig { max_megabytes: 1, max_backups: 2 })),
+        reqs,
+    )
+    .await;
+    let w = Writer::open(&cfg(path.clone(), FileFormat::Proto, Some(RotationConfig::default()))).unwrap();
+    let backups = w.backups().unwrap();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let mut kept = read_proto(&std::fs::read(&path).unwrap()).len();
+    for (_, b) in &backups {
+        let bytes = std::fs::read(b).unwrap();
+        assert!(bytes.len() as u64 <= 1 << 20);
+        kept += read_proto(&bytes).len();
+    }
+    assert!(kept < total, "older backups were deleted");
+}
+
+#[tokio::test]
+async fn an_unwritable_path_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file-not-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let (_tx, rx) = channel();
+    let ctx = Context::standalone("exporter", ComponentId::parse("file").unwrap());
+    let err = Box::new(FileExporter {
+        cfg: cfg(blocker.join("p.jsonl"), FileFormat::Json, None),
+    })
+    .start(ctx, Input::new(rx, None))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot open") && err.contains("exporters.file.path"), "{err}");
+}

@@ -1,0 +1,221 @@
+//! Synthetic requests for tests and benchmarks.
+//!
+//! Each sample carries a unique `seq` attribute and a stack drawn from a small pool of
+//! functions, so requests share most of their dictionary entries (what merging must
+//! deduplicate) while every sample stays identifiable after any merge or split.
+
+use super::ProfilesRequest;
+use super::collector::ExportProfilesServiceRequest;
+use super::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use super::profiles::{
+    Function, KeyValueAndUnit, Line, Location, Mapping, Profile, ProfilesDictionary,
+    ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
+};
+use super::resource::Resource;
+
+/// Attribute key holding each synthetic sample's sequence number.
+pub const SEQ_KEY: &str = "seq";
+
+/// Function names of the synthetic pool.
+pub fn function_name(i: u64) -> String {
+    format!("app::module{}::function_{}", i % 7, i)
+}
+
+/// The leaf-first function names of sample `seq`'s stack (1 to 6 frames from a pool of `pool`).
+pub fn expected_stack(seq: u64, pool: u64) -> Vec<String> {
+    let depth = 1 + seq % 6;
+    (0..depth)
+        .map(|d| function_name((seq.wrapping_mul(31).wrapping_add(d * 17)) % pool))
+        .collect()
+}
+
+/// A request with samples `first..first + n`, from a service named `service`.
+pub fn request(service: &str, first: u64, n: u64, pool: u64) -> ProfilesRequest {
+    let mut d = ProfilesDictionary {
+        string_table: vec![String::new()],
+        mapping_table: vec![Mapping::default()],
+        location_table: vec![Location::default()],
+        function_table: vec![Function::default()],
+        link_table: vec![Default::default()],
+        attribute_table: vec![KeyValueAndUnit::default()],
+        stack_table: vec![Stack::default()],
+    };
+    // Deliberately no interning here: duplicates within one request are legal input
+    // and the merge must remove them.
+    let s = |d: &mut ProfilesDictionary, v: &str| {
+        d.string_table.push(v.to_owned());
+        (d.string_table.len() - 1) as i32
+    };
+    let exe = s(&mut d, "/usr/bin/app");
+    d.mapping_table.push(Mapping {
+        memory_start: 0x40_0000,
+        memory_limit: 0x80_0000,
+        file_offset: 0,
+        filename_strindex: exe,
+        attribute_indices: vec![],
+    });
+    let sample_type = ValueType {
+        type_strindex: s(&mut d, "samples"),
+        unit_strindex: s(&mut d, "count"),
+    };
+    let period_type = ValueType {
+        type_strindex: s(&mut d, "cpu"),
+        unit_strindex: s(&mut d, "nanoseconds"),
+    };
+    let mut samples = Vec::with_capacity(n as usize);
+    for seq in first..first + n {
+        let mut locs = Vec::new();
+        for name in expected_stack(seq, pool) {
+            let f = s(&mut d, &name);
+            let file = s(&mut d, "src/app.rs");
+            d.function_table.push(Function {
+                name_strindex: f,
+                system_name_strindex: f,
+                filename_strindex: file,
+                start_line: 10,
+            });
+            let fi = (d.function_table.len() - 1) as i32;
+            let fnum: u64 = name.rsplit('_').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            d.location_table.push(Location {
+                mapping_index: 1,
+                address: 0x40_1000 + fnum * 0x40,
+                lines: vec![Line {
+                    function_index: fi,
+                    line: 10 + fnum as i64,
+                    column: 0,
+                }],
+                attribute_indices: vec![],
+            });
+            locs.push((d.location_table.len() - 1) as i32);
+        }
+        d.stack_table.push(Stack {
+            location_indices: locs,
+        });
+        let stack_index = (d.stack_table.len() - 1) as i32;
+        let key = s(&mut d, SEQ_KEY);
+        d.attribute_table.push(KeyValueAndUnit {
+            key_strindex: key,
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(seq as i64)),
+            }),
+            unit_strindex: 0,
+        });
+        samples.push(Sample {
+            stack_index,
+            attribute_indices: vec![(d.attribute_table.len() - 1) as i32],
+            link_index: 0,
+            values: vec![1],
+            timestamps_unix_nano: vec![1_700_000_000_000_000_000 + seq],
+        });
+    }
+    ExportProfilesServiceRequest {
+        resource_profiles: vec![ResourceProfiles {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service.into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_profiles: vec![ScopeProfiles {
+                scope: Some(InstrumentationScope {
+                    name: "synth".into(),
+                    ..Default::default()
+                }),
+                profiles: vec![Profile {
+                    sample_type: Some(sample_type),
+                    samples,
+                    time_unix_nano: 1_700_000_000_000_000_000,
+                    duration_nano: 1_000_000_000,
+                    period_type: Some(period_type),
+                    period: 50_000_000,
+                    ..Default::default()
+                }],
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+        dictionary: Some(d),
+    }
+}
+
+/// Every sample of `req` as (seq, leaf-first function names, service name).
+/// Samples without a `seq` attribute are reported with `u64::MAX`.
+pub fn decode_samples(req: &ProfilesRequest) -> Vec<(u64, Vec<String>, String)> {
+    let empty = ProfilesDictionary::default();
+    let d = req.dictionary.as_ref().unwrap_or(&empty);
+    let st = |i: i32| d.string_table.get(i as usize).cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for rp in &req.resource_profiles {
+        let service = rp
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for p in rp.scope_profiles.iter().flat_map(|s| &s.profiles) {
+            for s in &p.samples {
+                let seq = s
+                    .attribute_indices
+                    .iter()
+                    .filter_map(|&a| d.attribute_table.get(a as usize))
+                    .find(|a| st(a.key_strindex) == SEQ_KEY)
+                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::IntValue(v) => Some(*v as u64),
+                        _ => None,
+                    })
+                    .unwrap_or(u64::MAX);
+                let names = d
+                    .stack_table
+                    .get(s.stack_index as usize)
+                    .map(|s| s.location_indices.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|&l| d.location_table.get(l as usize))
+                    .filter_map(|l| l.lines.first())
+                    .filter_map(|line| d.function_table.get(line.function_index as usize))
+                    .map(|f| st(f.name_strindex))
+                    .collect();
+                out.push((seq, names, service.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether any dictionary table holds the same entry twice (index 0 excluded).
+pub fn duplicate_entries(req: &ProfilesRequest) -> Vec<String> {
+    use prost::Message;
+    use std::collections::HashSet;
+    let Some(d) = req.dictionary.as_ref() else {
+        return Vec::new();
+    };
+    fn dups<T: Message>(name: &str, t: &[T], out: &mut Vec<String>) {
+        let mut seen = HashSet::new();
+        for (i, e) in t.iter().enumerate() {
+            if !seen.insert(e.encode_to_vec()) {
+                out.push(format!("{name}[{i}]"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in d.string_table.iter().enumerate() {
+        if !seen.insert(s) {
+            out.push(format!("string_table[{i}]"));
+        }
+    }
+    dups("mapping_table", &d.mapping_table, &mut out);
+    dups("location_table", &d.location_table, &mut out);
+    dups("function_table", &d.function_table, &mut out);
+    dups("link_table", &d.link_table, &mut out);
+    dups("attribute_table", &d.attribute_table, &mut out);
+    dups("stack_table", &d.stack_table, &mut out);
+    out
+}
