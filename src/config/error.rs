@@ -66,6 +66,10 @@ impl ConfigErrors {
                     "unknown field `{field}`, expected one of `{}`",
                     expected.join("`, `")
                 ),
+                figment::error::Kind::UnknownVariant(v, expected) => format!(
+                    "unknown value `{v}`, expected one of `{}`",
+                    expected.join("`, `")
+                ),
                 kind => kind.to_string(),
             };
             self.push(&path, message);

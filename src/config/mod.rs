@@ -256,16 +256,7 @@ impl Config {
         let receivers = section("receivers");
         let processors = section("processors");
         let exporters = section("exporters");
-        let service = match root.get("service") {
-            None | Some(Value::Empty(..)) => ServiceConfig::default(),
-            Some(v) => match v.deserialize::<ServiceConfig>() {
-                Ok(s) => s,
-                Err(e) => {
-                    errors.extend_figment("service", e);
-                    ServiceConfig::default()
-                }
-            },
-        };
+        let service = parse_service(root.get("service"), &mut errors);
         Ok(Config {
             receivers,
             processors,
@@ -275,6 +266,57 @@ impl Config {
             problems: errors,
         })
     }
+}
+
+const SERVICE_KEYS: &[&str] = &["pipelines", "telemetry", "shutdown_timeout"];
+
+/// Parses `service` part by part (each pipeline on its own), so one bad part does not
+/// hide the errors of the others.
+fn parse_service(value: Option<&Value>, errors: &mut ConfigErrors) -> ServiceConfig {
+    let mut service = ServiceConfig::default();
+    let dict = match value {
+        None | Some(Value::Empty(..)) => return service,
+        Some(Value::Dict(_, d)) => d,
+        Some(_) => {
+            errors.push("service", "must be a mapping with `pipelines` and `telemetry`");
+            return service;
+        }
+    };
+    for (key, v) in dict {
+        let path = format!("service.{key}");
+        match key.as_str() {
+            "pipelines" => match v.deserialize::<BTreeMap<String, Value>>() {
+                Ok(ps) => {
+                    for (id, p) in ps {
+                        match p.deserialize::<PipelineConfig>() {
+                            Ok(p) => {
+                                service.pipelines.insert(id, p);
+                            }
+                            Err(e) => errors.extend_figment(&format!("{path}.{id}"), e),
+                        }
+                    }
+                }
+                Err(e) => errors.extend_figment(&path, e),
+            },
+            "telemetry" => match v.deserialize::<TelemetryConfig>() {
+                Ok(t) => service.telemetry = t,
+                Err(e) => errors.extend_figment(&path, e),
+            },
+            "shutdown_timeout" => {
+                #[derive(Deserialize)]
+                struct D(#[serde(with = "humantime_serde")] Duration);
+                match v.deserialize::<D>() {
+                    Ok(D(d)) => service.shutdown_timeout = d,
+                    Err(e) => errors.extend_figment(&path, e),
+                }
+            }
+            _ => errors.push(
+                &path,
+                format!("unknown field, expected one of `{}`", SERVICE_KEYS.join("`, `")),
+            ),
+        }
+    }
+    service
 }
 
 /// Checks of a component's settings beyond what their types enforce.
@@ -287,23 +329,53 @@ pub trait Validate {
 
 /// Deserializes and validates one component's settings. An absent or empty section
 /// gives the defaults. Error paths are relative to the component.
+///
+/// Serde stops at the first bad field; to report every one, the offending key is
+/// removed and parsing repeated, so a typo in one setting does not hide a bad value
+/// in another.
 pub fn parse_component<T: DeserializeOwned + Validate>(
     value: &Value,
 ) -> Result<T, Vec<ConfigError>> {
-    let parsed = match value {
-        Value::Empty(..) => Value::from(Dict::new()).deserialize::<T>(),
-        v => v.deserialize::<T>(),
+    let mut value = match value {
+        Value::Empty(..) => Value::from(Dict::new()),
+        v => v.clone(),
     };
-    match parsed {
-        Ok(cfg) => {
-            let errs = cfg.validate();
-            if errs.is_empty() { Ok(cfg) } else { Err(errs) }
+    let mut errs = ConfigErrors::default();
+    let mut removed: Vec<String> = Vec::new();
+    // Bounded: each round removes one key of a finite tree.
+    for _ in 0..64 {
+        match value.deserialize::<T>() {
+            Ok(cfg) => {
+                // Checks on a removed key would judge its default, not what the user wrote.
+                let extra = cfg
+                    .validate()
+                    .into_iter()
+                    .filter(|e| !removed.iter().any(|r| e.path == *r));
+                errs.0.extend(extra);
+                return errs.into_result(cfg).map_err(|e| e.0);
+            }
+            Err(e) => {
+                let path = e.path.clone();
+                errs.extend_figment("", e);
+                if path.is_empty() || !remove_key(&mut value, &path) {
+                    break;
+                }
+                removed.push(path.join("."));
+            }
         }
-        Err(e) => {
-            let mut errs = ConfigErrors::default();
-            errs.extend_figment("", e);
-            Err(errs.0)
-        }
+    }
+    Err(errs.0)
+}
+
+/// Removes the key at `path` from a tree of dictionaries; false if there is none.
+fn remove_key(value: &mut Value, path: &[String]) -> bool {
+    let Value::Dict(_, dict) = value else {
+        return false;
+    };
+    match path {
+        [] => false,
+        [last] => dict.remove(last).is_some(),
+        [first, rest @ ..] => dict.get_mut(first).is_some_and(|v| remove_key(v, rest)),
     }
 }
 

@@ -92,6 +92,7 @@ pub async fn run<S>(
             retry,
             ctx.deadline.clone(),
             exporter.clone(),
+            ctx.health.clone(),
         )))
         .timeout(timeout)
         .service(sender);
@@ -181,9 +182,13 @@ where
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => meters.sent.increment(samples),
+        Ok(()) => {
+            meters.sent.increment(samples);
+            ctx.health.running();
+        }
         Err(e) => {
             meters.send_failed.increment(samples);
+            ctx.health.unhealthy(format!("last export failed: {e}"));
             tracing::error!(exporter = %ctx.id, samples, error = %e, "export failed; the samples are dropped (counted in {})", names::EXPORTER_SEND_FAILED);
         }
     }

@@ -9,6 +9,7 @@ use tower::BoxError;
 use tower::retry::Policy;
 
 use super::{Encoded, RetryConfig, SendError};
+use crate::telemetry::HealthReporter;
 
 /// Retries retryable failures (and per-attempt timeouts) with exponential backoff,
 /// until `max_elapsed_time` or the pipeline's drain deadline.
@@ -19,16 +20,23 @@ pub struct BackoffPolicy {
     first_failure: Option<Instant>,
     deadline: CancellationToken,
     exporter: String,
+    health: HealthReporter,
 }
 
 impl BackoffPolicy {
-    pub fn new(cfg: RetryConfig, deadline: CancellationToken, exporter: String) -> Self {
+    pub fn new(
+        cfg: RetryConfig,
+        deadline: CancellationToken,
+        exporter: String,
+        health: HealthReporter,
+    ) -> Self {
         BackoffPolicy {
             next: cfg.initial_interval,
             cfg,
             first_failure: None,
             deadline,
             exporter,
+            health,
         }
     }
 
@@ -58,6 +66,7 @@ impl Policy<Encoded, (), BoxError> for BackoffPolicy {
         result: &mut Result<(), BoxError>,
     ) -> Option<Self::Future> {
         let Err(e) = result else { return None };
+        self.health.unhealthy(format!("export failing: {e}"));
         if !self.cfg.enabled || !retryable(e) || self.deadline.is_cancelled() {
             return None;
         }
