@@ -2,7 +2,7 @@
 //! with retry, timeout and a sending queue from [`crate::exporters::helper`].
 
 mod config;
-mod sender;
+pub mod sender;
 
 use async_trait::async_trait;
 use tokio::task::JoinHandle;

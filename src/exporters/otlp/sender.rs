@@ -1,4 +1,5 @@
-//! One `ProfilesService/Export` call with an already-encoded request.
+//! One `ProfilesService/Export` call with an already-encoded request (public so tests
+//! can send bytes a normal client would refuse to encode).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,13 +60,13 @@ impl Decoder for ResponseDecoder {
 }
 
 #[derive(Clone)]
-pub(super) struct GrpcSender {
+pub struct GrpcSender {
     grpc: tonic::client::Grpc<Channel>,
     headers: Arc<Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>>,
 }
 
 impl GrpcSender {
-    pub(super) fn new(cfg: &OtlpExporterConfig) -> Result<Self, crate::pipeline::StartError> {
+    pub fn new(cfg: &OtlpExporterConfig) -> Result<Self, crate::pipeline::StartError> {
         let endpoint = Endpoint::from_shared(cfg.uri())
             .map_err(|e| format!("invalid endpoint `{}`: {e}", cfg.endpoint))?
             .connect_timeout(cfg.timeout);
