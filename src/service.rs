@@ -40,8 +40,13 @@ pub async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
     let metrics = &cfg.service.telemetry.metrics;
     if metrics.level != MetricsLevel::None {
         let handle = telemetry::install_recorder();
-        let addr = telemetry::serve(&metrics.address, handle, health.clone(), telemetry_stop.clone())
-            .await?;
+        let addr = telemetry::serve(
+            &metrics.address,
+            handle,
+            health.clone(),
+            telemetry_stop.clone(),
+        )
+        .await?;
         tracing::info!(address = %addr, "serving /metrics and /health");
     }
     let running = graph

@@ -110,7 +110,10 @@ extensions: {}
         &errs,
         "extensions: unknown top-level section, expected one of `receivers`, `processors`, `exporters`, `service`",
     );
-    assert_has(&errs, "receivers.zipkin: unknown receiver type `zipkin`; known receiver types: otlp");
+    assert_has(
+        &errs,
+        "receivers.zipkin: unknown receiver type `zipkin`; known receiver types: otlp",
+    );
     assert_has(
         &errs,
         "receivers.Bad Id: invalid component id `Bad Id`: the type must be lowercase letters, digits or `_`, written as `type` or `type/name`",
@@ -123,14 +126,20 @@ extensions: {}
         &errs,
         "service.pipelines.traces.receivers: receiver `otlp` is used by the pipeline but not defined under `receivers`",
     );
-    assert_has(&errs, "service.pipelines.traces.exporters: exporter `debug` is listed twice");
+    assert_has(
+        &errs,
+        "service.pipelines.traces.exporters: exporter `debug` is listed twice",
+    );
     assert_has(
         &errs,
         "service.telemetry.metrics.adress: unknown field `adress`, expected one of `address`, `level`",
     );
-    assert_eq!(errors("{}"), vec![
-        "service.pipelines: no pipeline is defined; add one, e.g. `profiles: { receivers: [otlp], processors: [batch], exporters: [file] }`"
-    ]);
+    assert_eq!(
+        errors("{}"),
+        vec![
+            "service.pipelines: no pipeline is defined; add one, e.g. `profiles: { receivers: [otlp], processors: [batch], exporters: [file] }`"
+        ]
+    );
 }
 
 #[test]
@@ -146,13 +155,22 @@ exporters:
 service: { pipelines: { profiles: { receivers: [otlp], processors: [batch, batch/2], exporters: [otlp, otlp/tls, file] } } }
 "#,
     );
-    assert_has(&errs, "receivers.otlp.protocols.grpc.endpoint: `nohost` is not a `host:port` address");
+    assert_has(
+        &errs,
+        "receivers.otlp.protocols.grpc.endpoint: `nohost` is not a `host:port` address",
+    );
     assert_has(
         &errs,
         "receivers.otlp.protocols.grpc.max_recv_msg_size_mib: 0 is out of range; give a size in MiB from 1 to 2048",
     );
-    assert_has(&errs, "processors.batch.timeout: invalid type: found unsigned int `5`, expected a duration");
-    assert_has(&errs, "processors.batch/2.send_batch_size: must be at least 1 sample");
+    assert_has(
+        &errs,
+        "processors.batch.timeout: invalid type: found unsigned int `5`, expected a duration",
+    );
+    assert_has(
+        &errs,
+        "processors.batch/2.send_batch_size: must be at least 1 sample",
+    );
     assert_has(
         &errs,
         "exporters.otlp.compression: unknown value `brotli`, expected one of `gzip`, `zstd`, `none`",
@@ -182,9 +200,18 @@ service: { pipelines: { profiles: { receivers: [otlp], exporters: [file] } } }
     )
     .unwrap();
     let grpc = cfg.receivers["otlp"].find_ref("protocols.grpc").unwrap();
-    assert_eq!(grpc.find_ref("endpoint").unwrap().as_str(), Some("127.0.0.1:4999"));
-    assert_eq!(grpc.find_ref("max_recv_msg_size_mib").unwrap().to_u128(), Some(16));
-    assert_eq!(cfg.exporters["file"].find_ref("path").unwrap().as_str(), Some("/tmp/x/p.jsonl"));
+    assert_eq!(
+        grpc.find_ref("endpoint").unwrap().as_str(),
+        Some("127.0.0.1:4999")
+    );
+    assert_eq!(
+        grpc.find_ref("max_recv_msg_size_mib").unwrap().to_u128(),
+        Some(16)
+    );
+    assert_eq!(
+        cfg.exporters["file"].find_ref("path").unwrap().as_str(),
+        Some("/tmp/x/p.jsonl")
+    );
     assert!(Graph::build(&cfg, &Factories::builtin()).is_ok());
 
     let errs = errors(
@@ -201,7 +228,10 @@ service: { pipelines: { profiles: { receivers: [], exporters: [file] } } }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     p
 }
 
@@ -217,7 +247,11 @@ fn later_files_override_earlier_ones_key_by_key() {
     let cfg = Config::load(&[base, over]).unwrap();
     let batch = &cfg.processors["batch"];
     assert_eq!(batch.find_ref("timeout").unwrap().as_str(), Some("1s"));
-    assert_eq!(batch.find_ref("send_batch_size").unwrap().to_u128(), Some(8192), "kept from base");
+    assert_eq!(
+        batch.find_ref("send_batch_size").unwrap().to_u128(),
+        Some(8192),
+        "kept from base"
+    );
     assert_eq!(cfg.service.pipelines["profiles"].exporters, vec!["debug"]);
     assert_eq!(cfg.service.pipelines["profiles"].receivers, vec!["otlp"]);
     let g = Graph::build(&cfg, &Factories::builtin()).unwrap();
@@ -227,8 +261,13 @@ fn later_files_override_earlier_ones_key_by_key() {
 #[test]
 fn missing_files_and_bad_yaml_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Config::load(&[dir.path().join("nope.yaml")]).unwrap_err().to_string();
-    assert!(e.contains("cannot read config file") && e.contains("nope.yaml"), "{e}");
+    let e = Config::load(&[dir.path().join("nope.yaml")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot read config file") && e.contains("nope.yaml"),
+        "{e}"
+    );
     let bad = write(dir.path(), "bad.yaml", "receivers: [unclosed\n");
     let e = Config::load(&[bad]).unwrap_err().to_string();
     assert!(e.contains("bad.yaml"), "{e}");
@@ -254,10 +293,20 @@ fn validate_command_prints_every_error_and_fails() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("warning: exporters.debug"));
 
-    let bad = write(dir.path(), "bad.yaml", &VALID.replace("timeout: 200ms", "timeout: soon").replace("queue_size: 1000", "queue_size: 0"));
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &VALID
+            .replace("timeout: 200ms", "timeout: soon")
+            .replace("queue_size: 1000", "queue_size: 0"),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_stackline"))
         .args(["validate", "--config"])
         .arg(&bad)
@@ -265,21 +314,43 @@ fn validate_command_prints_every_error_and_fails() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("invalid configuration (2 errors):"), "{err}");
+    assert!(
+        err.starts_with("invalid configuration (2 errors):"),
+        "{err}"
+    );
     assert!(err.contains("processors.batch.timeout:"), "{err}");
-    assert!(err.contains("exporters.otlp/backend.sending_queue.queue_size:"), "{err}");
+    assert!(
+        err.contains("exporters.otlp/backend.sending_queue.queue_size:"),
+        "{err}"
+    );
 }
 
 #[test]
 fn components_and_version_commands() {
-    let out = Command::new(env!("CARGO_BIN_EXE_stackline")).arg("components").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stackline"))
+        .arg("components")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for t in ["otlp", "batch", "file", "debug"] {
         assert!(text.contains(&format!("  {t} ")), "{text}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_stackline")).arg("--version").output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("stackline {}", env!("CARGO_PKG_VERSION")));
+    let out = Command::new(env!("CARGO_BIN_EXE_stackline"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("stackline {}", env!("CARGO_PKG_VERSION"))
+    );
     // The built-in default config is valid.
-    let out = Command::new(env!("CARGO_BIN_EXE_stackline")).arg("validate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_stackline"))
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -84,15 +84,30 @@ fn assert_exactly_once(what: &str, reqs: &[ProfilesRequest], expected: &[u64], m
     for r in reqs {
         check(r).unwrap_or_else(|e| panic!("{what}: invalid request: {e}"));
         if merged {
-            assert_eq!(duplicate_entries(r), Vec::<String>::new(), "{what}: dictionary has duplicates");
+            assert_eq!(
+                duplicate_entries(r),
+                Vec::<String>::new(),
+                "{what}: dictionary has duplicates"
+            );
         }
         for (seq, stack, _) in decode_samples(r) {
-            assert_eq!(stack, expected_stack(seq, POOL), "{what}: wrong stack for seq {seq}");
+            assert_eq!(
+                stack,
+                expected_stack(seq, POOL),
+                "{what}: wrong stack for seq {seq}"
+            );
             *seen.entry(seq).or_insert(0) += 1;
         }
     }
-    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(s, _)| *s).collect();
-    assert!(dup.is_empty(), "{what}: seqs delivered more than once: {dup:?}");
+    let dup: Vec<_> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(
+        dup.is_empty(),
+        "{what}: seqs delivered more than once: {dup:?}"
+    );
     let mut want = expected.to_vec();
     want.sort();
     let got: Vec<u64> = seen.into_keys().collect();
@@ -113,27 +128,98 @@ async fn ten_thousand_samples_arrive_exactly_once_despite_a_failing_backend() {
     assert_eq!(acked.len(), 10_000);
     let file = dir.path().join("out/profiles.jsonl");
     let done = eventually(Duration::from_secs(60), async || {
-        backend.samples().len() >= 10_000 && read_json_lines(&file).iter().map(sample_count).sum::<u64>() >= 10_000
+        backend.samples().len() >= 10_000
+            && read_json_lines(&file).iter().map(sample_count).sum::<u64>() >= 10_000
     })
     .await;
-    assert!(done, "not everything arrived; backend {} samples\n{}", backend.samples().len(), s.logs());
+    assert!(
+        done,
+        "not everything arrived; backend {} samples\n{}",
+        backend.samples().len(),
+        s.logs()
+    );
     assert_exactly_once("backend", &backend.requests(), &acked, true);
     assert_exactly_once("file", &read_json_lines(&file), &acked, true);
-    assert!(backend.calls.load(Ordering::SeqCst) > 3, "the failed calls were retried");
+    assert!(
+        backend.calls.load(Ordering::SeqCst) > 3,
+        "the failed calls were retried"
+    );
     // Batching merged 200 requests into far fewer.
-    assert!(backend.requests().len() < 50, "{} requests", backend.requests().len());
+    assert!(
+        backend.requests().len() < 50,
+        "{} requests",
+        backend.requests().len()
+    );
 
     let m = |n: &'static str, l: &'static [(&'static str, &'static str)]| s.metric(n, l);
-    assert_eq!(m("otelcol_receiver_accepted_profile_samples_total", &[("receiver", "otlp"), ("transport", "grpc")]).await, 10_000.0);
-    assert_eq!(m("otelcol_receiver_refused_profile_samples_total", &[]).await, 0.0);
-    assert_eq!(m("otelcol_processor_incoming_items_total", &[("processor", "batch")]).await, 10_000.0);
-    assert_eq!(m("otelcol_processor_outgoing_items_total", &[("processor", "batch")]).await, 10_000.0);
-    assert_eq!(m("otelcol_exporter_sent_profile_samples_total", &[("exporter", "otlp/backend")]).await, 10_000.0);
-    assert_eq!(m("otelcol_exporter_sent_profile_samples_total", &[("exporter", "file")]).await, 10_000.0);
-    assert_eq!(m("otelcol_exporter_send_failed_profile_samples_total", &[]).await, 0.0);
-    assert_eq!(m("otelcol_exporter_enqueue_failed_profile_samples_total", &[]).await, 0.0);
-    assert_eq!(m("otelcol_exporter_queue_capacity", &[("exporter", "otlp/backend")]).await, 200.0);
-    assert_eq!(m("stackline_build_info", &[("version", env!("CARGO_PKG_VERSION"))]).await, 1.0);
+    assert_eq!(
+        m(
+            "otelcol_receiver_accepted_profile_samples_total",
+            &[("receiver", "otlp"), ("transport", "grpc")]
+        )
+        .await,
+        10_000.0
+    );
+    assert_eq!(
+        m("otelcol_receiver_refused_profile_samples_total", &[]).await,
+        0.0
+    );
+    assert_eq!(
+        m(
+            "otelcol_processor_incoming_items_total",
+            &[("processor", "batch")]
+        )
+        .await,
+        10_000.0
+    );
+    assert_eq!(
+        m(
+            "otelcol_processor_outgoing_items_total",
+            &[("processor", "batch")]
+        )
+        .await,
+        10_000.0
+    );
+    assert_eq!(
+        m(
+            "otelcol_exporter_sent_profile_samples_total",
+            &[("exporter", "otlp/backend")]
+        )
+        .await,
+        10_000.0
+    );
+    assert_eq!(
+        m(
+            "otelcol_exporter_sent_profile_samples_total",
+            &[("exporter", "file")]
+        )
+        .await,
+        10_000.0
+    );
+    assert_eq!(
+        m("otelcol_exporter_send_failed_profile_samples_total", &[]).await,
+        0.0
+    );
+    assert_eq!(
+        m("otelcol_exporter_enqueue_failed_profile_samples_total", &[]).await,
+        0.0
+    );
+    assert_eq!(
+        m(
+            "otelcol_exporter_queue_capacity",
+            &[("exporter", "otlp/backend")]
+        )
+        .await,
+        200.0
+    );
+    assert_eq!(
+        m(
+            "stackline_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        )
+        .await,
+        1.0
+    );
     let (code, body) = s.get("/health").await;
     assert_eq!(code, 200, "{body}");
 
@@ -159,11 +245,27 @@ async fn a_backend_down_for_seconds_delays_but_loses_nothing() {
 
     let backend = Backend::default();
     let _stop = backend.serve(backend_addr.parse().unwrap()).await;
-    let done = eventually(Duration::from_secs(30), async || backend.samples().len() >= 2_000).await;
-    assert!(done, "backend got {} samples\n{}", backend.samples().len(), s.logs());
+    let done = eventually(Duration::from_secs(30), async || {
+        backend.samples().len() >= 2_000
+    })
+    .await;
+    assert!(
+        done,
+        "backend got {} samples\n{}",
+        backend.samples().len(),
+        s.logs()
+    );
     assert_exactly_once("backend", &backend.requests(), &acked, true);
-    assert!(eventually(Duration::from_secs(5), async || s.get("/health").await.0 == 200).await);
-    assert_eq!(s.metric("otelcol_exporter_send_failed_profile_samples_total", &[]).await, 0.0);
+    assert!(
+        eventually(Duration::from_secs(5), async || s.get("/health").await.0
+            == 200)
+        .await
+    );
+    assert_eq!(
+        s.metric("otelcol_exporter_send_failed_profile_samples_total", &[])
+            .await,
+        0.0
+    );
     s.sigterm();
     assert!(s.wait(Duration::from_secs(30)).success());
 }
@@ -200,20 +302,39 @@ async fn sigterm_mid_stream_delivers_everything_accepted() {
     s.sigterm();
     let (acked, sent) = sender.await.unwrap();
     assert!(s.wait(Duration::from_secs(40)).success(), "{}", s.logs());
-    assert!(acked.len() > 100, "only {} samples were accepted", acked.len());
+    assert!(
+        acked.len() > 100,
+        "only {} samples were accepted",
+        acked.len()
+    );
 
     for (what, reqs) in [
         ("backend", backend.requests()),
-        ("file", read_json_lines(&dir.path().join("out/profiles.jsonl"))),
+        (
+            "file",
+            read_json_lines(&dir.path().join("out/profiles.jsonl")),
+        ),
     ] {
         let got: Vec<u64> = reqs.iter().flat_map(decode_samples).map(|s| s.0).collect();
         let set: std::collections::BTreeSet<u64> = got.iter().copied().collect();
         assert_eq!(set.len(), got.len(), "{what}: duplicates");
         let missing: Vec<_> = acked.iter().filter(|a| !set.contains(a)).collect();
-        assert!(missing.is_empty(), "{what}: {} accepted samples lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-        assert!(set.iter().all(|x| sent.contains(x)), "{what}: samples nobody sent");
+        assert!(
+            missing.is_empty(),
+            "{what}: {} accepted samples lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        assert!(
+            set.iter().all(|x| sent.contains(x)),
+            "{what}: samples nobody sent"
+        );
     }
-    assert!(s.logs().contains("all data in flight was drained"), "{}", s.logs());
+    assert!(
+        s.logs().contains("all data in flight was drained"),
+        "{}",
+        s.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +346,8 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
     let mut s = Stackline::start(dir.path(), &gateway_config(&backend_addr, ""));
     let mut c = client(s.endpoint()).await;
 
-    let mutations: Vec<(fn(&mut ProfilesRequest), &str)> = vec![
+    type Mutation = fn(&mut ProfilesRequest);
+    let mutations: Vec<(Mutation, &str)> = vec![
         (
             |r| r.resource_profiles[0].scope_profiles[0].profiles[0].samples[1].stack_index = 999,
             "samples[1].stack_index: stack_table index 999 is out of range",
@@ -243,7 +365,10 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
             "function_table[2].name_strindex: string_table index 77777 is out of range",
         ),
         (
-            |r| r.resource_profiles[0].scope_profiles[0].profiles[0].samples[0].attribute_indices = vec![4242],
+            |r| {
+                r.resource_profiles[0].scope_profiles[0].profiles[0].samples[0].attribute_indices =
+                    vec![4242]
+            },
             "attribute_table index 4242 is out of range",
         ),
         (
@@ -256,7 +381,11 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
         mutate(&mut r);
         let e = c.export(r).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-        assert!(e.message().contains(expected), "{} does not contain {expected}", e.message());
+        assert!(
+            e.message().contains(expected),
+            "{} does not contain {expected}",
+            e.message()
+        );
     }
 
     // Bytes that are not a protobuf message at all.
@@ -265,9 +394,15 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
     }))
     .unwrap();
     let raw = GrpcSender::new(&cfg).unwrap();
-    let garbage = Encoded { bytes: bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0x0f, 0x0a]), samples: 0 };
+    let garbage = Encoded {
+        bytes: bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0x0f, 0x0a]),
+        samples: 0,
+    };
     let e = raw.clone().oneshot(garbage).await.unwrap_err();
-    assert!(e.to_string().contains("Internal") || e.to_string().contains("decode"), "{e}");
+    assert!(
+        e.to_string().contains("Internal") || e.to_string().contains("decode"),
+        "{e}"
+    );
 
     // Over max_recv_msg_size_mib (4 MiB).
     let big = request("svc", 0, 40_000, 40_000);
@@ -278,9 +413,27 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
     // Still serving.
     assert!(s.is_running());
     c.export(request("svc", 100, 10, POOL)).await.unwrap();
-    assert!(eventually(Duration::from_secs(10), async || backend.samples().len() == 10).await);
-    assert_eq!(s.metric("otelcol_receiver_refused_profile_samples_total", &[("receiver", "otlp")]).await, 18.0);
-    assert_eq!(s.metric("otelcol_receiver_accepted_profile_samples_total", &[("receiver", "otlp")]).await, 10.0);
+    assert!(
+        eventually(Duration::from_secs(10), async || backend.samples().len()
+            == 10)
+        .await
+    );
+    assert_eq!(
+        s.metric(
+            "otelcol_receiver_refused_profile_samples_total",
+            &[("receiver", "otlp")]
+        )
+        .await,
+        18.0
+    );
+    assert_eq!(
+        s.metric(
+            "otelcol_receiver_accepted_profile_samples_total",
+            &[("receiver", "otlp")]
+        )
+        .await,
+        10.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,8 +462,16 @@ service:
     let only_b = dir.path().join("b.jsonl");
     assert!(
         eventually(Duration::from_secs(20), async || {
-            read_json_lines(&shared).iter().map(sample_count).sum::<u64>() == 600
-                && read_json_lines(&only_b).iter().map(sample_count).sum::<u64>() == 300
+            read_json_lines(&shared)
+                .iter()
+                .map(sample_count)
+                .sum::<u64>()
+                == 600
+                && read_json_lines(&only_b)
+                    .iter()
+                    .map(sample_count)
+                    .sum::<u64>()
+                    == 300
         })
         .await
     );
@@ -324,5 +485,8 @@ service:
     s.sigterm();
     assert!(s.wait(Duration::from_secs(20)).success());
     let logs = s.logs();
-    assert!(logs.contains("app::module"), "debug exporter printed no stacks:\n{logs}");
+    assert!(
+        logs.contains("app::module"),
+        "debug exporter printed no stacks:\n{logs}"
+    );
 }

@@ -111,7 +111,8 @@ fn expand_str(s: &str) -> Result<(String, bool), String> {
         rest = &body[end + 1..];
     }
     out.push_str(rest);
-    let whole = refs == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
+    let whole =
+        refs == 1 && s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
     Ok((out, whole))
 }
 
@@ -126,15 +127,29 @@ mod tests {
             std::env::set_var("STACKLINE_T_A", "alpha");
             std::env::remove_var("STACKLINE_T_UNSET");
         }
-        assert_eq!(expand_str("${env:STACKLINE_T_A}").unwrap(), ("alpha".into(), true));
+        assert_eq!(
+            expand_str("${env:STACKLINE_T_A}").unwrap(),
+            ("alpha".into(), true)
+        );
         assert_eq!(
             expand_str("x-${env:STACKLINE_T_A}-${env:STACKLINE_T_UNSET:-d}").unwrap(),
             ("x-alpha-d".into(), false)
         );
-        assert_eq!(expand_str("$$5 and $x").unwrap(), ("$5 and $x".into(), false));
+        assert_eq!(
+            expand_str("$$5 and $x").unwrap(),
+            ("$5 and $x".into(), false)
+        );
         let e = expand_str("${env:STACKLINE_T_UNSET}").unwrap_err();
         assert!(e.contains("`STACKLINE_T_UNSET` is not set"), "{e}");
-        assert!(expand_str("${env:OPEN").unwrap_err().contains("unterminated"));
-        assert!(expand_str("${file:/x}").unwrap_err().contains("unsupported reference"));
+        assert!(
+            expand_str("${env:OPEN")
+                .unwrap_err()
+                .contains("unterminated")
+        );
+        assert!(
+            expand_str("${file:/x}")
+                .unwrap_err()
+                .contains("unsupported reference")
+        );
     }
 }

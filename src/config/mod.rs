@@ -278,7 +278,10 @@ fn parse_service(value: Option<&Value>, errors: &mut ConfigErrors) -> ServiceCon
         None | Some(Value::Empty(..)) => return service,
         Some(Value::Dict(_, d)) => d,
         Some(_) => {
-            errors.push("service", "must be a mapping with `pipelines` and `telemetry`");
+            errors.push(
+                "service",
+                "must be a mapping with `pipelines` and `telemetry`",
+            );
             return service;
         }
     };
@@ -312,7 +315,10 @@ fn parse_service(value: Option<&Value>, errors: &mut ConfigErrors) -> ServiceCon
             }
             _ => errors.push(
                 &path,
-                format!("unknown field, expected one of `{}`", SERVICE_KEYS.join("`, `")),
+                format!(
+                    "unknown field, expected one of `{}`",
+                    SERVICE_KEYS.join("`, `")
+                ),
             ),
         }
     }
@@ -350,7 +356,7 @@ pub fn parse_component<T: DeserializeOwned + Validate>(
                 let extra = cfg
                     .validate()
                     .into_iter()
-                    .filter(|e| !removed.iter().any(|r| e.path == *r));
+                    .filter(|e| !removed.contains(&e.path));
                 errs.0.extend(extra);
                 return errs.into_result(cfg).map_err(|e| e.0);
             }

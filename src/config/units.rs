@@ -26,6 +26,13 @@ pub fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> 
     }
 }
 
+/// Checks a `host:port` endpoint: a port number after the last `:` and a non-empty host.
+pub fn parse_endpoint(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,11 +66,4 @@ mod tests {
             .extract()
             .unwrap()
     }
-}
-
-/// Checks a `host:port` endpoint: a port number after the last `:` and a non-empty host.
-pub fn parse_endpoint(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then_some((host, port))
 }

@@ -18,6 +18,8 @@ use super::{IndexError, ProfilesRequest, sample_count};
 struct Table<T> {
     entries: Vec<T>,
     index: HashMap<Vec<u8>, i32>,
+    /// Reused encoding buffer: a lookup of an entry already present allocates nothing.
+    scratch: Vec<u8>,
 }
 
 impl<T: Message + Default> Table<T> {
@@ -25,6 +27,7 @@ impl<T: Message + Default> Table<T> {
         let mut t = Table {
             entries: Vec::new(),
             index: HashMap::new(),
+            scratch: Vec::new(),
         };
         // Index 0 is the zero value, whose encoding is empty.
         t.entries.push(T::default());
@@ -32,13 +35,15 @@ impl<T: Message + Default> Table<T> {
         t
     }
     fn intern(&mut self, entry: T) -> i32 {
-        let key = entry.encode_to_vec();
-        if let Some(&i) = self.index.get(&key) {
+        self.scratch.clear();
+        // Encoding into a Vec cannot fail: it grows as needed.
+        let _ = entry.encode(&mut self.scratch);
+        if let Some(&i) = self.index.get(self.scratch.as_slice()) {
             return i;
         }
         let i = self.entries.len() as i32;
         self.entries.push(entry);
-        self.index.insert(key, i);
+        self.index.insert(self.scratch.clone(), i);
         i
     }
 }
@@ -170,59 +175,83 @@ impl DictionaryBuilder {
     }
 
     fn attribute(&mut self, m: &mut Memo, i: i32) -> i32 {
-        remap!(self, m, attributes, i, |src: &ProfilesDictionary, u: usize| {
-            let a = &src.attribute_table[u];
-            KeyValueAndUnit {
-                key_strindex: self.string(m, a.key_strindex),
-                value: a.value.clone(),
-                unit_strindex: self.string(m, a.unit_strindex),
+        remap!(
+            self,
+            m,
+            attributes,
+            i,
+            |src: &ProfilesDictionary, u: usize| {
+                let a = &src.attribute_table[u];
+                KeyValueAndUnit {
+                    key_strindex: self.string(m, a.key_strindex),
+                    value: a.value.clone(),
+                    unit_strindex: self.string(m, a.unit_strindex),
+                }
             }
-        })
+        )
     }
 
     fn mapping(&mut self, m: &mut Memo, i: i32) -> i32 {
-        remap!(self, m, mappings, i, |src: &ProfilesDictionary, u: usize| {
-            let src = &src.mapping_table[u];
-            Mapping {
-                memory_start: src.memory_start,
-                memory_limit: src.memory_limit,
-                file_offset: src.file_offset,
-                filename_strindex: self.string(m, src.filename_strindex),
-                attribute_indices: self.attribute_list(m, &src.attribute_indices),
+        remap!(
+            self,
+            m,
+            mappings,
+            i,
+            |src: &ProfilesDictionary, u: usize| {
+                let src = &src.mapping_table[u];
+                Mapping {
+                    memory_start: src.memory_start,
+                    memory_limit: src.memory_limit,
+                    file_offset: src.file_offset,
+                    filename_strindex: self.string(m, src.filename_strindex),
+                    attribute_indices: self.attribute_list(m, &src.attribute_indices),
+                }
             }
-        })
+        )
     }
 
     fn function(&mut self, m: &mut Memo, i: i32) -> i32 {
-        remap!(self, m, functions, i, |src: &ProfilesDictionary, u: usize| {
-            let f = &src.function_table[u];
-            Function {
-                name_strindex: self.string(m, f.name_strindex),
-                system_name_strindex: self.string(m, f.system_name_strindex),
-                filename_strindex: self.string(m, f.filename_strindex),
-                start_line: f.start_line,
+        remap!(
+            self,
+            m,
+            functions,
+            i,
+            |src: &ProfilesDictionary, u: usize| {
+                let f = &src.function_table[u];
+                Function {
+                    name_strindex: self.string(m, f.name_strindex),
+                    system_name_strindex: self.string(m, f.system_name_strindex),
+                    filename_strindex: self.string(m, f.filename_strindex),
+                    start_line: f.start_line,
+                }
             }
-        })
+        )
     }
 
     fn location(&mut self, m: &mut Memo, i: i32) -> i32 {
-        remap!(self, m, locations, i, |src: &ProfilesDictionary, u: usize| {
-            let l = &src.location_table[u];
-            Location {
-                mapping_index: self.mapping(m, l.mapping_index),
-                address: l.address,
-                lines: l
-                    .lines
-                    .iter()
-                    .map(|line| super::profiles::Line {
-                        function_index: self.function(m, line.function_index),
-                        line: line.line,
-                        column: line.column,
-                    })
-                    .collect(),
-                attribute_indices: self.attribute_list(m, &l.attribute_indices),
+        remap!(
+            self,
+            m,
+            locations,
+            i,
+            |src: &ProfilesDictionary, u: usize| {
+                let l = &src.location_table[u];
+                Location {
+                    mapping_index: self.mapping(m, l.mapping_index),
+                    address: l.address,
+                    lines: l
+                        .lines
+                        .iter()
+                        .map(|line| super::profiles::Line {
+                            function_index: self.function(m, line.function_index),
+                            line: line.line,
+                            column: line.column,
+                        })
+                        .collect(),
+                    attribute_indices: self.attribute_list(m, &l.attribute_indices),
+                }
             }
-        })
+        )
     }
 
     fn stack(&mut self, m: &mut Memo, i: i32) -> i32 {
@@ -239,7 +268,9 @@ impl DictionaryBuilder {
     }
 
     fn link(&mut self, m: &mut Memo, i: i32) -> i32 {
-        remap!(self, m, links, i, |src: &ProfilesDictionary, u: usize| src.link_table[u].clone())
+        remap!(self, m, links, i, |src: &ProfilesDictionary, u: usize| src
+            .link_table[u]
+            .clone())
     }
 
     fn value_type(&mut self, m: &mut Memo, vt: &Option<ValueType>) -> Option<ValueType> {
@@ -325,7 +356,11 @@ impl DictionaryBuilder {
     /// Appends scopes to the output resource equal to `rp`'s, creating it if needed;
     /// scopes equal to one already there are merged into it.
     fn add_resource(&mut self, rp: &ResourceProfiles, scopes: Vec<ScopeProfiles>) {
-        let mut key = rp.resource.as_ref().map(Message::encode_to_vec).unwrap_or_default();
+        let mut key = rp
+            .resource
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default();
         key.extend_from_slice(rp.schema_url.as_bytes());
         let idx = *self.resource_index.entry(key).or_insert_with(|| {
             self.resources.push(ResourceProfiles {

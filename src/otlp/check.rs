@@ -49,9 +49,12 @@ impl Checker<'_> {
     }
     fn attributes(&self, indices: &[i32], at: &dyn Fn() -> String) -> Result<(), IndexError> {
         for (i, &a) in indices.iter().enumerate() {
-            self.idx("attribute_table", self.dict.attribute_table.len(), a, || {
-                format!("{}.attribute_indices[{i}]", at())
-            })?;
+            self.idx(
+                "attribute_table",
+                self.dict.attribute_table.len(),
+                a,
+                || format!("{}.attribute_indices[{i}]", at()),
+            )?;
         }
         Ok(())
     }
@@ -66,9 +69,12 @@ impl Checker<'_> {
             }
         }
         for (i, l) in d.location_table.iter().enumerate() {
-            self.idx("mapping_table", d.mapping_table.len(), l.mapping_index, || {
-                format!("location_table[{i}].mapping_index")
-            })?;
+            self.idx(
+                "mapping_table",
+                d.mapping_table.len(),
+                l.mapping_index,
+                || format!("location_table[{i}].mapping_index"),
+            )?;
             for (j, line) in l.lines.iter().enumerate() {
                 self.idx(
                     "function_table",
@@ -125,16 +131,23 @@ pub fn check(req: &ProfilesRequest) -> Result<(), IndexError> {
                     ("period_type", &profile.period_type),
                 ] {
                     if let Some(vt) = vt {
-                        c.string(vt.type_strindex, || format!("{}.{field}.type_strindex", at()))?;
-                        c.string(vt.unit_strindex, || format!("{}.{field}.unit_strindex", at()))?;
+                        c.string(vt.type_strindex, || {
+                            format!("{}.{field}.type_strindex", at())
+                        })?;
+                        c.string(vt.unit_strindex, || {
+                            format!("{}.{field}.unit_strindex", at())
+                        })?;
                     }
                 }
                 c.attributes(&profile.attribute_indices, &at)?;
                 for (i, sample) in profile.samples.iter().enumerate() {
                     let at = || format!("{}.samples[{i}]", at());
-                    c.idx("stack_table", d.stack_table.len(), sample.stack_index, || {
-                        format!("{}.stack_index", at())
-                    })?;
+                    c.idx(
+                        "stack_table",
+                        d.stack_table.len(),
+                        sample.stack_index,
+                        || format!("{}.stack_index", at()),
+                    )?;
                     c.idx("link_table", d.link_table.len(), sample.link_index, || {
                         format!("{}.link_index", at())
                     })?;

@@ -75,7 +75,11 @@ pub fn request(service: &str, first: u64, n: u64, pool: u64) -> ProfilesRequest 
                 start_line: 10,
             });
             let fi = (d.function_table.len() - 1) as i32;
-            let fnum: u64 = name.rsplit('_').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            let fnum: u64 = name
+                .rsplit('_')
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
             d.location_table.push(Location {
                 mapping_index: 1,
                 address: 0x40_1000 + fnum * 0x40,

@@ -28,10 +28,18 @@ fn merge_keeps_every_sample_and_leaves_no_duplicate_entries() {
     check(&merged).unwrap();
     assert_eq!(sample_count(&merged), 400);
     assert_eq!(duplicate_entries(&merged), Vec::<String>::new());
-    assert_eq!(all_samples(&[merged.clone()]), all_samples(&inputs));
+    assert_eq!(
+        all_samples(std::slice::from_ref(&merged)),
+        all_samples(&inputs)
+    );
     // Equal resources merge: two services, one scope each.
     assert_eq!(merged.resource_profiles.len(), 2);
-    assert!(merged.resource_profiles.iter().all(|r| r.scope_profiles.len() == 1));
+    assert!(
+        merged
+            .resource_profiles
+            .iter()
+            .all(|r| r.scope_profiles.len() == 1)
+    );
     // 12 functions in the pool: far fewer entries than the inputs carried.
     let d = merged.dictionary.as_ref().unwrap();
     assert_eq!(d.function_table.len(), 13);
@@ -52,7 +60,10 @@ fn split_respects_the_limit_and_keeps_order_and_content() {
         let d = p.dictionary.as_ref().unwrap();
         assert!(d.attribute_table.len() as u64 <= sample_count(p) + 1);
     }
-    assert_eq!(all_samples(&parts), all_samples(&[merged.clone()]));
+    assert_eq!(
+        all_samples(&parts),
+        all_samples(std::slice::from_ref(&merged))
+    );
     // No limit, or a limit above the count: unchanged.
     assert_eq!(split(merged.clone(), 0).unwrap(), vec![merged.clone()]);
     assert_eq!(split(merged.clone(), 10_000).unwrap(), vec![merged]);
@@ -76,25 +87,33 @@ fn check_names_the_table_index_and_place() {
 
     for (mutate, table) in [
         (
-            (|r: &mut ProfilesRequest| r.dictionary.as_mut().unwrap().stack_table[1].location_indices[0] = -4)
-                as fn(&mut ProfilesRequest),
+            (|r: &mut ProfilesRequest| {
+                r.dictionary.as_mut().unwrap().stack_table[1].location_indices[0] = -4
+            }) as fn(&mut ProfilesRequest),
             "location_table",
         ),
         (
-            |r: &mut ProfilesRequest| r.dictionary.as_mut().unwrap().location_table[1].lines[0].function_index = 10_000,
+            |r: &mut ProfilesRequest| {
+                r.dictionary.as_mut().unwrap().location_table[1].lines[0].function_index = 10_000
+            },
             "function_table",
         ),
         (
-            |r: &mut ProfilesRequest| r.dictionary.as_mut().unwrap().function_table[1].name_strindex = 10_000,
+            |r: &mut ProfilesRequest| {
+                r.dictionary.as_mut().unwrap().function_table[1].name_strindex = 10_000
+            },
             "string_table",
         ),
         (
-            |r: &mut ProfilesRequest| r.dictionary.as_mut().unwrap().location_table[1].mapping_index = 7,
+            |r: &mut ProfilesRequest| {
+                r.dictionary.as_mut().unwrap().location_table[1].mapping_index = 7
+            },
             "mapping_table",
         ),
         (
             |r: &mut ProfilesRequest| {
-                r.resource_profiles[0].scope_profiles[0].profiles[0].samples[0].attribute_indices = vec![500]
+                r.resource_profiles[0].scope_profiles[0].profiles[0].samples[0].attribute_indices =
+                    vec![500]
             },
             "attribute_table",
         ),

@@ -11,7 +11,10 @@ use crate::telemetry::names;
 pub const CHANNEL_CAPACITY: usize = 16;
 
 /// Creates a stage-to-stage channel.
-pub fn channel() -> (mpsc::Sender<ProfilesRequest>, mpsc::Receiver<ProfilesRequest>) {
+pub fn channel() -> (
+    mpsc::Sender<ProfilesRequest>,
+    mpsc::Receiver<ProfilesRequest>,
+) {
     mpsc::channel(CHANNEL_CAPACITY)
 }
 
@@ -43,7 +46,9 @@ impl Input {
 
 /// Why some consumers did not get a request.
 #[derive(Debug, thiserror::Error)]
-#[error("{failed} of {total} downstream components are no longer running; their copy of {samples} samples was dropped")]
+#[error(
+    "{failed} of {total} downstream components are no longer running; their copy of {samples} samples was dropped"
+)]
 pub struct FanoutError {
     pub failed: usize,
     pub total: usize,

@@ -184,10 +184,16 @@ impl Graph {
                 ),
             }
             if p.receivers.is_empty() {
-                errors.push(&format!("{path}.receivers"), "a pipeline needs at least one receiver");
+                errors.push(
+                    &format!("{path}.receivers"),
+                    "a pipeline needs at least one receiver",
+                );
             }
             if p.exporters.is_empty() {
-                errors.push(&format!("{path}.exporters"), "a pipeline needs at least one exporter");
+                errors.push(
+                    &format!("{path}.exporters"),
+                    "a pipeline needs at least one exporter",
+                );
             }
             let r_ids = resolve_ids(pid, "receiver", &p.receivers, &def_r, &mut errors);
             let p_ids = resolve_ids(pid, "processor", &p.processors, &def_p, &mut errors);
@@ -215,7 +221,11 @@ impl Graph {
 
         let mut warnings = Vec::new();
         for (kind, defined, used) in [
-            ("receiver", &def_r, receiver_pipelines.keys().cloned().collect::<BTreeSet<_>>()),
+            (
+                "receiver",
+                &def_r,
+                receiver_pipelines.keys().cloned().collect::<BTreeSet<_>>(),
+            ),
             ("processor", &def_p, used_processors),
             ("exporter", &def_e, used_exporters.clone()),
         ] {
@@ -267,7 +277,10 @@ impl Graph {
             HashMap::new();
         for (id, exporter) in self.exporters {
             let (tx, rx) = channel();
-            match exporter.start(ctx("exporter", &id, ""), Input::new(rx, None)).await {
+            match exporter
+                .start(ctx("exporter", &id, ""), Input::new(rx, None))
+                .await
+            {
                 Ok(h) => running.others.push((format!("exporter/{id}"), h)),
                 Err(source) => return Err(running.abort("exporter", &id, source).await),
             }
@@ -285,8 +298,10 @@ impl Graph {
             for (id, processor) in p.processors.into_iter().rev() {
                 let (tx, rx) = channel();
                 let label = id.to_string();
-                let incoming = metrics::counter!(names::PROCESSOR_INCOMING, "processor" => label.clone());
-                let outgoing = metrics::counter!(names::PROCESSOR_OUTGOING, "processor" => label.clone());
+                let incoming =
+                    metrics::counter!(names::PROCESSOR_INCOMING, "processor" => label.clone());
+                let outgoing =
+                    metrics::counter!(names::PROCESSOR_OUTGOING, "processor" => label.clone());
                 let h = processor.start(
                     ctx("processor", &id, &format!("@{}", p.id)),
                     Input::new(rx, Some(incoming)),
@@ -345,7 +360,12 @@ pub struct ShutdownReport {
 }
 
 impl Running {
-    async fn abort(mut self, kind: &'static str, id: &ComponentId, source: StartError) -> GraphError {
+    async fn abort(
+        mut self,
+        kind: &'static str,
+        id: &ComponentId,
+        source: StartError,
+    ) -> GraphError {
         self.timeout = Duration::from_secs(5);
         self.shutdown().await;
         GraphError::Start {

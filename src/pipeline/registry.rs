@@ -16,7 +16,11 @@ pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 /// is what lets the rest of the pipeline drain.
 #[async_trait]
 pub trait Receiver: Send {
-    async fn start(self: Box<Self>, ctx: Context, out: Fanout) -> Result<JoinHandle<()>, StartError>;
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        out: Fanout,
+    ) -> Result<JoinHandle<()>, StartError>;
 }
 
 /// Transforms data. Runs until `input` ends, then flushes what it holds and returns.
@@ -28,7 +32,11 @@ pub trait Processor: Send {
 /// until `ctx.deadline` fires, when what is left is counted as dropped.
 #[async_trait]
 pub trait Exporter: Send {
-    async fn start(self: Box<Self>, ctx: Context, input: Input) -> Result<JoinHandle<()>, StartError>;
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        input: Input,
+    ) -> Result<JoinHandle<()>, StartError>;
 }
 
 /// Parses a component's config section (relative error paths) and builds an

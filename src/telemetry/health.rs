@@ -38,11 +38,7 @@ impl Health {
 
     /// Every component's status, and whether all are running.
     pub fn snapshot(&self) -> (bool, BTreeMap<String, Status>) {
-        let m = self
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let m = self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let ok = !m.is_empty() && m.values().all(|s| *s == Status::Running);
         (ok, m)
     }

@@ -55,10 +55,12 @@ pub async fn serve(
             address: address.to_owned(),
             source,
         })?;
-    let local = listener.local_addr().map_err(|source| TelemetryError::Bind {
-        address: address.to_owned(),
-        source,
-    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| TelemetryError::Bind {
+            address: address.to_owned(),
+            source,
+        })?;
     if let Some(h) = handle.clone() {
         // Histograms and summaries need periodic upkeep to bound their memory.
         let token = shutdown.clone();
@@ -85,7 +87,10 @@ pub async fn serve(
                             h.render(),
                         )
                             .into_response(),
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed")
+                        None => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "metrics recorder not installed",
+                        )
                             .into_response(),
                     }
                 }

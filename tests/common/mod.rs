@@ -109,7 +109,10 @@ impl Stackline {
             }
             if Instant::now() > until {
                 let _ = child.kill();
-                panic!("stackline did not exit within {timeout:?}:\n{}", self.logs());
+                panic!(
+                    "stackline did not exit within {timeout:?}:\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -146,7 +149,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             l.strip_prefix(name)
                 .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
         })
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -45,7 +45,11 @@ pub fn factory() -> ExporterFactory {
     ExporterFactory {
         type_name: "debug",
         description: "logs each batch's sample count and, at `detailed`, its top stacks",
-        create: |_, v| Ok(Box::new(DebugExporter { cfg: parse_component(v)? })),
+        create: |_, v| {
+            Ok(Box::new(DebugExporter {
+                cfg: parse_component(v)?,
+            }))
+        },
     }
 }
 
@@ -55,7 +59,11 @@ pub struct DebugExporter {
 
 #[async_trait]
 impl Exporter for DebugExporter {
-    async fn start(self: Box<Self>, ctx: Context, mut input: Input) -> Result<JoinHandle<()>, StartError> {
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        mut input: Input,
+    ) -> Result<JoinHandle<()>, StartError> {
         let cfg = self.cfg;
         Ok(tokio::spawn(async move {
             let sent = metrics::counter!(names::EXPORTER_SENT, "exporter" => ctx.id.to_string());

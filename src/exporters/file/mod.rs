@@ -20,7 +20,11 @@ pub fn factory() -> ExporterFactory {
     ExporterFactory {
         type_name: "file",
         description: "writes OTLP profiles to a local file as OTLP/JSON lines or length-prefixed protobuf, with rotation",
-        create: |_, v| Ok(Box::new(FileExporter { cfg: parse_component(v)? })),
+        create: |_, v| {
+            Ok(Box::new(FileExporter {
+                cfg: parse_component(v)?,
+            }))
+        },
     }
 }
 
@@ -30,7 +34,11 @@ pub struct FileExporter {
 
 #[async_trait]
 impl Exporter for FileExporter {
-    async fn start(self: Box<Self>, ctx: Context, input: Input) -> Result<JoinHandle<()>, StartError> {
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        input: Input,
+    ) -> Result<JoinHandle<()>, StartError> {
         let writer = writer::Writer::open(&self.cfg).map_err(|e| {
             format!(
                 "cannot open {} for writing (exporters.{}.path): {e}; choose a writable path",
@@ -39,7 +47,12 @@ impl Exporter for FileExporter {
             )
         })?;
         tracing::info!(exporter = %ctx.id, path = %display_path(&self.cfg.path), "file exporter writing");
-        Ok(tokio::spawn(run(ctx, input, writer, self.cfg.flush_interval)))
+        Ok(tokio::spawn(run(
+            ctx,
+            input,
+            writer,
+            self.cfg.flush_interval,
+        )))
     }
 }
 

@@ -9,7 +9,11 @@ use crate::otlp::ProfilesRequest;
 use crate::otlp::synth::request;
 use crate::pipeline::channel::channel;
 
-fn cfg(path: std::path::PathBuf, format: FileFormat, rotation: Option<RotationConfig>) -> FileExporterConfig {
+fn cfg(
+    path: std::path::PathBuf,
+    format: FileFormat,
+    rotation: Option<RotationConfig>,
+) -> FileExporterConfig {
     FileExporterConfig {
         path,
         format,
@@ -33,7 +37,10 @@ fn read_proto(bytes: &[u8]) -> Vec<ProfilesRequest> {
 async fn export(cfg: FileExporterConfig, reqs: Vec<ProfilesRequest>) {
     let (tx, rx) = channel();
     let ctx = Context::standalone("exporter", ComponentId::parse("file").unwrap());
-    let h = Box::new(FileExporter { cfg }).start(ctx, Input::new(rx, None)).await.unwrap();
+    let h = Box::new(FileExporter { cfg })
+        .start(ctx, Input::new(rx, None))
+        .await
+        .unwrap();
     for r in reqs {
         tx.send(r).await.unwrap();
     }
@@ -62,7 +69,10 @@ async fn json_lines_are_otlp_json() {
     for (line, req) in lines.iter().zip(&reqs) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         // lowerCamelCase keys, as OTLP/JSON requires.
-        assert!(v["resourceProfiles"][0]["scopeProfiles"][0]["profiles"][0]["samples"].is_array(), "{line}");
+        assert!(
+            v["resourceProfiles"][0]["scopeProfiles"][0]["profiles"][0]["samples"].is_array(),
+            "{line}"
+        );
         assert!(v["dictionary"]["stringTable"].is_array());
         let back: ProfilesRequest = serde_json::from_str(line).unwrap();
         assert_eq!(&back, req);
@@ -78,14 +88,28 @@ async fn rotates_by_size_and_keeps_max_backups() {
     // Each ~MiB-sized record forces a rotation with max_megabytes: 1.
     let n = (2 << 20) / size + 1;
     assert!(size < 1 << 20);
-    let reqs: Vec<_> = (0..n * 3).map(|i| request("a", i * 2000, 2000, 50)).collect();
+    let reqs: Vec<_> = (0..n * 3)
+        .map(|i| request("a", i * 2000, 2000, 50))
+        .collect();
     let total = reqs.len();
     export(
-        cfg(path.clone(), FileFormat::Proto, Some(RotationConfig { max_megabytes: 1, max_backups: 2 })),
+        cfg(
+            path.clone(),
+            FileFormat::Proto,
+            Some(RotationConfig {
+                max_megabytes: 1,
+                max_backups: 2,
+            }),
+        ),
         reqs,
     )
     .await;
-    let w = Writer::open(&cfg(path.clone(), FileFormat::Proto, Some(RotationConfig::default()))).unwrap();
+    let w = Writer::open(&cfg(
+        path.clone(),
+        FileFormat::Proto,
+        Some(RotationConfig::default()),
+    ))
+    .unwrap();
     let backups = w.backups().unwrap();
     assert_eq!(backups.len(), 2, "{backups:?}");
     let mut kept = read_proto(&std::fs::read(&path).unwrap()).len();
@@ -111,5 +135,8 @@ async fn an_unwritable_path_is_a_clear_start_error() {
     .await
     .unwrap_err()
     .to_string();
-    assert!(err.contains("cannot open") && err.contains("exporters.file.path"), "{err}");
+    assert!(
+        err.contains("cannot open") && err.contains("exporters.file.path"),
+        "{err}"
+    );
 }

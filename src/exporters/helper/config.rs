@@ -71,7 +71,10 @@ impl RetryConfig {
     pub fn validate(&self, errs: &mut Vec<ConfigError>) {
         let p = "retry_on_failure";
         if self.enabled && self.initial_interval.is_zero() {
-            errs.push(ConfigError::new(format!("{p}.initial_interval"), "must be greater than 0"));
+            errs.push(ConfigError::new(
+                format!("{p}.initial_interval"),
+                "must be greater than 0",
+            ));
         }
         if self.max_interval < self.initial_interval {
             errs.push(ConfigError::new(

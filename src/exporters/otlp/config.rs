@@ -82,15 +82,23 @@ impl Validate for OtlpExporterConfig {
             ));
         }
         if self.timeout.is_zero() {
-            errs.push(ConfigError::new("timeout", "must be greater than 0, e.g. `5s`"));
+            errs.push(ConfigError::new(
+                "timeout",
+                "must be greater than 0, e.g. `5s`",
+            ));
         }
         for (k, v) in &self.headers {
-            if k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>().is_err() {
+            if k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>()
+                .is_err()
+            {
                 errs.push(ConfigError::new(
                     format!("headers.{k}"),
                     "is not a valid gRPC metadata key (lowercase ASCII letters, digits, `-`, `_`, `.`)",
                 ));
-            } else if v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>().is_err() {
+            } else if v
+                .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+                .is_err()
+            {
                 errs.push(ConfigError::new(
                     format!("headers.{k}"),
                     "the value must be visible ASCII",

@@ -17,7 +17,11 @@ pub fn factory() -> ExporterFactory {
     ExporterFactory {
         type_name: "otlp",
         description: "sends OTLP profiles over gRPC with retry, timeout and a sending queue",
-        create: |_, v| Ok(Box::new(OtlpExporter { cfg: parse_component(v)? })),
+        create: |_, v| {
+            Ok(Box::new(OtlpExporter {
+                cfg: parse_component(v)?,
+            }))
+        },
     }
 }
 
@@ -27,7 +31,11 @@ pub struct OtlpExporter {
 
 #[async_trait]
 impl Exporter for OtlpExporter {
-    async fn start(self: Box<Self>, ctx: Context, input: Input) -> Result<JoinHandle<()>, StartError> {
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        input: Input,
+    ) -> Result<JoinHandle<()>, StartError> {
         let cfg = self.cfg;
         // Connects lazily: a backend that is down at start is retried like any other failure.
         let sender = sender::GrpcSender::new(&cfg)?;

@@ -22,7 +22,11 @@ pub fn factory() -> ProcessorFactory {
     ProcessorFactory {
         type_name: "batch",
         description: "groups samples into batches by count and time, merging their dictionaries",
-        create: |_, v| Ok(Box::new(BatchProcessor { cfg: parse_component(v)? })),
+        create: |_, v| {
+            Ok(Box::new(BatchProcessor {
+                cfg: parse_component(v)?,
+            }))
+        },
     }
 }
 

@@ -56,28 +56,45 @@ async fn sends_a_batch_as_soon_as_it_is_full() {
 #[tokio::test]
 async fn sends_what_is_waiting_after_the_timeout() {
     let mut h = start(cfg(1000, 0, 100));
-    h.tx.as_ref().unwrap().send(request("a", 0, 7, 5)).await.unwrap();
+    h.tx.as_ref()
+        .unwrap()
+        .send(request("a", 0, 7, 5))
+        .await
+        .unwrap();
     let t = std::time::Instant::now();
     let b = tokio::time::timeout(Duration::from_secs(5), h.rx.recv())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(sample_count(&b), 7);
-    assert!(t.elapsed() >= Duration::from_millis(90), "sent before the timeout");
+    assert!(
+        t.elapsed() >= Duration::from_millis(90),
+        "sent before the timeout"
+    );
 }
 
 #[tokio::test]
 async fn splits_above_the_max_size_and_keeps_the_remainder_waiting() {
     let mut h = start(cfg(100, 150, 60_000));
-    h.tx.as_ref().unwrap().send(request("a", 0, 420, 5)).await.unwrap();
+    h.tx.as_ref()
+        .unwrap()
+        .send(request("a", 0, 420, 5))
+        .await
+        .unwrap();
     let mut sizes = Vec::new();
     for _ in 0..2 {
-        let b = tokio::time::timeout(Duration::from_secs(5), h.rx.recv()).await.unwrap().unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(5), h.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         sizes.push(sample_count(&b));
     }
     assert_eq!(sizes, vec![150, 150]);
     // 120 remain (>= 100): the collector sends them too, as one batch under the max.
-    let b = tokio::time::timeout(Duration::from_secs(5), h.rx.recv()).await.unwrap().unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), h.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(sample_count(&b), 120);
 }
 
@@ -85,10 +102,17 @@ async fn splits_above_the_max_size_and_keeps_the_remainder_waiting() {
 async fn flushes_everything_when_the_input_ends() {
     let mut h = start(cfg(10_000, 0, 60_000));
     for i in 0..5 {
-        h.tx.as_ref().unwrap().send(request("a", i * 10, 10, 5)).await.unwrap();
+        h.tx.as_ref()
+            .unwrap()
+            .send(request("a", i * 10, 10, 5))
+            .await
+            .unwrap();
     }
     drop(h.tx.take());
-    let b = tokio::time::timeout(Duration::from_secs(5), h.rx.recv()).await.unwrap().unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), h.rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let mut seqs: Vec<u64> = decode_samples(&b).into_iter().map(|s| s.0).collect();
     seqs.sort();
     assert_eq!(seqs, (0..50).collect::<Vec<_>>());

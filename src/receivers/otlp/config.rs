@@ -5,14 +5,14 @@ use serde::Deserialize;
 use crate::config::{ConfigError, Validate};
 
 /// `receivers.otlp`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpReceiverConfig {
     pub protocols: Protocols,
 }
 
 /// `receivers.otlp.protocols`: only gRPC is served for now.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Protocols {
     /// The gRPC server (`opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export`).
@@ -28,22 +28,6 @@ pub struct GrpcConfig {
     pub endpoint: String,
     /// Largest request accepted, in MiB, after decompression. Default 32.
     pub max_recv_msg_size_mib: u64,
-}
-
-impl Default for OtlpReceiverConfig {
-    fn default() -> Self {
-        OtlpReceiverConfig {
-            protocols: Protocols::default(),
-        }
-    }
-}
-
-impl Default for Protocols {
-    fn default() -> Self {
-        Protocols {
-            grpc: GrpcConfig::default(),
-        }
-    }
 }
 
 impl Default for GrpcConfig {

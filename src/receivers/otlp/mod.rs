@@ -15,7 +15,11 @@ pub fn factory() -> ReceiverFactory {
     ReceiverFactory {
         type_name: "otlp",
         description: "OTLP profiles over gRPC (gzip and zstd), as sent by agents, SDKs and other collectors",
-        create: |_, v| Ok(Box::new(OtlpReceiver { cfg: parse_component(v)? })),
+        create: |_, v| {
+            Ok(Box::new(OtlpReceiver {
+                cfg: parse_component(v)?,
+            }))
+        },
     }
 }
 
@@ -25,7 +29,11 @@ pub struct OtlpReceiver {
 
 #[async_trait]
 impl Receiver for OtlpReceiver {
-    async fn start(self: Box<Self>, ctx: Context, out: Fanout) -> Result<JoinHandle<()>, StartError> {
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        out: Fanout,
+    ) -> Result<JoinHandle<()>, StartError> {
         service::serve(self.cfg.protocols.grpc, ctx, out).await
     }
 }
