@@ -158,6 +158,48 @@ impl DictionaryBuilder {
         i
     }
 
+    /// Interns entries whose indices already point into this builder's tables
+    /// (used by producers that build profiles from scratch, like the eBPF receiver).
+    pub fn intern_attribute(&mut self, a: KeyValueAndUnit) -> i32 {
+        self.attributes.intern(a)
+    }
+    pub fn intern_mapping(&mut self, m: Mapping) -> i32 {
+        self.mappings.intern(m)
+    }
+    pub fn intern_function(&mut self, f: Function) -> i32 {
+        self.functions.intern(f)
+    }
+    pub fn intern_location(&mut self, l: Location) -> i32 {
+        self.locations.intern(l)
+    }
+    pub fn intern_stack(&mut self, s: Stack) -> i32 {
+        self.stacks.intern(s)
+    }
+
+    /// Adds a profile whose indices point into this builder's tables, under `resource`
+    /// and `scope` (merged with equal ones already present).
+    pub fn push_profile(
+        &mut self,
+        resource: Option<super::resource::Resource>,
+        scope: Option<super::common::InstrumentationScope>,
+        profile: Profile,
+    ) {
+        self.samples += profile.samples.len() as u64;
+        let rp = ResourceProfiles {
+            resource,
+            scope_profiles: Vec::new(),
+            schema_url: String::new(),
+        };
+        self.add_resource(
+            &rp,
+            vec![ScopeProfiles {
+                scope,
+                profiles: vec![profile],
+                schema_url: String::new(),
+            }],
+        );
+    }
+
     fn string(&mut self, m: &mut Memo, i: i32) -> i32 {
         match memo_slot(&m.strings, i) {
             None => 0,

@@ -72,7 +72,10 @@ impl Factories {
     /// All component types: the one place a new component is registered.
     pub fn builtin() -> Self {
         Factories {
-            receivers: vec![crate::receivers::otlp::factory()],
+            receivers: vec![
+                crate::receivers::otlp::factory(),
+                crate::receivers::ebpf_profiler::factory(),
+            ],
             processors: vec![crate::processors::batch::factory()],
             exporters: vec![
                 crate::exporters::otlp::factory(),

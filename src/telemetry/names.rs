@@ -26,3 +26,28 @@ pub const EXPORTER_QUEUE_CAPACITY: &str = "otelcol_exporter_queue_capacity";
 pub const PIPELINE_DROPPED: &str = "stackline_pipeline_dropped_samples_total";
 /// Always 1; label `version`.
 pub const BUILD_INFO: &str = "stackline_build_info";
+
+/// eBPF program load attempts. Labels: `program`, `outcome` (`success`, `failure`).
+pub const EBPF_PROGRAM_LOADS: &str = "stackline_ebpf_program_loads_total";
+/// Failed loads. Labels: `program`, `errno` (e.g. `EACCES`), `reason`.
+pub const EBPF_PROGRAM_LOAD_FAILURES: &str = "stackline_ebpf_program_load_failures_total";
+/// Failed attaches to perf events. Labels: `program`, `errno`.
+pub const EBPF_ATTACH_FAILURES: &str = "stackline_ebpf_attach_failures_total";
+/// Size of the last verifier log kept, in bytes. Label: `program`.
+pub const EBPF_VERIFIER_LOG_BYTES: &str = "stackline_ebpf_verifier_log_bytes";
+/// Loads whose verifier log was cut at `max_size`. Label: `program`.
+pub const EBPF_VERIFIER_LOG_TRUNCATED: &str = "stackline_ebpf_verifier_log_truncated_total";
+/// Instructions the verifier processed in the last load (needs a log level or stats). Label: `program`.
+pub const EBPF_VERIFIER_INSNS: &str = "stackline_ebpf_verifier_instructions_processed";
+/// Verifier states in the last load. Labels: `program`, `kind` (`total`, `peak`).
+pub const EBPF_VERIFIER_STATES: &str = "stackline_ebpf_verifier_states";
+/// Verification time of the last load, in seconds. Label: `program`.
+pub const EBPF_VERIFIER_SECONDS: &str = "stackline_ebpf_verifier_time_seconds";
+/// CPU samples received from the kernel.
+pub const EBPF_SAMPLES: &str = "stackline_ebpf_samples_total";
+/// Samples, or parts of them, lost. Label: `reason`.
+pub const EBPF_SAMPLES_LOST: &str = "stackline_ebpf_samples_lost_total";
+/// Cumulative run time of the program in the kernel, in seconds (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
+pub const EBPF_PROGRAM_RUN_SECONDS: &str = "stackline_ebpf_program_run_time_seconds_total";
+/// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
+pub const EBPF_PROGRAM_RUNS: &str = "stackline_ebpf_program_runs_total";

@@ -1,0 +1,192 @@
+//! Settings of the `ebpf_profiler` receiver.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::verifier_log::{KERNEL_MAX_LOG_SIZE, KERNEL_MIN_LOG_SIZE, LogSettings};
+use crate::config::units::{ByteSize, byte_size};
+use crate::config::{ConfigError, Validate};
+
+/// `receivers.ebpf_profiler`: whole-system CPU sampling with eBPF.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfProfilerConfig {
+    /// Samples per second per CPU. Default 20 (1 to 10000).
+    pub sampling_frequency: u64,
+    /// How often a profile is sent. Default `5s`.
+    #[serde(with = "crate::config::units::duration")]
+    pub report_interval: Duration,
+    /// Also sample the idle task (pid 0). Default false.
+    pub include_idle: bool,
+    /// CPUs to sample. Default: every online CPU.
+    pub cpus: Option<Vec<u32>>,
+    /// Capture kernel stacks. Default true.
+    pub kernel_stacks: bool,
+    pub verifier_log: VerifierLogConfig,
+    /// Retry of a failed load or attach.
+    pub load_retry: LoadRetryConfig,
+    /// Load this eBPF object file instead of the one built into the binary (for
+    /// developing the eBPF program and for tests). Default: the built-in object.
+    pub object_path: Option<PathBuf>,
+}
+
+impl Default for EbpfProfilerConfig {
+    fn default() -> Self {
+        EbpfProfilerConfig {
+            sampling_frequency: 20,
+            report_interval: Duration::from_secs(5),
+            include_idle: false,
+            cpus: None,
+            kernel_stacks: true,
+            verifier_log: VerifierLogConfig::default(),
+            load_retry: LoadRetryConfig::default(),
+            object_path: None,
+        }
+    }
+}
+
+/// `verifier_log`: what the kernel's verifier reports when the program loads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierLogConfig {
+    /// `0`/`off` (default), `1`/`branch`, `2`/`instruction` (the upstream `-bpf-log-level`).
+    /// With a level set, the log is kept for programs that load, too.
+    #[serde(deserialize_with = "log_level")]
+    pub level: u32,
+    /// Add the verifier's statistics (`BPF_LOG_STATS`). Default false.
+    pub stats: bool,
+    /// First log buffer. Default `64KiB`; it grows by itself when the log needs more.
+    #[serde(deserialize_with = "byte_size")]
+    pub size: ByteSize,
+    /// Largest log buffer. Default `512MiB`; never above the kernel's limit (`UINT_MAX >> 2` bytes).
+    /// Past it the program loads without a log and the truncated log is kept with a warning.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_size: ByteSize,
+    /// A directory: each load writes `<program>.log` there. Empty (default): the log
+    /// goes to the process log at debug level.
+    pub output: String,
+}
+
+impl Default for VerifierLogConfig {
+    fn default() -> Self {
+        VerifierLogConfig {
+            level: 0,
+            stats: false,
+            size: ByteSize::kib(64),
+            max_size: ByteSize::mib(512),
+            output: String::new(),
+        }
+    }
+}
+
+impl VerifierLogConfig {
+    pub fn settings(&self) -> LogSettings {
+        LogSettings {
+            level: self.level,
+            stats: self.stats,
+            size: self.size.as_u64().min(KERNEL_MAX_LOG_SIZE as u64) as u32,
+            max_size: self.max_size.as_u64().min(KERNEL_MAX_LOG_SIZE as u64) as u32,
+        }
+    }
+}
+
+fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u64),
+        Text(String),
+    }
+    let bad = |v: &dyn std::fmt::Display| {
+        serde::de::Error::custom(format!(
+            "invalid verifier log level `{v}`; use 0|off, 1|branch or 2|instruction"
+        ))
+    };
+    match Raw::deserialize(d)? {
+        Raw::Num(n @ 0..=2) => Ok(n as u32),
+        Raw::Num(n) => Err(bad(&n)),
+        Raw::Text(t) => match t.as_str() {
+            "0" | "off" => Ok(0),
+            "1" | "branch" => Ok(1),
+            "2" | "instruction" => Ok(2),
+            _ => Err(bad(&t)),
+        },
+    }
+}
+
+/// `load_retry`: backoff between failed load or attach attempts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadRetryConfig {
+    /// Wait after the first failure. Default `5s`.
+    #[serde(with = "crate::config::units::duration")]
+    pub initial_interval: Duration,
+    /// Longest wait; the wait doubles up to it. Default `5m`.
+    #[serde(with = "crate::config::units::duration")]
+    pub max_interval: Duration,
+}
+
+impl Default for LoadRetryConfig {
+    fn default() -> Self {
+        LoadRetryConfig {
+            initial_interval: Duration::from_secs(5),
+            max_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Validate for EbpfProfilerConfig {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        if !(1..=10_000).contains(&self.sampling_frequency) {
+            errs.push(ConfigError::new(
+                "sampling_frequency",
+                format!("{} Hz is out of range; use 1 to 10000", self.sampling_frequency),
+            ));
+        }
+        if self.report_interval < Duration::from_millis(100) {
+            errs.push(ConfigError::new(
+                "report_interval",
+                "must be at least 100ms, e.g. `5s`",
+            ));
+        }
+        if self.cpus.as_ref().is_some_and(|c| c.is_empty()) {
+            errs.push(ConfigError::new(
+                "cpus",
+                "is empty; leave it out to sample every online CPU",
+            ));
+        }
+        let v = &self.verifier_log;
+        if v.size.as_u64() < KERNEL_MIN_LOG_SIZE as u64 {
+            errs.push(ConfigError::new(
+                "verifier_log.size",
+                format!("must be at least {KERNEL_MIN_LOG_SIZE} bytes (the kernel's minimum)"),
+            ));
+        }
+        if v.max_size.as_u64() > KERNEL_MAX_LOG_SIZE as u64 {
+            errs.push(ConfigError::new(
+                "verifier_log.max_size",
+                format!(
+                    "{} is above the kernel's limit of {KERNEL_MAX_LOG_SIZE} bytes (UINT_MAX >> 2)",
+                    v.max_size
+                ),
+            ));
+        }
+        if v.max_size < v.size {
+            errs.push(ConfigError::new(
+                "verifier_log.max_size",
+                format!("{} is less than verifier_log.size ({})", v.max_size, v.size),
+            ));
+        }
+        let r = &self.load_retry;
+        if r.initial_interval.is_zero() || r.max_interval < r.initial_interval {
+            errs.push(ConfigError::new(
+                "load_retry",
+                "initial_interval must be > 0 and max_interval >= initial_interval",
+            ));
+        }
+        errs
+    }
+}

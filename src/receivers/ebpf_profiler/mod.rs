@@ -1,0 +1,318 @@
+//! `ebpf_profiler` receiver: samples every CPU with an eBPF `perf_event` program and
+//! sends one OTLP profile per report interval.
+//!
+//! - [`loader`]: maps via aya, our own program load with [`verifier_log`], attach per CPU.
+//! - [`verifier_log`]: the log buffer that sizes itself and never fails a valid program.
+//! - [`profile`]: raw samples → OTLP locations, mappings (with build IDs) and attributes.
+//! - [`procfs`]: `/proc` and kernel ranges.  [`sys`]: the system calls, and all `unsafe`.
+//!
+//! A load or attach failure never ends the process: the receiver reports itself
+//! unhealthy on `/health`, counts the failure in metrics, logs it once per attempt and
+//! tries again with backoff.
+
+mod config;
+pub mod loader;
+pub mod procfs;
+pub mod profile;
+pub mod sys;
+pub mod verifier_log;
+
+#[path = "../../../ebpf/src/shared.rs"]
+#[allow(dead_code)]
+pub mod shared;
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::task::JoinHandle;
+
+pub use config::{EbpfProfilerConfig, LoadRetryConfig, VerifierLogConfig};
+
+use crate::config::parse_component;
+use crate::pipeline::{Context, Fanout, Receiver, ReceiverFactory, StartError};
+use crate::telemetry::names;
+use loader::{LoadError, LoadRequest, PROGRAM, Profiler};
+use profile::{DecodedSample, IntervalProfile, Resolver};
+use shared::counter;
+use verifier_log::VerifierLog;
+
+pub fn factory() -> ReceiverFactory {
+    ReceiverFactory {
+        type_name: "ebpf_profiler",
+        description: "samples every CPU with eBPF (perf_event): user and kernel stacks of all processes",
+        create: |_, v| Ok(Box::new(EbpfProfiler { cfg: parse_component(v)? })),
+    }
+}
+
+pub struct EbpfProfiler {
+    cfg: EbpfProfilerConfig,
+}
+
+#[async_trait]
+impl Receiver for EbpfProfiler {
+    async fn start(self: Box<Self>, ctx: Context, out: Fanout) -> Result<JoinHandle<()>, StartError> {
+        let object: Arc<Vec<u8>> = Arc::new(match &self.cfg.object_path {
+            Some(p) => std::fs::read(p).map_err(|e| {
+                format!(
+                    "cannot read receivers.{}.object_path {}: {e}",
+                    ctx.id,
+                    p.display()
+                )
+            })?,
+            None => loader::OBJECT.to_vec(),
+        });
+        let cpus = match &self.cfg.cpus {
+            Some(c) => c.clone(),
+            None => aya::util::online_cpus()
+                .map_err(|(path, e)| format!("cannot read the online CPUs from {path}: {e}"))?,
+        };
+        Ok(tokio::spawn(run(self.cfg, ctx, out, object, cpus)))
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Records what a load produced: metrics, and the log where the user asked for it.
+fn record_log(cfg: &VerifierLogConfig, log: &VerifierLog) {
+    let p = ("program", PROGRAM);
+    metrics::gauge!(names::EBPF_VERIFIER_LOG_BYTES, &[p]).set(log.text.len() as f64);
+    if log.truncated {
+        metrics::counter!(names::EBPF_VERIFIER_LOG_TRUNCATED, &[p]).increment(1);
+        match log.needed_bytes {
+            Some(n) => tracing::warn!(program = PROGRAM, kept = log.text.len(), needed = n, "the verifier log needed {n} bytes, more than verifier_log.max_size ({}); the program loaded without it and the first part is kept", cfg.max_size),
+            None => tracing::warn!(program = PROGRAM, kept = log.text.len(), "the verifier log did not fit verifier_log.max_size ({}); the program loaded without it and the part that fit is kept", cfg.max_size),
+        }
+    }
+    if let Some(s) = log.stats() {
+        metrics::gauge!(names::EBPF_VERIFIER_INSNS, &[p]).set(s.insns_processed as f64);
+        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "total").set(s.total_states as f64);
+        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "peak").set(s.peak_states as f64);
+        if let Some(us) = s.verification_time_usec {
+            metrics::gauge!(names::EBPF_VERIFIER_SECONDS, &[p]).set(us as f64 / 1e6);
+        }
+    }
+    if log.text.is_empty() {
+        return;
+    }
+    if cfg.output.is_empty() {
+        tracing::debug!(program = PROGRAM, "verifier log:\n{}", log.text);
+        return;
+    }
+    let dir = Path::new(&cfg.output);
+    let path = dir.join(format!("{PROGRAM}.log"));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, &log.text)) {
+        tracing::error!(path = %path.display(), error = %e, "cannot write the verifier log (verifier_log.output)");
+    } else {
+        tracing::info!(path = %path.display(), bytes = log.text.len(), "verifier log written");
+    }
+}
+
+/// Counts a failed attempt by kind.
+fn record_failure(cfg: &VerifierLogConfig, e: &LoadError) {
+    let failure = |errno: String, reason: &'static str| {
+        metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => PROGRAM, "outcome" => "failure").increment(1);
+        metrics::counter!(names::EBPF_PROGRAM_LOAD_FAILURES, "program" => PROGRAM, "errno" => errno, "reason" => reason).increment(1);
+    };
+    match e {
+        LoadError::Program { failure: f, .. } => {
+            record_log(cfg, &f.log);
+            failure(errno_label(f.errno), f.reason());
+        }
+        LoadError::Capabilities { .. } => failure("EPERM".into(), "missing_capabilities"),
+        LoadError::Attach { errno, .. } => {
+            metrics::counter!(names::EBPF_ATTACH_FAILURES, "program" => PROGRAM, "errno" => errno_label(*errno)).increment(1);
+        }
+        LoadError::Maps(_) => failure("unknown".into(), "maps"),
+        LoadError::Object(_) | LoadError::ReadObject { .. } => failure("none".into(), "object"),
+    }
+}
+
+fn errno_label(errno: i32) -> String {
+    sys::errno_name(errno)
+        .split(' ')
+        .next()
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+async fn run(cfg: EbpfProfilerConfig, ctx: Context, out: Fanout, object: Arc<Vec<u8>>, cpus: Vec<u32>) {
+    let mut wait = cfg.load_retry.initial_interval;
+    let mut loaded_ok = false;
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        let req_cfg = cfg.clone();
+        let (obj, cpus2) = (object.clone(), cpus.clone());
+        let attempt = tokio::task::spawn_blocking(move || {
+            let mut seen_log = None;
+            let r = loader::load(
+                &LoadRequest {
+                    object: &obj,
+                    log: req_cfg.verifier_log.settings(),
+                    config: shared::Config {
+                        include_idle: req_cfg.include_idle as u32,
+                        kernel_stacks: req_cfg.kernel_stacks as u32,
+                    },
+                    cpus: &cpus2,
+                    frequency: req_cfg.sampling_frequency,
+                },
+                &mut |log| seen_log = Some(log.clone()),
+            );
+            (r, seen_log)
+        })
+        .await;
+        let (result, log) = match attempt {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(receiver = %ctx.id, error = %e, "the load attempt panicked");
+                (Err(LoadError::Object(format!("load attempt panicked: {e}"))), None)
+            }
+        };
+        if let Some(log) = &log {
+            // The program loaded (attaching may still have failed).
+            metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => PROGRAM, "outcome" => "success").increment(1);
+            record_log(&cfg.verifier_log, log);
+        }
+        match result {
+            Ok(profiler) => {
+                tracing::info!(
+                    receiver = %ctx.id,
+                    cpus = cpus.len(),
+                    frequency_hz = cfg.sampling_frequency,
+                    verifier_log_bytes = profiler.log.text.len(),
+                    "eBPF profiler attached"
+                );
+                ctx.health.running();
+                wait = cfg.load_retry.initial_interval;
+                loaded_ok = true;
+                match read_samples(profiler, &cfg, &ctx, &out).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        ctx.health.unhealthy(format!("reading samples failed: {e}"));
+                        tracing::error!(receiver = %ctx.id, error = %e, "reading samples failed; reloading");
+                    }
+                }
+            }
+            Err(e) => {
+                record_failure(&cfg.verifier_log, &e);
+                ctx.health.unhealthy(e.to_string());
+                tracing::error!(receiver = %ctx.id, "{e}; retrying in {wait:?}");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = ctx.shutdown.cancelled() => break,
+        }
+        wait = (wait * 2).min(cfg.load_retry.max_interval);
+    }
+    if loaded_ok {
+        ctx.health.stopping();
+    }
+}
+
+/// Reads samples until shutdown, on a blocking thread (reading /proc blocks), sending
+/// one profile per report interval, and a last partial one on shutdown.
+async fn read_samples(
+    profiler: Profiler,
+    cfg: &EbpfProfilerConfig,
+    ctx: &Context,
+    out: &Fanout,
+) -> std::io::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::otlp::ProfilesRequest>(2);
+    let (cfg2, stop2) = (cfg.clone(), stop.clone());
+    let mut reader = tokio::task::spawn_blocking(move || reader_loop(profiler, &cfg2, &stop2, &tx));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            req = rx.recv() => match req {
+                Some(req) => { let _ = out.send(req).await; }
+                None => break,
+            },
+            _ = ctx.shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    match (&mut reader).await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(format!("sample reader panicked: {e}"))),
+    }
+}
+
+fn reader_loop(
+    mut p: Profiler,
+    cfg: &EbpfProfilerConfig,
+    stop: &AtomicBool,
+    tx: &tokio::sync::mpsc::Sender<crate::otlp::ProfilesRequest>,
+) -> std::io::Result<()> {
+    let offset = sys::monotonic_to_unix_offset_ns();
+    let host = hostname();
+    let mut resolver = Resolver::new();
+    let samples_total = metrics::counter!(names::EBPF_SAMPLES);
+    let ringbuf_lost = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "ring_buffer_full");
+    let undecodable = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "undecodable");
+    let run_seconds = metrics::counter!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => PROGRAM);
+    let runs = metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => PROGRAM);
+    let mut last_lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
+    let mut last_run = sys::prog_run_stats(p.program_fd.as_fd()).unwrap_or((0, 0));
+    let mut interval = IntervalProfile::new(unix_now_ns(), cfg.sampling_frequency);
+    let mut next_report = Instant::now() + cfg.report_interval;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let until = next_report.saturating_duration_since(Instant::now());
+        if !stopping {
+            sys::poll_readable(p.samples.as_fd(), until.min(Duration::from_millis(100)))?;
+        }
+        let now = Instant::now();
+        while let Some(item) = p.samples.next() {
+            match DecodedSample::decode(&item) {
+                Some(s) => {
+                    let unix = (s.ktime_ns as i128 + offset).max(0) as u64;
+                    interval.add(&s, unix, &mut resolver, now);
+                    samples_total.increment(1);
+                }
+                None => undecodable.increment(1),
+            }
+        }
+        if stopping || now >= next_report {
+            let lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
+            ringbuf_lost.increment(lost.saturating_sub(last_lost));
+            last_lost = lost;
+            if let Ok(run) = sys::prog_run_stats(p.program_fd.as_fd()) {
+                run_seconds.increment((run.0.saturating_sub(last_run.0)) / 1_000_000_000);
+                runs.increment(run.1.saturating_sub(last_run.1));
+                // Keep sub-second remainders for the next interval.
+                last_run = (run.0 - run.0.saturating_sub(last_run.0) % 1_000_000_000, run.1);
+            }
+            let end = unix_now_ns();
+            let done = std::mem::replace(&mut interval, IntervalProfile::new(end, cfg.sampling_frequency));
+            if !done.is_empty() && tx.blocking_send(done.finish(end, &host)).is_err() {
+                break;
+            }
+            resolver.evict(now);
+            next_report = now + cfg.report_interval;
+            if stopping {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! What `/proc` tells about a process: its memory mappings, start time, executable,
+//! container, and the GNU build IDs of its mapped files; and the kernel's own text and
+//! module ranges. Every read may race with the process exiting: errors are values.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One line of `/proc/PID/maps` that maps a file or the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub executable: bool,
+    pub dev: String,
+    pub inode: u64,
+    /// Path as the process sees it (may be `[vdso]` and the like).
+    pub path: String,
+}
+
+/// Parses `/proc/PID/maps` text; lines that do not parse are skipped.
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(6, ' ');
+        let (Some(range), Some(perms), Some(offset), Some(dev), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = f.next().unwrap_or("").trim().to_owned();
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end), Ok(offset), Ok(inode)) = (
+            u64::from_str_radix(s, 16),
+            u64::from_str_radix(e, 16),
+            u64::from_str_radix(offset, 16),
+            inode.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        out.push(MapEntry {
+            start,
+            end,
+            offset,
+            executable: perms.as_bytes().get(2) == Some(&b'x'),
+            dev: dev.to_owned(),
+            inode,
+            path,
+        });
+    }
+    out
+}
+
+/// Process start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn start_time(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("malformed stat"))?;
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed stat"))
+}
+
+/// The container id in `/proc/PID/cgroup`, if the process runs in one: the 64-hex-digit
+/// id of docker, containerd, CRI-O and podman cgroup paths.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    for line in cgroup.lines() {
+        let path = line.rsplit(':').next().unwrap_or("");
+        for part in path.rsplit('/') {
+            let part = part.strip_suffix(".scope").unwrap_or(part);
+            let id = part.rsplit(['-', ':']).next().unwrap_or(part);
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(id.to_ascii_lowercase());
+            }
+        }
+    }
+    None
+}
+
+/// Everything the profiler keeps about one process.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessInfo {
+    pub start_time: u64,
+    pub exe_path: String,
+    pub exe_name: String,
+    pub container_id: Option<String>,
+    pub maps: Vec<MapEntry>,
+}
+
+impl ProcessInfo {
+    /// Reads a process. Fails only if its maps cannot be read (it exited, or no permission).
+    pub fn read(pid: u32) -> io::Result<ProcessInfo> {
+        let maps = parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?);
+        let exe_path = fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
+            .unwrap_or_default();
+        let exe_name = Path::new(&exe_path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(ProcessInfo {
+            start_time: start_time(pid).unwrap_or(0),
+            exe_path,
+            exe_name,
+            container_id: fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|c| container_id(&c)),
+            maps,
+        })
+    }
+
+    /// The executable mapping holding `addr`.
+    pub fn mapping_for(&self, addr: u64) -> Option<&MapEntry> {
+        self.maps
+            .iter()
+            .find(|m| m.executable && m.start <= addr && addr < m.end)
+    }
+}
+
+/// Reads the GNU build ID note of an ELF file, as lowercase hex.
+pub fn read_build_id(path: &Path) -> io::Result<Option<String>> {
+    use object::Object;
+    let file = fs::File::open(path)?;
+    // SAFETY: the map is read-only and only parsed; a file truncated meanwhile can at
+    // worst make the parse fail or read zeros.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let Ok(elf) = object::File::parse(&*map) else {
+        return Ok(None);
+    };
+    Ok(elf
+        .build_id()
+        .ok()
+        .flatten()
+        .map(|id| id.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Build IDs by file identity (device and inode), so each file is read once.
+#[derive(Default)]
+pub struct BuildIds {
+    cache: HashMap<(String, u64), Option<String>>,
+}
+
+impl BuildIds {
+    /// The build ID of the file behind `m` in process `pid`, read through
+    /// `/proc/PID/map_files` (works across mount namespaces, for containers) and
+    /// falling back to `/proc/PID/root/PATH`.
+    pub fn get(&mut self, pid: u32, m: &MapEntry) -> Option<String> {
+        if m.inode == 0 || m.path.starts_with('[') {
+            return None;
+        }
+        let key = (m.dev.clone(), m.inode);
+        if let Some(v) = self.cache.get(&key) {
+            return v.clone();
+        }
+        let candidates = [
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
+            PathBuf::from(format!("/proc/{pid}/root{}", m.path)),
+        ];
+        let mut found = None;
+        let mut readable = false;
+        for c in &candidates {
+            if let Ok(id) = read_build_id(c) {
+                readable = true;
+                found = id;
+                break;
+            }
+        }
+        // Cache misses only when the file was read: a race with exit may succeed later.
+        if readable {
+            self.cache.insert(key, found.clone());
+        }
+        found
+    }
+}
+
+/// A kernel address range: the kernel image or one module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRange {
+    pub start: u64,
+    pub end: u64,
+    /// `[kernel.kallsyms]` or the module name.
+    pub name: String,
+}
+
+/// Kernel text and module ranges, from `/proc/kallsyms` and `/proc/modules`.
+#[derive(Debug, Clone, Default)]
+pub struct KernelMaps {
+    pub ranges: Vec<KernelRange>,
+}
+
+impl KernelMaps {
+    pub fn read() -> KernelMaps {
+        let mut ranges = Vec::new();
+        if let Ok(kallsyms) = fs::read_to_string("/proc/kallsyms") {
+            let (mut stext, mut etext) = (None, None);
+            for line in kallsyms.lines() {
+                let mut f = line.split_whitespace();
+                let (Some(addr), Some(_), Some(name)) = (f.next(), f.next(), f.next()) else {
+                    continue;
+                };
+                match name {
+                    "_stext" => stext = u64::from_str_radix(addr, 16).ok(),
+                    "_etext" => etext = u64::from_str_radix(addr, 16).ok(),
+                    _ => {}
+                }
+                if stext.is_some() && etext.is_some() {
+                    break;
+                }
+            }
+            if let (Some(s), Some(e)) = (stext, etext)
+                && s != 0
+                && e > s
+            {
+                ranges.push(KernelRange {
+                    start: s,
+                    end: e,
+                    name: "[kernel.kallsyms]".into(),
+                });
+            }
+        }
+        if let Ok(modules) = fs::read_to_string("/proc/modules") {
+            for line in modules.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 6 {
+                    continue;
+                }
+                let size = f[1].parse::<u64>().unwrap_or(0);
+                let addr = u64::from_str_radix(f[5].trim_start_matches("0x"), 16).unwrap_or(0);
+                if addr != 0 && size != 0 {
+                    ranges.push(KernelRange {
+                        start: addr,
+                        end: addr + size,
+                        name: f[0].to_owned(),
+                    });
+                }
+            }
+        }
+        KernelMaps { ranges }
+    }
+
+    /// The range holding `addr`; kernel addresses outside any known range (e.g. BPF
+    /// programs, or when addresses are hidden) fall back to `[kernel.kallsyms]` with no bounds.
+    pub fn find(&self, addr: u64) -> Option<&KernelRange> {
+        self.ranges.iter().find(|r| r.start <= addr && addr < r.end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines_including_odd_paths() {
+        let text = "55d0c0a00000-55d0c0a21000 r--p 00000000 08:01 1234 /usr/bin/my app\n\
+                    55d0c0a21000-55d0c0b00000 r-xp 00021000 08:01 1234 /usr/bin/my app\n\
+                    7ffd1000-7ffd3000 r-xp 00000000 00:00 0 [vdso]\n\
+                    7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n\
+                    garbage line\n";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1].start, 0x55d0c0a21000);
+        assert_eq!(m[1].offset, 0x21000);
+        assert!(m[1].executable && !m[0].executable);
+        assert_eq!(m[1].path, "/usr/bin/my app");
+        assert_eq!(m[2].path, "[vdso]");
+        assert_eq!(m[3].path, "");
+    }
+
+    #[test]
+    fn finds_container_ids_in_common_cgroup_layouts() {
+        let id = "3f1ac2d0e8b34a7c9a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef";
+        for cg in [
+            format!("0::/system.slice/docker-{id}.scope"),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"),
+            format!("12:memory:/docker/{id}"),
+            format!("0::/kubepods/besteffort/pod1/crio-{id}"),
+        ] {
+            assert_eq!(container_id(&cg).as_deref(), Some(id), "{cg}");
+        }
+        assert_eq!(container_id("0::/user.slice/user-0.slice/session-3.scope"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        let info = ProcessInfo::read(me).unwrap();
+        assert!(info.start_time > 0);
+        assert!(!info.exe_name.is_empty());
+        let exe_map = info
+            .maps
+            .iter()
+            .find(|m| m.executable && m.path == info.exe_path)
+            .expect("the test binary's text is mapped");
+        // Rust test binaries carry a GNU build ID.
+        let mut ids = BuildIds::default();
+        let id = ids.get(me, exe_map).expect("build id");
+        assert!(id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let f = read_build_id(Path::new(&info.exe_path)).unwrap();
+        assert_eq!(f.as_deref(), Some(id.as_str()));
+    }
+}

@@ -1,0 +1,364 @@
+//! Turning raw samples into one OTLP profile per report interval.
+//!
+//! Every frame becomes a Location whose address lies inside its Mapping's
+//! `[memory_start, memory_limit)`, with the Mapping's file offset, file name and GNU
+//! build ID (`process.executable.build_id.gnu`). Kernel frames map to
+//! `[kernel.kallsyms]` or their module. Processes are read at first sight and cached,
+//! so short-lived ones still resolve after they exit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use metrics::Counter;
+
+use super::procfs::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
+use super::shared::{COMM_LEN, MAX_STACK_DEPTH, RawSample};
+use crate::otlp::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use crate::otlp::profiles::{KeyValueAndUnit, Location, Mapping, Profile, Sample, Stack, ValueType};
+use crate::otlp::resource::Resource;
+use crate::otlp::{DictionaryBuilder, ProfilesRequest};
+use crate::telemetry::names;
+
+/// A sample decoded from the ring buffer.
+#[derive(Debug, Clone)]
+pub struct DecodedSample {
+    pub tgid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub ktime_ns: u64,
+    pub comm: String,
+    pub user: Vec<u64>,
+    pub user_error: Option<i64>,
+    pub kernel: Vec<u64>,
+    pub kernel_error: Option<i64>,
+}
+
+fn stack(frames: &[u64; MAX_STACK_DEPTH], len: i64) -> (Vec<u64>, Option<i64>) {
+    if len < 0 {
+        return (Vec::new(), Some(len));
+    }
+    let n = (len as usize / 8).min(MAX_STACK_DEPTH);
+    (frames[..n].iter().copied().filter(|&a| a != 0).collect(), None)
+}
+
+impl DecodedSample {
+    /// Decodes one ring-buffer record; `None` if it is not a whole `RawSample`.
+    pub fn decode(bytes: &[u8]) -> Option<DecodedSample> {
+        if bytes.len() < std::mem::size_of::<RawSample>() {
+            return None;
+        }
+        // SAFETY: the length is checked; RawSample is #[repr(C)] plain integers, valid
+        // for any bit pattern; the read is unaligned-safe.
+        let raw: RawSample = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RawSample) };
+        let comm_end = raw.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        let (user, user_error) = stack(&raw.user_stack, raw.user_stack_len);
+        let (kernel, kernel_error) = stack(&raw.kernel_stack, raw.kernel_stack_len);
+        Some(DecodedSample {
+            tgid: raw.tgid,
+            tid: raw.tid,
+            cpu: raw.cpu,
+            ktime_ns: raw.ktime_ns,
+            comm: String::from_utf8_lossy(&raw.comm[..comm_end]).into_owned(),
+            user,
+            user_error,
+            kernel,
+            kernel_error,
+        })
+    }
+}
+
+struct Cached {
+    info: Option<ProcessInfo>,
+    refreshed: Instant,
+    seen: Instant,
+}
+
+/// Counters for frames and samples that could not be fully resolved.
+struct Meters {
+    process_gone: Counter,
+    no_mapping: Counter,
+    user_stack: Counter,
+    kernel_stack: Counter,
+}
+
+/// Process, build-ID and kernel-range lookups, cached.
+pub struct Resolver {
+    procs: HashMap<u32, Cached>,
+    build_ids: BuildIds,
+    kernel: KernelMaps,
+    meters: Meters,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How long a process may go unsampled before its cache entry is dropped.
+const EVICT_AFTER: Duration = Duration::from_secs(120);
+/// Least time between two re-reads of one process's maps.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+impl Resolver {
+    pub fn new() -> Self {
+        let lost = |reason: &'static str| metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => reason);
+        Resolver {
+            procs: HashMap::new(),
+            build_ids: BuildIds::default(),
+            kernel: KernelMaps::read(),
+            meters: Meters {
+                process_gone: lost("process_exited_before_maps_read"),
+                no_mapping: lost("frame_outside_any_mapping"),
+                user_stack: lost("user_stack_unreadable"),
+                kernel_stack: lost("kernel_stack_unreadable"),
+            },
+        }
+    }
+
+    fn process(&mut self, pid: u32, now: Instant) -> Option<&ProcessInfo> {
+        let entry = self.procs.entry(pid).or_insert_with(|| Cached {
+            info: ProcessInfo::read(pid).ok(),
+            refreshed: now,
+            seen: now,
+        });
+        entry.seen = now;
+        entry.info.as_ref()
+    }
+
+    /// The mapping of a user address, re-reading the maps (rate-limited) when the
+    /// address is in none of them: the process exec'd, mapped a new file, or its pid
+    /// was reused.
+    fn user_mapping(&mut self, pid: u32, addr: u64, now: Instant) -> Option<MapEntry> {
+        if let Some(m) = self.process(pid, now).and_then(|p| p.mapping_for(addr)) {
+            return Some(m.clone());
+        }
+        let c = self.procs.get_mut(&pid)?;
+        if now.duration_since(c.refreshed) >= REFRESH_EVERY {
+            c.refreshed = now;
+            if let Ok(fresh) = ProcessInfo::read(pid) {
+                c.info = Some(fresh);
+            }
+        }
+        c.info.as_ref()?.mapping_for(addr).cloned()
+    }
+
+    /// Drops processes not sampled for a while.
+    pub fn evict(&mut self, now: Instant) {
+        self.procs.retain(|_, c| now.duration_since(c.seen) < EVICT_AFTER);
+    }
+}
+
+/// The profile of one report interval, built as samples arrive.
+pub struct IntervalProfile {
+    b: DictionaryBuilder,
+    samples: Vec<Sample>,
+    start_unix_ns: u64,
+    period_ns: i64,
+    /// (pid, mapping start) → mapping index, and (mapping index, address) → location index.
+    mapping_idx: HashMap<(u32, u64), i32>,
+    location_idx: HashMap<(i32, u64), i32>,
+    kernel_idx: HashMap<u64, i32>,
+    frame_native: i32,
+    frame_kernel: i32,
+}
+
+impl IntervalProfile {
+    pub fn new(start_unix_ns: u64, frequency: u64) -> Self {
+        let mut b = DictionaryBuilder::new();
+        let frame_native = str_attr(&mut b, "profile.frame.type", "native");
+        let frame_kernel = str_attr(&mut b, "profile.frame.type", "kernel");
+        IntervalProfile {
+            b,
+            samples: Vec::new(),
+            start_unix_ns,
+            period_ns: 1_000_000_000 / frequency.max(1) as i64,
+            mapping_idx: HashMap::new(),
+            location_idx: HashMap::new(),
+            kernel_idx: HashMap::new(),
+            frame_native,
+            frame_kernel,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    fn location(&mut self, mapping: i32, addr: u64, frame_type: i32) -> i32 {
+        if let Some(&l) = self.location_idx.get(&(mapping, addr)) {
+            return l;
+        }
+        let l = self.b.intern_location(Location {
+            mapping_index: mapping,
+            address: addr,
+            lines: Vec::new(),
+            attribute_indices: vec![frame_type],
+        });
+        self.location_idx.insert((mapping, addr), l);
+        l
+    }
+
+    fn user_mapping(&mut self, pid: u32, m: &MapEntry, r: &mut Resolver) -> i32 {
+        if let Some(&i) = self.mapping_idx.get(&(pid, m.start)) {
+            return i;
+        }
+        let mut attrs = Vec::new();
+        if let Some(id) = r.build_ids.get(pid, m) {
+            attrs.push(str_attr(&mut self.b, "process.executable.build_id.gnu", &id));
+        }
+        let filename = self.b.intern_string(&m.path);
+        let i = self.b.intern_mapping(Mapping {
+            memory_start: m.start,
+            memory_limit: m.end,
+            file_offset: m.offset,
+            filename_strindex: filename,
+            attribute_indices: attrs,
+        });
+        self.mapping_idx.insert((pid, m.start), i);
+        i
+    }
+
+    fn kernel_mapping(&mut self, addr: u64, r: &Resolver) -> i32 {
+        let range = r.kernel.find(addr);
+        let key = range.map_or(0, |k| k.start);
+        if let Some(&i) = self.kernel_idx.get(&key) {
+            return i;
+        }
+        let (start, end, name) = match range {
+            Some(k) => (k.start, k.end, k.name.as_str()),
+            None => (0, u64::MAX, "[kernel.kallsyms]"),
+        };
+        let filename = self.b.intern_string(name);
+        let i = self.b.intern_mapping(Mapping {
+            memory_start: start,
+            memory_limit: end,
+            file_offset: 0,
+            filename_strindex: filename,
+            attribute_indices: Vec::new(),
+        });
+        self.kernel_idx.insert(key, i);
+        i
+    }
+
+    /// Adds one sample taken at `unix_ns`.
+    pub fn add(&mut self, s: &DecodedSample, unix_ns: u64, r: &mut Resolver, now: Instant) {
+        let mut locations = Vec::with_capacity(s.kernel.len() + s.user.len());
+        for &addr in &s.kernel {
+            let m = self.kernel_mapping(addr, r);
+            locations.push(self.location(m, addr, self.frame_kernel));
+        }
+        if s.kernel_error.is_some() {
+            r.meters.kernel_stack.increment(1);
+        }
+        let idle = s.tgid == 0;
+        let info = if idle { None } else { r.process(s.tgid, now).cloned() };
+        if !idle && info.is_none() {
+            r.meters.process_gone.increment(1);
+        }
+        // Kernel threads have no user stack; only a user process's failure is a loss.
+        if s.user_error.is_some() && info.as_ref().is_some_and(|i| !i.exe_path.is_empty()) {
+            r.meters.user_stack.increment(1);
+        }
+        for &addr in &s.user {
+            let mapping = match r.user_mapping(s.tgid, addr, now) {
+                Some(m) => self.user_mapping(s.tgid, &m, r),
+                None => {
+                    if info.is_some() {
+                        r.meters.no_mapping.increment(1);
+                    }
+                    0
+                }
+            };
+            locations.push(self.location(mapping, addr, self.frame_native));
+        }
+        let stack_index = self.b.intern_stack(Stack {
+            location_indices: locations,
+        });
+        let mut attrs = vec![
+            int_attr(&mut self.b, "process.pid", s.tgid as i64),
+            int_attr(&mut self.b, "thread.id", s.tid as i64),
+            str_attr(&mut self.b, "thread.name", &s.comm),
+        ];
+        if let Some(info) = &info {
+            if !info.exe_name.is_empty() {
+                attrs.push(str_attr(&mut self.b, "process.executable.name", &info.exe_name));
+                attrs.push(str_attr(&mut self.b, "process.executable.path", &info.exe_path));
+            }
+            if let Some(c) = &info.container_id {
+                attrs.push(str_attr(&mut self.b, "container.id", c));
+            }
+        }
+        self.samples.push(Sample {
+            stack_index,
+            attribute_indices: attrs,
+            link_index: 0,
+            values: vec![1],
+            timestamps_unix_nano: vec![unix_ns],
+        });
+    }
+
+    /// The interval's request: one profile of `samples/count` sampled on `cpu/nanoseconds`.
+    pub fn finish(mut self, end_unix_ns: u64, host: &str) -> ProfilesRequest {
+        let sample_type = ValueType {
+            type_strindex: self.b.intern_string("samples"),
+            unit_strindex: self.b.intern_string("count"),
+        };
+        let period_type = ValueType {
+            type_strindex: self.b.intern_string("cpu"),
+            unit_strindex: self.b.intern_string("nanoseconds"),
+        };
+        let resource = Resource {
+            attributes: vec![KeyValue {
+                key: "host.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(host.to_owned())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "stackline.ebpf_profiler".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let profile = Profile {
+            sample_type: Some(sample_type),
+            samples: std::mem::take(&mut self.samples),
+            time_unix_nano: self.start_unix_ns,
+            duration_nano: end_unix_ns.saturating_sub(self.start_unix_ns),
+            period_type: Some(period_type),
+            period: self.period_ns,
+            ..Default::default()
+        };
+        self.b.push_profile(Some(resource), Some(scope), profile);
+        self.b.finish()
+    }
+}
+
+fn str_attr(b: &mut DictionaryBuilder, key: &str, value: &str) -> i32 {
+    let key_strindex = b.intern_string(key);
+    b.intern_attribute(KeyValueAndUnit {
+        key_strindex,
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        unit_strindex: 0,
+    })
+}
+
+fn int_attr(b: &mut DictionaryBuilder, key: &str, value: i64) -> i32 {
+    let key_strindex = b.intern_string(key);
+    b.intern_attribute(KeyValueAndUnit {
+        key_strindex,
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        unit_strindex: 0,
+    })
+}

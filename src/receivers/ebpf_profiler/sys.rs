@@ -1,0 +1,218 @@
+//! The few system calls the profiler makes itself: loading a program with a verifier
+//! log we size (aya does not read `log_true_size`), opening cpu-clock perf events and
+//! attaching the program to them, and reading a program's run-time statistics.
+//! All `unsafe` of the receiver is here.
+
+use std::ffi::CStr;
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use aya_obj::generated::{
+    bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info, perf_event_attr, perf_event_sample_format,
+    perf_sw_ids, perf_type_id, PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF,
+};
+
+/// `PERF_FLAG_FD_CLOEXEC` from linux/perf_event.h.
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+
+/// What a `BPF_PROG_LOAD` call needs besides the log.
+pub struct ProgLoad<'a> {
+    pub prog_type: u32,
+    pub name: &'a str,
+    pub insns: &'a [bpf_insn],
+    pub license: &'a CStr,
+    pub kern_version: u32,
+}
+
+/// One `BPF_PROG_LOAD` call. `log`: the buffer and level, or `None` for no log.
+/// Returns the program fd (or the error) and the `log_true_size` the kernel reported
+/// (0 when it has none: kernels before 6.4, or no log requested).
+pub fn prog_load(p: &ProgLoad<'_>, log: Option<(&mut [u8], u32)>) -> (io::Result<OwnedFd>, u32) {
+    // SAFETY: bpf_attr is a plain C union; all-zero is its documented initial state.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: BPF_PROG_LOAD uses this member of the union.
+    let u = unsafe { &mut attr.__bindgen_anon_3 };
+    u.prog_type = p.prog_type;
+    u.insns = p.insns.as_ptr() as u64;
+    u.insn_cnt = p.insns.len() as u32;
+    u.license = p.license.as_ptr() as u64;
+    u.kern_version = p.kern_version;
+    let name = p.name.as_bytes();
+    let n = name.len().min(u.prog_name.len() - 1);
+    for (dst, src) in u.prog_name.iter_mut().zip(&name[..n]) {
+        *dst = *src as _;
+    }
+    if let Some((buf, level)) = log {
+        u.log_level = level;
+        // A NULL buffer of size 0 is allowed with a level set (6.4+): the kernel then only
+        // reports the size it needs.
+        if !buf.is_empty() {
+            u.log_buf = buf.as_mut_ptr() as u64;
+            u.log_size = buf.len() as u32;
+        }
+    }
+    // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute whose pointers (instructions,
+    // license, log buffer) outlive the call; the size passed is that of `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_PROG_LOAD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    let result = if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: on success BPF_PROG_LOAD returns a new file descriptor we now own.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    };
+    // SAFETY: same union member; the kernel wrote log_true_size into it.
+    let true_size = unsafe { attr.__bindgen_anon_3.log_true_size };
+    (result, true_size)
+}
+
+/// Opens a cpu-clock software event on `cpu` for every process, sampling at `freq` Hz.
+pub fn perf_event_open_cpu_clock(cpu: u32, freq: u64) -> io::Result<OwnedFd> {
+    // SAFETY: perf_event_attr is a plain C struct; all-zero is its documented initial state.
+    let mut attr: perf_event_attr = unsafe { mem::zeroed() };
+    attr.type_ = perf_type_id::PERF_TYPE_SOFTWARE as u32;
+    attr.size = mem::size_of::<perf_event_attr>() as u32;
+    attr.config = perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK as u64;
+    attr.__bindgen_anon_1.sample_freq = freq;
+    attr.set_freq(1);
+    attr.set_disabled(1);
+    attr.sample_type = perf_event_sample_format::PERF_SAMPLE_RAW as u64;
+    // SAFETY: a valid attribute; pid -1 with a cpu means every process on that cpu.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const perf_event_attr,
+            -1 as libc::pid_t,
+            cpu as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: perf_event_open returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches the program to a perf event and enables the event.
+pub fn perf_event_attach(event: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both are valid fds; SET_BPF takes the program fd as its argument.
+    if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF as _, prog.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a valid perf event fd; ENABLE takes no argument.
+    if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_ENABLE as _, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A program's cumulative run time and run count (non-zero only while
+/// `kernel.bpf_stats_enabled` is 1).
+pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    // SAFETY: plain C structs, zero-initialised.
+    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD uses this member.
+    let u = unsafe { &mut attr.info };
+    u.bpf_fd = prog.as_raw_fd() as u32;
+    u.info_len = mem::size_of::<bpf_prog_info>() as u32;
+    u.info = &mut info as *mut bpf_prog_info as u64;
+    // SAFETY: `info` outlives the call and its size is given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.run_time_ns, info.run_cnt))
+}
+
+/// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps and programs to.
+pub fn raise_memlock_rlimit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct; failure (no CAP_SYS_RESOURCE) is harmless on 5.11+.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// Boot time offset: CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds, so
+/// `bpf_ktime_get_ns()` values convert to Unix time.
+pub fn monotonic_to_unix_offset_ns() -> i128 {
+    fn now(clock: libc::clockid_t) -> i128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    }
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+/// Human meaning of an errno, e.g. `EPERM (Operation not permitted)`.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::EINVAL => "EINVAL",
+        libc::E2BIG => "E2BIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::ENOMEM => "ENOMEM",
+        libc::EFAULT => "EFAULT",
+        libc::ENOENT => "ENOENT",
+        libc::ENODEV => "ENODEV",
+        libc::EBUSY => "EBUSY",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ESRCH => "ESRCH",
+        _ => "",
+    };
+    let text = io::Error::from_raw_os_error(errno).to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    if name.is_empty() {
+        format!("errno {errno} ({text})")
+    } else {
+        format!("{name} ({text})")
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes; true if readable.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    match r {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
