@@ -185,6 +185,40 @@ pub fn load(prog: &ProgLoad<'_>, settings: &LogSettings) -> Result<Loaded, LoadF
     load_logged(prog, flags, settings)
 }
 
+/// What to do after `ENOSPC` with a `size`-byte buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The log had room: ENOSPC means something else.
+    NotTheLog,
+    /// Try again with this many bytes.
+    Grow(u32),
+    /// The log needs more than `max`: load without it.
+    GiveUp,
+}
+
+/// Kernels since 6.4 report the size the log needed (`true_size`); older ones fill the
+/// buffer to its last byte, and then doubling is the only way to find the size.
+pub(crate) fn next_step(size: u32, true_size: u32, text_len: usize, max: u32) -> Step {
+    let full = if true_size > 0 {
+        true_size > size
+    } else {
+        text_len + 1 >= size as usize
+    };
+    if !full {
+        return Step::NotTheLog;
+    }
+    if size >= max {
+        return Step::GiveUp;
+    }
+    let want = if true_size > size {
+        true_size
+    } else {
+        size.saturating_mul(2)
+    };
+    // Past max, one last try at max keeps as much of the log as allowed.
+    Step::Grow(want.min(max))
+}
+
 fn load_logged(prog: &ProgLoad<'_>, flags: u32, s: &LogSettings) -> Result<Loaded, LoadFailure> {
     let max = s.max_size.clamp(KERNEL_MIN_LOG_SIZE, KERNEL_MAX_LOG_SIZE);
     let mut size = s.size.clamp(KERNEL_MIN_LOG_SIZE, max);
@@ -210,27 +244,23 @@ fn load_logged(prog: &ProgLoad<'_>, flags: u32, s: &LogSettings) -> Result<Loade
             }
             Err(e) => e.raw_os_error().unwrap_or(0),
         };
-        // Did the log not fit? 6.4+ says so through log_true_size; older kernels fill
-        // the buffer to its last byte.
-        let log_full = if true_size > 0 {
-            true_size > size
+        let step = if err == libc::ENOSPC {
+            next_step(size, true_size, text.len(), max)
         } else {
-            text.len() + 1 >= size as usize
+            Step::NotTheLog
         };
-        if err != libc::ENOSPC || !log_full {
-            return Err(LoadFailure {
-                errno: err,
-                log: log(false, (true_size > 0).then_some(true_size)),
-            });
-        }
-        let next = if true_size > size {
-            true_size
-        } else {
-            size.saturating_mul(2)
-        };
-        if next <= max && next > size {
-            size = next;
-            continue;
+        match step {
+            Step::NotTheLog => {
+                return Err(LoadFailure {
+                    errno: err,
+                    log: log(false, (true_size > 0).then_some(true_size)),
+                });
+            }
+            Step::Grow(next) => {
+                size = next;
+                continue;
+            }
+            Step::GiveUp => {}
         }
         // The full log would pass max_size: keep what we have and load without a log.
         let needed = (true_size > size).then_some(true_size);
