@@ -37,6 +37,11 @@ pub struct Stackline {
 impl Stackline {
     /// Writes `config` (with `{OTLP}`, `{METRICS}` and `{DIR}` filled in) and starts the binary.
     pub fn start(dir: &Path, config: &str) -> Stackline {
+        Self::start_with(Path::new(env!("CARGO_BIN_EXE_stackline")), dir, config)
+    }
+
+    /// Starts `program` (the binary, or a wrapper that execs it) with `config`.
+    pub fn start_with(program: &Path, dir: &Path, config: &str) -> Stackline {
         let otlp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = config
@@ -46,7 +51,7 @@ impl Stackline {
         let cfg = dir.join("stackline.yaml");
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join("stackline.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_stackline"))
+        let child = Command::new(program)
             .arg("--config")
             .arg(&cfg)
             .env("RUST_LOG", "info")
@@ -255,4 +260,182 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     f().await
+}
+
+/// One frame of a decoded sample.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub address: u64,
+    pub mapping_start: u64,
+    pub mapping_limit: u64,
+    pub file_offset: u64,
+    pub filename: String,
+    pub build_id: Option<String>,
+    /// `kernel` or `native`.
+    pub frame_type: String,
+    /// Function names of the location's lines, innermost first (after symbolization).
+    pub functions: Vec<String>,
+}
+
+/// A sample with its attributes and frames (leaf first), resolved through the dictionary.
+#[derive(Debug, Clone)]
+pub struct FlatSample {
+    pub attrs: std::collections::BTreeMap<String, String>,
+    pub frames: Vec<Frame>,
+    pub timestamps: Vec<u64>,
+    pub profile_time: u64,
+    pub profile_duration: u64,
+    pub period: i64,
+    pub types: (String, String, String, String),
+    pub host: String,
+}
+
+fn any_to_string(v: &Option<stackline::otlp::common::AnyValue>) -> String {
+    use stackline::otlp::common::any_value::Value;
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Flattens every sample of `req`.
+pub fn flatten(req: &ProfilesRequest) -> Vec<FlatSample> {
+    let d = req.dictionary.clone().unwrap_or_default();
+    let s = |i: i32| d.string_table.get(i as usize).cloned().unwrap_or_default();
+    let attr = |i: i32| {
+        let a = d
+            .attribute_table
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_default();
+        (s(a.key_strindex), any_to_string(&a.value))
+    };
+    let mut out = Vec::new();
+    for rp in &req.resource_profiles {
+        let host = rp
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "host.name"))
+            .map(|kv| any_to_string(&kv.value))
+            .unwrap_or_default();
+        for p in rp.scope_profiles.iter().flat_map(|s| &s.profiles) {
+            let st = p.sample_type.unwrap_or_default();
+            let pt = p.period_type.unwrap_or_default();
+            for smp in &p.samples {
+                let frames = d
+                    .stack_table
+                    .get(smp.stack_index as usize)
+                    .map(|s| s.location_indices.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&li| {
+                        let l = d.location_table[li as usize].clone();
+                        let m = d.mapping_table[l.mapping_index as usize].clone();
+                        let mattrs: Vec<(String, String)> =
+                            m.attribute_indices.iter().map(|&a| attr(a)).collect();
+                        let lattrs: Vec<(String, String)> =
+                            l.attribute_indices.iter().map(|&a| attr(a)).collect();
+                        Frame {
+                            address: l.address,
+                            mapping_start: m.memory_start,
+                            mapping_limit: m.memory_limit,
+                            file_offset: m.file_offset,
+                            filename: s(m.filename_strindex),
+                            build_id: mattrs
+                                .iter()
+                                .find(|(k, _)| k == "process.executable.build_id.gnu")
+                                .map(|(_, v)| v.clone()),
+                            frame_type: lattrs
+                                .iter()
+                                .find(|(k, _)| k == "profile.frame.type")
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or_default(),
+                            functions: l
+                                .lines
+                                .iter()
+                                .map(|line| {
+                                    s(d.function_table[line.function_index as usize].name_strindex)
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                out.push(FlatSample {
+                    attrs: smp.attribute_indices.iter().map(|&a| attr(a)).collect(),
+                    frames,
+                    timestamps: smp.timestamps_unix_nano.clone(),
+                    profile_time: p.time_unix_nano,
+                    profile_duration: p.duration_nano,
+                    period: p.period,
+                    types: (
+                        s(st.type_strindex),
+                        s(st.unit_strindex),
+                        s(pt.type_strindex),
+                        s(pt.unit_strindex),
+                    ),
+                    host: host.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// True when this process can load BPF programs; prints why a test is skipped otherwise.
+pub fn bpf_available(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED {test}: needs root to load BPF programs and open perf events");
+    }
+    root
+}
+
+/// Builds a test workload from tests/workloads/NAME.c with frame pointers and a build ID.
+pub fn build_c_workload(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/workloads/{name}.c"));
+    let out = dir.join(name);
+    let st = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wl,--build-id"])
+        .args(extra)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc must be installed");
+    assert!(st.success(), "building {name} failed");
+    out
+}
+
+/// Output of a command that must succeed.
+pub fn run_tool(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Function symbols of an ELF file: (start, end, name), from `nm -S`.
+pub fn symbols(path: &Path) -> Vec<(u64, u64, String)> {
+    run_tool("nm", &["-S", "--defined-only", path.to_str().unwrap()])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() == 4 && matches!(f[2], "T" | "t") {
+                let start = u64::from_str_radix(f[0], 16).ok()?;
+                let size = u64::from_str_radix(f[1], 16).ok()?;
+                Some((start, start + size, f[3].to_owned()))
+            } else {
+                None
+            }
+        })
+        .collect()
 }

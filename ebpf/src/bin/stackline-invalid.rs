@@ -1,19 +1,22 @@
 //! Test only: the same program name and maps as the profiler, but the program reads a
 //! map value without checking it for NULL, which the verifier must reject
-//! ("invalid mem access 'map_value_or_null'"). Tests load it to exercise failure handling.
+//! ("invalid mem access 'map_value_or_null'"). The key is the CPU number, not a
+//! constant: kernels since 6.x prove constant in-range array lookups non-NULL.
+//! Tests load it to exercise failure handling.
 #![no_std]
 #![no_main]
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_map_lookup_elem;
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_map_lookup_elem};
 use aya_ebpf::macros::perf_event;
 use aya_ebpf::programs::PerfEventContext;
 use stackline_ebpf::{COUNTERS, SAMPLES, bump};
 
 #[perf_event]
 pub fn stackline_sample(_ctx: PerfEventContext) -> u32 {
-    let key: u32 = 0;
+    // SAFETY: a helper without preconditions.
+    let key: u32 = unsafe { bpf_get_smp_processor_id() };
     // SAFETY: deliberately unsound for the verifier to catch; never attached.
     let v = unsafe {
         let p = bpf_map_lookup_elem(

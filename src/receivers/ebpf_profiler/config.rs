@@ -143,7 +143,10 @@ impl Validate for EbpfProfilerConfig {
         if !(1..=10_000).contains(&self.sampling_frequency) {
             errs.push(ConfigError::new(
                 "sampling_frequency",
-                format!("{} Hz is out of range; use 1 to 10000", self.sampling_frequency),
+                format!(
+                    "{} Hz is out of range; use 1 to 10000",
+                    self.sampling_frequency
+                ),
             ));
         }
         if self.report_interval < Duration::from_millis(100) {

@@ -35,13 +35,21 @@ pub enum LoadError {
     )]
     Capabilities { have: String },
     #[error("cannot read the eBPF object {path}: {source}")]
-    ReadObject { path: String, source: std::io::Error },
+    ReadObject {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the eBPF object is unusable: {0}")]
     Object(String),
-    #[error("creating the eBPF maps failed: {0}; hint: check capabilities and RLIMIT_MEMLOCK (kernels before 5.11)")]
+    #[error(
+        "creating the eBPF maps failed: {0}; hint: check capabilities and RLIMIT_MEMLOCK (kernels before 5.11)"
+    )]
     Maps(String),
     #[error("{}", .failure.describe(.program))]
-    Program { program: String, failure: LoadFailure },
+    Program {
+        program: String,
+        failure: LoadFailure,
+    },
     #[error(
         "attaching `{program}` to the cpu-clock event of CPU {cpu} failed: {}; hint: {hint}",
         errno_name(*.errno)
@@ -80,11 +88,15 @@ fn capabilities() -> (bool, String) {
         })
         .unwrap_or(0);
     let has = |c: u32| eff & (1u64 << c) != 0;
-    let names: Vec<&str> = [(CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .iter()
-        .filter(|(c, _)| has(*c))
-        .map(|(_, n)| *n)
-        .collect();
+    let names: Vec<&str> = [
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+    ]
+    .iter()
+    .filter(|(c, _)| has(*c))
+    .map(|(_, n)| *n)
+    .collect();
     let enough = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
     let desc = if names.is_empty() {
         "none of them".to_owned()
@@ -105,7 +117,10 @@ pub struct LoadRequest<'a> {
 
 /// Checks privileges, loads and attaches. On failure the error says what to do;
 /// `on_loaded` sees the verifier log of a program that loaded even if attaching fails.
-pub fn load(req: &LoadRequest<'_>, on_loaded: &mut dyn FnMut(&VerifierLog)) -> Result<Profiler, LoadError> {
+pub fn load(
+    req: &LoadRequest<'_>,
+    on_loaded: &mut dyn FnMut(&VerifierLog),
+) -> Result<Profiler, LoadError> {
     let (enough, have) = capabilities();
     if !enough {
         return Err(LoadError::Capabilities { have });
@@ -121,14 +136,19 @@ pub fn load(req: &LoadRequest<'_>, on_loaded: &mut dyn FnMut(&VerifierLog)) -> R
         .load(req.object)
         .map_err(|e| LoadError::Maps(e.to_string()))?;
 
-    let mut obj = aya_obj::Object::parse(req.object).map_err(|e| LoadError::Object(e.to_string()))?;
+    let mut obj =
+        aya_obj::Object::parse(req.object).map_err(|e| LoadError::Object(e.to_string()))?;
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
     let obj_maps: HashMap<String, aya_obj::Map> = obj.maps.drain().collect();
     let mut fds = Vec::new();
     for name in obj_maps.keys() {
         let data = match ebpf.map(name) {
             Some(Map::RingBuf(d) | Map::PerCpuArray(d) | Map::Array(d)) => d,
-            Some(_) => return Err(LoadError::Object(format!("map `{name}` has a type the profiler does not use"))),
+            Some(_) => {
+                return Err(LoadError::Object(format!(
+                    "map `{name}` has a type the profiler does not use"
+                )));
+            }
             // Global-data sections aya skips on kernels without support.
             None => continue,
         };
@@ -139,7 +159,8 @@ pub fn load(req: &LoadRequest<'_>, on_loaded: &mut dyn FnMut(&VerifierLog)) -> R
         &text_sections,
     )
     .map_err(|e| LoadError::Object(e.to_string()))?;
-    obj.relocate_calls(&text_sections).map_err(|e| LoadError::Object(e.to_string()))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|e| LoadError::Object(e.to_string()))?;
     obj.sanitize_functions(aya::features());
 
     let prog = obj
@@ -147,7 +168,9 @@ pub fn load(req: &LoadRequest<'_>, on_loaded: &mut dyn FnMut(&VerifierLog)) -> R
         .get(PROGRAM)
         .ok_or_else(|| LoadError::Object(format!("no program `{PROGRAM}` in the object")))?;
     if !matches!(prog.section, ProgramSection::PerfEvent) {
-        return Err(LoadError::Object(format!("`{PROGRAM}` is not a perf_event program")));
+        return Err(LoadError::Object(format!(
+            "`{PROGRAM}` is not a perf_event program"
+        )));
     }
     let function = obj
         .functions
@@ -173,13 +196,15 @@ pub fn load(req: &LoadRequest<'_>, on_loaded: &mut dyn FnMut(&VerifierLog)) -> R
         ebpf.take_map(name)
             .ok_or_else(|| LoadError::Object(format!("map `{name}` missing")))
     };
-    let mut config: Array<MapData, PodConfig> =
-        Array::try_from(take(&mut ebpf, "CONFIG")?).map_err(|e| LoadError::Object(e.to_string()))?;
+    let mut config: Array<MapData, PodConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)
+        .map_err(|e| LoadError::Object(e.to_string()))?;
     config
         .set(0, PodConfig(req.config), 0)
         .map_err(|e| LoadError::Maps(e.to_string()))?;
-    let samples = RingBuf::try_from(take(&mut ebpf, "SAMPLES")?).map_err(|e| LoadError::Object(e.to_string()))?;
-    let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(|e| LoadError::Object(e.to_string()))?;
+    let samples = RingBuf::try_from(take(&mut ebpf, "SAMPLES")?)
+        .map_err(|e| LoadError::Object(e.to_string()))?;
+    let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
+        .map_err(|e| LoadError::Object(e.to_string()))?;
 
     let mut events = Vec::with_capacity(req.cpus.len());
     for &cpu in req.cpus {
@@ -190,8 +215,12 @@ pub fn load(req: &LoadRequest<'_>, on_loaded: &mut dyn FnMut(&VerifierLog)) -> R
                 cpu,
                 errno,
                 hint: match errno {
-                    libc::EACCES | libc::EPERM => "needs CAP_PERFMON (or kernel.perf_event_paranoid <= -1)",
-                    libc::ENODEV | libc::ENOENT => "the CPU is offline or does not exist; check `cpus`",
+                    libc::EACCES | libc::EPERM => {
+                        "needs CAP_PERFMON (or kernel.perf_event_paranoid <= -1)"
+                    }
+                    libc::ENODEV | libc::ENOENT => {
+                        "the CPU is offline or does not exist; check `cpus`"
+                    }
                     libc::EMFILE => "too many open files; raise the file descriptor limit",
                     _ => "see the kernel's perf_event_open documentation for this errno",
                 },

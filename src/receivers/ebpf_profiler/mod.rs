@@ -44,7 +44,11 @@ pub fn factory() -> ReceiverFactory {
     ReceiverFactory {
         type_name: "ebpf_profiler",
         description: "samples every CPU with eBPF (perf_event): user and kernel stacks of all processes",
-        create: |_, v| Ok(Box::new(EbpfProfiler { cfg: parse_component(v)? })),
+        create: |_, v| {
+            Ok(Box::new(EbpfProfiler {
+                cfg: parse_component(v)?,
+            }))
+        },
     }
 }
 
@@ -54,7 +58,11 @@ pub struct EbpfProfiler {
 
 #[async_trait]
 impl Receiver for EbpfProfiler {
-    async fn start(self: Box<Self>, ctx: Context, out: Fanout) -> Result<JoinHandle<()>, StartError> {
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        out: Fanout,
+    ) -> Result<JoinHandle<()>, StartError> {
         let object: Arc<Vec<u8>> = Arc::new(match &self.cfg.object_path {
             Some(p) => std::fs::read(p).map_err(|e| {
                 format!(
@@ -94,14 +102,27 @@ fn record_log(cfg: &VerifierLogConfig, log: &VerifierLog) {
     if log.truncated {
         metrics::counter!(names::EBPF_VERIFIER_LOG_TRUNCATED, &[p]).increment(1);
         match log.needed_bytes {
-            Some(n) => tracing::warn!(program = PROGRAM, kept = log.text.len(), needed = n, "the verifier log needed {n} bytes, more than verifier_log.max_size ({}); the program loaded without it and the first part is kept", cfg.max_size),
-            None => tracing::warn!(program = PROGRAM, kept = log.text.len(), "the verifier log did not fit verifier_log.max_size ({}); the program loaded without it and the part that fit is kept", cfg.max_size),
+            Some(n) => tracing::warn!(
+                program = PROGRAM,
+                kept = log.text.len(),
+                needed = n,
+                "the verifier log needed {n} bytes, more than verifier_log.max_size ({}); the program loaded without it and the first part is kept",
+                cfg.max_size
+            ),
+            None => tracing::warn!(
+                program = PROGRAM,
+                kept = log.text.len(),
+                "the verifier log did not fit verifier_log.max_size ({}); the program loaded without it and the part that fit is kept",
+                cfg.max_size
+            ),
         }
     }
     if let Some(s) = log.stats() {
         metrics::gauge!(names::EBPF_VERIFIER_INSNS, &[p]).set(s.insns_processed as f64);
-        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "total").set(s.total_states as f64);
-        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "peak").set(s.peak_states as f64);
+        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "total")
+            .set(s.total_states as f64);
+        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "peak")
+            .set(s.peak_states as f64);
         if let Some(us) = s.verification_time_usec {
             metrics::gauge!(names::EBPF_VERIFIER_SECONDS, &[p]).set(us as f64 / 1e6);
         }
@@ -115,7 +136,12 @@ fn record_log(cfg: &VerifierLogConfig, log: &VerifierLog) {
     }
     let dir = Path::new(&cfg.output);
     let path = dir.join(format!("{PROGRAM}.log"));
-    if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, &log.text)) {
+    // Written aside and renamed, so a reader never sees half a log.
+    let tmp = dir.join(format!(".{PROGRAM}.log.tmp"));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&tmp, &log.text))
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
         tracing::error!(path = %path.display(), error = %e, "cannot write the verifier log (verifier_log.output)");
     } else {
         tracing::info!(path = %path.display(), bytes = log.text.len(), "verifier log written");
@@ -125,7 +151,8 @@ fn record_log(cfg: &VerifierLogConfig, log: &VerifierLog) {
 /// Counts a failed attempt by kind.
 fn record_failure(cfg: &VerifierLogConfig, e: &LoadError) {
     let failure = |errno: String, reason: &'static str| {
-        metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => PROGRAM, "outcome" => "failure").increment(1);
+        metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => PROGRAM, "outcome" => "failure")
+            .increment(1);
         metrics::counter!(names::EBPF_PROGRAM_LOAD_FAILURES, "program" => PROGRAM, "errno" => errno, "reason" => reason).increment(1);
     };
     match e {
@@ -150,7 +177,13 @@ fn errno_label(errno: i32) -> String {
         .to_owned()
 }
 
-async fn run(cfg: EbpfProfilerConfig, ctx: Context, out: Fanout, object: Arc<Vec<u8>>, cpus: Vec<u32>) {
+async fn run(
+    cfg: EbpfProfilerConfig,
+    ctx: Context,
+    out: Fanout,
+    object: Arc<Vec<u8>>,
+    cpus: Vec<u32>,
+) {
     let mut wait = cfg.load_retry.initial_interval;
     let mut loaded_ok = false;
     loop {
@@ -181,13 +214,17 @@ async fn run(cfg: EbpfProfilerConfig, ctx: Context, out: Fanout, object: Arc<Vec
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(receiver = %ctx.id, error = %e, "the load attempt panicked");
-                (Err(LoadError::Object(format!("load attempt panicked: {e}"))), None)
+                (
+                    Err(LoadError::Object(format!("load attempt panicked: {e}"))),
+                    None,
+                )
             }
         };
         if let Some(log) = &log {
-            // The program loaded (attaching may still have failed).
-            metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => PROGRAM, "outcome" => "success").increment(1);
+            // The program loaded (attaching may still have failed). The log is in place
+            // before the metric says so.
             record_log(&cfg.verifier_log, log);
+            metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => PROGRAM, "outcome" => "success").increment(1);
         }
         match result {
             Ok(profiler) => {
@@ -196,6 +233,7 @@ async fn run(cfg: EbpfProfilerConfig, ctx: Context, out: Fanout, object: Arc<Vec
                     cpus = cpus.len(),
                     frequency_hz = cfg.sampling_frequency,
                     verifier_log_bytes = profiler.log.text.len(),
+                    load_attempts = profiler.log.attempts,
                     "eBPF profiler attached"
                 );
                 ctx.health.running();
@@ -253,7 +291,9 @@ async fn read_samples(
     }
     match (&mut reader).await {
         Ok(r) => r,
-        Err(e) => Err(std::io::Error::other(format!("sample reader panicked: {e}"))),
+        Err(e) => Err(std::io::Error::other(format!(
+            "sample reader panicked: {e}"
+        ))),
     }
 }
 
@@ -263,7 +303,7 @@ fn reader_loop(
     stop: &AtomicBool,
     tx: &tokio::sync::mpsc::Sender<crate::otlp::ProfilesRequest>,
 ) -> std::io::Result<()> {
-    let offset = sys::monotonic_to_unix_offset_ns();
+    let mut offset = sys::monotonic_to_unix_offset_ns();
     let host = hostname();
     let mut resolver = Resolver::new();
     let samples_total = metrics::counter!(names::EBPF_SAMPLES);
@@ -300,14 +340,22 @@ fn reader_loop(
                 run_seconds.increment((run.0.saturating_sub(last_run.0)) / 1_000_000_000);
                 runs.increment(run.1.saturating_sub(last_run.1));
                 // Keep sub-second remainders for the next interval.
-                last_run = (run.0 - run.0.saturating_sub(last_run.0) % 1_000_000_000, run.1);
+                last_run = (
+                    run.0 - run.0.saturating_sub(last_run.0) % 1_000_000_000,
+                    run.1,
+                );
             }
             let end = unix_now_ns();
-            let done = std::mem::replace(&mut interval, IntervalProfile::new(end, cfg.sampling_frequency));
+            let done = std::mem::replace(
+                &mut interval,
+                IntervalProfile::new(end, cfg.sampling_frequency),
+            );
             if !done.is_empty() && tx.blocking_send(done.finish(end, &host)).is_err() {
                 break;
             }
             resolver.evict(now);
+            // The wall clock may be stepped or slewed: re-read its offset each interval.
+            offset = sys::monotonic_to_unix_offset_ns();
             next_report = now + cfg.report_interval;
             if stopping {
                 break;

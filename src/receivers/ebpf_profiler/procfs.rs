@@ -100,7 +100,11 @@ impl ProcessInfo {
     pub fn read(pid: u32) -> io::Result<ProcessInfo> {
         let maps = parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?);
         let exe_path = fs::read_link(format!("/proc/{pid}/exe"))
-            .map(|p| p.to_string_lossy().trim_end_matches(" (deleted)").to_owned())
+            .map(|p| {
+                p.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned()
+            })
             .unwrap_or_default();
         let exe_name = Path::new(&exe_path)
             .file_name()
@@ -279,13 +283,18 @@ mod tests {
         let id = "3f1ac2d0e8b34a7c9a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef";
         for cg in [
             format!("0::/system.slice/docker-{id}.scope"),
-            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"
+            ),
             format!("12:memory:/docker/{id}"),
             format!("0::/kubepods/besteffort/pod1/crio-{id}"),
         ] {
             assert_eq!(container_id(&cg).as_deref(), Some(id), "{cg}");
         }
-        assert_eq!(container_id("0::/user.slice/user-0.slice/session-3.scope"), None);
+        assert_eq!(
+            container_id("0::/user.slice/user-0.slice/session-3.scope"),
+            None
+        );
     }
 
     #[test]
@@ -302,7 +311,10 @@ mod tests {
         // Rust test binaries carry a GNU build ID.
         let mut ids = BuildIds::default();
         let id = ids.get(me, exe_map).expect("build id");
-        assert!(id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        assert!(
+            id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
         let f = read_build_id(Path::new(&info.exe_path)).unwrap();
         assert_eq!(f.as_deref(), Some(id.as_str()));
     }

@@ -14,7 +14,9 @@ use metrics::Counter;
 use super::procfs::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
 use super::shared::{COMM_LEN, MAX_STACK_DEPTH, RawSample};
 use crate::otlp::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
-use crate::otlp::profiles::{KeyValueAndUnit, Location, Mapping, Profile, Sample, Stack, ValueType};
+use crate::otlp::profiles::{
+    KeyValueAndUnit, Location, Mapping, Profile, Sample, Stack, ValueType,
+};
 use crate::otlp::resource::Resource;
 use crate::otlp::{DictionaryBuilder, ProfilesRequest};
 use crate::telemetry::names;
@@ -38,7 +40,10 @@ fn stack(frames: &[u64; MAX_STACK_DEPTH], len: i64) -> (Vec<u64>, Option<i64>) {
         return (Vec::new(), Some(len));
     }
     let n = (len as usize / 8).min(MAX_STACK_DEPTH);
-    (frames[..n].iter().copied().filter(|&a| a != 0).collect(), None)
+    (
+        frames[..n].iter().copied().filter(|&a| a != 0).collect(),
+        None,
+    )
 }
 
 impl DecodedSample {
@@ -49,7 +54,8 @@ impl DecodedSample {
         }
         // SAFETY: the length is checked; RawSample is #[repr(C)] plain integers, valid
         // for any bit pattern; the read is unaligned-safe.
-        let raw: RawSample = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RawSample) };
+        let raw: RawSample =
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RawSample) };
         let comm_end = raw.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         let (user, user_error) = stack(&raw.user_stack, raw.user_stack_len);
         let (kernel, kernel_error) = stack(&raw.kernel_stack, raw.kernel_stack_len);
@@ -102,7 +108,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 impl Resolver {
     pub fn new() -> Self {
-        let lost = |reason: &'static str| metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => reason);
+        let lost =
+            |reason: &'static str| metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => reason);
         Resolver {
             procs: HashMap::new(),
             build_ids: BuildIds::default(),
@@ -145,7 +152,8 @@ impl Resolver {
 
     /// Drops processes not sampled for a while.
     pub fn evict(&mut self, now: Instant) {
-        self.procs.retain(|_, c| now.duration_since(c.seen) < EVICT_AFTER);
+        self.procs
+            .retain(|_, c| now.duration_since(c.seen) < EVICT_AFTER);
     }
 }
 
@@ -154,6 +162,10 @@ pub struct IntervalProfile {
     b: DictionaryBuilder,
     samples: Vec<Sample>,
     start_unix_ns: u64,
+    /// Earliest and latest sample times: a sample taken just before the interval
+    /// started can be read just after, and the profile's time range must cover it.
+    first_ts: u64,
+    last_ts: u64,
     period_ns: i64,
     /// (pid, mapping start) → mapping index, and (mapping index, address) → location index.
     mapping_idx: HashMap<(u32, u64), i32>,
@@ -172,6 +184,8 @@ impl IntervalProfile {
             b,
             samples: Vec::new(),
             start_unix_ns,
+            first_ts: u64::MAX,
+            last_ts: 0,
             period_ns: 1_000_000_000 / frequency.max(1) as i64,
             mapping_idx: HashMap::new(),
             location_idx: HashMap::new(),
@@ -209,7 +223,11 @@ impl IntervalProfile {
         }
         let mut attrs = Vec::new();
         if let Some(id) = r.build_ids.get(pid, m) {
-            attrs.push(str_attr(&mut self.b, "process.executable.build_id.gnu", &id));
+            attrs.push(str_attr(
+                &mut self.b,
+                "process.executable.build_id.gnu",
+                &id,
+            ));
         }
         let filename = self.b.intern_string(&m.path);
         let i = self.b.intern_mapping(Mapping {
@@ -256,7 +274,11 @@ impl IntervalProfile {
             r.meters.kernel_stack.increment(1);
         }
         let idle = s.tgid == 0;
-        let info = if idle { None } else { r.process(s.tgid, now).cloned() };
+        let info = if idle {
+            None
+        } else {
+            r.process(s.tgid, now).cloned()
+        };
         if !idle && info.is_none() {
             r.meters.process_gone.increment(1);
         }
@@ -286,13 +308,23 @@ impl IntervalProfile {
         ];
         if let Some(info) = &info {
             if !info.exe_name.is_empty() {
-                attrs.push(str_attr(&mut self.b, "process.executable.name", &info.exe_name));
-                attrs.push(str_attr(&mut self.b, "process.executable.path", &info.exe_path));
+                attrs.push(str_attr(
+                    &mut self.b,
+                    "process.executable.name",
+                    &info.exe_name,
+                ));
+                attrs.push(str_attr(
+                    &mut self.b,
+                    "process.executable.path",
+                    &info.exe_path,
+                ));
             }
             if let Some(c) = &info.container_id {
                 attrs.push(str_attr(&mut self.b, "container.id", c));
             }
         }
+        self.first_ts = self.first_ts.min(unix_ns);
+        self.last_ts = self.last_ts.max(unix_ns);
         self.samples.push(Sample {
             stack_index,
             attribute_indices: attrs,
@@ -327,11 +359,14 @@ impl IntervalProfile {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
+        let start = self.start_unix_ns.min(self.first_ts);
+        // The range is half-open: it must end after the last sample.
+        let end = end_unix_ns.max(self.last_ts.saturating_add(1));
         let profile = Profile {
             sample_type: Some(sample_type),
             samples: std::mem::take(&mut self.samples),
-            time_unix_nano: self.start_unix_ns,
-            duration_nano: end_unix_ns.saturating_sub(self.start_unix_ns),
+            time_unix_nano: start,
+            duration_nano: end - start,
             period_type: Some(period_type),
             period: self.period_ns,
             ..Default::default()

@@ -9,8 +9,8 @@ use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use aya_obj::generated::{
-    bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info, perf_event_attr, perf_event_sample_format,
-    perf_sw_ids, perf_type_id, PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF,
+    PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info,
+    perf_event_attr, perf_event_sample_format, perf_sw_ids, perf_type_id,
 };
 
 /// `PERF_FLAG_FD_CLOEXEC` from linux/perf_event.h.
@@ -105,7 +105,14 @@ pub fn perf_event_open_cpu_clock(cpu: u32, freq: u64) -> io::Result<OwnedFd> {
 /// Attaches the program to a perf event and enables the event.
 pub fn perf_event_attach(event: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: both are valid fds; SET_BPF takes the program fd as its argument.
-    if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF as _, prog.as_raw_fd()) } < 0 {
+    if unsafe {
+        libc::ioctl(
+            event.as_raw_fd(),
+            PERF_EVENT_IOC_SET_BPF as _,
+            prog.as_raw_fd(),
+        )
+    } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a valid perf event fd; ENABLE takes no argument.

@@ -129,7 +129,10 @@ impl LoadFailure {
 
     /// One message: errno and meaning, the verifier's last lines, and the hint.
     pub fn describe(&self, program: &str) -> String {
-        let mut m = format!("loading eBPF program `{program}` failed: {}", errno_name(self.errno));
+        let mut m = format!(
+            "loading eBPF program `{program}` failed: {}",
+            errno_name(self.errno)
+        );
         let tail = self.log.last_lines(8);
         if !tail.is_empty() {
             m.push_str("; verifier log ends with:\n");

@@ -41,7 +41,13 @@ fn bpf_available() -> bool {
     root
 }
 
-fn load_with(insns: &[bpf_insn], level: u32, stats: bool, size: u32, max: u32) -> Result<Loaded, LoadFailure> {
+fn load_with(
+    insns: &[bpf_insn],
+    level: u32,
+    stats: bool,
+    size: u32,
+    max: u32,
+) -> Result<Loaded, LoadFailure> {
     let license = c"GPL";
     load(
         &ProgLoad {
@@ -65,9 +71,14 @@ fn level_2_with_a_1_kib_buffer_loads_and_keeps_the_whole_log() {
     if !bpf_available() {
         return;
     }
-    let l = load_with(&valid_program(), 2, false, 1024, 512 << 20).expect("a valid program must load");
+    let l =
+        load_with(&valid_program(), 2, false, 1024, 512 << 20).expect("a valid program must load");
     assert!(!l.log.truncated);
-    assert!(l.log.text.contains("processed 2002 insns"), "{}", l.log.last_lines(3));
+    assert!(
+        l.log.text.contains("processed 2002 insns"),
+        "{}",
+        l.log.last_lines(3)
+    );
     // 6.4+: one ENOSPC, then straight to the size the kernel reported.
     let needed = l.log.needed_bytes.expect("log_true_size on this kernel");
     assert!(needed > 1024);
@@ -115,10 +126,20 @@ fn a_rejected_program_carries_errno_verifier_lines_and_a_hint() {
         let f = load_with(&invalid_program(), level, false, 1024, 1 << 20).unwrap_err();
         assert_eq!(f.errno, libc::EACCES, "level {level}");
         assert_eq!(f.reason(), "verifier_rejected");
-        assert!(f.log.text.contains("R0 !read_ok"), "level {level}: {}", f.log.text);
+        assert!(
+            f.log.text.contains("R0 !read_ok"),
+            "level {level}: {}",
+            f.log.text
+        );
         let msg = f.describe("vlog_test");
-        assert!(msg.starts_with("loading eBPF program `vlog_test` failed: EACCES (Permission denied)"), "{msg}");
-        assert!(msg.contains("R0 !read_ok") && msg.contains("hint: the verifier rejected"), "{msg}");
+        assert!(
+            msg.starts_with("loading eBPF program `vlog_test` failed: EACCES (Permission denied)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("R0 !read_ok") && msg.contains("hint: the verifier rejected"),
+            "{msg}"
+        );
     }
 }
 
@@ -128,12 +149,18 @@ fn size_decisions_for_both_kernel_generations() {
     // 6.4+: the kernel says what it needs.
     assert_eq!(next_step(1024, 162_172, 1023, max), Step::Grow(162_172));
     assert_eq!(next_step(1024, 4_000_000, 1023, max), Step::Grow(max));
-    assert_eq!(next_step(max, 4_000_000, max as usize - 1, max), Step::GiveUp);
+    assert_eq!(
+        next_step(max, 4_000_000, max as usize - 1, max),
+        Step::GiveUp
+    );
     assert_eq!(next_step(1024, 900, 899, max), Step::NotTheLog);
     // Before 6.4: no true size; a full buffer means the log did not fit, so double.
     assert_eq!(next_step(1024, 0, 1023, max), Step::Grow(2048));
     assert_eq!(next_step(1024, 0, 500, max), Step::NotTheLog);
-    assert_eq!(next_step(max / 2 + 1, 0, max as usize / 2, max), Step::Grow(max));
+    assert_eq!(
+        next_step(max / 2 + 1, 0, max as usize / 2, max),
+        Step::Grow(max)
+    );
 }
 
 #[test]
@@ -151,6 +178,9 @@ fn stats_parse_from_the_verifier_summary() {
             verification_time_usec: Some(3330)
         })
     );
-    assert_eq!(log.last_lines(1), "processed 784 insns (limit 1000000) max_states_per_insn 2 total_states 33 peak_states 31 mark_read 0");
+    assert_eq!(
+        log.last_lines(1),
+        "processed 784 insns (limit 1000000) max_states_per_insn 2 total_states 33 peak_states 31 mark_read 0"
+    );
     assert_eq!(VerifierLog::default().stats(), None);
 }

@@ -1,0 +1,426 @@
+//! The eBPF profiling receiver on this machine's real kernel, through the real binary.
+//! Needs root (CI runs as root); skipped loudly otherwise.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn agent_config(extra: &str) -> String {
+    format!(
+        r#"
+receivers:
+  ebpf_profiler:
+    sampling_frequency: 99
+    report_interval: 1s
+    load_retry: {{ initial_interval: 200ms, max_interval: 1s }}
+{extra}
+exporters:
+  file: {{ path: "{{DIR}}/profiles.jsonl", flush_interval: 100ms }}
+service:
+  pipelines: {{ profiles: {{ receivers: [ebpf_profiler], exporters: [file] }} }}
+  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
+"#
+    )
+}
+
+/// The OTLP receiver is not used here; give it a port anyway so `Stackline::start` can wait on it.
+fn with_otlp(cfg: &str) -> String {
+    cfg.replace(
+        "receivers:\n",
+        "receivers:\n  otlp: { protocols: { grpc: { endpoint: \"{OTLP}\" } } }\n",
+    )
+    .replace(
+        "receivers: [ebpf_profiler]",
+        "receivers: [ebpf_profiler, otlp]",
+    )
+}
+
+/// The R E LOAD segment of an ELF: (file offset, virtual address).
+fn text_segment(path: &Path) -> (u64, u64) {
+    let out = run_tool("readelf", &["-lW", path.to_str().unwrap()]);
+    for l in out.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first() == Some(&"LOAD") && l.contains(" R E ") {
+            let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+            return (hex(f[1]), hex(f[2]));
+        }
+    }
+    panic!("no text segment in {}", path.display());
+}
+
+fn build_id(path: &Path) -> String {
+    run_tool("readelf", &["-n", path.to_str().unwrap()])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_owned))
+        .expect("build id note")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_a_workload_with_correct_mappings_offsets_build_ids_and_stacks() {
+    if !bpf_available("profiles_a_workload") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c_workload("cpu_shares", dir.path(), &[]);
+    let mut s = Stackline::start(dir.path(), &with_otlp(&agent_config("")));
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .metric(
+                "stackline_ebpf_program_loads_total",
+                &[("outcome", "success")]
+            )
+            .await
+            >= 1.0)
+        .await,
+        "{}",
+        s.logs()
+    );
+    let out = Command::new(&exe).arg("4").output().unwrap();
+    assert!(out.status.success());
+    let pid: String = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("ready ")
+        .unwrap()
+        .to_owned();
+    // The last interval holding the workload's samples is reported within a second.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let file = dir.path().join("profiles.jsonl");
+    let all: Vec<FlatSample> = read_json_lines(&file).iter().flat_map(flatten).collect();
+    let mine: Vec<&FlatSample> = all
+        .iter()
+        .filter(|x| x.attrs.get("process.pid") == Some(&pid))
+        .collect();
+    // 4 s at 99 Hz on one CPU is ~396 samples; leave room for scheduling.
+    assert!(
+        mine.len() >= 200,
+        "only {} samples of the workload (of {})\n{}",
+        mine.len(),
+        all.len(),
+        s.logs()
+    );
+
+    let exe_path = exe.to_str().unwrap();
+    let (seg_off, seg_vaddr) = text_segment(&exe);
+    let want_id = build_id(&exe);
+    let syms = symbols(&exe);
+    let func_of = |f: &Frame, leaf: bool| -> Option<String> {
+        // Return addresses point after the call: look up the byte before them.
+        let addr = if leaf { f.address } else { f.address - 1 };
+        let vaddr = addr - f.mapping_start + f.file_offset - seg_off + seg_vaddr;
+        syms.iter()
+            .find(|(a, b, _)| *a <= vaddr && vaddr < *b)
+            .map(|(_, _, n)| n.clone())
+    };
+    let mut callers: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kernel_samples = 0;
+    for smp in &mine {
+        assert_eq!(smp.attrs["thread.name"], "cpu_shares");
+        assert_eq!(smp.attrs["process.executable.name"], "cpu_shares");
+        assert_eq!(smp.attrs["process.executable.path"], exe_path);
+        assert_eq!(smp.attrs["thread.id"], pid);
+        assert_eq!(
+            smp.types,
+            (
+                "samples".into(),
+                "count".into(),
+                "cpu".into(),
+                "nanoseconds".into()
+            )
+        );
+        assert_eq!(smp.period, 1_000_000_000 / 99);
+        assert!(!smp.host.is_empty());
+        for &t in &smp.timestamps {
+            assert!(
+                t >= smp.profile_time && t < smp.profile_time + smp.profile_duration,
+                "timestamp outside its profile's range"
+            );
+        }
+        for f in &smp.frames {
+            assert!(
+                f.mapping_start <= f.address && f.address < f.mapping_limit,
+                "frame {:#x} outside its mapping {f:?}",
+                f.address
+            );
+            if f.frame_type == "native" && f.filename == exe_path {
+                assert_eq!(
+                    f.file_offset,
+                    seg_off & !0xfff,
+                    "file offset of the text mapping"
+                );
+                assert_eq!(f.build_id.as_deref(), Some(want_id.as_str()));
+            }
+        }
+        let kernel: Vec<&Frame> = smp
+            .frames
+            .iter()
+            .filter(|f| f.frame_type == "kernel")
+            .collect();
+        let user: Vec<&Frame> = smp
+            .frames
+            .iter()
+            .filter(|f| f.frame_type == "native")
+            .collect();
+        if !kernel.is_empty() {
+            kernel_samples += 1;
+            assert!(
+                kernel
+                    .iter()
+                    .all(|f| f.filename == "[kernel.kallsyms]" || !f.filename.is_empty())
+            );
+            // Kernel frames come first (leaf first), then the user frames.
+            assert_eq!(smp.frames[0].frame_type, "kernel");
+        }
+        let in_exe: Vec<&&Frame> = user.iter().filter(|f| f.filename == exe_path).collect();
+        if let Some(leaf) = in_exe.first() {
+            let is_leaf = std::ptr::eq(**leaf, *user.first().unwrap());
+            let name = func_of(leaf, is_leaf && kernel.is_empty()).unwrap_or_default();
+            if name == "spin" {
+                if let Some(caller) = in_exe.get(1).and_then(|f| func_of(f, false)) {
+                    *callers.entry(caller).or_default() += 1;
+                }
+            } else if !kernel.is_empty() {
+                *callers.entry(format!("kernel<-{name}")).or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        kernel_samples > 0,
+        "no kernel frames in the workload's samples"
+    );
+    let (a, b) = (
+        callers.get("hot_a").copied().unwrap_or(0),
+        callers.get("hot_b").copied().unwrap_or(0),
+    );
+    assert!(a + b >= 150, "spin samples: {callers:?}");
+    let share_a = a as f64 / (a + b) as f64;
+    // Built to spend 60:30 in hot_a:hot_b, i.e. 2/3 of spin's time.
+    assert!(
+        (share_a - 2.0 / 3.0).abs() < 0.1,
+        "hot_a share of spin {share_a:.3}: {callers:?}"
+    );
+    assert!(
+        callers.get("kernel<-read_zero").copied().unwrap_or(0) > 0,
+        "{callers:?}"
+    );
+    eprintln!(
+        "workload samples {}, callers {callers:?}, kernel samples {kernel_samples}",
+        mine.len()
+    );
+
+    assert!(s.metric("stackline_ebpf_samples_total", &[]).await >= mine.len() as f64);
+    assert_eq!(
+        s.metric(
+            "stackline_ebpf_samples_lost_total",
+            &[("reason", "ring_buffer_full")]
+        )
+        .await,
+        0.0
+    );
+    let (code, body) = s.get("/health").await;
+    assert_eq!(code, 200, "{body}");
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(20)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_2_log_with_a_1_kib_buffer_loads_and_is_written_in_full() {
+    if !bpf_available("level_2_log") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vlog = dir.path().join("vlog");
+    let cfg = agent_config(&format!(
+        "    verifier_log: {{ level: instruction, stats: true, size: 1KiB, output: \"{}\" }}",
+        vlog.display()
+    ));
+    let s = Stackline::start(dir.path(), &with_otlp(&cfg));
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .metric(
+                "stackline_ebpf_program_loads_total",
+                &[("outcome", "success")]
+            )
+            .await
+            >= 1.0)
+        .await,
+        "{}",
+        s.logs()
+    );
+    let log = std::fs::read_to_string(vlog.join("stackline_sample.log")).unwrap();
+    assert!(log.len() > 1024, "the log outgrew the first buffer");
+    assert!(
+        log.starts_with("func#0") || log.starts_with("0: "),
+        "starts at the beginning: {}",
+        &log[..80.min(log.len())]
+    );
+    assert!(
+        log.contains("processed ") && log.contains("verification time"),
+        "complete: {}",
+        &log[log.len().saturating_sub(300)..]
+    );
+    assert_eq!(
+        s.metric("stackline_ebpf_verifier_log_bytes", &[]).await,
+        log.len() as f64
+    );
+    assert!(
+        s.metric("stackline_ebpf_verifier_instructions_processed", &[])
+            .await
+            > 100.0
+    );
+    assert_eq!(
+        s.metric("stackline_ebpf_verifier_log_truncated_total", &[])
+            .await,
+        0.0
+    );
+    assert_eq!(
+        s.metric("stackline_ebpf_program_load_failures_total", &[])
+            .await,
+        0.0
+    );
+    assert_eq!(s.get("/health").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_max_size_loads_with_a_truncation_warning_and_metric() {
+    if !bpf_available("small_max_size") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = agent_config("    verifier_log: { level: 2, size: 1KiB, max_size: 2KiB }");
+    let s = Stackline::start(dir.path(), &with_otlp(&cfg));
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .metric("stackline_ebpf_verifier_log_truncated_total", &[])
+            .await
+            >= 1.0)
+        .await,
+        "{}",
+        s.logs()
+    );
+    assert_eq!(
+        s.metric(
+            "stackline_ebpf_program_loads_total",
+            &[("outcome", "success")]
+        )
+        .await,
+        1.0
+    );
+    let logs = s.logs();
+    assert!(
+        logs.contains("the verifier log needed") && logs.contains("verifier_log.max_size"),
+        "{logs}"
+    );
+    assert_eq!(s.get("/health").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_program_is_a_metric_an_unhealthy_receiver_and_retried() {
+    if !bpf_available("rejected_program") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let invalid =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("ebpf/prebuilt/stackline-invalid.bpf.o");
+    let cfg = agent_config(&format!("    object_path: \"{}\"", invalid.display()));
+    let mut s = Stackline::start(dir.path(), &with_otlp(&cfg));
+    async fn failures(s: &Stackline) -> f64 {
+        s.metric(
+            "stackline_ebpf_program_load_failures_total",
+            &[
+                ("program", "stackline_sample"),
+                ("errno", "EACCES"),
+                ("reason", "verifier_rejected"),
+            ],
+        )
+        .await
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || failures(&s).await >= 2.0).await,
+        "{}",
+        s.logs()
+    );
+    let (code, body) = s.get("/health").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("receiver/ebpf_profiler") && body.contains("map_value_or_null"),
+        "{body}"
+    );
+    let logs = s.logs();
+    assert!(
+        logs.contains("loading eBPF program `stackline_sample` failed: EACCES (Permission denied)"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("hint: the verifier rejected the program"),
+        "{logs}"
+    );
+    assert!(logs.contains("retrying in"), "{logs}");
+    assert_eq!(
+        s.metric(
+            "stackline_ebpf_program_loads_total",
+            &[("outcome", "failure")]
+        )
+        .await,
+        failures(&s).await
+    );
+    // Still up, still serving the other receiver.
+    assert!(s.is_running());
+    client(s.endpoint())
+        .await
+        .export(stackline::otlp::synth::request("svc", 0, 5, 3))
+        .await
+        .unwrap();
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(20)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_capabilities_it_says_so_and_stays_up() {
+    if !bpf_available("without_capabilities") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Drop every capability (bounding, inheritable and ambient sets) before exec.
+    let wrapper = dir.path().join("nocaps.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_stackline")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut s = Stackline::start_with(&wrapper, dir.path(), &with_otlp(&agent_config("")));
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .logs()
+            .contains("needs root, or CAP_BPF and CAP_PERFMON"))
+        .await,
+        "{}",
+        s.logs()
+    );
+    let logs = s.logs();
+    assert!(logs.contains("this process has none of them"), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+    let (code, body) = s.get("/health").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        s.metric(
+            "stackline_ebpf_program_load_failures_total",
+            &[("reason", "missing_capabilities")]
+        )
+        .await
+            >= 1.0
+    );
+    assert!(s.is_running());
+}

@@ -1,0 +1,80 @@
+/* A workload with known CPU shares, for profiler tests.
+ *
+ * Built by the tests with frame pointers. Each round spends, in CPU time,
+ * 60% in hot_a, 30% in hot_b (both through spin) and 10% in read_zero, which
+ * spends its time in the kernel copying /dev/zero. Usage: cpu_shares SECONDS
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile uint64_t sink;
+static char buf[1 << 16];
+
+static double cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* spin and read_zero call tick now and then so they are not leaf functions: compilers
+ * omit a leaf's frame even with -fno-omit-frame-pointer, and a frame-pointer unwinder
+ * then skips the leaf's caller. */
+__attribute__((noinline)) void tick(void) { __asm__ volatile(""); }
+
+__attribute__((noinline)) void spin(uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) {
+        sink += i * 7 + (sink >> 3);
+        if ((i & 0xfffff) == 0) tick();
+    }
+}
+
+/* The empty asm after the call keeps it from becoming a tail call, so the caller keeps
+ * its frame and shows in the stack. */
+__attribute__((noinline)) void hot_a(uint64_t n) { spin(n); __asm__ volatile(""); }
+__attribute__((noinline)) void hot_b(uint64_t n) { spin(n); __asm__ volatile(""); }
+
+/* The syscall is issued here, not in libc, so the interrupted user frame is this function. */
+static long raw_read(int fd, void *p, long n) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(0), "D"(fd), "S"(p), "d"(n) : "rcx", "r11", "memory");
+    return r;
+}
+
+__attribute__((noinline)) void read_zero(int fd, long reads) {
+    for (long i = 0; i < reads; i++) {
+        raw_read(fd, buf, sizeof buf);
+        if ((i & 0xff) == 0) tick();
+    }
+}
+
+int main(int argc, char **argv) {
+    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+    int fd = open("/dev/zero", O_RDONLY);
+    if (fd < 0) { perror("open /dev/zero"); return 1; }
+    /* Calibrate: iterations and reads per millisecond of CPU time. */
+    double t0 = cpu_now();
+    spin(20000000);
+    double spin_ms = (cpu_now() - t0) * 1e3;
+    t0 = cpu_now();
+    read_zero(fd, 2000);
+    double read_ms = (cpu_now() - t0) * 1e3;
+    uint64_t per_ms = (uint64_t)(20000000 / spin_ms);
+    long reads_per_ms = (long)(2000 / read_ms) + 1;
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        hot_a(per_ms * 60);
+        hot_b(per_ms * 30);
+        read_zero(fd, reads_per_ms * 10);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) * 1e-9 >= seconds) break;
+    }
+    return 0;
+}
