@@ -354,3 +354,54 @@ fn components_and_version_commands() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let cfg = Config::load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if let Err(e) = Graph::build(&cfg, &Factories::builtin()) {
+                panic!("{}: {e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "expected default, local, agent and gateway configs");
+}
+
+#[test]
+fn ebpf_profiler_settings_are_validated() {
+    let errs = errors(
+        r#"
+receivers:
+  ebpf_profiler:
+    sampling_frequency: 0
+    cpus: []
+    verifier_log: { level: verbose, size: 64, max_size: 2GiB }
+exporters: { debug: {} }
+service: { pipelines: { profiles: { receivers: [ebpf_profiler], exporters: [debug] } } }
+"#,
+    );
+    assert_has(&errs, "receivers.ebpf_profiler.sampling_frequency: 0 Hz is out of range; use 1 to 10000");
+    assert_has(&errs, "receivers.ebpf_profiler.cpus: is empty; leave it out to sample every online CPU");
+    assert_has(
+        &errs,
+        "receivers.ebpf_profiler.verifier_log.level: invalid verifier log level `verbose`; use 0|off, 1|branch or 2|instruction",
+    );
+    let errs = errors(
+        r#"
+receivers:
+  ebpf_profiler: { verifier_log: { level: branch, size: 64, max_size: 2GiB } }
+exporters: { debug: {} }
+service: { pipelines: { profiles: { receivers: [ebpf_profiler], exporters: [debug] } } }
+"#,
+    );
+    assert_has(&errs, "receivers.ebpf_profiler.verifier_log.size: must be at least 128 bytes (the kernel's minimum)");
+    assert_has(
+        &errs,
+        "receivers.ebpf_profiler.verifier_log.max_size: 2.0 GiB is above the kernel's limit of 1073741823 bytes (UINT_MAX >> 2)",
+    );
+}
