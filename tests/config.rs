@@ -112,7 +112,7 @@ extensions: {}
     );
     assert_has(
         &errs,
-        "receivers.zipkin: unknown receiver type `zipkin`; known receiver types: otlp",
+        "receivers.zipkin: unknown receiver type `zipkin`; known receiver types: ebpf_profiler, otlp",
     );
     assert_has(
         &errs,
@@ -362,7 +362,8 @@ fn every_shipped_config_is_valid() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let cfg = Config::load(std::slice::from_ref(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let cfg = Config::load(std::slice::from_ref(&path))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             if let Err(e) = Graph::build(&cfg, &Factories::builtin()) {
                 panic!("{}: {e}", path.display());
             }
@@ -385,8 +386,14 @@ exporters: { debug: {} }
 service: { pipelines: { profiles: { receivers: [ebpf_profiler], exporters: [debug] } } }
 "#,
     );
-    assert_has(&errs, "receivers.ebpf_profiler.sampling_frequency: 0 Hz is out of range; use 1 to 10000");
-    assert_has(&errs, "receivers.ebpf_profiler.cpus: is empty; leave it out to sample every online CPU");
+    assert_has(
+        &errs,
+        "receivers.ebpf_profiler.sampling_frequency: 0 Hz is out of range; use 1 to 10000",
+    );
+    assert_has(
+        &errs,
+        "receivers.ebpf_profiler.cpus: is empty; leave it out to sample every online CPU",
+    );
     assert_has(
         &errs,
         "receivers.ebpf_profiler.verifier_log.level: invalid verifier log level `verbose`; use 0|off, 1|branch or 2|instruction",
@@ -399,7 +406,10 @@ exporters: { debug: {} }
 service: { pipelines: { profiles: { receivers: [ebpf_profiler], exporters: [debug] } } }
 "#,
     );
-    assert_has(&errs, "receivers.ebpf_profiler.verifier_log.size: must be at least 128 bytes (the kernel's minimum)");
+    assert_has(
+        &errs,
+        "receivers.ebpf_profiler.verifier_log.size: must be at least 128 bytes (the kernel's minimum)",
+    );
     assert_has(
         &errs,
         "receivers.ebpf_profiler.verifier_log.max_size: 2.0 GiB is above the kernel's limit of 1073741823 bytes (UINT_MAX >> 2)",
