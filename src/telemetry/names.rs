@@ -47,7 +47,8 @@ pub const EBPF_VERIFIER_SECONDS: &str = "stackline_ebpf_verifier_time_seconds";
 pub const EBPF_SAMPLES: &str = "stackline_ebpf_samples_total";
 /// Samples, or parts of them, lost. Label: `reason`.
 pub const EBPF_SAMPLES_LOST: &str = "stackline_ebpf_samples_lost_total";
-/// Cumulative run time of the program in the kernel, in seconds (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
-pub const EBPF_PROGRAM_RUN_SECONDS: &str = "stackline_ebpf_program_run_time_seconds_total";
+/// Cumulative run time of the program in the kernel, in seconds, as the kernel counts it
+/// (only while `kernel.bpf_stats_enabled` = 1). Label: `program`.
+pub const EBPF_PROGRAM_RUN_SECONDS: &str = "stackline_ebpf_program_run_time_seconds";
 /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
 pub const EBPF_PROGRAM_RUNS: &str = "stackline_ebpf_program_runs_total";

@@ -309,10 +309,9 @@ fn reader_loop(
     let samples_total = metrics::counter!(names::EBPF_SAMPLES);
     let ringbuf_lost = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "ring_buffer_full");
     let undecodable = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "undecodable");
-    let run_seconds = metrics::counter!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => PROGRAM);
+    let run_seconds = metrics::gauge!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => PROGRAM);
     let runs = metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => PROGRAM);
     let mut last_lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
-    let mut last_run = sys::prog_run_stats(p.program_fd.as_fd()).unwrap_or((0, 0));
     let mut interval = IntervalProfile::new(unix_now_ns(), cfg.sampling_frequency);
     let mut next_report = Instant::now() + cfg.report_interval;
     loop {
@@ -336,14 +335,9 @@ fn reader_loop(
             let lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
             ringbuf_lost.increment(lost.saturating_sub(last_lost));
             last_lost = lost;
-            if let Ok(run) = sys::prog_run_stats(p.program_fd.as_fd()) {
-                run_seconds.increment((run.0.saturating_sub(last_run.0)) / 1_000_000_000);
-                runs.increment(run.1.saturating_sub(last_run.1));
-                // Keep sub-second remainders for the next interval.
-                last_run = (
-                    run.0 - run.0.saturating_sub(last_run.0) % 1_000_000_000,
-                    run.1,
-                );
+            if let Ok((run_ns, run_cnt)) = sys::prog_run_stats(p.program_fd.as_fd()) {
+                run_seconds.set(run_ns as f64 / 1e9);
+                runs.absolute(run_cnt);
             }
             let end = unix_now_ns();
             let done = std::mem::replace(
