@@ -347,7 +347,7 @@ fn reader_loop(
             if !done.is_empty() && tx.blocking_send(done.finish(end, &host)).is_err() {
                 break;
             }
-            resolver.evict(now);
+            resolver.next_interval(now);
             // The wall clock may be stepped or slewed: re-read its offset each interval.
             offset = sys::monotonic_to_unix_offset_ns();
             next_report = now + cfg.report_interval;

@@ -77,6 +77,8 @@ struct Cached {
     info: Option<ProcessInfo>,
     refreshed: Instant,
     seen: Instant,
+    /// Report interval in which the start time was last compared.
+    checked: u64,
 }
 
 /// Counters for frames and samples that could not be fully resolved.
@@ -90,6 +92,9 @@ struct Meters {
 /// Process, build-ID and kernel-range lookups, cached.
 pub struct Resolver {
     procs: HashMap<u32, Cached>,
+    /// Current report interval: each process's start time is compared once per interval,
+    /// so a reused pid is never resolved against the maps of the process it replaced.
+    interval: u64,
     build_ids: BuildIds,
     kernel: KernelMaps,
     meters: Meters,
@@ -112,6 +117,7 @@ impl Resolver {
             |reason: &'static str| metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => reason);
         Resolver {
             procs: HashMap::new(),
+            interval: 0,
             build_ids: BuildIds::default(),
             kernel: KernelMaps::read(),
             meters: Meters {
@@ -124,12 +130,27 @@ impl Resolver {
     }
 
     fn process(&mut self, pid: u32, now: Instant) -> Option<&ProcessInfo> {
+        let interval = self.interval;
         let entry = self.procs.entry(pid).or_insert_with(|| Cached {
             info: ProcessInfo::read(pid).ok(),
             refreshed: now,
             seen: now,
+            checked: interval,
         });
         entry.seen = now;
+        if entry.checked != interval {
+            entry.checked = interval;
+            let cached_start = entry.info.as_ref().map(|i| i.start_time);
+            // A different start time (or none, after a failed read) means another process
+            // now has this pid. If the pid is gone, keep what was read at first sight.
+            if let Ok(start) = super::procfs::start_time(pid)
+                && cached_start != Some(start)
+                && let Ok(fresh) = ProcessInfo::read(pid)
+            {
+                entry.info = Some(fresh);
+                entry.refreshed = now;
+            }
+        }
         entry.info.as_ref()
     }
 
@@ -150,8 +171,9 @@ impl Resolver {
         c.info.as_ref()?.mapping_for(addr).cloned()
     }
 
-    /// Drops processes not sampled for a while.
-    pub fn evict(&mut self, now: Instant) {
+    /// Starts a new report interval: drops processes not sampled for a while.
+    pub fn next_interval(&mut self, now: Instant) {
+        self.interval += 1;
         self.procs
             .retain(|_, c| now.duration_since(c.seen) < EVICT_AFTER);
     }
