@@ -76,7 +76,10 @@ impl Factories {
                 crate::receivers::otlp::factory(),
                 crate::receivers::ebpf_profiler::factory(),
             ],
-            processors: vec![crate::processors::batch::factory()],
+            processors: vec![
+                crate::processors::batch::factory(),
+                crate::processors::symbolizer::factory(),
+            ],
             exporters: vec![
                 crate::exporters::otlp::factory(),
                 crate::exporters::file::factory(),

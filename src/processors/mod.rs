@@ -1,3 +1,4 @@
 //! Processors: per-pipeline stages between receivers and exporters.
 
 pub mod batch;
+pub mod symbolizer;

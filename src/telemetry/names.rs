@@ -52,3 +52,12 @@ pub const EBPF_SAMPLES_LOST: &str = "stackline_ebpf_samples_lost_total";
 pub const EBPF_PROGRAM_RUN_SECONDS: &str = "stackline_ebpf_program_run_time_seconds";
 /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
 pub const EBPF_PROGRAM_RUNS: &str = "stackline_ebpf_program_runs_total";
+
+/// Locations the symbolizer handled. Labels: `result` (`resolved`, `unresolved`), `reason`.
+pub const SYMBOLIZER_FRAMES: &str = "stackline_symbolizer_frames_total";
+/// Locations answered from the symbolizer's cache.
+pub const SYMBOLIZER_CACHE_HITS: &str = "stackline_symbolizer_cache_hits_total";
+/// Locations the symbolizer had to resolve.
+pub const SYMBOLIZER_CACHE_MISSES: &str = "stackline_symbolizer_cache_misses_total";
+/// Time to symbolize one request, in seconds.
+pub const SYMBOLIZER_DURATION: &str = "stackline_symbolizer_duration_seconds";

@@ -1,0 +1,75 @@
+//! Settings of the `symbolizer` processor.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Validate};
+
+/// `processors.symbolizer`: native and kernel frames to function, file, line and inlined frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SymbolizerConfig {
+    /// Where separate debug files and binaries are found by GNU build ID, laid out as
+    /// `.build-id/ab/cdef….debug`, or as a flat directory of ELF files (indexed at start
+    /// and again when the directory changes). Also searched for `.gnu_debuglink` files.
+    /// Default `[/usr/lib/debug]`.
+    pub debug_dirs: Vec<PathBuf>,
+    /// Resolved frames kept, by (file or build ID, offset). Default 262144.
+    pub cache_size: usize,
+    /// Threads symbolizing in parallel (blazesym's symbolizer is not thread-safe, so each
+    /// worker owns one). Default 1.
+    pub workers: usize,
+    /// Report inlined functions as extra lines of a location. Default true.
+    pub inlines: bool,
+    /// Report file and line numbers (needs DWARF). Default true.
+    pub code_info: bool,
+    /// Demangle Rust and C++ names (the mangled name is kept as the function's system name). Default true.
+    pub demangle: bool,
+    /// Symbolize kernel frames with `/proc/kallsyms` (or `vmlinux`). Default true.
+    pub kernel: bool,
+    /// A vmlinux with symbols for kernel frames; default: `/proc/kallsyms` only.
+    pub vmlinux: Option<PathBuf>,
+    /// How often flat `debug_dirs` are checked for changes. Default `30s`.
+    #[serde(with = "crate::config::units::duration")]
+    pub rescan_interval: Duration,
+}
+
+impl Default for SymbolizerConfig {
+    fn default() -> Self {
+        SymbolizerConfig {
+            debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
+            cache_size: 262_144,
+            workers: 1,
+            inlines: true,
+            code_info: true,
+            demangle: true,
+            kernel: true,
+            vmlinux: None,
+            rescan_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Validate for SymbolizerConfig {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        if self.workers == 0 || self.workers > 64 {
+            errs.push(ConfigError::new(
+                "workers",
+                format!("{} is out of range; use 1 to 64", self.workers),
+            ));
+        }
+        if self.cache_size == 0 {
+            errs.push(ConfigError::new("cache_size", "must be at least 1 entry"));
+        }
+        if self.rescan_interval.is_zero() {
+            errs.push(ConfigError::new(
+                "rescan_interval",
+                "must be greater than 0",
+            ));
+        }
+        errs
+    }
+}

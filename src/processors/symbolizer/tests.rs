@@ -1,0 +1,471 @@
+//! Symbolizing real binaries built in the test, checked against binutils' addr2line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::SymbolizerConfig;
+use super::worker::{Resolved, ResolvedLine, Worker, demangle};
+use crate::otlp::ProfilesRequest;
+use crate::otlp::common::{AnyValue, any_value};
+use crate::otlp::profiles::{
+    KeyValueAndUnit, Location, Mapping, Profile, ProfilesDictionary, ResourceProfiles, Sample,
+    ScopeProfiles, Stack,
+};
+use crate::receivers::ebpf_profiler::procfs::read_build_id;
+
+fn workload(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workloads")
+        .join(name)
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn build_c(dir: &Path) -> PathBuf {
+    let out = dir.join("inlines");
+    let src = workload("inlines.c");
+    run(
+        "gcc",
+        &[
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-Wl,--build-id",
+            "-o",
+            out.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+    );
+    out
+}
+
+fn build_rust(dir: &Path) -> PathBuf {
+    let out = dir.join("rusty");
+    let src = workload("rusty.rs");
+    run(
+        "rustc",
+        &[
+            "-C",
+            "opt-level=2",
+            "-C",
+            "debuginfo=2",
+            "-C",
+            "force-frame-pointers=yes",
+            "-o",
+            out.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+    );
+    out
+}
+
+/// (start, end) of a symbol, from nm.
+fn symbol(path: &Path, name_part: &str) -> (u64, u64) {
+    run("nm", &["-S", "--defined-only", path.to_str().unwrap()])
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[3].contains(name_part)).then(|| {
+                let s = u64::from_str_radix(f[0], 16).unwrap();
+                (s, s + u64::from_str_radix(f[1], 16).unwrap())
+            })
+        })
+        .unwrap_or_else(|| panic!("no symbol {name_part}"))
+}
+
+/// Instruction addresses of a function, from objdump.
+fn instructions(path: &Path, start: u64, end: u64) -> Vec<u64> {
+    run(
+        "objdump",
+        &[
+            "-d",
+            &format!("--start-address={start:#x}"),
+            &format!("--stop-address={end:#x}"),
+            path.to_str().unwrap(),
+        ],
+    )
+    .lines()
+    .filter_map(|l| {
+        l.trim()
+            .split_once(':')
+            .and_then(|(a, _)| u64::from_str_radix(a.trim(), 16).ok())
+    })
+    .collect()
+}
+
+/// addr2line -f -i -C: (function, file name, line) innermost first.
+fn addr2line(path: &Path, vaddr: u64) -> Vec<(String, String, i64)> {
+    let out = run(
+        "addr2line",
+        &[
+            "-f",
+            "-i",
+            "-C",
+            "-e",
+            path.to_str().unwrap(),
+            &format!("{vaddr:#x}"),
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .map(|c| {
+            let (file, line) = c[1].rsplit_once(':').unwrap();
+            let line = line.split_whitespace().next().unwrap().parse().unwrap_or(0);
+            (
+                c[0].to_owned(),
+                Path::new(file)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                line,
+            )
+        })
+        .collect()
+}
+
+/// The text segment: (file offset, vaddr).
+fn text_segment(path: &Path) -> (u64, u64) {
+    let out = run("readelf", &["-lW", path.to_str().unwrap()]);
+    out.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&"LOAD") && l.contains(" R E ")).then(|| {
+                let h = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+                (h(f[1]), h(f[2]))
+            })
+        })
+        .unwrap()
+}
+
+const BASE: u64 = 0x5555_0000_0000;
+
+/// A request with one sample per address (each a one-frame stack, so each is a leaf),
+/// mapped as the kernel would map the text segment of `path` at BASE.
+fn request_for(
+    path_in_mapping: &str,
+    build_id: Option<&str>,
+    bin: &Path,
+    vaddrs: &[u64],
+    pid: Option<i64>,
+) -> ProfilesRequest {
+    let (seg_off, seg_vaddr) = text_segment(bin);
+    let map_off = seg_off & !0xfff;
+    let start = BASE + (seg_vaddr & !0xfff);
+    let mut d = ProfilesDictionary {
+        string_table: vec![
+            String::new(),
+            path_in_mapping.into(),
+            "process.executable.build_id.gnu".into(),
+            "process.pid".into(),
+        ],
+        mapping_table: vec![Mapping::default()],
+        location_table: vec![Location::default()],
+        function_table: vec![Default::default()],
+        link_table: vec![Default::default()],
+        attribute_table: vec![KeyValueAndUnit::default()],
+        stack_table: vec![Stack::default()],
+    };
+    let mut mattrs = vec![];
+    if let Some(id) = build_id {
+        d.attribute_table.push(KeyValueAndUnit {
+            key_strindex: 2,
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(id.into())),
+            }),
+            unit_strindex: 0,
+        });
+        mattrs.push(1);
+    }
+    let mut sattrs = vec![];
+    if let Some(pid) = pid {
+        d.attribute_table.push(KeyValueAndUnit {
+            key_strindex: 3,
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(pid)),
+            }),
+            unit_strindex: 0,
+        });
+        sattrs.push(d.attribute_table.len() as i32 - 1);
+    }
+    d.mapping_table.push(Mapping {
+        memory_start: start,
+        memory_limit: start + 0x100000,
+        file_offset: map_off,
+        filename_strindex: 1,
+        attribute_indices: mattrs,
+    });
+    let mut samples = vec![];
+    for &v in vaddrs {
+        d.location_table.push(Location {
+            mapping_index: 1,
+            address: start + (v - (seg_vaddr & !0xfff)),
+            lines: vec![],
+            attribute_indices: vec![],
+        });
+        d.stack_table.push(Stack {
+            location_indices: vec![d.location_table.len() as i32 - 1],
+        });
+        samples.push(Sample {
+            stack_index: d.stack_table.len() as i32 - 1,
+            attribute_indices: sattrs.clone(),
+            values: vec![1],
+            ..Default::default()
+        });
+    }
+    ProfilesRequest {
+        resource_profiles: vec![ResourceProfiles {
+            scope_profiles: vec![ScopeProfiles {
+                profiles: vec![Profile {
+                    samples,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        dictionary: Some(d),
+    }
+}
+
+/// Each location's lines as (function, file name, line), innermost first.
+fn lines_of(req: &ProfilesRequest) -> Vec<Vec<(String, String, i64)>> {
+    let d = req.dictionary.as_ref().unwrap();
+    d.location_table[1..]
+        .iter()
+        .map(|l| {
+            l.lines
+                .iter()
+                .map(|line| {
+                    let f = &d.function_table[line.function_index as usize];
+                    let file = &d.string_table[f.filename_strindex as usize];
+                    (
+                        d.string_table[f.name_strindex as usize].clone(),
+                        Path::new(file)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        line.line,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn cfg(debug_dirs: Vec<PathBuf>) -> SymbolizerConfig {
+    SymbolizerConfig {
+        debug_dirs,
+        ..Default::default()
+    }
+}
+
+/// Addresses of `accumulate`'s body (where `scale` is inlined) and of `entry_point`.
+fn c_addresses(bin: &Path) -> Vec<u64> {
+    let (a0, a1) = symbol(bin, "accumulate");
+    let (e0, e1) = symbol(bin, "entry_point");
+    let mut v = instructions(bin, a0, a1);
+    v.extend(instructions(bin, e0, e1));
+    v
+}
+
+#[test]
+fn c_functions_lines_and_inline_chains_match_addr2line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let id = read_build_id(&bin).unwrap().unwrap();
+    let vaddrs = c_addresses(&bin);
+    let mut req = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    Worker::new(cfg(vec![])).symbolize(&mut req);
+    let got = lines_of(&req);
+    let mut inlined = 0;
+    for (v, lines) in vaddrs.iter().zip(&got) {
+        assert_eq!(lines, &addr2line(&bin, *v), "at {v:#x}");
+        if lines.len() == 2 {
+            // scale (lines 6-7) inlined into accumulate at line 12.
+            assert_eq!(
+                (lines[0].0.as_str(), lines[0].1.as_str()),
+                ("scale", "inlines.c")
+            );
+            assert!(matches!(lines[0].2, 6 | 7), "{lines:?}");
+            assert_eq!(lines[1], ("accumulate".into(), "inlines.c".into(), 12));
+            inlined += 1;
+        }
+    }
+    assert!(inlined > 0, "no address fell into the inlined function");
+    assert!(
+        got.iter()
+            .any(|l| l.first().is_some_and(|f| f.0 == "entry_point" && f.2 == 16))
+    );
+    crate::otlp::check(&req).unwrap();
+}
+
+#[test]
+fn rust_names_are_demangled_with_the_mangled_name_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_rust(dir.path());
+    let id = read_build_id(&bin).unwrap().unwrap();
+    let (s, e) = symbol(&bin, "churn");
+    let vaddrs = instructions(&bin, s, e);
+    let mut req = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    Worker::new(cfg(vec![])).symbolize(&mut req);
+    let d = req.dictionary.as_ref().unwrap();
+    let churn = d
+        .function_table
+        .iter()
+        .find(|f| d.string_table[f.name_strindex as usize] == "rusty::engine::churn")
+        .expect("demangled name without hash");
+    let mangled = &d.string_table[churn.system_name_strindex as usize];
+    assert!(
+        mangled.starts_with("_ZN") || mangled.starts_with("_R"),
+        "{mangled}"
+    );
+    assert_eq!(demangle(mangled), "rusty::engine::churn");
+    let got = lines_of(&req);
+    // mix (line 6) inlined into churn at line 12, under std's own inlined helpers.
+    assert!(
+        got.iter().any(|l| l.len() >= 2
+            && l[l.len() - 2] == ("rusty::engine::mix".into(), "rusty.rs".into(), 6)
+            && l[l.len() - 1] == ("rusty::engine::churn".into(), "rusty.rs".into(), 12)),
+        "no inlined mix in churn: {got:?}"
+    );
+    // Every chain ends in the function the address is in.
+    assert!(
+        got.iter()
+            .all(|l| l.last().is_some_and(|f| f.0 == "rusty::engine::churn"))
+    );
+}
+
+fn strip_with_debug_by_build_id(bin: &Path, debug_root: &Path) -> (PathBuf, String) {
+    let id = read_build_id(bin).unwrap().unwrap();
+    let dbg = debug_root
+        .join(".build-id")
+        .join(&id[..2])
+        .join(format!("{}.debug", &id[2..]));
+    std::fs::create_dir_all(dbg.parent().unwrap()).unwrap();
+    run(
+        "objcopy",
+        &[
+            "--only-keep-debug",
+            bin.to_str().unwrap(),
+            dbg.to_str().unwrap(),
+        ],
+    );
+    let stripped = bin.with_extension("stripped");
+    run(
+        "objcopy",
+        &[
+            "--strip-all",
+            bin.to_str().unwrap(),
+            stripped.to_str().unwrap(),
+        ],
+    );
+    (stripped, id)
+}
+
+#[test]
+fn a_stripped_binary_with_its_debug_file_by_build_id_gives_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let vaddrs = c_addresses(&bin);
+    let debug_root = dir.path().join("debug");
+    let (stripped, id) = strip_with_debug_by_build_id(&bin, &debug_root);
+    assert_eq!(
+        read_build_id(&stripped).unwrap().as_deref(),
+        Some(id.as_str())
+    );
+
+    let mut want = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    Worker::new(cfg(vec![])).symbolize(&mut want);
+    // On the agent: the stripped file is on this host, its DWARF comes by build ID.
+    let mut on_host = request_for(
+        stripped.to_str().unwrap(),
+        Some(&id),
+        &stripped,
+        &vaddrs,
+        None,
+    );
+    Worker::new(cfg(vec![debug_root.clone()])).symbolize(&mut on_host);
+    assert_eq!(lines_of(&on_host), lines_of(&want));
+    // On a gateway: the file is not here and the process is gone; only the build ID is.
+    let mut gateway = request_for(
+        "/nonexistent/inlines",
+        Some(&id),
+        &bin,
+        &vaddrs,
+        Some(999_999_999),
+    );
+    Worker::new(cfg(vec![debug_root])).symbolize(&mut gateway);
+    assert_eq!(lines_of(&gateway), lines_of(&want));
+}
+
+#[test]
+fn a_flat_debug_directory_is_indexed_by_build_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let id = read_build_id(&bin).unwrap().unwrap();
+    let vaddrs = c_addresses(&bin);
+    let flat = dir.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    let mut want = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    Worker::new(cfg(vec![])).symbolize(&mut want);
+
+    let mut w = Worker::new(SymbolizerConfig {
+        debug_dirs: vec![flat.clone()],
+        rescan_interval: std::time::Duration::from_millis(1),
+        ..Default::default()
+    });
+    // Not there yet: unresolved, address and mapping kept.
+    let mut req = request_for("/gone/inlines", Some(&id), &bin, &vaddrs, None);
+    let before = req.clone();
+    w.symbolize(&mut req);
+    assert_eq!(req, before, "an unresolved frame must be left as it was");
+    // Added later: the directory change is noticed.
+    std::fs::copy(&bin, flat.join("some-name")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut req = request_for("/gone/inlines2", Some(&id), &bin, &vaddrs, None);
+    w.symbolize(&mut req);
+    assert_eq!(lines_of(&req), lines_of(&want));
+}
+
+#[test]
+fn kernel_addresses_from_kallsyms_resolve_to_their_names() {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let wanted = ["vfs_read", "schedule", "do_sys_openat2"];
+    let mut addrs = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 3 && matches!(f[1], "T" | "t") && wanted.contains(&f[2]) && f.len() == 3 {
+            let a = u64::from_str_radix(f[0], 16).unwrap();
+            if a == 0 {
+                eprintln!("SKIPPED: kernel addresses are hidden (kptr_restrict; needs root)");
+                return;
+            }
+            addrs.push((a + 4, f[2].to_owned()));
+        }
+    }
+    assert!(!addrs.is_empty());
+    let w = Worker::new(cfg(vec![]));
+    let res = w.symbolize_kernel(&addrs.iter().map(|a| a.0).collect::<Vec<_>>());
+    for ((_, name), r) in addrs.iter().zip(res) {
+        match r {
+            Resolved::Lines(l) => assert_eq!(
+                l.last().map(|x: &ResolvedLine| x.name.as_str()),
+                Some(name.as_str())
+            ),
+            Resolved::Unknown(why) => panic!("{name}: {why}"),
+        }
+    }
+}
