@@ -424,3 +424,89 @@ async fn without_capabilities_it_says_so_and_stays_up() {
     );
     assert!(s.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
+    if !bpf_available("symbolized_profiles") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c_workload("cpu_shares", dir.path(), &[]);
+    let cfg = with_otlp(&agent_config(""))
+        .replace(
+            "exporters:\n",
+            "processors:\n  symbolizer: {}\n  batch: { timeout: 200ms }\nexporters:\n",
+        )
+        .replace(
+            "exporters: [file]",
+            "processors: [symbolizer, batch], exporters: [file]",
+        );
+    let mut s = Stackline::start(dir.path(), &cfg);
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .metric(
+                "stackline_ebpf_program_loads_total",
+                &[("outcome", "success")]
+            )
+            .await
+            >= 1.0)
+        .await,
+        "{}",
+        s.logs()
+    );
+    let out = Command::new(&exe).arg("5").output().unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("ready ")
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let all: Vec<FlatSample> = read_json_lines(&dir.path().join("profiles.jsonl"))
+        .iter()
+        .flat_map(flatten)
+        .collect();
+    let mine: Vec<&FlatSample> = all
+        .iter()
+        .filter(|x| x.attrs.get("process.pid") == Some(&pid))
+        .collect();
+    assert!(mine.len() >= 250, "{} samples\n{}", mine.len(), s.logs());
+    // Inclusive share of each function: samples with it anywhere in the stack.
+    let share = |name: &str| {
+        mine.iter()
+            .filter(|x| {
+                x.frames
+                    .iter()
+                    .any(|f| f.functions.iter().any(|n| n == name))
+            })
+            .count() as f64
+            / mine.len() as f64
+    };
+    let (a, b, r) = (share("hot_a"), share("hot_b"), share("read_zero"));
+    eprintln!(
+        "shares: hot_a {a:.3} hot_b {b:.3} read_zero {r:.3} of {} samples",
+        mine.len()
+    );
+    // Built to spend 60%, 30% and 10% of its CPU time there.
+    assert!((a - 0.60).abs() < 0.05, "hot_a {a:.3}");
+    assert!((b - 0.30).abs() < 0.05, "hot_b {b:.3}");
+    assert!((r - 0.10).abs() < 0.05, "read_zero {r:.3}");
+    assert!(share("main") > 0.9, "main {:.3}", share("main"));
+    // Kernel frames under read_zero are named too.
+    let kernel_named = mine
+        .iter()
+        .flat_map(|x| &x.frames)
+        .filter(|f| f.frame_type == "kernel")
+        .filter(|f| !f.functions.is_empty())
+        .count();
+    assert!(kernel_named > 0, "no kernel frame was symbolized");
+    assert!(
+        s.metric(
+            "stackline_symbolizer_frames_total",
+            &[("result", "resolved")]
+        )
+        .await
+            > 0.0
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(20)).success());
+}

@@ -266,10 +266,12 @@ impl Worker {
 
     /// Symbolizes kernel addresses.
     pub fn symbolize_kernel(&self, addrs: &[u64]) -> Vec<Resolved> {
-        let mut k = Kernel::default();
-        k.vmlinux = match &self.cfg.vmlinux {
-            Some(p) => MaybeDefault::Some(p.clone()),
-            None => MaybeDefault::None,
+        let k = Kernel {
+            vmlinux: match &self.cfg.vmlinux {
+                Some(p) => MaybeDefault::Some(p.clone()),
+                None => MaybeDefault::None,
+            },
+            ..Default::default()
         };
         let src = Source::Kernel(k);
         self.convert(self.sym.symbolize(&src, Input::AbsAddr(addrs)), addrs.len())
