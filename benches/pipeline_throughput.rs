@@ -7,6 +7,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::Tally;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
@@ -23,29 +27,6 @@ use tokio::sync::Notify;
 const REQUESTS: u64 = 200;
 const PER_REQUEST: u64 = 50;
 const SAMPLES: u64 = REQUESTS * PER_REQUEST;
-
-/// Total time and samples measured per benchmark, for the closing ratio.
-struct Tally {
-    nanos: AtomicU64,
-    samples: AtomicU64,
-}
-
-impl Tally {
-    const fn new() -> Self {
-        Tally {
-            nanos: AtomicU64::new(0),
-            samples: AtomicU64::new(0),
-        }
-    }
-    fn add(&self, d: Duration, samples: u64) {
-        self.nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
-        self.samples.fetch_add(samples, Ordering::Relaxed);
-    }
-    fn rate(&self) -> f64 {
-        self.samples.load(Ordering::Relaxed) as f64
-            / (self.nanos.load(Ordering::Relaxed) as f64 / 1e9)
-    }
-}
 
 static PIPELINE: Tally = Tally::new();
 static CEILING: Tally = Tally::new();

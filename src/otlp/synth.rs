@@ -223,3 +223,87 @@ pub fn duplicate_entries(req: &ProfilesRequest) -> Vec<String> {
     dups("stack_table", &d.stack_table, &mut out);
     out
 }
+
+/// Where a synthetic native request maps its binary.
+pub const NATIVE_BASE: u64 = 0x5555_0000_0000;
+
+/// A request with one sample per virtual address of an ELF file (each a one-frame
+/// stack, so each frame is a leaf), mapped as the kernel maps the file's executable
+/// segment — `(file offset, vaddr)` — at [`NATIVE_BASE`]. The mapping names
+/// `path_in_mapping` and, when given, the build ID; samples carry `pid` when given.
+pub fn native_request(
+    path_in_mapping: &str,
+    build_id: Option<&str>,
+    text_segment: (u64, u64),
+    vaddrs: &[u64],
+    pid: Option<i64>,
+) -> ProfilesRequest {
+    let (seg_off, seg_vaddr) = text_segment;
+    let start = NATIVE_BASE + (seg_vaddr & !0xfff);
+    let mut d = ProfilesDictionary {
+        string_table: vec![
+            String::new(),
+            path_in_mapping.into(),
+            "process.executable.build_id.gnu".into(),
+            "process.pid".into(),
+        ],
+        mapping_table: vec![Mapping::default()],
+        location_table: vec![Location::default()],
+        function_table: vec![Function::default()],
+        link_table: vec![Default::default()],
+        attribute_table: vec![KeyValueAndUnit::default()],
+        stack_table: vec![Stack::default()],
+    };
+    let attr = |d: &mut ProfilesDictionary, key: i32, v: any_value::Value| {
+        d.attribute_table.push(KeyValueAndUnit {
+            key_strindex: key,
+            value: Some(AnyValue { value: Some(v) }),
+            unit_strindex: 0,
+        });
+        d.attribute_table.len() as i32 - 1
+    };
+    let mapping_attrs = build_id
+        .map(|id| vec![attr(&mut d, 2, any_value::Value::StringValue(id.into()))])
+        .unwrap_or_default();
+    let sample_attrs = pid
+        .map(|p| vec![attr(&mut d, 3, any_value::Value::IntValue(p))])
+        .unwrap_or_default();
+    d.mapping_table.push(Mapping {
+        memory_start: start,
+        memory_limit: start + (1 << 40),
+        file_offset: seg_off & !0xfff,
+        filename_strindex: 1,
+        attribute_indices: mapping_attrs,
+    });
+    let mut samples = Vec::with_capacity(vaddrs.len());
+    for &v in vaddrs {
+        d.location_table.push(Location {
+            mapping_index: 1,
+            address: start + (v - (seg_vaddr & !0xfff)),
+            lines: vec![],
+            attribute_indices: vec![],
+        });
+        d.stack_table.push(Stack {
+            location_indices: vec![d.location_table.len() as i32 - 1],
+        });
+        samples.push(Sample {
+            stack_index: d.stack_table.len() as i32 - 1,
+            attribute_indices: sample_attrs.clone(),
+            values: vec![1],
+            ..Default::default()
+        });
+    }
+    ExportProfilesServiceRequest {
+        resource_profiles: vec![ResourceProfiles {
+            scope_profiles: vec![ScopeProfiles {
+                profiles: vec![Profile {
+                    samples,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        dictionary: Some(d),
+    }
+}

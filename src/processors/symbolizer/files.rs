@@ -10,6 +10,26 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::receivers::ebpf_profiler::procfs::read_build_id;
 
+/// Maps a file read-only: binaries can be hundreds of MiB, and only their headers are read.
+pub fn map(path: &Path) -> Option<memmap2::Mmap> {
+    let f = fs::File::open(path).ok()?;
+    // SAFETY: read-only and only parsed; a file truncated meanwhile can at worst make
+    // the parse fail.
+    unsafe { memmap2::Mmap::map(&f) }.ok()
+}
+
+/// Whether an ELF file carries DWARF (a stripped binary does not; its debug file does).
+pub fn has_dwarf(path: &Path) -> bool {
+    use object::{Object, ObjectSection, SectionKind};
+    let Some(data) = map(path) else {
+        return false;
+    };
+    object::File::parse(&*data).is_ok_and(|f| {
+        f.section_by_name(".debug_info")
+            .is_some_and(|s| s.kind() != SectionKind::UninitializedData && s.size() > 0)
+    })
+}
+
 /// A PT_LOAD segment.
 #[derive(Debug, Clone, Copy)]
 pub struct Segment {
@@ -32,7 +52,7 @@ const PAGE: u64 = 4096;
 /// The PT_LOAD segments of an ELF file.
 pub fn segments(path: &Path) -> Option<Vec<Segment>> {
     use object::read::elf::{ElfFile64, ProgramHeader};
-    let data = fs::read(path).ok()?;
+    let data = map(path)?;
     let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
     let e = elf.endian();
     Some(

@@ -6,11 +6,7 @@ use std::process::Command;
 use super::SymbolizerConfig;
 use super::worker::{Resolved, ResolvedLine, Worker, demangle};
 use crate::otlp::ProfilesRequest;
-use crate::otlp::common::{AnyValue, any_value};
-use crate::otlp::profiles::{
-    KeyValueAndUnit, Location, Mapping, Profile, ProfilesDictionary, ResourceProfiles, Sample,
-    ScopeProfiles, Stack,
-};
+use crate::otlp::synth::native_request;
 use crate::receivers::ebpf_profiler::procfs::read_build_id;
 
 fn workload(name: &str) -> PathBuf {
@@ -150,10 +146,7 @@ fn text_segment(path: &Path) -> (u64, u64) {
         .unwrap()
 }
 
-const BASE: u64 = 0x5555_0000_0000;
-
-/// A request with one sample per address (each a one-frame stack, so each is a leaf),
-/// mapped as the kernel would map the text segment of `path` at BASE.
+/// A request with one leaf frame per address of `bin`'s text, mapped as the kernel would.
 fn request_for(
     path_in_mapping: &str,
     build_id: Option<&str>,
@@ -161,83 +154,7 @@ fn request_for(
     vaddrs: &[u64],
     pid: Option<i64>,
 ) -> ProfilesRequest {
-    let (seg_off, seg_vaddr) = text_segment(bin);
-    let map_off = seg_off & !0xfff;
-    let start = BASE + (seg_vaddr & !0xfff);
-    let mut d = ProfilesDictionary {
-        string_table: vec![
-            String::new(),
-            path_in_mapping.into(),
-            "process.executable.build_id.gnu".into(),
-            "process.pid".into(),
-        ],
-        mapping_table: vec![Mapping::default()],
-        location_table: vec![Location::default()],
-        function_table: vec![Default::default()],
-        link_table: vec![Default::default()],
-        attribute_table: vec![KeyValueAndUnit::default()],
-        stack_table: vec![Stack::default()],
-    };
-    let mut mattrs = vec![];
-    if let Some(id) = build_id {
-        d.attribute_table.push(KeyValueAndUnit {
-            key_strindex: 2,
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(id.into())),
-            }),
-            unit_strindex: 0,
-        });
-        mattrs.push(1);
-    }
-    let mut sattrs = vec![];
-    if let Some(pid) = pid {
-        d.attribute_table.push(KeyValueAndUnit {
-            key_strindex: 3,
-            value: Some(AnyValue {
-                value: Some(any_value::Value::IntValue(pid)),
-            }),
-            unit_strindex: 0,
-        });
-        sattrs.push(d.attribute_table.len() as i32 - 1);
-    }
-    d.mapping_table.push(Mapping {
-        memory_start: start,
-        memory_limit: start + 0x100000,
-        file_offset: map_off,
-        filename_strindex: 1,
-        attribute_indices: mattrs,
-    });
-    let mut samples = vec![];
-    for &v in vaddrs {
-        d.location_table.push(Location {
-            mapping_index: 1,
-            address: start + (v - (seg_vaddr & !0xfff)),
-            lines: vec![],
-            attribute_indices: vec![],
-        });
-        d.stack_table.push(Stack {
-            location_indices: vec![d.location_table.len() as i32 - 1],
-        });
-        samples.push(Sample {
-            stack_index: d.stack_table.len() as i32 - 1,
-            attribute_indices: sattrs.clone(),
-            values: vec![1],
-            ..Default::default()
-        });
-    }
-    ProfilesRequest {
-        resource_profiles: vec![ResourceProfiles {
-            scope_profiles: vec![ScopeProfiles {
-                profiles: vec![Profile {
-                    samples,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        dictionary: Some(d),
-    }
+    native_request(path_in_mapping, build_id, text_segment(bin), vaddrs, pid)
 }
 
 /// Each location's lines as (function, file name, line), innermost first.
@@ -462,7 +379,7 @@ fn kernel_addresses_from_kallsyms_resolve_to_their_names() {
     for ((_, name), r) in addrs.iter().zip(res) {
         match r {
             Resolved::Lines(l) => assert_eq!(
-                l.last().map(|x: &ResolvedLine| x.name.as_str()),
+                l.last().map(|x: &ResolvedLine| x.func.name.as_str()),
                 Some(name.as_str())
             ),
             Resolved::Unknown(why) => panic!("{name}: {why}"),

@@ -8,6 +8,10 @@
 //! its address and mapping and is counted with a reason; it is never dropped.
 
 use std::collections::{HashMap, HashSet};
+
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState as Fast;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -20,19 +24,26 @@ use lru::LruCache;
 use metrics::{Counter, Histogram};
 
 use super::SymbolizerConfig;
-use super::files::{BuildIdIndex, ElfFile, host_candidates};
+use super::files::{BuildIdIndex, ElfFile, has_dwarf, host_candidates};
 use crate::otlp::ProfilesRequest;
 use crate::otlp::common::any_value;
 use crate::otlp::profiles::{Function, Line, ProfilesDictionary};
 use crate::receivers::ebpf_profiler::procfs::read_build_id;
 use crate::telemetry::names;
 
-/// One resolved line of a location (innermost first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedLine {
+/// A function as it goes into the dictionary. Interned per worker, so lines of the
+/// same function share one `Rc` and writing them is a pointer lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Func {
     pub name: String,
     pub system_name: String,
     pub file: String,
+}
+
+/// One resolved line of a location (innermost first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedLine {
+    pub func: Rc<Func>,
     pub line: i64,
     pub column: i64,
 }
@@ -46,19 +57,20 @@ pub enum Resolved {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
-    /// (build ID, or path when there is none; virtual address in that file)
-    File(Rc<str>, u64),
+    /// (file id, virtual address in that file)
+    File(u32, u64),
     Kernel(u64),
 }
 
 /// How a mapping's file was found, cached per mapping identity.
 #[derive(Debug, Clone)]
 enum FileChoice {
-    Found { key: Rc<str>, file: Rc<ElfFile> },
+    Found { id: u32, file: Rc<ElfFile> },
     Missing(&'static str),
 }
 
 struct Meters {
+    resolved: Counter,
     hits: Counter,
     misses: Counter,
     duration: Histogram,
@@ -67,8 +79,11 @@ struct Meters {
 pub struct Worker {
     cfg: SymbolizerConfig,
     sym: Symbolizer,
-    cache: LruCache<Key, Rc<Resolved>>,
+    cache: LruCache<Key, Rc<Resolved>, Fast>,
     files: HashMap<(Option<String>, Option<u32>, String, u64), FileChoice>,
+    /// Build ID (or path) → the id cache keys use, stable for the worker's life.
+    file_ids: HashMap<Rc<str>, u32>,
+    funcs: std::cell::RefCell<HashMap<Func, Rc<Func>>>,
     index: BuildIdIndex,
     meters: Meters,
 }
@@ -104,17 +119,6 @@ pub fn demangle(raw: &str) -> String {
     raw.to_owned()
 }
 
-fn has_dwarf(path: &std::path::Path) -> bool {
-    use object::{Object, ObjectSection, SectionKind};
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    object::File::parse(&*data).is_ok_and(|f| {
-        f.section_by_name(".debug_info")
-            .is_some_and(|s| s.kind() != SectionKind::UninitializedData && s.size() > 0)
-    })
-}
-
 impl Worker {
     pub fn new(cfg: SymbolizerConfig) -> Self {
         let sym = Symbolizer::builder()
@@ -127,10 +131,13 @@ impl Worker {
         let cap = NonZeroUsize::new(cfg.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Worker {
             index: BuildIdIndex::new(cfg.debug_dirs.clone(), cfg.rescan_interval),
-            cache: LruCache::new(cap),
+            cache: LruCache::with_hasher(cap, Fast::default()),
             files: HashMap::new(),
             sym,
+            file_ids: HashMap::new(),
+            funcs: Default::default(),
             meters: Meters {
+                resolved: frame_counter("resolved", ""),
                 hits: metrics::counter!(names::SYMBOLIZER_CACHE_HITS),
                 misses: metrics::counter!(names::SYMBOLIZER_CACHE_MISSES),
                 duration: metrics::histogram!(names::SYMBOLIZER_DURATION),
@@ -191,10 +198,15 @@ impl Worker {
             .as_deref()
             .and_then(|c| ElfFile::open(c, host.as_deref()))
         {
-            Some(f) => FileChoice::Found {
-                key: Rc::from(build_id.unwrap_or(path)),
-                file: Rc::new(f),
-            },
+            Some(f) => {
+                let name: Rc<str> = Rc::from(build_id.unwrap_or(path));
+                let next = self.file_ids.len() as u32;
+                let id = *self.file_ids.entry(name).or_insert(next);
+                FileChoice::Found {
+                    id,
+                    file: Rc::new(f),
+                }
+            }
             None if chosen.is_some() => FileChoice::Missing("unreadable_file"),
             None => FileChoice::Missing("file_not_found"),
         };
@@ -220,22 +232,34 @@ impl Worker {
                 raw.to_owned()
             }
         };
+        let intern = |f: Func| -> Rc<Func> {
+            let mut funcs = self.funcs.borrow_mut();
+            // Bounded: entries still held by cached lines stay valid after a clear.
+            if funcs.len() > self.cfg.cache_size {
+                funcs.clear();
+            }
+            funcs.entry(f.clone()).or_insert_with(|| Rc::new(f)).clone()
+        };
         let mut out = Vec::with_capacity(sym.inlined.len() + 1);
         for f in sym.inlined.iter().rev() {
             let (file, line, column) = code(f.code_info.as_ref());
             out.push(ResolvedLine {
-                name: name(&f.name),
-                system_name: f.name.to_string(),
-                file,
+                func: intern(Func {
+                    name: name(&f.name),
+                    system_name: f.name.to_string(),
+                    file,
+                }),
                 line,
                 column,
             });
         }
         let (file, line, column) = code(sym.code_info.as_deref());
         out.push(ResolvedLine {
-            name: name(&sym.name),
-            system_name: sym.name.to_string(),
-            file,
+            func: intern(Func {
+                name: name(&sym.name),
+                system_name: sym.name.to_string(),
+                file,
+            }),
             line,
             column,
         });
@@ -277,6 +301,62 @@ impl Worker {
         self.convert(self.sym.symbolize(&src, Input::AbsAddr(addrs)), addrs.len())
     }
 
+    /// How the locations of one mapping are symbolized, worked out once per request.
+    fn plan(
+        &mut self,
+        dict: &ProfilesDictionary,
+        mapping_index: i32,
+        pids: &HashMap<usize, u32>,
+    ) -> Plan {
+        let Some(m) = dict
+            .mapping_table
+            .get(mapping_index as usize)
+            .filter(|_| mapping_index > 0)
+        else {
+            return Plan::Skip("no_mapping");
+        };
+        let filename = dict
+            .string_table
+            .get(m.filename_strindex as usize)
+            .map_or("", String::as_str);
+        // Kernel text and modules live in the upper half of the address space.
+        if filename == "[kernel.kallsyms]" || m.memory_start >= 0xffff_8000_0000_0000 {
+            return if self.cfg.kernel {
+                Plan::Kernel
+            } else {
+                Plan::Skip("kernel_disabled")
+            };
+        }
+        let build_id = m.attribute_indices.iter().find_map(|&a| {
+            let kv = dict.attribute_table.get(a as usize)?;
+            if dict.string_table.get(kv.key_strindex as usize)? != "process.executable.build_id.gnu"
+            {
+                return None;
+            }
+            match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            }
+        });
+        let pid = pids.get(&(mapping_index as usize)).copied();
+        match self.choose_file(
+            build_id.as_deref(),
+            pid,
+            filename,
+            m.memory_start,
+            m.memory_limit,
+        ) {
+            FileChoice::Found { id, file } => Plan::File {
+                id,
+                file,
+                memory_start: m.memory_start,
+                memory_limit: m.memory_limit,
+                file_offset: m.file_offset,
+            },
+            FileChoice::Missing(reason) => Plan::Skip(reason),
+        }
+    }
+
     /// Fills in the `lines` of every location of `req` that has none.
     pub fn symbolize(&mut self, req: &mut ProfilesRequest) {
         let started = Instant::now();
@@ -290,148 +370,168 @@ impl Worker {
             .string_table
             .iter()
             .position(|s| s == "profile.frame.type");
+        let mut plans: Vec<Option<Plan>> = vec![None; dict.mapping_table.len()];
+        let mut unresolved: HashMap<&'static str, u64> = HashMap::new();
 
-        // Pass 1: a cache key for each location to symbolize; collect what is missing.
-        let mut keys: Vec<(usize, Key)> = Vec::new();
-        let mut missing_files: HashMap<Rc<str>, (Rc<ElfFile>, Vec<u64>)> = HashMap::new();
+        // Pass 1: the cache answers what it can; the rest is grouped per file.
+        let mut ready: Vec<(usize, Rc<Resolved>)> = Vec::new();
+        let mut pending: Vec<(usize, Key)> = Vec::new();
+        let mut missing_files: HashMap<u32, (Rc<ElfFile>, Vec<u64>)> = HashMap::new();
         let mut missing_kernel: Vec<u64> = Vec::new();
-        let mut queued: HashSet<Key> = HashSet::new();
+        let mut queued: HashSet<Key, Fast> = HashSet::default();
         for li in 1..dict.location_table.len() {
             let loc = &dict.location_table[li];
             if !loc.lines.is_empty() {
                 continue;
             }
+            let mi = loc.mapping_index;
+            let plan = match plans.get(mi as usize).and_then(Option::as_ref) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.plan(dict, mi, &pids);
+                    if let Some(slot) = plans.get_mut(mi as usize) {
+                        *slot = Some(p.clone());
+                    }
+                    p
+                }
+            };
             // Return addresses point after the call; the byte before is in the calling line.
             let addr = if leaves.contains(&li) {
                 loc.address
             } else {
                 loc.address.saturating_sub(1)
             };
-            let Some(m) = dict
-                .mapping_table
-                .get(loc.mapping_index as usize)
-                .filter(|_| loc.mapping_index > 0)
-            else {
-                frame_counter("unresolved", "no_mapping").increment(1);
-                continue;
-            };
-            let filename = dict
-                .string_table
-                .get(m.filename_strindex as usize)
-                .map_or("", String::as_str);
-            let is_kernel = frame_type_key.is_some_and(|k| {
-                loc.attribute_indices.iter().any(|&a| {
-                    dict.attribute_table.get(a as usize).is_some_and(|kv| {
-                        kv.key_strindex as usize == k
-                            && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::StringValue(s)) if s == "kernel")
-                    })
-                })
-            }) || filename == "[kernel.kallsyms]";
-            let key = if is_kernel {
-                if !self.cfg.kernel {
+            let kernel_frame = matches!(plan, Plan::Kernel)
+                || frame_type_key.is_some_and(|k| is_kernel_frame(dict, &loc.attribute_indices, k));
+            let key = match &plan {
+                _ if kernel_frame && !self.cfg.kernel => continue,
+                Plan::Kernel => Key::Kernel(addr),
+                _ if kernel_frame => Key::Kernel(addr),
+                Plan::Skip(reason) => {
+                    *unresolved.entry(reason).or_default() += 1;
                     continue;
                 }
-                Key::Kernel(addr)
-            } else {
-                if !(m.memory_start <= loc.address && loc.address < m.memory_limit) {
-                    frame_counter("unresolved", "address_outside_mapping").increment(1);
-                    continue;
-                }
-                let build_id = m.attribute_indices.iter().find_map(|&a| {
-                    let kv = dict.attribute_table.get(a as usize)?;
-                    (dict.string_table.get(kv.key_strindex as usize)?
-                        == "process.executable.build_id.gnu")
-                        .then(|| match kv.value.as_ref()?.value.as_ref()? {
-                            any_value::Value::StringValue(s) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .flatten()
-                });
-                let pid = pids.get(&(loc.mapping_index as usize)).copied();
-                let file_offset = addr - m.memory_start + m.file_offset;
-                match self.choose_file(
-                    build_id.as_deref(),
-                    pid,
-                    filename,
-                    m.memory_start,
-                    m.memory_limit,
-                ) {
-                    FileChoice::Found { key, file } => match file.vaddr(file_offset, m.file_offset)
-                    {
-                        Some(vaddr) => {
-                            let k = Key::File(key.clone(), vaddr);
-                            if !self.cache.contains(&k) && queued.insert(k.clone()) {
-                                missing_files
-                                    .entry(key)
-                                    .or_insert_with(|| (file.clone(), Vec::new()))
-                                    .1
-                                    .push(vaddr);
-                            }
-                            k
-                        }
+                &Plan::File {
+                    id,
+                    ref file,
+                    memory_start,
+                    memory_limit,
+                    file_offset,
+                } => {
+                    if !(memory_start <= loc.address && loc.address < memory_limit) {
+                        *unresolved.entry("address_outside_mapping").or_default() += 1;
+                        continue;
+                    }
+                    match file.vaddr(addr - memory_start + file_offset, file_offset) {
+                        Some(vaddr) => Key::File(id, vaddr),
                         None => {
-                            frame_counter("unresolved", "offset_outside_file_segments")
-                                .increment(1);
+                            *unresolved
+                                .entry("offset_outside_file_segments")
+                                .or_default() += 1;
                             continue;
                         }
-                    },
-                    FileChoice::Missing(reason) => {
-                        frame_counter("unresolved", reason).increment(1);
-                        continue;
                     }
                 }
             };
-            if let Key::Kernel(a) = key
-                && !self.cache.contains(&key)
-                && queued.insert(key.clone())
-            {
-                missing_kernel.push(a);
+            if let Some(r) = self.cache.get(&key) {
+                ready.push((li, r.clone()));
+                continue;
             }
-            keys.push((li, key));
+            if queued.insert(key.clone()) {
+                match (&key, &plan) {
+                    (Key::File(id, vaddr), Plan::File { file, .. }) => missing_files
+                        .entry(*id)
+                        .or_insert_with(|| (file.clone(), Vec::new()))
+                        .1
+                        .push(*vaddr),
+                    (Key::Kernel(a), _) => missing_kernel.push(*a),
+                    _ => {}
+                }
+            }
+            pending.push((li, key));
         }
+        let hits = ready.len() as u64;
 
-        // Pass 2: one blazesym call per file, and one for the kernel.
-        for (key, (file, vaddrs)) in missing_files {
+        // Pass 2: one blazesym call per file, and one for the kernel. Fresh results are
+        // kept here too, so a cache smaller than one request cannot lose them.
+        let mut fresh: HashMap<Key, Rc<Resolved>, Fast> = HashMap::default();
+        for (id, (file, vaddrs)) in missing_files {
             let results = self.symbolize_elf(&file.path, &vaddrs);
             for (v, r) in vaddrs.into_iter().zip(results) {
-                self.cache.put(Key::File(key.clone(), v), Rc::new(r));
+                fresh.insert(Key::File(id, v), Rc::new(r));
             }
         }
         if !missing_kernel.is_empty() {
             let results = self.symbolize_kernel(&missing_kernel);
             for (a, r) in missing_kernel.into_iter().zip(results) {
-                self.cache.put(Key::Kernel(a), Rc::new(r));
+                fresh.insert(Key::Kernel(a), Rc::new(r));
             }
         }
+        for (k, r) in &fresh {
+            self.cache.put(k.clone(), r.clone());
+        }
+        ready.extend(
+            pending
+                .iter()
+                .filter_map(|(li, k)| fresh.get(k).map(|r| (*li, r.clone()))),
+        );
 
         // Pass 3: write the lines.
         let mut writer = LineWriter::new(dict);
-        for (li, key) in keys {
-            let Some(r) = self.cache.get(&key).cloned() else {
-                continue;
-            };
-            if queued.contains(&key) {
-                self.meters.misses.increment(1);
-            } else {
-                self.meters.hits.increment(1);
-            }
+        let mut resolved = 0u64;
+        for (li, r) in ready {
             match &*r {
                 Resolved::Lines(lines) => {
                     writer.write(li, lines);
-                    frame_counter("resolved", "").increment(1);
+                    resolved += 1;
                 }
-                Resolved::Unknown(reason) => frame_counter("unresolved", reason).increment(1),
+                Resolved::Unknown(reason) => *unresolved.entry(reason).or_default() += 1,
             }
+        }
+        self.meters.hits.increment(hits);
+        self.meters.misses.increment(pending.len() as u64);
+        self.meters.resolved.increment(resolved);
+        for (reason, n) in unresolved {
+            frame_counter("unresolved", reason).increment(n);
         }
         self.meters.duration.record(started.elapsed().as_secs_f64());
     }
 }
 
+/// What every location of one mapping shares.
+#[derive(Debug, Clone)]
+enum Plan {
+    Kernel,
+    File {
+        id: u32,
+        file: Rc<ElfFile>,
+        memory_start: u64,
+        memory_limit: u64,
+        file_offset: u64,
+    },
+    Skip(&'static str),
+}
+
+/// Whether a location carries `profile.frame.type = kernel`.
+fn is_kernel_frame(dict: &ProfilesDictionary, attrs: &[i32], key: usize) -> bool {
+    attrs.iter().any(|&a| {
+        dict.attribute_table.get(a as usize).is_some_and(|kv| {
+            kv.key_strindex as usize == key
+                && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::StringValue(s)) if s == "kernel")
+        })
+    })
+}
+
 /// Appends strings and functions to a dictionary without duplicating entries.
 struct LineWriter<'a> {
     dict: &'a mut ProfilesDictionary,
-    strings: HashMap<String, i32>,
-    functions: HashMap<(i32, i32, i32, i64), i32>,
+    /// String-table indices, hashed by the strings they point at (no second copy).
+    strings: hashbrown::HashTable<i32>,
+    hasher: Fast,
+    functions: HashMap<(i32, i32, i32, i64), i32, Fast>,
+    /// Function index by interned `Func`, so repeated functions cost a pointer lookup.
+    /// The `Rc` is kept so no address is reused while the map lives.
+    by_func: HashMap<*const Func, (Rc<Func>, i32), Fast>,
 }
 
 impl<'a> LineWriter<'a> {
@@ -442,12 +542,20 @@ impl<'a> LineWriter<'a> {
         if dict.function_table.is_empty() {
             dict.function_table.push(Function::default());
         }
-        let strings = dict
-            .string_table
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), i as i32))
-            .collect();
+        let hasher = Fast::default();
+        let mut strings = hashbrown::HashTable::with_capacity(dict.string_table.len());
+        for (i, s) in dict.string_table.iter().enumerate() {
+            let h = hasher.hash_one(s.as_str());
+            // Keep the first of any duplicates the input already had.
+            if strings
+                .find(h, |&j: &i32| dict.string_table[j as usize] == *s)
+                .is_none()
+            {
+                strings.insert_unique(h, i as i32, |&j| {
+                    hasher.hash_one(dict.string_table[j as usize].as_str())
+                });
+            }
+        }
         let functions = dict
             .function_table
             .iter()
@@ -467,55 +575,69 @@ impl<'a> LineWriter<'a> {
         LineWriter {
             dict,
             strings,
+            hasher,
             functions,
+            by_func: HashMap::default(),
         }
     }
 
     fn string(&mut self, s: &str) -> i32 {
-        if let Some(&i) = self.strings.get(s) {
+        let h = self.hasher.hash_one(s);
+        let table = &mut self.dict.string_table;
+        if let Some(&i) = self.strings.find(h, |&j| table[j as usize] == s) {
             return i;
         }
-        let i = self.dict.string_table.len() as i32;
-        self.dict.string_table.push(s.to_owned());
-        self.strings.insert(s.to_owned(), i);
+        let i = table.len() as i32;
+        table.push(s.to_owned());
+        let hasher = &self.hasher;
+        self.strings
+            .insert_unique(h, i, |&j| hasher.hash_one(table[j as usize].as_str()));
         i
     }
 
+    fn function(&mut self, func: &Rc<Func>) -> i32 {
+        if let Some((_, f)) = self.by_func.get(&Rc::as_ptr(func)) {
+            return *f;
+        }
+        let key = (
+            self.string(&func.name),
+            self.string(&func.system_name),
+            self.string(&func.file),
+            0,
+        );
+        let f = match self.functions.get(&key) {
+            Some(&f) => f,
+            None => {
+                let f = self.dict.function_table.len() as i32;
+                self.dict.function_table.push(Function {
+                    name_strindex: key.0,
+                    system_name_strindex: key.1,
+                    filename_strindex: key.2,
+                    start_line: 0,
+                });
+                self.functions.insert(key, f);
+                f
+            }
+        };
+        self.by_func.insert(Rc::as_ptr(func), (func.clone(), f));
+        f
+    }
+
     fn write(&mut self, location: usize, lines: &[ResolvedLine]) {
-        let mut out = Vec::with_capacity(lines.len());
-        for l in lines {
-            let key = (
-                self.string(&l.name),
-                self.string(&l.system_name),
-                self.string(&l.file),
-                0,
-            );
-            let f = match self.functions.get(&key) {
-                Some(&f) => f,
-                None => {
-                    let f = self.dict.function_table.len() as i32;
-                    self.dict.function_table.push(Function {
-                        name_strindex: key.0,
-                        system_name_strindex: key.1,
-                        filename_strindex: key.2,
-                        start_line: 0,
-                    });
-                    self.functions.insert(key, f);
-                    f
-                }
-            };
-            out.push(Line {
-                function_index: f,
+        let out = lines
+            .iter()
+            .map(|l| Line {
+                function_index: self.function(&l.func),
                 line: l.line,
                 column: l.column,
-            });
-        }
+            })
+            .collect();
         self.dict.location_table[location].lines = out;
     }
 }
 
 /// Locations that are the first (leaf) frame of some stack.
-fn leaf_locations(dict: &ProfilesDictionary) -> HashSet<usize> {
+fn leaf_locations(dict: &ProfilesDictionary) -> HashSet<usize, Fast> {
     dict.stack_table
         .iter()
         .filter_map(|s| s.location_indices.first().map(|&l| l as usize))
