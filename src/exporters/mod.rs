@@ -2,5 +2,8 @@
 
 pub mod debug;
 pub mod file;
+pub mod flamegraph;
 pub mod helper;
 pub mod otlp;
+pub mod output_dir;
+pub mod pprof;

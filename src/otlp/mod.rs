@@ -15,6 +15,7 @@
 mod builder;
 mod check;
 pub mod synth;
+pub mod view;
 
 pub use builder::{DictionaryBuilder, merge, split};
 pub use check::{IndexError, check};

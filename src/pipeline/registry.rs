@@ -84,6 +84,8 @@ impl Factories {
                 crate::exporters::otlp::factory(),
                 crate::exporters::file::factory(),
                 crate::exporters::debug::factory(),
+                crate::exporters::pprof::factory(),
+                crate::exporters::flamegraph::factory(),
             ],
         }
     }

@@ -1,0 +1,331 @@
+//! `pprof` exporter: gzip-compressed pprof profiles, one file per batch (a report
+//! interval on the agent) in `directory`, and optionally a pull endpoint so
+//! `go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=N` works against a running agent.
+
+pub mod convert;
+pub mod proto;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Validate, display_path, parse_component};
+use crate::exporters::output_dir::{OutputDir, RetentionConfig, safe_name, timestamp};
+use crate::otlp::view::profiles;
+use crate::otlp::{ProfilesRequest, sample_count};
+use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
+use crate::telemetry::names;
+
+/// `exporters.pprof[/name]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PprofExporterConfig {
+    /// Directory for the `.pb.gz` files, created if missing. Default `./stackline-out/pprof`;
+    /// empty: write no files (with `endpoint` set, serve only).
+    pub directory: PathBuf,
+    /// `merged` (default): all processes in one profile, with pid/tid labels.
+    /// `process`: one file per process, named with its pid and executable.
+    pub split_by: SplitBy,
+    /// Files kept, oldest deleted first. Default 100; 0 = no limit.
+    pub max_files: usize,
+    /// Files older than this are deleted. Default: no age limit.
+    #[serde(with = "crate::config::units::duration::option")]
+    pub max_age: Option<Duration>,
+    /// `host:port` to serve `GET /debug/pprof/profile?seconds=N` on: a pprof of the
+    /// samples that arrive in the next N seconds (default 30, at most 300). Default: off.
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitBy {
+    Merged,
+    Process,
+}
+
+impl Default for PprofExporterConfig {
+    fn default() -> Self {
+        PprofExporterConfig {
+            directory: PathBuf::from("./stackline-out/pprof"),
+            split_by: SplitBy::Merged,
+            max_files: 100,
+            max_age: None,
+            endpoint: None,
+        }
+    }
+}
+
+impl Validate for PprofExporterConfig {
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        RetentionConfig {
+            max_files: self.max_files,
+            max_age: self.max_age,
+        }
+        .validate(&mut errs);
+        if let Some(e) = &self.endpoint
+            && crate::config::units::parse_endpoint(e).is_none()
+        {
+            errs.push(ConfigError::new(
+                "endpoint",
+                format!("`{e}` is not a `host:port` address"),
+            ));
+        }
+        if self.directory.as_os_str().is_empty() && self.endpoint.is_none() {
+            errs.push(ConfigError::new(
+                "directory",
+                "is empty and no endpoint is set: the exporter would do nothing",
+            ));
+        }
+        errs
+    }
+}
+
+pub fn factory() -> ExporterFactory {
+    ExporterFactory {
+        type_name: "pprof",
+        description: "writes gzipped pprof profiles per interval and serves /debug/pprof/profile for go tool pprof",
+        create: |_, v| {
+            Ok(Box::new(PprofExporter {
+                cfg: parse_component(v)?,
+            }))
+        },
+    }
+}
+
+pub struct PprofExporter {
+    cfg: PprofExporterConfig,
+}
+
+/// Live `/debug/pprof/profile` requests, each collecting what arrives while it waits.
+#[derive(Clone, Default)]
+struct Subscribers(Arc<Mutex<Vec<mpsc::Sender<ProfilesRequest>>>>);
+
+impl Subscribers {
+    fn publish(&self, req: &ProfilesRequest, dropped: &metrics::Counter) {
+        let mut subs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|tx| match tx.try_send(req.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                // A slow HTTP client must not slow the pipeline.
+                dropped.increment(sample_count(&r));
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+    fn add(&self, tx: mpsc::Sender<ProfilesRequest>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+    }
+}
+
+#[async_trait]
+impl Exporter for PprofExporter {
+    async fn start(
+        self: Box<Self>,
+        ctx: Context,
+        input: Input,
+    ) -> Result<JoinHandle<()>, StartError> {
+        let cfg = self.cfg;
+        let dir = if cfg.directory.as_os_str().is_empty() {
+            None
+        } else {
+            let retention = RetentionConfig {
+                max_files: cfg.max_files,
+                max_age: cfg.max_age,
+            };
+            Some(OutputDir::open(&cfg.directory, retention).map_err(|e| {
+                format!(
+                    "cannot write pprof files to {} (exporters.{}.directory): {e}; choose a writable directory",
+                    display_path(&cfg.directory),
+                    ctx.id
+                )
+            })?)
+        };
+        let subs = Subscribers::default();
+        let stop = CancellationToken::new();
+        if let Some(endpoint) = &cfg.endpoint {
+            let listener = tokio::net::TcpListener::bind(endpoint).await.map_err(|e| {
+                format!(
+                    "cannot listen on {endpoint} (exporters.{}.endpoint): {e}",
+                    ctx.id
+                )
+            })?;
+            tracing::info!(exporter = %ctx.id, endpoint = %listener.local_addr()?, "serving /debug/pprof/profile");
+            tokio::spawn(serve(listener, subs.clone(), stop.clone()));
+        }
+        if let Some(d) = &dir {
+            tracing::info!(exporter = %ctx.id, directory = %display_path(d.path()), "pprof exporter writing");
+        }
+        let split = cfg.split_by == SplitBy::Process;
+        Ok(tokio::spawn(run(
+            ctx,
+            input,
+            dir.map(Arc::new),
+            split,
+            subs,
+            stop,
+        )))
+    }
+}
+
+async fn run(
+    ctx: Context,
+    mut input: Input,
+    dir: Option<Arc<OutputDir>>,
+    split: bool,
+    subs: Subscribers,
+    stop: CancellationToken,
+) {
+    let id = ctx.id.to_string();
+    let sent = metrics::counter!(names::EXPORTER_SENT, "exporter" => id.clone());
+    let failed = metrics::counter!(names::EXPORTER_SEND_FAILED, "exporter" => id.clone());
+    let dropped = metrics::counter!(names::PIPELINE_DROPPED, "component" => format!("exporter/{id}"), "reason" => "pull_client_too_slow");
+    ctx.health.running();
+    while let Some(req) = input.recv().await {
+        let n = sample_count(&req);
+        subs.publish(&req, &dropped);
+        let Some(dir) = dir.clone() else {
+            sent.increment(n);
+            continue;
+        };
+        let written = tokio::task::spawn_blocking(move || write_files(&dir, &req, split)).await;
+        match written {
+            Ok(Ok(())) => {
+                sent.increment(n);
+                ctx.health.running();
+            }
+            Ok(Err(e)) => {
+                failed.increment(n);
+                ctx.health
+                    .unhealthy(format!("writing pprof files failed: {e}"));
+                tracing::error!(exporter = %id, error = %e, samples = n, "writing pprof files failed; the samples are dropped");
+            }
+            Err(e) => {
+                failed.increment(n);
+                tracing::error!(exporter = %id, error = %e, "pprof conversion panicked");
+            }
+        }
+    }
+    stop.cancel();
+    ctx.health.stopping();
+}
+
+fn write_files(dir: &OutputDir, req: &ProfilesRequest, split: bool) -> std::io::Result<()> {
+    let time = profiles(req)
+        .map(|p| p.time_unix_nano)
+        .filter(|&t| t > 0)
+        .min()
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+    let converted = convert::convert(req, split);
+    let several_types = converted
+        .iter()
+        .any(|c| c.sample_type != converted[0].sample_type);
+    for c in &converted {
+        let mut name = format!("profile-{}", timestamp(time));
+        if several_types {
+            name.push('-');
+            name.push_str(&safe_name(&c.sample_type));
+        }
+        if let Some((pid, exe)) = &c.process {
+            name.push_str(&format!("-pid{pid}"));
+            if !exe.is_empty() {
+                name.push('-');
+                name.push_str(&safe_name(exe));
+            }
+        }
+        name.push_str(".pb.gz");
+        dir.write(&name, ".pb.gz", &convert::encode_gzip(&c.profile)?)?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ProfileQuery {
+    seconds: Option<u64>,
+}
+
+async fn serve(listener: tokio::net::TcpListener, subs: Subscribers, stop: CancellationToken) {
+    use axum::extract::Query;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let stop2 = stop.clone();
+    let app = axum::Router::new().route(
+        "/debug/pprof/profile",
+        get(move |Query(q): Query<ProfileQuery>| {
+            let (subs, stop) = (subs.clone(), stop2.clone());
+            async move {
+                let secs = q.seconds.unwrap_or(30).clamp(1, 300);
+                let (tx, mut rx) = mpsc::channel(4096);
+                subs.add(tx);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                    _ = stop.cancelled() => {}
+                }
+                rx.close();
+                let mut got = Vec::new();
+                while let Some(r) = rx.recv().await {
+                    got.push(r);
+                }
+                let merged = match crate::otlp::merge(&got) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        return (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("cannot merge profiles: {e}"),
+                        )
+                            .into_response();
+                    }
+                };
+                let profile = convert::convert(&merged, false)
+                    .into_iter()
+                    .next()
+                    .map(|c| c.profile)
+                    .unwrap_or_else(|| empty_cpu_profile(secs));
+                match convert::encode_gzip(&profile) {
+                    Ok(bytes) => (
+                        StatusCode::OK,
+                        [
+                            ("content-type", "application/octet-stream"),
+                            ("content-disposition", "attachment; filename=\"profile\""),
+                        ],
+                        bytes,
+                    )
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    );
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "pprof endpoint failed");
+    }
+}
+
+/// A valid profile with no samples, for a window in which nothing arrived.
+fn empty_cpu_profile(secs: u64) -> proto::Profile {
+    proto::Profile {
+        string_table: vec!["".into(), "samples".into(), "count".into()],
+        sample_type: vec![proto::ValueType { r#type: 1, unit: 2 }],
+        duration_nanos: (secs * 1_000_000_000) as i64,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;
