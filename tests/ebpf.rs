@@ -510,3 +510,192 @@ async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
     s.sigterm();
     assert!(s.wait(Duration::from_secs(20)).success());
 }
+
+/// `go tool pprof` with a temporary home for what it saves.
+fn go_pprof(args: &[&str], tmp: &Path) -> Option<String> {
+    let o = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", tmp)
+        .env("HOME", tmp)
+        .output()
+        .ok()?;
+    assert!(
+        o.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The cum% of `func` in `go tool pprof -top -cum` output.
+fn cum_share(top: &str, func: &str) -> f64 {
+    top.lines()
+        .find(|l| l.split_whitespace().last() == Some(func))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|p| p.trim_end_matches('%').parse::<f64>().ok())
+        .map_or(0.0, |p| p / 100.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
+    if !bpf_available("go_tool_pprof") {
+        return;
+    }
+    if Command::new("go").arg("version").output().is_err() {
+        eprintln!(
+            "SKIPPED go_tool_pprof: `go` is not installed (apt-get install golang-go; .ci/run installs it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c_workload("cpu_shares", dir.path(), &[]);
+    let pull_port = free_port();
+    let cfg = with_otlp(&agent_config(""))
+        .replace(
+            "exporters:\n  file:",
+            &format!(
+                "processors:\n  symbolizer: {{}}\n  batch: {{ timeout: 200ms }}\nexporters:\n  pprof: {{ directory: \"{{DIR}}/pprof\", endpoint: \"127.0.0.1:{pull_port}\" }}\n  pprof/split: {{ directory: \"{{DIR}}/split\", split_by: process }}\n  flamegraph: {{ directory: \"{{DIR}}/fg\", folded: true, per_process: true }}\n  file:"
+            ),
+        )
+        .replace(
+            "exporters: [file]",
+            "processors: [symbolizer, batch], exporters: [file, pprof, pprof/split, flamegraph]",
+        );
+    let mut s = Stackline::start(dir.path(), &cfg);
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .metric(
+                "stackline_ebpf_program_loads_total",
+                &[("outcome", "success")]
+            )
+            .await
+            >= 1.0)
+        .await,
+        "{}",
+        s.logs()
+    );
+    let mut workload = Command::new(&exe)
+        .arg("6")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pull endpoint, while the workload runs.
+    let tmp = dir.path().join("gotmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let url = format!("http://127.0.0.1:{pull_port}/debug/pprof/profile");
+    let tmp2 = tmp.clone();
+    let live =
+        tokio::task::spawn_blocking(move || go_pprof(&["-top", "-seconds", "3", &url], &tmp2))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(
+        live.contains("spin") && live.contains("Type: samples"),
+        "{live}"
+    );
+    let out = {
+        let o = workload.wait().unwrap();
+        assert!(o.success());
+        let mut buf = String::new();
+        std::io::Read::read_to_string(workload.stdout.as_mut().unwrap(), &mut buf).unwrap();
+        buf
+    };
+    let pid = out.trim().strip_prefix("ready ").unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+
+    // The workload's own files (split by process): its functions with their shares.
+    let mine: Vec<String> = std::fs::read_dir(dir.path().join("split"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .filter(|p| p.contains(&format!("-pid{pid}-cpu_shares")))
+        .collect();
+    assert!(mine.len() >= 3, "{mine:?}");
+    let mut args = vec!["-top", "-cum", "-nodecount=40"];
+    args.extend(mine.iter().map(String::as_str));
+    let top = go_pprof(&args, &tmp).unwrap();
+    let (a, b, r) = (
+        cum_share(&top, "hot_a"),
+        cum_share(&top, "hot_b"),
+        cum_share(&top, "read_zero"),
+    );
+    eprintln!("go tool pprof -top -cum: hot_a {a:.3} hot_b {b:.3} read_zero {r:.3}");
+    assert!(
+        (a - 0.60).abs() < 0.05 && (b - 0.30).abs() < 0.05 && (r - 0.10).abs() < 0.05,
+        "{top}"
+    );
+    let mut args = vec!["-traces"];
+    args.extend(mine.iter().map(String::as_str));
+    let traces = go_pprof(&args, &tmp).unwrap();
+    assert!(
+        traces.contains("spin") && traces.contains("hot_a") && traces.contains("main"),
+        "{traces}"
+    );
+    // The merged files hold every process, with pid labels.
+    let merged: Vec<String> = std::fs::read_dir(dir.path().join("pprof"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .collect();
+    let tf = format!("pid={pid}");
+    let mut args = vec!["-top", "-tagfocus", tf.as_str()];
+    args.extend(merged.iter().map(String::as_str));
+    let focused = go_pprof(&args, &tmp).unwrap();
+    assert!(focused.contains("spin"), "{focused}");
+
+    // Flamegraphs: well-formed SVG naming the workload's functions; folded totals add up.
+    let fg: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("fg"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let svgs: Vec<&std::path::PathBuf> = fg
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "svg"))
+        .collect();
+    let mut named = false;
+    for svg in &svgs {
+        let text = std::fs::read_to_string(svg).unwrap();
+        let opts = roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        };
+        if let Err(e) = roxmltree::Document::parse_with_options(&text, opts) {
+            panic!("{}: {e}", svg.display());
+        }
+        named |= text.contains("hot_a") && text.contains(&format!("cpu_shares [{pid}]"));
+    }
+    assert!(
+        named,
+        "no flamegraph shows the workload's tower and functions"
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(20)).success());
+    // After the drain, both the flamegraphs and the file hold the last batch.
+    let fg: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("fg"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let folded_total: i64 = fg
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "folded"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<i64>().unwrap())
+        .sum();
+    let exported: u64 = read_json_lines(&dir.path().join("profiles.jsonl"))
+        .iter()
+        .map(stackline::otlp::sample_count)
+        .sum();
+    assert_eq!(
+        folded_total as u64, exported,
+        "folded lines sum to the sample count"
+    );
+}

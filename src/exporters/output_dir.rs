@@ -49,10 +49,21 @@ impl OutputDir {
     }
 
     /// Writes `name` whole, then applies retention to files ending like it (`suffix`).
+    /// An existing file is never overwritten: `-1`, `-2`… go before the suffix.
     pub fn write(&self, name: &str, suffix: &str, bytes: &[u8]) -> io::Result<PathBuf> {
         // Re-created if someone removed it meanwhile.
         fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(name);
+        let stem = name.strip_suffix(suffix).unwrap_or(name);
+        let mut path = self.dir.join(name);
+        let mut n = 0;
+        while path.exists() {
+            n += 1;
+            path = self.dir.join(format!("{stem}-{n}{suffix}"));
+        }
+        let name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = self.dir.join(format!(".{name}.tmp"));
         fs::write(&tmp, bytes)?;
         fs::rename(&tmp, &path)?;

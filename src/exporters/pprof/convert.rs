@@ -207,7 +207,9 @@ impl Builder {
 /// Converts a request: one profile per sample type, and per process with `split`.
 pub fn convert(req: &ProfilesRequest, split: bool) -> Vec<Converted> {
     let d = Dict::of(req);
-    let mut builders: Vec<((String, Option<(i64, String)>), Builder)> = Vec::new();
+    // (sample type, process when split) → its profile under construction.
+    type Key = (String, Option<(i64, String)>);
+    let mut builders: Vec<(Key, Builder)> = Vec::new();
     for p in view::profiles(req) {
         let sample_type = p
             .sample_type

@@ -14,7 +14,7 @@ use crate::otlp::{merge, sample_count};
 /// even seqs, 200 for odd ones.
 fn with_process_attrs(mut r: ProfilesRequest) -> ProfilesRequest {
     let d = r.dictionary.as_mut().unwrap();
-    let mut add =
+    let add =
         |d: &mut crate::otlp::profiles::ProfilesDictionary, key: &str, v: any_value::Value| {
             d.string_table.push(key.into());
             d.attribute_table.push(KeyValueAndUnit {
@@ -74,7 +74,10 @@ fn gunzip_decode(bytes: &[u8]) -> proto::Profile {
 }
 
 /// Each pprof sample as (leaf-first function names of all lines, value, labels).
-fn pprof_samples(p: &proto::Profile) -> Vec<(Vec<String>, i64, Vec<(String, String)>)> {
+/// (leaf-first function names, value, sorted labels) of one sample.
+type FlatSample = (Vec<String>, i64, Vec<(String, String)>);
+
+fn pprof_samples(p: &proto::Profile) -> Vec<FlatSample> {
     let s = |i: i64| p.string_table[i as usize].clone();
     let func = |id: u64| p.function.iter().find(|f| f.id == id).unwrap();
     let mut out: Vec<_> = p
