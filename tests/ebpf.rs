@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use common::*;
 
+/// Each test profiles the whole machine and most run a CPU-bound workload: run them one
+/// at a time, or on a small machine they starve each other of CPU and samples.
+static SYSTEM_WIDE: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
+
 fn agent_config(extra: &str) -> String {
     format!(
         r#"
@@ -40,6 +45,33 @@ fn with_otlp(cfg: &str) -> String {
     )
 }
 
+/// Starts stackline with `cfg` and waits until the profiler's program has loaded.
+async fn start_loaded(dir: &Path, cfg: &str) -> Stackline {
+    let s = Stackline::start(dir, cfg);
+    let loaded = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_program_loads_total",
+            &[("outcome", "success")],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(loaded, "the profiler did not load:\n{}", s.logs());
+    s
+}
+
+/// Runs the workload for `secs` seconds and returns its pid.
+fn run_workload(exe: &Path, secs: &str) -> String {
+    let out = Command::new(exe).arg(secs).output().unwrap();
+    assert!(out.status.success(), "the workload failed");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("ready ")
+        .expect("the workload prints its pid")
+        .to_owned()
+}
+
 /// The R E LOAD segment of an ELF: (file offset, virtual address).
 fn text_segment(path: &Path) -> (u64, u64) {
     let out = run_tool("readelf", &["-lW", path.to_str().unwrap()]);
@@ -65,28 +97,11 @@ async fn profiles_a_workload_with_correct_mappings_offsets_build_ids_and_stacks(
     if !bpf_available("profiles_a_workload") {
         return;
     }
+    let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
-    let mut s = Stackline::start(dir.path(), &with_otlp(&agent_config("")));
-    assert!(
-        eventually(Duration::from_secs(10), async || s
-            .metric(
-                "stackline_ebpf_program_loads_total",
-                &[("outcome", "success")]
-            )
-            .await
-            >= 1.0)
-        .await,
-        "{}",
-        s.logs()
-    );
-    let out = Command::new(&exe).arg("4").output().unwrap();
-    assert!(out.status.success());
-    let pid: String = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .strip_prefix("ready ")
-        .unwrap()
-        .to_owned();
+    let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
+    let pid = run_workload(&exe, "4");
     // The last interval holding the workload's samples is reported within a second.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     let file = dir.path().join("profiles.jsonl");
@@ -232,25 +247,14 @@ async fn level_2_log_with_a_1_kib_buffer_loads_and_is_written_in_full() {
     if !bpf_available("level_2_log") {
         return;
     }
+    let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let vlog = dir.path().join("vlog");
     let cfg = agent_config(&format!(
         "    verifier_log: {{ level: instruction, stats: true, size: 1KiB, output: \"{}\" }}",
         vlog.display()
     ));
-    let s = Stackline::start(dir.path(), &with_otlp(&cfg));
-    assert!(
-        eventually(Duration::from_secs(10), async || s
-            .metric(
-                "stackline_ebpf_program_loads_total",
-                &[("outcome", "success")]
-            )
-            .await
-            >= 1.0)
-        .await,
-        "{}",
-        s.logs()
-    );
+    let s = start_loaded(dir.path(), &with_otlp(&cfg)).await;
     let log = std::fs::read_to_string(vlog.join("stackline_sample.log")).unwrap();
     assert!(log.len() > 1024, "the log outgrew the first buffer");
     assert!(
@@ -290,6 +294,7 @@ async fn a_small_max_size_loads_with_a_truncation_warning_and_metric() {
     if !bpf_available("small_max_size") {
         return;
     }
+    let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_config("    verifier_log: { level: 2, size: 1KiB, max_size: 2KiB }");
     let s = Stackline::start(dir.path(), &with_otlp(&cfg));
@@ -323,6 +328,7 @@ async fn a_rejected_program_is_a_metric_an_unhealthy_receiver_and_retried() {
     if !bpf_available("rejected_program") {
         return;
     }
+    let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let invalid =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("ebpf/prebuilt/stackline-invalid.bpf.o");
@@ -384,6 +390,7 @@ async fn without_capabilities_it_says_so_and_stays_up() {
     if !bpf_available("without_capabilities") {
         return;
     }
+    let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     // Drop every capability (bounding, inheritable and ambient sets) before exec.
     let wrapper = dir.path().join("nocaps.sh");
@@ -430,6 +437,7 @@ async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
     if !bpf_available("symbolized_profiles") {
         return;
     }
+    let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
     let cfg = with_otlp(&agent_config(""))
@@ -441,25 +449,8 @@ async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
             "exporters: [file]",
             "processors: [symbolizer, batch], exporters: [file]",
         );
-    let mut s = Stackline::start(dir.path(), &cfg);
-    assert!(
-        eventually(Duration::from_secs(10), async || s
-            .metric(
-                "stackline_ebpf_program_loads_total",
-                &[("outcome", "success")]
-            )
-            .await
-            >= 1.0)
-        .await,
-        "{}",
-        s.logs()
-    );
-    let out = Command::new(&exe).arg("5").output().unwrap();
-    let pid = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .strip_prefix("ready ")
-        .unwrap()
-        .to_owned();
+    let mut s = start_loaded(dir.path(), &cfg).await;
+    let pid = run_workload(&exe, "5");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let all: Vec<FlatSample> = read_json_lines(&dir.path().join("profiles.jsonl"))
         .iter()
@@ -542,6 +533,7 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
     if !bpf_available("go_tool_pprof") {
         return;
     }
+    let _serial = SYSTEM_WIDE.lock().await;
     if Command::new("go").arg("version").output().is_err() {
         eprintln!(
             "SKIPPED go_tool_pprof: `go` is not installed (apt-get install golang-go; .ci/run installs it)"
@@ -562,19 +554,7 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
             "exporters: [file]",
             "processors: [symbolizer, batch], exporters: [file, pprof, pprof/split, flamegraph]",
         );
-    let mut s = Stackline::start(dir.path(), &cfg);
-    assert!(
-        eventually(Duration::from_secs(10), async || s
-            .metric(
-                "stackline_ebpf_program_loads_total",
-                &[("outcome", "success")]
-            )
-            .await
-            >= 1.0)
-        .await,
-        "{}",
-        s.logs()
-    );
+    let mut s = start_loaded(dir.path(), &cfg).await;
     let mut workload = Command::new(&exe)
         .arg("6")
         .stdout(std::process::Stdio::piped())
@@ -586,7 +566,7 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
     let url = format!("http://127.0.0.1:{pull_port}/debug/pprof/profile");
     let tmp2 = tmp.clone();
     let live =
-        tokio::task::spawn_blocking(move || go_pprof(&["-top", "-seconds", "3", &url], &tmp2))
+        tokio::task::spawn_blocking(move || go_pprof(&["-top", "-seconds", "5", &url], &tmp2))
             .await
             .unwrap()
             .unwrap();

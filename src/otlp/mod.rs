@@ -33,10 +33,5 @@ pub type ProfilesRequest = collector::ExportProfilesServiceRequest;
 mod tests;
 
 pub fn sample_count(req: &ProfilesRequest) -> u64 {
-    req.resource_profiles
-        .iter()
-        .flat_map(|rp| &rp.scope_profiles)
-        .flat_map(|sp| &sp.profiles)
-        .map(|p| p.samples.len() as u64)
-        .sum()
+    view::profiles(req).map(|p| p.samples.len() as u64).sum()
 }

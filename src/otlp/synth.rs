@@ -29,17 +29,22 @@ pub fn expected_stack(seq: u64, pool: u64) -> Vec<String> {
         .collect()
 }
 
-/// A request with samples `first..first + n`, from a service named `service`.
-pub fn request(service: &str, first: u64, n: u64, pool: u64) -> ProfilesRequest {
-    let mut d = ProfilesDictionary {
-        string_table: vec![String::new()],
+/// A dictionary holding only the zero value of each table.
+fn zero_dictionary(strings: Vec<String>) -> ProfilesDictionary {
+    ProfilesDictionary {
+        string_table: strings,
         mapping_table: vec![Mapping::default()],
         location_table: vec![Location::default()],
         function_table: vec![Function::default()],
         link_table: vec![Default::default()],
         attribute_table: vec![KeyValueAndUnit::default()],
         stack_table: vec![Stack::default()],
-    };
+    }
+}
+
+/// A request with samples `first..first + n`, from a service named `service`.
+pub fn request(service: &str, first: u64, n: u64, pool: u64) -> ProfilesRequest {
+    let mut d = zero_dictionary(vec![String::new()]);
     // Deliberately no interning here: duplicates within one request are legal input
     // and the merge must remove them.
     let s = |d: &mut ProfilesDictionary, v: &str| {
@@ -240,20 +245,12 @@ pub fn native_request(
 ) -> ProfilesRequest {
     let (seg_off, seg_vaddr) = text_segment;
     let start = NATIVE_BASE + (seg_vaddr & !0xfff);
-    let mut d = ProfilesDictionary {
-        string_table: vec![
-            String::new(),
-            path_in_mapping.into(),
-            "process.executable.build_id.gnu".into(),
-            "process.pid".into(),
-        ],
-        mapping_table: vec![Mapping::default()],
-        location_table: vec![Location::default()],
-        function_table: vec![Function::default()],
-        link_table: vec![Default::default()],
-        attribute_table: vec![KeyValueAndUnit::default()],
-        stack_table: vec![Stack::default()],
-    };
+    let mut d = zero_dictionary(vec![
+        String::new(),
+        path_in_mapping.into(),
+        "process.executable.build_id.gnu".into(),
+        "process.pid".into(),
+    ]);
     let attr = |d: &mut ProfilesDictionary, key: i32, v: any_value::Value| {
         d.attribute_table.push(KeyValueAndUnit {
             key_strindex: key,

@@ -57,6 +57,19 @@ impl<'a> Dict<'a> {
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
     }
+    /// The process a sample came from: its `process.pid` (0 if absent) and
+    /// `process.executable.name`.
+    pub fn process(&self, sample_attrs: &[i32]) -> (i64, Option<String>) {
+        let pid = self
+            .find_attribute(sample_attrs, "process.pid")
+            .and_then(as_int)
+            .unwrap_or(0);
+        let exe = self
+            .find_attribute(sample_attrs, "process.executable.name")
+            .and_then(as_text);
+        (pid, exe)
+    }
+
     /// A mapping's GNU build ID attribute.
     pub fn build_id(&self, m: &Mapping) -> Option<&'a str> {
         match self

@@ -74,7 +74,7 @@ impl Exporter for DebugExporter {
                     exporter = %ctx.id,
                     samples = n,
                     resources = req.resource_profiles.len(),
-                    profiles = req.resource_profiles.iter().flat_map(|r| &r.scope_profiles).map(|s| s.profiles.len()).sum::<usize>(),
+                    profiles = crate::otlp::view::profiles(&req).count(),
                     "profiles"
                 );
                 if cfg.verbosity >= Verbosity::Normal {
@@ -103,12 +103,7 @@ fn string(req: &ProfilesRequest, i: i32) -> &str {
 
 fn describe_profiles(req: &ProfilesRequest) -> Vec<String> {
     let mut out = Vec::new();
-    for p in req
-        .resource_profiles
-        .iter()
-        .flat_map(|r| &r.scope_profiles)
-        .flat_map(|s| &s.profiles)
-    {
+    for p in crate::otlp::view::profiles(req) {
         let (t, u) = p.sample_type.map_or(("", ""), |vt| {
             (string(req, vt.type_strindex), string(req, vt.unit_strindex))
         });
@@ -128,13 +123,7 @@ pub fn top_stacks(req: &ProfilesRequest, n: usize) -> Vec<String> {
         return Vec::new();
     };
     let mut weight: HashMap<i32, i64> = HashMap::new();
-    for s in req
-        .resource_profiles
-        .iter()
-        .flat_map(|r| &r.scope_profiles)
-        .flat_map(|s| &s.profiles)
-        .flat_map(|p| &p.samples)
-    {
+    for s in crate::otlp::view::profiles(req).flat_map(|p| &p.samples) {
         *weight.entry(s.stack_index).or_default() += s.values.first().copied().unwrap_or(1);
     }
     let mut stacks: Vec<_> = weight.into_iter().collect();

@@ -14,10 +14,9 @@ use tokio::task::JoinHandle;
 pub use folded::{FoldedStacks, fold};
 
 use crate::config::{ConfigError, Validate, display_path, parse_component};
-use crate::exporters::output_dir::{OutputDir, RetentionConfig, timestamp};
-use crate::otlp::{ProfilesRequest, sample_count};
+use crate::exporters::output_dir::{OutputDir, RetentionConfig, run_writer, timestamp};
+use crate::otlp::ProfilesRequest;
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
-use crate::telemetry::names;
 
 /// `exporters.flamegraph[/name]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -104,31 +103,8 @@ impl Exporter for FlamegraphExporter {
 }
 
 async fn run(ctx: Context, mut input: Input, dir: Arc<OutputDir>, cfg: FlamegraphExporterConfig) {
-    let id = ctx.id.to_string();
-    let sent = metrics::counter!(names::EXPORTER_SENT, "exporter" => id.clone());
-    let failed = metrics::counter!(names::EXPORTER_SEND_FAILED, "exporter" => id.clone());
-    ctx.health.running();
-    while let Some(req) = input.recv().await {
-        let n = sample_count(&req);
-        let (dir, cfg2) = (dir.clone(), cfg.clone());
-        match tokio::task::spawn_blocking(move || write(&dir, &req, &cfg2)).await {
-            Ok(Ok(())) => {
-                sent.increment(n);
-                ctx.health.running();
-            }
-            Ok(Err(e)) => {
-                failed.increment(n);
-                ctx.health
-                    .unhealthy(format!("writing the flamegraph failed: {e}"));
-                tracing::error!(exporter = %id, error = %e, samples = n, "writing the flamegraph failed; the samples are dropped");
-            }
-            Err(e) => {
-                failed.increment(n);
-                tracing::error!(exporter = %id, error = %e, "flamegraph rendering panicked");
-            }
-        }
-    }
-    ctx.health.stopping();
+    let write = move |req: &ProfilesRequest| write(&dir, req, &cfg);
+    run_writer(&ctx, &mut input, "the flamegraph", |_| {}, write).await;
 }
 
 fn write(

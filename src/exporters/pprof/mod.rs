@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Validate, display_path, parse_component};
-use crate::exporters::output_dir::{OutputDir, RetentionConfig, safe_name, timestamp};
+use crate::exporters::output_dir::{OutputDir, RetentionConfig, run_writer, safe_name, timestamp};
 use crate::otlp::view::profiles;
 use crate::otlp::{ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
@@ -183,38 +183,20 @@ async fn run(
     subs: Subscribers,
     stop: CancellationToken,
 ) {
-    let id = ctx.id.to_string();
-    let sent = metrics::counter!(names::EXPORTER_SENT, "exporter" => id.clone());
-    let failed = metrics::counter!(names::EXPORTER_SEND_FAILED, "exporter" => id.clone());
-    let dropped = metrics::counter!(names::PIPELINE_DROPPED, "component" => format!("exporter/{id}"), "reason" => "pull_client_too_slow");
-    ctx.health.running();
-    while let Some(req) = input.recv().await {
-        let n = sample_count(&req);
-        subs.publish(&req, &dropped);
-        let Some(dir) = dir.clone() else {
-            sent.increment(n);
-            continue;
-        };
-        let written = tokio::task::spawn_blocking(move || write_files(&dir, &req, split)).await;
-        match written {
-            Ok(Ok(())) => {
-                sent.increment(n);
-                ctx.health.running();
-            }
-            Ok(Err(e)) => {
-                failed.increment(n);
-                ctx.health
-                    .unhealthy(format!("writing pprof files failed: {e}"));
-                tracing::error!(exporter = %id, error = %e, samples = n, "writing pprof files failed; the samples are dropped");
-            }
-            Err(e) => {
-                failed.increment(n);
-                tracing::error!(exporter = %id, error = %e, "pprof conversion panicked");
-            }
-        }
-    }
+    let dropped = metrics::counter!(names::PIPELINE_DROPPED, "component" => format!("exporter/{}", ctx.id), "reason" => "pull_client_too_slow");
+    let write = move |req: &ProfilesRequest| match &dir {
+        Some(d) => write_files(d, req, split),
+        None => Ok(()),
+    };
+    run_writer(
+        &ctx,
+        &mut input,
+        "pprof files",
+        |req| subs.publish(req, &dropped),
+        write,
+    )
+    .await;
     stop.cancel();
-    ctx.health.stopping();
 }
 
 fn write_files(dir: &OutputDir, req: &ProfilesRequest, split: bool) -> std::io::Result<()> {

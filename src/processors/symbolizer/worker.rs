@@ -654,13 +654,7 @@ fn mapping_pids(req: &ProfilesRequest) -> HashMap<usize, u32> {
     let Some(pid_key) = d.string_table.iter().position(|s| s == "process.pid") else {
         return out;
     };
-    for s in req
-        .resource_profiles
-        .iter()
-        .flat_map(|r| &r.scope_profiles)
-        .flat_map(|s| &s.profiles)
-        .flat_map(|p| &p.samples)
-    {
+    for s in crate::otlp::view::profiles(req).flat_map(|p| &p.samples) {
         let pid = s.attribute_indices.iter().find_map(|&a| {
             let kv = d.attribute_table.get(a as usize)?;
             if kv.key_strindex as usize != pid_key {
