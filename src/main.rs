@@ -25,6 +25,22 @@ enum Command {
     Components,
     /// Print the built-in default configuration.
     DefaultConfig,
+    /// Load the eBPF profiler's program on this kernel (attaching nothing) and report,
+    /// as JSON, whether it loaded and what its verifier log took. Exits 1 if it did not load.
+    EbpfCheck {
+        /// Verifier log level: 0|off, 1|branch, 2|instruction.
+        #[arg(long, default_value = "0")]
+        level: String,
+        /// Add the verifier's statistics.
+        #[arg(long)]
+        stats: bool,
+        /// First log buffer, e.g. 1KiB.
+        #[arg(long, default_value = "64KiB")]
+        size: String,
+        /// Largest log buffer, e.g. 512MiB.
+        #[arg(long, default_value = "512MiB")]
+        max_size: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +74,45 @@ fn main() -> ExitCode {
                 println!("  {:<12} {}", c.type_name, c.description);
             }
             ExitCode::SUCCESS
+        }
+        Some(Command::EbpfCheck {
+            level,
+            stats,
+            size,
+            max_size,
+        }) => {
+            // The same parsing and checks as the YAML settings.
+            let yaml = format!(
+                "receivers: {{ ebpf_profiler: {{ verifier_log: {{ level: \"{level}\", stats: {stats}, size: \"{size}\", max_size: \"{max_size}\" }} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [ebpf_profiler], exporters: [debug] }} }} }}\n"
+            );
+            let parsed = stackline::config::Config::from_yaml("ebpf-check", &yaml).and_then(|c| {
+                let v = c
+                    .receivers
+                    .get("ebpf_profiler")
+                    .cloned()
+                    .unwrap_or_else(|| figment::value::Value::from(figment::value::Dict::new()));
+                stackline::config::parse_component::<
+                    stackline::receivers::ebpf_profiler::EbpfProfilerConfig,
+                >(&v)
+                .map_err(stackline::config::ConfigErrors)
+            });
+            let cfg = match parsed {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = stackline::receivers::ebpf_profiler::check(&cfg.verifier_log);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            if report.loaded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Some(Command::DefaultConfig) => {
             print!("{}", service::DEFAULT_CONFIG);

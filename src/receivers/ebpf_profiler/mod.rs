@@ -358,3 +358,58 @@ fn reader_loop(
     }
     Ok(())
 }
+
+/// What `stackline ebpf-check` reports: how loading the profiler's program went.
+#[derive(Debug, serde::Serialize)]
+pub struct CheckReport {
+    pub kernel: String,
+    pub loaded: bool,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub log_bytes: usize,
+    pub buffer_bytes: u32,
+    /// Bytes the whole log needed, where the kernel says (6.4+).
+    pub needed_bytes: Option<u32>,
+    pub truncated: bool,
+    pub insns_processed: Option<u64>,
+}
+
+/// Loads the built-in profiler program with `log` settings, attaching nothing, and
+/// reports what happened: a quick way to see whether a node's kernel runs the agent.
+pub fn check(log: &VerifierLogConfig) -> CheckReport {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let mut seen: Option<VerifierLog> = None;
+    let r = loader::load(
+        &LoadRequest {
+            object: loader::OBJECT,
+            log: log.settings(),
+            config: shared::Config {
+                include_idle: 0,
+                kernel_stacks: 1,
+            },
+            cpus: &[],
+            frequency: 1,
+        },
+        &mut |l| seen = Some(l.clone()),
+    );
+    let error = r.as_ref().err().map(|e| e.to_string());
+    let log = match (&r, seen) {
+        (Ok(p), _) => Some(p.log.clone()),
+        (Err(LoadError::Program { failure, .. }), _) => Some(failure.log.clone()),
+        (Err(_), s) => s,
+    }
+    .unwrap_or_default();
+    CheckReport {
+        kernel,
+        loaded: r.is_ok(),
+        error,
+        attempts: log.attempts,
+        log_bytes: log.text.len(),
+        buffer_bytes: log.buffer_bytes,
+        needed_bytes: log.needed_bytes,
+        truncated: log.truncated,
+        insns_processed: log.stats().map(|s| s.insns_processed),
+    }
+}
