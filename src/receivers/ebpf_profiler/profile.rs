@@ -295,24 +295,46 @@ impl IntervalProfile {
         if s.kernel_error.is_some() {
             r.meters.kernel_stack.increment(1);
         }
+        // Process attributes first, borrowing the cached process (no copy per sample).
+        let mut attrs = vec![
+            int_attr(&mut self.b, "process.pid", s.tgid as i64),
+            int_attr(&mut self.b, "thread.id", s.tid as i64),
+            str_attr(&mut self.b, "thread.name", &s.comm),
+        ];
         let idle = s.tgid == 0;
-        let info = if idle {
-            None
-        } else {
-            r.process(s.tgid, now).cloned()
+        let (known, user_process) = match (idle, r.process(s.tgid, now)) {
+            (true, _) | (false, None) => (false, false),
+            (false, Some(info)) => {
+                if !info.exe_name.is_empty() {
+                    attrs.push(str_attr(
+                        &mut self.b,
+                        "process.executable.name",
+                        &info.exe_name,
+                    ));
+                    attrs.push(str_attr(
+                        &mut self.b,
+                        "process.executable.path",
+                        &info.exe_path,
+                    ));
+                }
+                if let Some(c) = &info.container_id {
+                    attrs.push(str_attr(&mut self.b, "container.id", c));
+                }
+                (true, !info.exe_path.is_empty())
+            }
         };
-        if !idle && info.is_none() {
+        if !idle && !known {
             r.meters.process_gone.increment(1);
         }
         // Kernel threads have no user stack; only a user process's failure is a loss.
-        if s.user_error.is_some() && info.as_ref().is_some_and(|i| !i.exe_path.is_empty()) {
+        if s.user_error.is_some() && user_process {
             r.meters.user_stack.increment(1);
         }
         for &addr in &s.user {
             let mapping = match r.user_mapping(s.tgid, addr, now) {
                 Some(m) => self.user_mapping(s.tgid, &m, r),
                 None => {
-                    if info.is_some() {
+                    if known {
                         r.meters.no_mapping.increment(1);
                     }
                     0
@@ -323,28 +345,6 @@ impl IntervalProfile {
         let stack_index = self.b.intern_stack(Stack {
             location_indices: locations,
         });
-        let mut attrs = vec![
-            int_attr(&mut self.b, "process.pid", s.tgid as i64),
-            int_attr(&mut self.b, "thread.id", s.tid as i64),
-            str_attr(&mut self.b, "thread.name", &s.comm),
-        ];
-        if let Some(info) = &info {
-            if !info.exe_name.is_empty() {
-                attrs.push(str_attr(
-                    &mut self.b,
-                    "process.executable.name",
-                    &info.exe_name,
-                ));
-                attrs.push(str_attr(
-                    &mut self.b,
-                    "process.executable.path",
-                    &info.exe_path,
-                ));
-            }
-            if let Some(c) = &info.container_id {
-                attrs.push(str_attr(&mut self.b, "container.id", c));
-            }
-        }
         self.first_ts = self.first_ts.min(unix_ns);
         self.last_ts = self.last_ts.max(unix_ns);
         self.samples.push(Sample {
