@@ -163,3 +163,80 @@ pub async fn run_writer<W>(
     }
     ctx.health.stopping();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn keeps_max_files_per_kind_oldest_deleted_first_and_never_overwrites() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = OutputDir::open(
+            &tmp.path().join("out"),
+            RetentionConfig {
+                max_files: 3,
+                max_age: None,
+            },
+        )
+        .unwrap();
+        for i in 0..5 {
+            d.write(&format!("p-{i}.pb.gz"), ".pb.gz", b"x").unwrap();
+            // Distinct modification times, oldest first.
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        d.write("f-0.svg", ".svg", b"<svg/>").unwrap();
+        assert_eq!(
+            names(d.path()),
+            vec!["f-0.svg", "p-2.pb.gz", "p-3.pb.gz", "p-4.pb.gz"]
+        );
+        // The same name again gets a suffix instead of replacing the file.
+        std::thread::sleep(Duration::from_millis(15));
+        let second = d.write("p-4.pb.gz", ".pb.gz", b"y").unwrap();
+        assert_eq!(second.file_name().unwrap(), "p-4-1.pb.gz");
+        assert_eq!(fs::read(d.path().join("p-4.pb.gz")).unwrap(), b"x");
+        assert_eq!(
+            names(d.path()),
+            vec!["f-0.svg", "p-3.pb.gz", "p-4-1.pb.gz", "p-4.pb.gz"]
+        );
+    }
+
+    #[test]
+    fn deletes_files_of_the_same_kind_older_than_max_age() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = OutputDir::open(
+            tmp.path(),
+            RetentionConfig {
+                max_files: 0,
+                max_age: Some(Duration::from_millis(100)),
+            },
+        )
+        .unwrap();
+        d.write("a.svg", ".svg", b"1").unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        d.write("b.svg", ".svg", b"2").unwrap();
+        assert_eq!(names(tmp.path()), vec!["b.svg"]);
+        std::thread::sleep(Duration::from_millis(250));
+        // Retention is per kind: a .pb.gz write leaves the old .svg alone…
+        d.write("c.pb.gz", ".pb.gz", b"3").unwrap();
+        assert_eq!(names(tmp.path()), vec!["b.svg", "c.pb.gz"]);
+        // …and the next .svg write removes it.
+        d.write("d.svg", ".svg", b"4").unwrap();
+        assert_eq!(names(tmp.path()), vec!["c.pb.gz", "d.svg"]);
+    }
+
+    #[test]
+    fn timestamps_sort_and_names_are_safe() {
+        assert_eq!(timestamp(1_795_661_213_938_178_723), "20261126T024653.938Z");
+        assert_eq!(safe_name("my app/../x;y"), "my_app_.._x_y");
+    }
+}
