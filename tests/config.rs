@@ -150,7 +150,7 @@ receivers: { otlp: { protocols: { grpc: { endpoint: "nohost", max_recv_msg_size_
 processors: { batch: { timeout: 5 }, batch/2: { send_batch_size: 0 } }
 exporters:
   otlp: { endpoint: "127.0.0.1:1", timeout: 0s, compression: brotli, retry_on_failure: { multiplier: 0.5 } }
-  otlp/tls: { endpoint: "127.0.0.1:1" }
+  otlp/tls: { endpoint: "127.0.0.1:1", tls: { ca_file: /nonexistent/ca.pem } }
   file: { path: "" }
 service: { pipelines: { profiles: { receivers: [otlp], processors: [batch, batch/2], exporters: [otlp, otlp/tls, file] } } }
 "#,
@@ -177,7 +177,7 @@ service: { pipelines: { profiles: { receivers: [otlp], processors: [batch, batch
     );
     assert_has(
         &errs,
-        "exporters.otlp/tls.tls.insecure: TLS is not supported yet: set `tls: { insecure: true }` with a plain `host:port` endpoint, and terminate TLS in a sidecar or service mesh",
+        "exporters.otlp/tls.tls.ca_file: cannot read /nonexistent/ca.pem",
     );
     assert_has(&errs, "exporters.file.path: `` does not name a file");
 }

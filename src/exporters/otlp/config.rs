@@ -35,12 +35,21 @@ fn default_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-/// `tls`: only plaintext gRPC is implemented so far.
+/// `tls`: how the connection is secured. By default (as in the collector) it is TLS,
+/// verifying the server against the system's root certificates.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Send without TLS. Must be `true` for now: terminate TLS in a sidecar or mesh.
+    /// Plaintext gRPC, no TLS. Default false.
     pub insecure: bool,
+    /// PEM file of the CA(s) that signed the server's certificate, in addition to the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for mutual TLS (with `key_file`).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Name to verify the server's certificate against, instead of the endpoint's host.
+    pub server_name_override: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -53,13 +62,14 @@ pub enum Compression {
 }
 
 impl OtlpExporterConfig {
-    /// The endpoint as a URI tonic can dial.
+    /// The endpoint as a URI tonic can dial: `http://` when insecure, `https://` otherwise.
     pub fn uri(&self) -> String {
-        if self.endpoint.contains("://") {
-            self.endpoint.clone()
-        } else {
-            format!("http://{}", self.endpoint)
-        }
+        let bare = self
+            .endpoint
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, rest)| rest);
+        let scheme = if self.tls.insecure { "http" } else { "https" };
+        format!("{scheme}://{bare}")
     }
 }
 
@@ -68,18 +78,46 @@ impl Validate for OtlpExporterConfig {
         let mut errs = Vec::new();
         let bare = self
             .endpoint
-            .strip_prefix("http://")
-            .unwrap_or(&self.endpoint);
-        if self.endpoint.starts_with("https://") || !self.tls.insecure {
-            errs.push(ConfigError::new(
-                "tls.insecure",
-                "TLS is not supported yet: set `tls: { insecure: true }` with a plain `host:port` endpoint, and terminate TLS in a sidecar or service mesh",
-            ));
-        } else if crate::config::units::parse_endpoint(bare.trim_end_matches('/')).is_none() {
+            .split_once("://")
+            .map_or(self.endpoint.as_str(), |(_, rest)| rest);
+        if crate::config::units::parse_endpoint(bare.trim_end_matches('/')).is_none() {
             errs.push(ConfigError::new(
                 "endpoint",
                 format!("`{}` is not a `host:port` address", self.endpoint),
             ));
+        }
+        let t = &self.tls;
+        if t.insecure && self.endpoint.starts_with("https://") {
+            errs.push(ConfigError::new(
+                "tls.insecure",
+                "is true but the endpoint says https://; drop the scheme or set insecure: false",
+            ));
+        }
+        if !t.insecure && self.endpoint.starts_with("http://") {
+            errs.push(ConfigError::new(
+                "tls.insecure",
+                "the endpoint says http:// (plaintext): set `tls: { insecure: true }` to send without TLS",
+            ));
+        }
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            errs.push(ConfigError::new(
+                "tls",
+                "cert_file and key_file go together (mutual TLS needs both)",
+            ));
+        }
+        for (name, f) in [
+            ("ca_file", &t.ca_file),
+            ("cert_file", &t.cert_file),
+            ("key_file", &t.key_file),
+        ] {
+            if let Some(f) = f
+                && std::fs::metadata(f).is_err()
+            {
+                errs.push(ConfigError::new(
+                    format!("tls.{name}"),
+                    format!("cannot read {}", f.display()),
+                ));
+            }
         }
         if self.timeout.is_zero() {
             errs.push(ConfigError::new(

@@ -67,9 +67,14 @@ pub struct GrpcSender {
 
 impl GrpcSender {
     pub fn new(cfg: &OtlpExporterConfig) -> Result<Self, crate::pipeline::StartError> {
-        let endpoint = Endpoint::from_shared(cfg.uri())
+        let mut endpoint = Endpoint::from_shared(cfg.uri())
             .map_err(|e| format!("invalid endpoint `{}`: {e}", cfg.endpoint))?
             .connect_timeout(cfg.timeout);
+        if !cfg.tls.insecure {
+            endpoint = endpoint
+                .tls_config(client_tls(&cfg.tls)?)
+                .map_err(|e| format!("TLS settings rejected: {e}"))?;
+        }
         let mut grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
         grpc = match cfg.compression {
             Compression::Gzip => grpc.send_compressed(CompressionEncoding::Gzip),
@@ -88,6 +93,32 @@ impl GrpcSender {
             headers: Arc::new(headers),
         })
     }
+}
+
+fn read_pem(what: &str, path: &std::path::Path) -> Result<Vec<u8>, crate::pipeline::StartError> {
+    std::fs::read(path)
+        .map_err(|e| format!("cannot read tls.{what} {}: {e}", path.display()).into())
+}
+
+/// TLS towards the server: system roots plus `ca_file`, a client identity for mutual TLS.
+fn client_tls(
+    t: &super::TlsConfig,
+) -> Result<tonic::transport::ClientTlsConfig, crate::pipeline::StartError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &t.ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read_pem("ca_file", ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) {
+        tls = tls.identity(Identity::from_pem(
+            read_pem("cert_file", cert)?,
+            read_pem("key_file", key)?,
+        ));
+    }
+    if let Some(name) = &t.server_name_override {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
 }
 
 /// The collector's classification of gRPC codes.

@@ -1,5 +1,7 @@
 //! Settings of the `otlp` receiver.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Validate};
@@ -28,6 +30,20 @@ pub struct GrpcConfig {
     pub endpoint: String,
     /// Largest request accepted, in MiB, after decompression. Default 32.
     pub max_recv_msg_size_mib: u64,
+    /// Serve TLS instead of plaintext. Default: plaintext.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `receivers.otlp.protocols.grpc.tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate (chain) the server presents.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA(s) client certificates must be signed by: set it to require mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for GrpcConfig {
@@ -35,6 +51,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             endpoint: "127.0.0.1:4317".into(),
             max_recv_msg_size_mib: 32,
+            tls: None,
         }
     }
 }
@@ -57,6 +74,22 @@ impl Validate for OtlpReceiverConfig {
                     g.max_recv_msg_size_mib
                 ),
             ));
+        }
+        if let Some(t) = &g.tls {
+            for (name, f) in [
+                ("cert_file", Some(&t.cert_file)),
+                ("key_file", Some(&t.key_file)),
+                ("client_ca_file", t.client_ca_file.as_ref()),
+            ] {
+                if let Some(f) = f
+                    && std::fs::metadata(f).is_err()
+                {
+                    errs.push(ConfigError::new(
+                        format!("protocols.grpc.tls.{name}"),
+                        format!("cannot read {}", f.display()),
+                    ));
+                }
+            }
         }
         errs
     }

@@ -6,7 +6,7 @@ mod service;
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
-pub use config::{GrpcConfig, OtlpReceiverConfig, Protocols};
+pub use config::{GrpcConfig, OtlpReceiverConfig, Protocols, ServerTlsConfig};
 
 use crate::config::parse_component;
 use crate::pipeline::{Context, Fanout, Receiver, ReceiverFactory, StartError};

@@ -53,6 +53,30 @@ impl ProfilesService for Service {
     }
 }
 
+fn server_tls(
+    t: &super::ServerTlsConfig,
+    ctx: &Context,
+) -> Result<tonic::transport::ServerTlsConfig, StartError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            format!(
+                "cannot read receivers.{}.protocols.grpc.tls.{what} {}: {e}",
+                ctx.id,
+                p.display()
+            )
+        })
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("cert_file", &t.cert_file)?,
+        read("key_file", &t.key_file)?,
+    ));
+    if let Some(ca) = &t.client_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read("client_ca_file", ca)?));
+    }
+    Ok(tls)
+}
+
 pub(super) async fn serve(
     cfg: GrpcConfig,
     ctx: Context,
@@ -78,11 +102,17 @@ pub(super) async fn serve(
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
-    tracing::info!(receiver = %id, endpoint = %local, "OTLP gRPC receiver listening");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &cfg.tls {
+        builder = builder
+            .tls_config(server_tls(t, &ctx)?)
+            .map_err(|e| format!("receivers.{}.protocols.grpc.tls rejected: {e}", ctx.id))?;
+    }
+    tracing::info!(receiver = %id, endpoint = %local, tls = cfg.tls.is_some(), "OTLP gRPC receiver listening");
     ctx.health.running();
     let shutdown = ctx.shutdown.clone();
     Ok(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .add_service(server)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
             .await;
