@@ -244,53 +244,60 @@ async fn serve(listener: tokio::net::TcpListener, subs: Subscribers, stop: Cance
     use axum::response::IntoResponse;
     use axum::routing::get;
     let stop2 = stop.clone();
-    let app = axum::Router::new().route(
-        "/debug/pprof/profile",
-        get(move |Query(q): Query<ProfileQuery>| {
-            let (subs, stop) = (subs.clone(), stop2.clone());
-            async move {
-                let secs = q.seconds.unwrap_or(30).clamp(1, 300);
-                let (tx, mut rx) = mpsc::channel(4096);
-                subs.add(tx);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
-                    _ = stop.cancelled() => {}
-                }
-                rx.close();
-                let mut got = Vec::new();
-                while let Some(r) = rx.recv().await {
-                    got.push(r);
-                }
-                let merged = match crate::otlp::merge(&got) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        return (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            format!("cannot merge profiles: {e}"),
-                        )
-                            .into_response();
+    // `go tool pprof` asks here to symbolize mappings the profile leaves unsymbolized;
+    // a 404 makes it fail, so answer as a server with no symbols to offer does.
+    let symbol = get(|| async { "num_symbols: 0\n" }).post(|| async { "" });
+    let app = axum::Router::new()
+        .route("/debug/pprof/symbol", symbol)
+        .route(
+            "/debug/pprof/profile",
+            get(move |Query(q): Query<ProfileQuery>| {
+                let (subs, stop) = (subs.clone(), stop2.clone());
+                async move {
+                    let secs = q.seconds.unwrap_or(30).clamp(1, 300);
+                    let (tx, mut rx) = mpsc::channel(4096);
+                    subs.add(tx);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                        _ = stop.cancelled() => {}
                     }
-                };
-                let profile = convert::convert(&merged, false)
-                    .into_iter()
-                    .next()
-                    .map(|c| c.profile)
-                    .unwrap_or_else(|| empty_cpu_profile(secs));
-                match convert::encode_gzip(&profile) {
-                    Ok(bytes) => (
-                        StatusCode::OK,
-                        [
-                            ("content-type", "application/octet-stream"),
-                            ("content-disposition", "attachment; filename=\"profile\""),
-                        ],
-                        bytes,
-                    )
-                        .into_response(),
-                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                    rx.close();
+                    let mut got = Vec::new();
+                    while let Some(r) = rx.recv().await {
+                        got.push(r);
+                    }
+                    let merged = match crate::otlp::merge(&got) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            return (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("cannot merge profiles: {e}"),
+                            )
+                                .into_response();
+                        }
+                    };
+                    let profile = convert::convert(&merged, false)
+                        .into_iter()
+                        .next()
+                        .map(|c| c.profile)
+                        .unwrap_or_else(|| empty_cpu_profile(secs));
+                    match convert::encode_gzip(&profile) {
+                        Ok(bytes) => (
+                            StatusCode::OK,
+                            [
+                                ("content-type", "application/octet-stream"),
+                                ("content-disposition", "attachment; filename=\"profile\""),
+                            ],
+                            bytes,
+                        )
+                            .into_response(),
+                        Err(e) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                        }
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        );
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;

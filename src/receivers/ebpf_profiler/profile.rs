@@ -75,6 +75,8 @@ impl DecodedSample {
 
 struct Cached {
     info: Option<ProcessInfo>,
+    /// The main thread's comm when last seen: it changes exactly when the process execs.
+    main_comm: Option<String>,
     refreshed: Instant,
     seen: Instant,
     /// Report interval in which the start time was last compared.
@@ -133,6 +135,7 @@ impl Resolver {
         let interval = self.interval;
         let entry = self.procs.entry(pid).or_insert_with(|| Cached {
             info: ProcessInfo::read(pid).ok(),
+            main_comm: None,
             refreshed: now,
             seen: now,
             checked: interval,
@@ -152,6 +155,28 @@ impl Resolver {
             }
         }
         entry.info.as_ref()
+    }
+
+    /// Notes the comm of a sample's thread; a new comm on the main thread means the
+    /// process exec'd (start time and pid stay the same), so it is read again at once.
+    fn saw_comm(&mut self, pid: u32, tid: u32, comm: &str, now: Instant) {
+        if pid != tid {
+            return;
+        }
+        let Some(c) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        match &c.main_comm {
+            Some(old) if old != comm => {
+                if let Ok(fresh) = ProcessInfo::read(pid) {
+                    c.info = Some(fresh);
+                    c.refreshed = now;
+                }
+                c.main_comm = Some(comm.to_owned());
+            }
+            Some(_) => {}
+            None => c.main_comm = Some(comm.to_owned()),
+        }
     }
 
     /// The mapping of a user address, re-reading the maps (rate-limited) when the
@@ -302,6 +327,10 @@ impl IntervalProfile {
             str_attr(&mut self.b, "thread.name", &s.comm),
         ];
         let idle = s.tgid == 0;
+        if !idle {
+            r.process(s.tgid, now);
+            r.saw_comm(s.tgid, s.tid, &s.comm, now);
+        }
         let (known, user_process) = match (idle, r.process(s.tgid, now)) {
             (true, _) | (false, None) => (false, false),
             (false, Some(info)) => {
