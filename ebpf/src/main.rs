@@ -6,7 +6,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::EbpfContext;
-use aya_ebpf::bindings::BPF_F_USER_STACK;
+use aya_ebpf::bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_get_stack,
     bpf_ktime_get_ns,
@@ -17,6 +17,11 @@ use stackline_ebpf::shared::{MAX_STACK_DEPTH, RawSample, counter};
 use stackline_ebpf::{CONFIG, SAMPLES, bump};
 
 const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
+
+/// Pending bytes above which a submit wakes the reader. Below it, the reader's own
+/// 100 ms poll picks samples up: waking it for every sample costs an irq_work each.
+/// Well under the smallest ring buffer user space creates (4 MiB).
+const WAKEUP_BYTES: u64 = 512 * 1024;
 
 #[perf_event]
 pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
@@ -68,7 +73,12 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
             0
         };
     }
-    entry.submit(0);
+    let wake = if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake as u64);
     bump(counter::SUBMITTED);
     0
 }
