@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::otlp::ProfilesRequest;
 use crate::otlp::profiles::Location;
-use crate::otlp::view::{self, Dict, as_int, as_text, weight};
+use crate::otlp::view::{self, Dict, as_text, weight};
 
 /// Aggregated stacks of one request.
 #[derive(Debug, Default)]
@@ -129,13 +129,8 @@ pub fn fold(req: &ProfilesRequest, per_process: bool) -> FoldedStacks {
         for s in &p.samples {
             let mut parts: Vec<String> = Vec::new();
             if per_process {
-                let pid = d
-                    .find_attribute(&s.attribute_indices, "process.pid")
-                    .and_then(as_int)
-                    .unwrap_or(0);
-                let name = d
-                    .find_attribute(&s.attribute_indices, "process.executable.name")
-                    .and_then(as_text)
+                let (pid, exe) = d.process(&s.attribute_indices);
+                let name = exe
                     .or_else(|| {
                         d.find_attribute(&s.attribute_indices, "thread.name")
                             .and_then(as_text)

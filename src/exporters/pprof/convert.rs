@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::proto;
 use crate::otlp::ProfilesRequest;
 use crate::otlp::profiles::Profile;
-use crate::otlp::view::{self, Dict, as_int, as_text, weight};
+use crate::otlp::view::{self, Dict, as_text, weight};
 
 /// pprof label keys for well-known OTLP sample attributes.
 fn label_key(otlp: &str) -> &str {
@@ -217,15 +217,8 @@ pub fn convert(req: &ProfilesRequest, split: bool) -> Vec<Converted> {
             .to_owned();
         for s in &p.samples {
             let process = split.then(|| {
-                let pid = d
-                    .find_attribute(&s.attribute_indices, "process.pid")
-                    .and_then(as_int)
-                    .unwrap_or(0);
-                let exe = d
-                    .find_attribute(&s.attribute_indices, "process.executable.name")
-                    .and_then(as_text)
-                    .unwrap_or_default();
-                (pid, exe)
+                let (pid, exe) = d.process(&s.attribute_indices);
+                (pid, exe.unwrap_or_default())
             });
             let key = (sample_type.clone(), process);
             let idx = match builders.iter().position(|(k, _)| *k == key) {
