@@ -8,20 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::receivers::ebpf_profiler::procfs::read_build_id;
-
-/// Maps a file read-only: binaries can be hundreds of MiB, and only their headers are read.
-pub fn map(path: &Path) -> Option<memmap2::Mmap> {
-    let f = fs::File::open(path).ok()?;
-    // SAFETY: read-only and only parsed; a file truncated meanwhile can at worst make
-    // the parse fail.
-    unsafe { memmap2::Mmap::map(&f) }.ok()
-}
+use crate::receivers::ebpf_profiler::procfs::{map_file, read_build_id};
 
 /// Whether an ELF file carries DWARF (a stripped binary does not; its debug file does).
 pub fn has_dwarf(path: &Path) -> bool {
     use object::{Object, ObjectSection, SectionKind};
-    let Some(data) = map(path) else {
+    let Ok(data) = map_file(path) else {
         return false;
     };
     object::File::parse(&*data).is_ok_and(|f| {
@@ -52,7 +44,7 @@ const PAGE: u64 = 4096;
 /// The PT_LOAD segments of an ELF file.
 pub fn segments(path: &Path) -> Option<Vec<Segment>> {
     use object::read::elf::{ElfFile64, ProgramHeader};
-    let data = map(path)?;
+    let data = map_file(path).ok()?;
     let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
     let e = elf.endian();
     Some(

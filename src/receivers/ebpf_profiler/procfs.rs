@@ -129,13 +129,19 @@ impl ProcessInfo {
     }
 }
 
-/// Reads the GNU build ID note of an ELF file, as lowercase hex.
-pub fn read_build_id(path: &Path) -> io::Result<Option<String>> {
-    use object::Object;
+/// Maps a file read-only: binaries can be hundreds of MiB, and only their headers and
+/// notes are read.
+pub fn map_file(path: &Path) -> io::Result<memmap2::Mmap> {
     let file = fs::File::open(path)?;
     // SAFETY: the map is read-only and only parsed; a file truncated meanwhile can at
     // worst make the parse fail or read zeros.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
+    unsafe { memmap2::Mmap::map(&file) }
+}
+
+/// Reads the GNU build ID note of an ELF file, as lowercase hex.
+pub fn read_build_id(path: &Path) -> io::Result<Option<String>> {
+    use object::Object;
+    let map = map_file(path)?;
     let Ok(elf) = object::File::parse(&*map) else {
         return Ok(None);
     };
