@@ -131,7 +131,9 @@ impl Resolver {
         }
     }
 
-    fn process(&mut self, pid: u32, now: Instant) -> Option<&ProcessInfo> {
+    /// The cache entry of a process: read at first sight, its start time compared once
+    /// per interval.
+    fn cached(&mut self, pid: u32, now: Instant) -> &mut Cached {
         let interval = self.interval;
         let entry = self.procs.entry(pid).or_insert_with(|| Cached {
             info: ProcessInfo::read(pid).ok(),
@@ -154,29 +156,31 @@ impl Resolver {
                 entry.refreshed = now;
             }
         }
-        entry.info.as_ref()
+        entry
     }
 
-    /// Notes the comm of a sample's thread; a new comm on the main thread means the
-    /// process exec'd (start time and pid stay the same), so it is read again at once.
-    fn saw_comm(&mut self, pid: u32, tid: u32, comm: &str, now: Instant) {
-        if pid != tid {
-            return;
-        }
-        let Some(c) = self.procs.get_mut(&pid) else {
-            return;
-        };
-        match &c.main_comm {
-            Some(old) if old != comm => {
-                if let Ok(fresh) = ProcessInfo::read(pid) {
-                    c.info = Some(fresh);
-                    c.refreshed = now;
+    fn process(&mut self, pid: u32, now: Instant) -> Option<&ProcessInfo> {
+        self.cached(pid, now).info.as_ref()
+    }
+
+    /// The process a sample came from. A new comm on the main thread means the process
+    /// exec'd (its pid and start time stay the same), so it is read again at once.
+    fn sampled(&mut self, pid: u32, tid: u32, comm: &str, now: Instant) -> Option<&ProcessInfo> {
+        let c = self.cached(pid, now);
+        if pid == tid {
+            match &c.main_comm {
+                Some(old) if old != comm => {
+                    if let Ok(fresh) = ProcessInfo::read(pid) {
+                        c.info = Some(fresh);
+                        c.refreshed = now;
+                    }
+                    c.main_comm = Some(comm.to_owned());
                 }
-                c.main_comm = Some(comm.to_owned());
+                Some(_) => {}
+                None => c.main_comm = Some(comm.to_owned()),
             }
-            Some(_) => {}
-            None => c.main_comm = Some(comm.to_owned()),
         }
+        c.info.as_ref()
     }
 
     /// The mapping of a user address, re-reading the maps (rate-limited) when the
@@ -327,11 +331,12 @@ impl IntervalProfile {
             str_attr(&mut self.b, "thread.name", &s.comm),
         ];
         let idle = s.tgid == 0;
-        if !idle {
-            r.process(s.tgid, now);
-            r.saw_comm(s.tgid, s.tid, &s.comm, now);
-        }
-        let (known, user_process) = match (idle, r.process(s.tgid, now)) {
+        let info = if idle {
+            None
+        } else {
+            r.sampled(s.tgid, s.tid, &s.comm, now)
+        };
+        let (known, user_process) = match (idle, info) {
             (true, _) | (false, None) => (false, false),
             (false, Some(info)) => {
                 if !info.exe_name.is_empty() {
