@@ -337,8 +337,7 @@ impl DictionaryBuilder {
         range: Option<Range<u64>>,
     ) -> Result<(), IndexError> {
         check(req)?;
-        let empty = ProfilesDictionary::default();
-        let mut m = Memo::new(req.dictionary.as_ref().unwrap_or(&empty));
+        let mut m = Memo::new(super::view::Dict::of(req).0);
         let mut ordinal = 0u64;
         for rp in &req.resource_profiles {
             let mut scopes = Vec::with_capacity(rp.scope_profiles.len());

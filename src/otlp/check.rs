@@ -116,9 +116,8 @@ impl Checker<'_> {
 /// cross-references) lies inside its table. The error names the table, the index and
 /// where it was found, so a client can tell what it sent wrong.
 pub fn check(req: &ProfilesRequest) -> Result<(), IndexError> {
-    let empty = ProfilesDictionary::default();
     let c = Checker {
-        dict: req.dictionary.as_ref().unwrap_or(&empty),
+        dict: super::view::Dict::of(req).0,
     };
     c.dictionary()?;
     let d = c.dict;

@@ -154,8 +154,7 @@ pub fn request(service: &str, first: u64, n: u64, pool: u64) -> ProfilesRequest 
 /// Every sample of `req` as (seq, leaf-first function names, service name).
 /// Samples without a `seq` attribute are reported with `u64::MAX`.
 pub fn decode_samples(req: &ProfilesRequest) -> Vec<(u64, Vec<String>, String)> {
-    let empty = ProfilesDictionary::default();
-    let d = req.dictionary.as_ref().unwrap_or(&empty);
+    let d = super::view::Dict::of(req).0;
     let st = |i: i32| d.string_table.get(i as usize).cloned().unwrap_or_default();
     let mut out = Vec::new();
     for rp in &req.resource_profiles {
