@@ -7,6 +7,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use crate::config::{Validate, parse_component};
+use crate::otlp::view::{self, Dict};
 use crate::otlp::{ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
 use crate::telemetry::names;
@@ -74,7 +75,7 @@ impl Exporter for DebugExporter {
                     exporter = %ctx.id,
                     samples = n,
                     resources = req.resource_profiles.len(),
-                    profiles = crate::otlp::view::profiles(&req).count(),
+                    profiles = view::profiles(&req).count(),
                     "profiles"
                 );
                 if cfg.verbosity >= Verbosity::Normal {
@@ -94,18 +95,12 @@ impl Exporter for DebugExporter {
     }
 }
 
-fn string(req: &ProfilesRequest, i: i32) -> &str {
-    req.dictionary
-        .as_ref()
-        .and_then(|d| d.string_table.get(usize::try_from(i).ok()?))
-        .map_or("", String::as_str)
-}
-
 fn describe_profiles(req: &ProfilesRequest) -> Vec<String> {
+    let d = Dict::of(req);
     let mut out = Vec::new();
-    for p in crate::otlp::view::profiles(req) {
+    for p in view::profiles(req) {
         let (t, u) = p.sample_type.map_or(("", ""), |vt| {
-            (string(req, vt.type_strindex), string(req, vt.unit_strindex))
+            (d.string(vt.type_strindex), d.string(vt.unit_strindex))
         });
         out.push(format!(
             "profile: {} samples of {t}/{u}, period {}, duration {}ns",
@@ -119,11 +114,9 @@ fn describe_profiles(req: &ProfilesRequest) -> Vec<String> {
 
 /// The heaviest stacks of a request, leaf first, by summed first value (1 per sample if none).
 pub fn top_stacks(req: &ProfilesRequest, n: usize) -> Vec<String> {
-    let Some(dict) = req.dictionary.as_ref() else {
-        return Vec::new();
-    };
+    let d = Dict::of(req);
     let mut weight: HashMap<i32, i64> = HashMap::new();
-    for s in crate::otlp::view::profiles(req).flat_map(|p| &p.samples) {
+    for s in view::profiles(req).flat_map(|p| &p.samples) {
         *weight.entry(s.stack_index).or_default() += s.values.first().copied().unwrap_or(1);
     }
     let mut stacks: Vec<_> = weight.into_iter().collect();
@@ -132,20 +125,16 @@ pub fn top_stacks(req: &ProfilesRequest, n: usize) -> Vec<String> {
         .into_iter()
         .take(n)
         .map(|(si, w)| {
-            let frames: Vec<String> = dict
-                .stack_table
-                .get(si as usize)
-                .map(|s| s.location_indices.as_slice())
-                .unwrap_or_default()
+            let frames: Vec<String> = d
+                .stack(si)
                 .iter()
-                .filter_map(|&li| dict.location_table.get(li as usize))
+                .filter_map(|&li| d.location(li))
                 .map(|loc| {
                     let name = loc
                         .lines
                         .first()
-                        .and_then(|l| dict.function_table.get(l.function_index as usize))
-                        .map(|f| string(req, f.name_strindex))
-                        .unwrap_or("");
+                        .and_then(|l| d.function(l.function_index))
+                        .map_or("", |f| d.string(f.name_strindex));
                     if name.is_empty() {
                         format!("{:#x}", loc.address)
                     } else {
