@@ -28,6 +28,7 @@ use super::files::{BuildIdIndex, ElfFile, has_dwarf, host_candidates};
 use crate::otlp::ProfilesRequest;
 use crate::otlp::common::any_value;
 use crate::otlp::profiles::{Function, Line, ProfilesDictionary};
+use crate::otlp::view::Dict;
 use crate::receivers::ebpf_profiler::procfs::read_build_id;
 use crate::telemetry::names;
 
@@ -327,25 +328,9 @@ impl Worker {
                 Plan::Skip("kernel_disabled")
             };
         }
-        let build_id = m.attribute_indices.iter().find_map(|&a| {
-            let kv = dict.attribute_table.get(a as usize)?;
-            if dict.string_table.get(kv.key_strindex as usize)? != "process.executable.build_id.gnu"
-            {
-                return None;
-            }
-            match kv.value.as_ref()?.value.as_ref()? {
-                any_value::Value::StringValue(s) => Some(s.clone()),
-                _ => None,
-            }
-        });
+        let build_id = Dict(dict).build_id(m);
         let pid = pids.get(&(mapping_index as usize)).copied();
-        match self.choose_file(
-            build_id.as_deref(),
-            pid,
-            filename,
-            m.memory_start,
-            m.memory_limit,
-        ) {
+        match self.choose_file(build_id, pid, filename, m.memory_start, m.memory_limit) {
             FileChoice::Found { id, file } => Plan::File {
                 id,
                 file,
@@ -647,29 +632,19 @@ fn leaf_locations(dict: &ProfilesDictionary) -> HashSet<usize, Fast> {
 /// A pid that sampled each mapping, from the samples' `process.pid` attribute, so the
 /// mapped file can be found through that process's `/proc` entries.
 fn mapping_pids(req: &ProfilesRequest) -> HashMap<usize, u32> {
+    let d = Dict::of(req);
     let mut out = HashMap::new();
-    let Some(d) = req.dictionary.as_ref() else {
-        return out;
-    };
-    let Some(pid_key) = d.string_table.iter().position(|s| s == "process.pid") else {
-        return out;
-    };
     for s in crate::otlp::view::profiles(req).flat_map(|p| &p.samples) {
-        let pid = s.attribute_indices.iter().find_map(|&a| {
-            let kv = d.attribute_table.get(a as usize)?;
-            if kv.key_strindex as usize != pid_key {
-                return None;
-            }
-            match kv.value.as_ref()?.value.as_ref()? {
-                any_value::Value::IntValue(v) => u32::try_from(*v).ok(),
-                _ => None,
-            }
-        });
-        let (Some(pid), Some(stack)) = (pid, d.stack_table.get(s.stack_index as usize)) else {
-            continue;
+        let pid = match d
+            .find_attribute(&s.attribute_indices, "process.pid")
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(any_value::Value::IntValue(v)) => u32::try_from(*v).ok(),
+            _ => None,
         };
-        for &l in &stack.location_indices {
-            if let Some(loc) = d.location_table.get(l as usize) {
+        let Some(pid) = pid else { continue };
+        for &l in d.stack(s.stack_index) {
+            if let Some(loc) = d.location(l) {
                 out.entry(loc.mapping_index as usize).or_insert(pid);
             }
         }
