@@ -23,6 +23,33 @@ async fn tls_client(
     Ok(ProfilesServiceClient::new(ch))
 }
 
+/// A gateway config: the OTLP receiver with `receiver_tls` (a `tls: {…}` entry, or
+/// nothing), and an OTLP exporter to `localhost:backend_port` trusting `ca` and
+/// presenting the client certificate of `pki`.
+fn gateway(receiver_tls: &str, backend_port: u16, ca: &std::path::Path, pki: &Pki) -> String {
+    format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: "{{OTLP}}"
+        {receiver_tls}
+exporters:
+  otlp/backend:
+    endpoint: "localhost:{backend_port}"
+    tls: {{ ca_file: "{ca}", cert_file: "{cc}", key_file: "{ck}" }}
+    retry_on_failure: {{ initial_interval: 100ms, max_interval: 200ms }}
+service:
+  pipelines: {{ profiles: {{ receivers: [otlp], exporters: [otlp/backend] }} }}
+  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
+"#,
+        ca = ca.display(),
+        cc = pki.client_cert.display(),
+        ck = pki.client_key.display(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_on_both_hops_delivers_and_refuses_unauthenticated_peers() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,28 +65,16 @@ async fn mutual_tls_on_both_hops_delivers_and_refuses_unauthenticated_peers() {
 
     let s = Stackline::start(
         dir.path(),
-        &format!(
-            r#"
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: "{{OTLP}}"
-        tls: {{ cert_file: "{sc}", key_file: "{sk}", client_ca_file: "{ca}" }}
-exporters:
-  otlp/backend:
-    endpoint: "localhost:{backend_port}"
-    tls: {{ ca_file: "{ca}", cert_file: "{cc}", key_file: "{ck}" }}
-    retry_on_failure: {{ initial_interval: 100ms, max_interval: 200ms }}
-service:
-  pipelines: {{ profiles: {{ receivers: [otlp], exporters: [otlp/backend] }} }}
-  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
-"#,
-            sc = pki.server_cert.display(),
-            sk = pki.server_key.display(),
-            ca = pki.ca.display(),
-            cc = pki.client_cert.display(),
-            ck = pki.client_key.display(),
+        &gateway(
+            &format!(
+                r#"tls: {{ cert_file: "{}", key_file: "{}", client_ca_file: "{}" }}"#,
+                pki.server_cert.display(),
+                pki.server_key.display(),
+                pki.ca.display()
+            ),
+            backend_port,
+            &pki.ca,
+            &pki,
         ),
     );
     let port = s.otlp.port();
@@ -112,23 +127,8 @@ async fn an_exporter_that_does_not_trust_the_backend_delivers_nothing_and_says_w
         .await;
     let s = Stackline::start(
         dir.path(),
-        &format!(
-            r#"
-receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "{{OTLP}}" }} }} }} }}
-exporters:
-  otlp/backend:
-    endpoint: "localhost:{backend_port}"
-    tls: {{ ca_file: "{ca}", cert_file: "{cc}", key_file: "{ck}" }}
-    retry_on_failure: {{ initial_interval: 100ms, max_interval: 200ms }}
-service:
-  pipelines: {{ profiles: {{ receivers: [otlp], exporters: [otlp/backend] }} }}
-  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
-"#,
-            // Trusts another CA than the one that signed the backend.
-            ca = stranger.ca.display(),
-            cc = pki.client_cert.display(),
-            ck = pki.client_key.display(),
-        ),
+        // Trusts another CA than the one that signed the backend.
+        &gateway("", backend_port, &stranger.ca, &pki),
     );
     client(s.endpoint())
         .await
