@@ -8,14 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use stackline::exporters::helper::Encoded;
 use stackline::exporters::otlp::OtlpExporterConfig;
 use stackline::exporters::otlp::sender::GrpcSender;
+use stackline::exporters::shell::{Encoded, Sender};
 use stackline::otlp::synth::{decode_samples, duplicate_entries, expected_stack, request};
 use stackline::otlp::{ProfilesRequest, check, sample_count};
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
-use tower::ServiceExt;
 
 const POOL: u64 = 40;
 
@@ -397,8 +396,9 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
     let garbage = Encoded {
         bytes: bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0x0f, 0x0a]),
         samples: 0,
+        profiles: 0,
     };
-    let e = raw.clone().oneshot(garbage).await.unwrap_err();
+    let e = raw.send(&garbage).await.unwrap_err();
     assert!(
         e.to_string().contains("Internal") || e.to_string().contains("decode"),
         "{e}"

@@ -3,7 +3,7 @@
 pub mod debug;
 pub mod file;
 pub mod flamegraph;
-pub mod helper;
 pub mod otlp;
 pub mod output_dir;
 pub mod pprof;
+pub mod shell;

@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigError;
-use crate::otlp::{ProfilesRequest, sample_count};
-use crate::pipeline::{Context, Input};
-use crate::telemetry::names;
 
 /// How many files, or how old, to keep (the exporters' `max_files` and `max_age`).
 #[derive(Debug, Clone, Copy)]
@@ -122,46 +119,6 @@ pub fn safe_name(s: &str) -> String {
         })
         .take(64)
         .collect()
-}
-
-/// The loop of an exporter that writes files: each request is shown to `observe` (on
-/// the async side, cheap), then written by `write` on a blocking thread. Samples are
-/// counted as sent or failed, and the exporter is unhealthy while writes fail.
-/// `what` names the output in messages, e.g. "the flamegraph".
-pub async fn run_writer<W>(
-    ctx: &Context,
-    input: &mut Input,
-    what: &str,
-    mut observe: impl FnMut(&ProfilesRequest),
-    write: W,
-) where
-    W: Fn(&ProfilesRequest) -> io::Result<()> + Clone + Send + 'static,
-{
-    let id = ctx.id.to_string();
-    let sent = metrics::counter!(names::EXPORTER_SENT, "exporter" => id.clone());
-    let failed = metrics::counter!(names::EXPORTER_SEND_FAILED, "exporter" => id.clone());
-    ctx.health.running();
-    while let Some(req) = input.recv().await {
-        let n = sample_count(&req);
-        observe(&req);
-        let w = write.clone();
-        match tokio::task::spawn_blocking(move || w(&req)).await {
-            Ok(Ok(())) => {
-                sent.increment(n);
-                ctx.health.running();
-            }
-            Ok(Err(e)) => {
-                failed.increment(n);
-                ctx.health.unhealthy(format!("writing {what} failed: {e}"));
-                tracing::error!(exporter = %id, error = %e, samples = n, "writing {what} failed; the samples are dropped");
-            }
-            Err(e) => {
-                failed.increment(n);
-                tracing::error!(exporter = %id, error = %e, "writing {what} panicked; the samples are dropped");
-            }
-        }
-    }
-    ctx.health.stopping();
 }
 
 #[cfg(test)]

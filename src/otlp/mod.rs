@@ -14,6 +14,7 @@
 
 mod builder;
 mod check;
+pub mod json;
 pub mod synth;
 pub mod view;
 

@@ -2,9 +2,11 @@
 
 use metrics::Counter;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::Context;
 use crate::otlp::{ProfilesRequest, sample_count};
-use crate::telemetry::names;
+use crate::telemetry::{HealthReporter, names};
 
 /// Requests buffered between two stages. Small on purpose: memory is bounded by the
 /// exporters' queues, and a full channel is what slows a receiver down.
@@ -22,37 +24,68 @@ pub fn channel() -> (
 pub struct Input {
     rx: mpsc::Receiver<ProfilesRequest>,
     incoming: Option<Counter>,
+    health: Option<HealthReporter>,
 }
 
 impl Input {
     pub fn new(rx: mpsc::Receiver<ProfilesRequest>, incoming: Option<Counter>) -> Self {
-        Input { rx, incoming }
+        Input {
+            rx,
+            incoming,
+            health: None,
+        }
+    }
+
+    /// Beats on `health` while waiting for input, so an idle stage is not taken for a stuck one.
+    pub fn watched(mut self, health: HealthReporter) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// The next request; `None` once every upstream sender is gone (the stage should flush and end).
     pub async fn recv(&mut self) -> Option<ProfilesRequest> {
-        let r = self.rx.recv().await?;
+        let r = match &self.health {
+            Some(h) => h.waiting(self.rx.recv()).await?,
+            None => self.rx.recv().await?,
+        };
         if let Some(c) = &self.incoming {
             c.increment(sample_count(&r));
         }
         Some(r)
     }
 
-    /// A request already waiting, without blocking (used to drain at the deadline).
+    /// A request already waiting, without blocking.
     pub fn try_recv(&mut self) -> Option<ProfilesRequest> {
-        self.rx.try_recv().ok()
+        let r = self.rx.try_recv().ok()?;
+        if let Some(c) = &self.incoming {
+            c.increment(sample_count(&r));
+        }
+        Some(r)
+    }
+
+    /// At the deadline: refuses further input (upstream sends now fail and are counted
+    /// there) and returns the samples that were still waiting, for the caller to count.
+    pub fn close(&mut self) -> u64 {
+        self.rx.close();
+        let mut samples = 0;
+        while let Some(r) = self.try_recv() {
+            samples += sample_count(&r);
+        }
+        samples
     }
 }
 
 /// Why some consumers did not get a request.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{failed} of {total} downstream components are no longer running; their copy of {samples} samples was dropped"
+    "{failed} of {total} downstream components did not take it; their copy of {samples} samples was dropped ({reason})"
 )]
 pub struct FanoutError {
     pub failed: usize,
     pub total: usize,
     pub samples: u64,
+    /// `downstream_stopped` or `shutdown_deadline`.
+    pub reason: &'static str,
 }
 
 /// Sends each request to every downstream consumer, cloning it for all but the last.
@@ -60,49 +93,96 @@ pub struct FanoutError {
 pub struct Fanout {
     outputs: Vec<mpsc::Sender<ProfilesRequest>>,
     outgoing: Option<Counter>,
-    dropped: Counter,
+    stopped: Counter,
+    deadline_dropped: Counter,
+    deadline: CancellationToken,
+    health: HealthReporter,
 }
 
 impl Fanout {
-    /// `component` labels the drop counter; `outgoing` counts samples sent on.
+    /// `ctx` is the sending component's: drops are counted under its name, waits for
+    /// room downstream beat its health, and its deadline ends them. `outgoing` counts
+    /// samples sent on.
     pub fn new(
         outputs: Vec<mpsc::Sender<ProfilesRequest>>,
-        component: &str,
+        ctx: &Context,
         outgoing: Option<Counter>,
     ) -> Self {
+        let dropped = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => reason);
         Fanout {
             outputs,
             outgoing,
-            dropped: metrics::counter!(names::PIPELINE_DROPPED, "component" => component.to_owned(), "reason" => "downstream_stopped"),
+            stopped: dropped("downstream_stopped"),
+            deadline_dropped: dropped("shutdown_deadline"),
+            deadline: ctx.deadline.clone(),
+            health: ctx.health.clone(),
         }
     }
 
-    /// Delivers `req` to every consumer, waiting while a consumer's channel is full.
+    /// True once no downstream consumer is left: the stage may refuse new data.
+    pub fn is_closed(&self) -> bool {
+        self.outputs.iter().all(|o| o.is_closed())
+    }
+
+    /// Delivers `req` to every consumer, waiting while a consumer's channel is full,
+    /// until the drain deadline. Every copy that was not taken is counted as dropped.
     pub async fn send(&self, req: ProfilesRequest) -> Result<(), FanoutError> {
         let samples = sample_count(&req);
         let total = self.outputs.len();
-        let mut failed = 0;
+        let (mut stopped, mut late) = (0usize, 0usize);
+        let deliver = async |out: &mpsc::Sender<ProfilesRequest>, r: ProfilesRequest| {
+            if self.deadline.is_cancelled() {
+                // Past the deadline, only what fits without waiting goes on.
+                return match out.try_send(r) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => Err(true),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
+                };
+            }
+            let permit = tokio::select! {
+                p = self.health.waiting(out.reserve()) => p,
+                _ = self.deadline.cancelled() => return Err(true),
+            };
+            match permit {
+                Ok(p) => {
+                    p.send(r);
+                    Ok(())
+                }
+                Err(_) => Err(false),
+            }
+        };
         if let Some((last, rest)) = self.outputs.split_last() {
             for out in rest {
-                if out.send(req.clone()).await.is_err() {
-                    failed += 1;
+                match deliver(out, req.clone()).await {
+                    Ok(()) => {}
+                    Err(true) => late += 1,
+                    Err(false) => stopped += 1,
                 }
             }
-            if last.send(req).await.is_err() {
-                failed += 1;
+            match deliver(last, req).await {
+                Ok(()) => {}
+                Err(true) => late += 1,
+                Err(false) => stopped += 1,
             }
         }
+        let failed = stopped + late;
         if let Some(c) = &self.outgoing
             && failed < total
         {
             c.increment(samples);
         }
+        self.stopped.increment(samples * stopped as u64);
+        self.deadline_dropped.increment(samples * late as u64);
         if failed > 0 {
-            self.dropped.increment(samples * failed as u64);
             return Err(FanoutError {
                 failed,
                 total,
                 samples,
+                reason: if late > 0 {
+                    "shutdown_deadline"
+                } else {
+                    "downstream_stopped"
+                },
             });
         }
         Ok(())

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::config::{ComponentId, Config, ConfigErrors};
 use crate::otlp::ProfilesRequest;
-use crate::telemetry::{Health, names};
+use crate::telemetry::{Health, HealthReporter, names};
 
 /// The signal every pipeline carries: Stackline handles profiles only.
 const SIGNAL: &str = "profiles";
@@ -268,6 +268,7 @@ impl Graph {
         };
         let ctx = |kind: &str, id: &ComponentId, suffix: &str| Context {
             id: id.clone(),
+            component: format!("{kind}/{id}"),
             health: health.reporter(format!("{kind}/{id}{suffix}")),
             shutdown: shutdown.clone(),
             deadline: deadline.clone(),
@@ -277,11 +278,15 @@ impl Graph {
             HashMap::new();
         for (id, exporter) in self.exporters {
             let (tx, rx) = channel();
-            match exporter
-                .start(ctx("exporter", &id, ""), Input::new(rx, None))
-                .await
-            {
-                Ok(h) => running.others.push((format!("exporter/{id}"), h)),
+            let c = ctx("exporter", &id, "");
+            let accepted =
+                metrics::counter!(names::EXPORTER_ACCEPTED, "exporter" => id.to_string());
+            let input = Input::new(rx, Some(accepted)).watched(c.health.clone());
+            let watch = (c.health.clone(), shutdown.clone());
+            match exporter.start(c, input).await {
+                Ok(h) => running
+                    .others
+                    .push((format!("exporter/{id}"), supervised(h, watch))),
                 Err(source) => return Err(running.abort("exporter", &id, source).await),
             }
             exporter_inputs.insert(id, tx);
@@ -294,7 +299,6 @@ impl Graph {
                 .iter()
                 .filter_map(|id| exporter_inputs.get(id).cloned())
                 .collect();
-            let mut next_label = format!("pipeline/{}", p.id);
             for (id, processor) in p.processors.into_iter().rev() {
                 let (tx, rx) = channel();
                 let label = id.to_string();
@@ -302,14 +306,15 @@ impl Graph {
                     metrics::counter!(names::PROCESSOR_INCOMING, "processor" => label.clone());
                 let outgoing =
                     metrics::counter!(names::PROCESSOR_OUTGOING, "processor" => label.clone());
-                let h = processor.start(
-                    ctx("processor", &id, &format!("@{}", p.id)),
-                    Input::new(rx, Some(incoming)),
-                    Fanout::new(next, &next_label, Some(outgoing)),
-                );
-                running.others.push((format!("processor/{id}@{}", p.id), h));
+                let c = ctx("processor", &id, &format!("@{}", p.id));
+                let input = Input::new(rx, Some(incoming)).watched(c.health.clone());
+                let out = Fanout::new(next, &c, Some(outgoing));
+                let watch = (c.health.clone(), shutdown.clone());
+                let h = processor.start(c, input, out);
+                running
+                    .others
+                    .push((format!("processor/{id}@{}", p.id), supervised(h, watch)));
                 next = vec![tx];
-                next_label = label;
             }
             pipeline_entries.push(next);
         }
@@ -322,13 +327,50 @@ impl Graph {
                 .iter()
                 .flat_map(|&i| pipeline_entries[i].iter().cloned())
                 .collect();
-            let out = Fanout::new(outputs, &format!("receiver/{id}"), None);
-            match receiver.start(ctx("receiver", &id, ""), out).await {
-                Ok(h) => running.receivers.push((format!("receiver/{id}"), h)),
+            let c = ctx("receiver", &id, "");
+            let out = Fanout::new(outputs, &c, None);
+            let watch = (c.health.clone(), shutdown.clone());
+            match receiver.start(c, out).await {
+                Ok(h) => running
+                    .receivers
+                    .push((format!("receiver/{id}"), supervised(h, watch))),
                 Err(source) => return Err(running.abort("receiver", &id, source).await),
             }
         }
         Ok(running)
+    }
+}
+
+/// Watches a component's task: if it ends while the pipeline runs (a panic that
+/// escaped, or a return), the component is dead, and `/health/live` says so.
+fn supervised(
+    task: JoinHandle<()>,
+    (health, shutdown): (HealthReporter, CancellationToken),
+) -> JoinHandle<()> {
+    // Aborting the supervisor aborts the component's task with it.
+    let guard = AbortOnDrop(task.abort_handle());
+    tokio::spawn(async move {
+        let _guard = guard;
+        match task.await {
+            Err(e) if e.is_panic() => {
+                let message = super::supervise::panic_message(&*e.into_panic());
+                super::supervise::record_panic(health.key(), &message);
+                health.dead(format!("its task panicked: {message}"));
+            }
+            Err(_) => health.dead("its task was cancelled"),
+            Ok(()) if !shutdown.is_cancelled() => {
+                health.dead("its task ended while the pipeline was running")
+            }
+            Ok(()) => {}
+        }
+    })
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -385,12 +427,12 @@ impl Running {
         let until = tokio::time::Instant::now() + self.timeout;
         let mut idx = 0;
         while idx < pending.len() {
-            match tokio::time::timeout_at(until, &mut pending[idx].1).await {
-                Ok(Err(e)) if e.is_panic() => {
-                    tracing::error!(component = %pending[idx].0, "component panicked: {e}")
-                }
-                Ok(_) => {}
-                Err(_) => break,
+            // Panics are counted and logged by the supervisor task itself.
+            if tokio::time::timeout_at(until, &mut pending[idx].1)
+                .await
+                .is_err()
+            {
+                break;
             }
             idx += 1;
         }
@@ -401,9 +443,12 @@ impl Running {
                 "shutdown timeout reached; components still draining will count what they hold as dropped"
             );
             self.deadline.cancel();
+            // Every stage ends promptly once the deadline fires; this grace only covers
+            // a component blocked in a system call.
             let grace = tokio::time::Instant::now() + Duration::from_secs(5);
             for (name, h) in pending.iter_mut().skip(idx) {
                 if tokio::time::timeout_at(grace, &mut *h).await.is_err() {
+                    tracing::error!(component = %name, "did not end within 5s of the shutdown deadline; abandoning it (what it held is not counted)");
                     h.abort();
                 }
                 timed_out.push(name.clone());

@@ -10,15 +10,22 @@
 //! - [`channel`]: the bounded channels between stages and the fanout. A full channel
 //!   makes the sender wait, so a slow exporter slows its pipeline instead of growing memory.
 //!
+//! - [`supervise`]: catching panics per request, so one bad request costs one request
+//!   and the component keeps serving.
+//!
 //! Data is an OTLP [`ProfilesRequest`](crate::otlp::ProfilesRequest) with its own dictionary.
 //! Draining works by dropping senders: when receivers stop, their fanouts drop, each
 //! processor sees its input end, flushes and drops its own fanout, and so on down to
-//! the exporters. Past `service.shutdown_timeout` the [`Context::deadline`] token fires
-//! and components count whatever they still hold as dropped.
+//! the exporters. Past `service.shutdown_timeout` the [`Context::deadline`] token fires:
+//! every stage stops waiting, counts whatever it still holds in
+//! `stackline_pipeline_dropped_samples_total{component, reason="shutdown_deadline"}`
+//! (a fanout waiting for room downstream counts its request the same way) and ends.
+//! Exporters with a persistent queue keep what is queued on disk for the next start.
 
 pub mod channel;
 pub mod graph;
 pub mod registry;
+pub mod supervise;
 
 use tokio_util::sync::CancellationToken;
 
@@ -31,11 +38,14 @@ pub use registry::{
     Exporter, ExporterFactory, Factories, Processor, ProcessorFactory, Receiver, ReceiverFactory,
     StartError,
 };
+pub use supervise::{Panicked, catch, catch_async};
 
 /// What a running component gets from the pipeline.
 #[derive(Debug, Clone)]
 pub struct Context {
     pub id: ComponentId,
+    /// `kind/id`, e.g. `exporter/otlp/backend`: the `component` label of pipeline metrics.
+    pub component: String,
     pub health: HealthReporter,
     /// Fires when receivers must stop accepting data (SIGINT/SIGTERM).
     pub shutdown: CancellationToken,
@@ -48,8 +58,10 @@ impl Context {
     /// benchmarks and embedding one component alone).
     pub fn standalone(kind: &str, id: ComponentId) -> Self {
         let health = crate::telemetry::Health::default();
+        let component = format!("{kind}/{id}");
         Context {
-            health: health.reporter(format!("{kind}/{id}")),
+            health: health.reporter(component.clone()),
+            component,
             id,
             shutdown: CancellationToken::new(),
             deadline: CancellationToken::new(),

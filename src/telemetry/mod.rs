@@ -25,6 +25,7 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
     RECORDER
         .get_or_init(|| {
             let handle = PrometheusBuilder::new().install_recorder().ok()?;
+            names::describe();
             metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             Some(handle)
         })
@@ -96,31 +97,9 @@ pub async fn serve(
                 }
             }),
         )
-        .route(
-            "/health",
-            get(move || {
-                let health = health.clone();
-                async move {
-                    let (ok, components) = health.snapshot();
-                    let unhealthy: Vec<&String> = components
-                        .iter()
-                        .filter(|(_, s)| **s != Status::Running)
-                        .map(|(k, _)| k)
-                        .collect();
-                    let body = serde_json::json!({
-                        "status": if ok { "ok" } else { "unhealthy" },
-                        "unhealthy": unhealthy,
-                        "components": components,
-                    });
-                    let code = if ok {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (code, axum::Json(body))
-                }
-            }),
-        );
+        .route("/health", get(ready).with_state(health.clone()))
+        .route("/health/ready", get(ready).with_state(health.clone()))
+        .route("/health/live", get(live).with_state(health));
     tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -130,6 +109,44 @@ pub async fn serve(
         }
     });
     Ok(local)
+}
+
+/// `/health` and `/health/ready`: 200 when every component is running, else 503
+/// naming those that are not (for readiness probes and load balancers).
+async fn ready(axum::extract::State(health): axum::extract::State<Health>) -> impl IntoResponse {
+    let (ok, components) = health.snapshot();
+    let unhealthy: Vec<&String> = components
+        .iter()
+        .filter(|(_, s)| **s != Status::Running)
+        .map(|(k, _)| k)
+        .collect();
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "unhealthy": unhealthy,
+        "components": components,
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body))
+}
+
+/// `/health/live`: 503 only when a stage is dead or stuck (for liveness probes: a
+/// restart helps then, and only then). A backend outage leaves it at 200.
+async fn live(axum::extract::State(health): axum::extract::State<Health>) -> impl IntoResponse {
+    let not_live = health.not_live();
+    let code = if not_live.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if not_live.is_empty() { "live" } else { "not_live" },
+        "not_live": not_live,
+    });
+    (code, axum::Json(body))
 }
 
 /// Sets up logging to stderr at `level` (`RUST_LOG` overrides it).

@@ -1,63 +1,100 @@
-//! Every metric name Stackline emits, spelled once.
+//! Every metric name Stackline emits, spelled once, with the help text Prometheus shows.
 //!
 //! Pipeline metrics use the OpenTelemetry Collector's names and labels, so dashboards
 //! and alerts written for the collector work unchanged. Counters end in `_total`.
+//! Each entry's doc comment is also its `# HELP` line (see [`describe`]).
 
-/// Samples a receiver accepted into its pipelines. Labels: `receiver`, `transport`.
-pub const RECEIVER_ACCEPTED: &str = "otelcol_receiver_accepted_profile_samples_total";
-/// Samples a receiver refused (bad request, pipeline shut down). Labels: `receiver`, `transport`.
-pub const RECEIVER_REFUSED: &str = "otelcol_receiver_refused_profile_samples_total";
-/// Samples into a processor. Label: `processor`.
-pub const PROCESSOR_INCOMING: &str = "otelcol_processor_incoming_items_total";
-/// Samples out of a processor. Label: `processor`.
-pub const PROCESSOR_OUTGOING: &str = "otelcol_processor_outgoing_items_total";
-/// Samples an exporter delivered. Label: `exporter`.
-pub const EXPORTER_SENT: &str = "otelcol_exporter_sent_profile_samples_total";
-/// Samples an exporter gave up on (permanent error, retries exhausted, shutdown deadline). Label: `exporter`.
-pub const EXPORTER_SEND_FAILED: &str = "otelcol_exporter_send_failed_profile_samples_total";
-/// Samples dropped because the sending queue was full. Label: `exporter`.
-pub const EXPORTER_ENQUEUE_FAILED: &str = "otelcol_exporter_enqueue_failed_profile_samples_total";
-/// Requests waiting in the sending queue. Label: `exporter`.
-pub const EXPORTER_QUEUE_SIZE: &str = "otelcol_exporter_queue_size";
-/// Capacity of the sending queue, in requests. Label: `exporter`.
-pub const EXPORTER_QUEUE_CAPACITY: &str = "otelcol_exporter_queue_capacity";
+macro_rules! metric_names {
+    ($( $(#[doc = $doc:literal])+ $kind:ident $name:ident = $value:literal; )*) => {
+        $( $(#[doc = $doc])+ pub const $name: &str = $value; )*
 
-/// Samples dropped inside the pipeline itself. Labels: `component`, `reason`.
-pub const PIPELINE_DROPPED: &str = "stackline_pipeline_dropped_samples_total";
-/// Always 1; label `version`.
-pub const BUILD_INFO: &str = "stackline_build_info";
+        /// Registers the help text of every metric with the installed recorder.
+        pub fn describe() {
+            $( metric_names!(@describe $kind, $value, concat!($($doc),+)); )*
+        }
 
-/// eBPF program load attempts. Labels: `program`, `outcome` (`success`, `failure`).
-pub const EBPF_PROGRAM_LOADS: &str = "stackline_ebpf_program_loads_total";
-/// Failed loads. Labels: `program`, `errno` (e.g. `EACCES`), `reason`.
-pub const EBPF_PROGRAM_LOAD_FAILURES: &str = "stackline_ebpf_program_load_failures_total";
-/// Failed attaches to perf events. Labels: `program`, `errno`.
-pub const EBPF_ATTACH_FAILURES: &str = "stackline_ebpf_attach_failures_total";
-/// Size of the last verifier log kept, in bytes. Label: `program`.
-pub const EBPF_VERIFIER_LOG_BYTES: &str = "stackline_ebpf_verifier_log_bytes";
-/// Loads whose verifier log was cut at `max_size`. Label: `program`.
-pub const EBPF_VERIFIER_LOG_TRUNCATED: &str = "stackline_ebpf_verifier_log_truncated_total";
-/// Instructions the verifier processed in the last load (needs a log level or stats). Label: `program`.
-pub const EBPF_VERIFIER_INSNS: &str = "stackline_ebpf_verifier_instructions_processed";
-/// Verifier states in the last load. Labels: `program`, `kind` (`total`, `peak`).
-pub const EBPF_VERIFIER_STATES: &str = "stackline_ebpf_verifier_states";
-/// Verification time of the last load, in seconds. Label: `program`.
-pub const EBPF_VERIFIER_SECONDS: &str = "stackline_ebpf_verifier_time_seconds";
-/// CPU samples received from the kernel.
-pub const EBPF_SAMPLES: &str = "stackline_ebpf_samples_total";
-/// Samples, or parts of them, lost. Label: `reason`.
-pub const EBPF_SAMPLES_LOST: &str = "stackline_ebpf_samples_lost_total";
-/// Cumulative run time of the program in the kernel, in seconds, as the kernel counts it
-/// (only while `kernel.bpf_stats_enabled` = 1). Label: `program`.
-pub const EBPF_PROGRAM_RUN_SECONDS: &str = "stackline_ebpf_program_run_time_seconds";
-/// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
-pub const EBPF_PROGRAM_RUNS: &str = "stackline_ebpf_program_runs_total";
+        /// Every metric name with its kind and help text (for tests and docs).
+        pub const ALL: &[(&str, &str, &str)] = &[
+            $( ($value, stringify!($kind), concat!($($doc),+)), )*
+        ];
+    };
+    (@describe counter, $n:expr, $h:expr) => { metrics::describe_counter!($n, $h.trim()) };
+    (@describe gauge, $n:expr, $h:expr) => { metrics::describe_gauge!($n, $h.trim()) };
+    (@describe histogram, $n:expr, $h:expr) => { metrics::describe_histogram!($n, $h.trim()) };
+}
 
-/// Locations the symbolizer handled. Labels: `result` (`resolved`, `unresolved`), `reason`.
-pub const SYMBOLIZER_FRAMES: &str = "stackline_symbolizer_frames_total";
-/// Locations answered from the symbolizer's cache.
-pub const SYMBOLIZER_CACHE_HITS: &str = "stackline_symbolizer_cache_hits_total";
-/// Locations the symbolizer had to resolve.
-pub const SYMBOLIZER_CACHE_MISSES: &str = "stackline_symbolizer_cache_misses_total";
-/// Time to symbolize one request, in seconds.
-pub const SYMBOLIZER_DURATION: &str = "stackline_symbolizer_duration_seconds";
+metric_names! {
+    /// Samples a receiver accepted into its pipelines. Labels: `receiver`, `transport`.
+    counter RECEIVER_ACCEPTED = "otelcol_receiver_accepted_profile_samples_total";
+    /// Samples a receiver refused (bad request, limits, pipeline gone, shutting down). Labels: `receiver`, `transport`, `reason`.
+    counter RECEIVER_REFUSED = "otelcol_receiver_refused_profile_samples_total";
+    /// Samples into a processor. Label: `processor`.
+    counter PROCESSOR_INCOMING = "otelcol_processor_incoming_items_total";
+    /// Samples out of a processor. Label: `processor`.
+    counter PROCESSOR_OUTGOING = "otelcol_processor_outgoing_items_total";
+    /// Samples an exporter took from its pipelines: each ends up sent, failed, dropped, or kept in a persistent queue. Label: `exporter`.
+    counter EXPORTER_ACCEPTED = "stackline_exporter_accepted_profile_samples_total";
+    /// Samples an exporter delivered. Label: `exporter`.
+    counter EXPORTER_SENT = "otelcol_exporter_sent_profile_samples_total";
+    /// Samples an exporter gave up on (permanent error, rejected by the backend, retries exhausted, shutdown deadline). Label: `exporter`.
+    counter EXPORTER_SEND_FAILED = "otelcol_exporter_send_failed_profile_samples_total";
+    /// Samples dropped because the sending queue was full. Label: `exporter`.
+    counter EXPORTER_ENQUEUE_FAILED = "otelcol_exporter_enqueue_failed_profile_samples_total";
+    /// Requests waiting in the sending queue. Label: `exporter`.
+    gauge EXPORTER_QUEUE_SIZE = "otelcol_exporter_queue_size";
+    /// Capacity of the sending queue, in requests. Label: `exporter`.
+    gauge EXPORTER_QUEUE_CAPACITY = "otelcol_exporter_queue_capacity";
+    /// Bytes a persistent sending queue holds on disk. Label: `exporter`.
+    gauge EXPORTER_QUEUE_BYTES = "stackline_exporter_queue_bytes";
+    /// Capacity of a persistent sending queue, in bytes. Label: `exporter`.
+    gauge EXPORTER_QUEUE_CAPACITY_BYTES = "stackline_exporter_queue_capacity_bytes";
+    /// Samples a persistent sending queue found on disk at start and sends again. Label: `exporter`.
+    counter EXPORTER_QUEUE_REPLAYED = "stackline_exporter_queue_replayed_samples_total";
+    /// Records of a persistent sending queue that were corrupt or torn and skipped. Label: `exporter`.
+    counter EXPORTER_QUEUE_CORRUPT = "stackline_exporter_queue_corrupt_records_total";
+    /// Profiles a backend rejected in a partial success answer. Label: `exporter`.
+    counter EXPORTER_REJECTED_PROFILES = "stackline_exporter_rejected_profiles_total";
+
+    /// Samples dropped inside the pipeline itself. Labels: `component`, `reason`.
+    counter PIPELINE_DROPPED = "stackline_pipeline_dropped_samples_total";
+    /// Panics caught in a component; the request it held is counted as dropped and the component keeps serving. Label: `component`.
+    counter COMPONENT_PANICS = "stackline_component_panics_total";
+    /// 1 while a component is running, 0 while it is starting, unhealthy, stopping or dead. Label: `component`.
+    gauge COMPONENT_HEALTHY = "stackline_component_healthy";
+    /// Always 1; label `version`.
+    gauge BUILD_INFO = "stackline_build_info";
+
+    /// eBPF program load attempts. Labels: `program`, `outcome` (`success`, `failure`).
+    counter EBPF_PROGRAM_LOADS = "stackline_ebpf_program_loads_total";
+    /// Failed loads. Labels: `program`, `errno` (e.g. `EACCES`), `reason`.
+    counter EBPF_PROGRAM_LOAD_FAILURES = "stackline_ebpf_program_load_failures_total";
+    /// Failed attaches to perf events. Labels: `program`, `errno`.
+    counter EBPF_ATTACH_FAILURES = "stackline_ebpf_attach_failures_total";
+    /// Size of the last verifier log kept, in bytes. Label: `program`.
+    gauge EBPF_VERIFIER_LOG_BYTES = "stackline_ebpf_verifier_log_bytes";
+    /// Loads whose verifier log was cut at `max_size`. Label: `program`.
+    counter EBPF_VERIFIER_LOG_TRUNCATED = "stackline_ebpf_verifier_log_truncated_total";
+    /// Instructions the verifier processed in the last load (needs a log level or stats). Label: `program`.
+    gauge EBPF_VERIFIER_INSNS = "stackline_ebpf_verifier_instructions_processed";
+    /// Verifier states in the last load. Labels: `program`, `kind` (`total`, `peak`).
+    gauge EBPF_VERIFIER_STATES = "stackline_ebpf_verifier_states";
+    /// Verification time of the last load, in seconds. Label: `program`.
+    gauge EBPF_VERIFIER_SECONDS = "stackline_ebpf_verifier_time_seconds";
+    /// CPU samples received from the kernel.
+    counter EBPF_SAMPLES = "stackline_ebpf_samples_total";
+    /// Samples, or parts of them, lost. Label: `reason`.
+    counter EBPF_SAMPLES_LOST = "stackline_ebpf_samples_lost_total";
+    /// Cumulative run time of the program in the kernel, in seconds, as the kernel counts it (only while `kernel.bpf_stats_enabled` = 1). Label: `program`.
+    gauge EBPF_PROGRAM_RUN_SECONDS = "stackline_ebpf_program_run_time_seconds";
+    /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
+    counter EBPF_PROGRAM_RUNS = "stackline_ebpf_program_runs_total";
+
+    /// Locations the symbolizer handled. Labels: `result` (`resolved`, `unresolved`), `reason`.
+    counter SYMBOLIZER_FRAMES = "stackline_symbolizer_frames_total";
+    /// Locations answered from the symbolizer's cache.
+    counter SYMBOLIZER_CACHE_HITS = "stackline_symbolizer_cache_hits_total";
+    /// Locations the symbolizer had to resolve.
+    counter SYMBOLIZER_CACHE_MISSES = "stackline_symbolizer_cache_misses_total";
+    /// Time to symbolize one request, in seconds.
+    histogram SYMBOLIZER_DURATION = "stackline_symbolizer_duration_seconds";
+}

@@ -7,10 +7,10 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use crate::config::{Validate, parse_component};
+use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
 use crate::otlp::view::{self, Dict};
 use crate::otlp::{ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
-use crate::telemetry::names;
 
 /// `exporters.debug`.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,35 +63,53 @@ impl Exporter for DebugExporter {
     async fn start(
         self: Box<Self>,
         ctx: Context,
-        mut input: Input,
+        input: Input,
     ) -> Result<JoinHandle<()>, StartError> {
-        let cfg = self.cfg;
-        Ok(tokio::spawn(async move {
-            let sent = metrics::counter!(names::EXPORTER_SENT, "exporter" => ctx.id.to_string());
-            ctx.health.running();
-            while let Some(req) = input.recv().await {
-                let n = sample_count(&req);
-                tracing::info!(
-                    exporter = %ctx.id,
-                    samples = n,
-                    resources = req.resource_profiles.len(),
-                    profiles = view::profiles(&req).count(),
-                    "profiles"
-                );
-                if cfg.verbosity >= Verbosity::Normal {
-                    for line in describe_profiles(&req) {
-                        tracing::info!(exporter = %ctx.id, "{line}");
-                    }
-                }
-                if cfg.verbosity == Verbosity::Detailed {
-                    for line in top_stacks(&req, cfg.top_stacks) {
-                        tracing::info!(exporter = %ctx.id, "{line}");
-                    }
-                }
-                sent.increment(n);
+        let w = DebugWriter {
+            cfg: self.cfg,
+            id: ctx.id.to_string(),
+        };
+        let again = w.clone();
+        Ok(shell::start_writer(
+            ctx,
+            input,
+            w,
+            move || Ok(again.clone()),
+            WriterSettings {
+                flush_every: None,
+                what: "the log",
+            },
+        ))
+    }
+}
+
+#[derive(Clone)]
+struct DebugWriter {
+    cfg: DebugConfig,
+    id: String,
+}
+
+impl Writer for DebugWriter {
+    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+        let n = sample_count(&req);
+        tracing::info!(
+            exporter = %self.id,
+            samples = n,
+            resources = req.resource_profiles.len(),
+            profiles = view::profiles(&req).count(),
+            "profiles"
+        );
+        if self.cfg.verbosity >= Verbosity::Normal {
+            for line in describe_profiles(&req) {
+                tracing::info!(exporter = %self.id, "{line}");
             }
-            ctx.health.stopping();
-        }))
+        }
+        if self.cfg.verbosity == Verbosity::Detailed {
+            for line in top_stacks(&req, self.cfg.top_stacks) {
+                tracing::info!(exporter = %self.id, "{line}");
+            }
+        }
+        Outcome::sent(n)
     }
 }
 

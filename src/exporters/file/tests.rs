@@ -17,8 +17,12 @@ fn cfg(
     FileExporterConfig {
         path,
         format,
-        rotation,
+        rotation: rotation.unwrap_or(RotationConfig {
+            enabled: false,
+            ..Default::default()
+        }),
         flush_interval: Duration::from_millis(50),
+        file_mode: FileMode::default(),
     }
 }
 
@@ -97,6 +101,7 @@ async fn rotates_by_size_and_keeps_max_backups() {
             path.clone(),
             FileFormat::Proto,
             Some(RotationConfig {
+                enabled: true,
                 max_megabytes: 1,
                 max_backups: 2,
             }),

@@ -1,28 +1,54 @@
-//! The file itself: encoding records, appending, flushing and rotating.
+//! The file itself: encoding records, appending them whole, syncing and rotating.
+//!
+//! Records are written straight to the file (no user-space buffer), one `write` per
+//! record. If a write fails part-way (ENOSPC, EIO), the file is truncated back to where
+//! the record began, so a reader never meets a torn record (which would break the
+//! length-prefixed framing, or leave half a JSON line, for the rest of the file).
+//! A failed reopen after rotation is retried with the next record.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
 use super::{FileExporterConfig, FileFormat};
-use crate::otlp::ProfilesRequest;
+use crate::exporters::shell::{Outcome, Writer as ShellWriter};
+use crate::otlp::{ProfilesRequest, sample_count};
 
 pub(super) struct Writer {
     path: PathBuf,
     format: FileFormat,
     max_bytes: Option<u64>,
     max_backups: usize,
-    out: BufWriter<File>,
+    mode: u32,
+    /// `None` after a failed reopen: tried again on the next write.
+    file: Option<File>,
+    /// Bytes of whole records in the file.
     size: u64,
+    sync_every: std::time::Duration,
+    last_sync: Instant,
+    dirty: bool,
 }
 
-fn open(path: &Path) -> io::Result<(BufWriter<File>, u64)> {
-    let f = OpenOptions::new().create(true).append(true).open(path)?;
-    let size = f.metadata()?.len();
-    Ok((BufWriter::with_capacity(256 << 10, f), size))
+/// Opens for appending, never through a symlink, creating with `mode`.
+fn open(path: &Path, mode: u32) -> io::Result<(File, u64)> {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok((f, meta.len()))
 }
 
 impl Writer {
@@ -33,14 +59,21 @@ impl Writer {
         {
             fs::create_dir_all(dir)?;
         }
-        let (out, size) = open(&cfg.path)?;
+        let (file, size) = open(&cfg.path, cfg.file_mode.0)?;
         Ok(Writer {
             path: cfg.path.clone(),
             format: cfg.format,
-            max_bytes: cfg.rotation.as_ref().map(|r| r.max_megabytes << 20),
-            max_backups: cfg.rotation.as_ref().map_or(0, |r| r.max_backups),
-            out,
+            max_bytes: cfg
+                .rotation
+                .enabled
+                .then_some(cfg.rotation.max_megabytes << 20),
+            max_backups: cfg.rotation.max_backups,
+            mode: cfg.file_mode.0,
+            file: Some(file),
             size,
+            sync_every: cfg.flush_interval,
+            last_sync: Instant::now(),
+            dirty: false,
         })
     }
 
@@ -48,7 +81,7 @@ impl Writer {
     pub(super) fn encode(&self, req: &ProfilesRequest) -> io::Result<Vec<u8>> {
         match self.format {
             FileFormat::Json => {
-                let mut v = serde_json::to_vec(req).map_err(io::Error::other)?;
+                let mut v = crate::otlp::json::to_vec(req);
                 v.push(b'\n');
                 Ok(v)
             }
@@ -65,7 +98,7 @@ impl Writer {
         }
     }
 
-    /// Appends a record, rotating first if it would take the file past the limit.
+    /// Appends one record whole, or not at all.
     pub(super) fn append(&mut self, record: &[u8]) -> io::Result<()> {
         if let Some(max) = self.max_bytes
             && self.size > 0
@@ -73,13 +106,38 @@ impl Writer {
         {
             self.rotate()?;
         }
-        self.out.write_all(record)?;
+        if self.file.is_none() {
+            let (f, size) = open(&self.path, self.mode)?;
+            self.file = Some(f);
+            self.size = size;
+        }
+        let Some(f) = self.file.as_mut() else {
+            return Err(io::Error::other("no file open"));
+        };
+        if let Err(e) = f.write_all(record) {
+            // Roll back whatever part of the record reached the file.
+            if let Err(t) = f.set_len(self.size) {
+                // The file now ends in a torn record: start a new one rather than append to it.
+                self.file = None;
+                return Err(io::Error::other(format!(
+                    "{e}; and truncating back to the last whole record failed: {t}"
+                )));
+            }
+            return Err(e);
+        }
         self.size += record.len() as u64;
+        self.dirty = true;
         Ok(())
     }
 
-    pub(super) fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    /// Syncs the file to disk.
+    pub(super) fn sync(&mut self) -> io::Result<()> {
+        if let (true, Some(f)) = (self.dirty, &self.file) {
+            f.sync_data()?;
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
     }
 
     fn backup_name(&self, millis: u128) -> PathBuf {
@@ -96,7 +154,9 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        self.out.flush()?;
+        if let Some(f) = &self.file {
+            f.sync_data()?;
+        }
         let mut millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -104,9 +164,14 @@ impl Writer {
         while self.backup_name(millis).exists() {
             millis += 1;
         }
-        fs::rename(&self.path, self.backup_name(millis))?;
-        let (out, size) = open(&self.path)?;
-        self.out = out;
+        // The current file may be gone already (a failed reopen, or removed by hand).
+        if self.path.exists() {
+            fs::rename(&self.path, self.backup_name(millis))?;
+        }
+        self.file = None;
+        self.size = 0;
+        let (f, size) = open(&self.path, self.mode)?;
+        self.file = Some(f);
         self.size = size;
         if self.max_backups > 0 {
             let mut backups = self.backups()?;
@@ -142,11 +207,45 @@ impl Writer {
             let ts = name
                 .strip_prefix(&format!("{stem}-"))
                 .and_then(|r| r.strip_suffix(&ext))
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|t| t.parse::<u128>().ok());
             if let Some(ts) = ts {
                 out.push((ts, entry.path()));
             }
         }
         Ok(out)
+    }
+}
+
+impl ShellWriter for Writer {
+    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+        let n = sample_count(&req);
+        let written = self.encode(&req).and_then(|rec| self.append(&rec));
+        match written {
+            Ok(()) => {
+                if self.last_sync.elapsed() >= self.sync_every {
+                    // A failed sync is reported; the record itself is in the file.
+                    if let Err(e) = self.sync() {
+                        return Outcome {
+                            sent: n,
+                            failed: 0,
+                            error: Some(format!("fsync failed: {e}")),
+                        };
+                    }
+                }
+                Outcome::sent(n)
+            }
+            Err(e) => Outcome::failed(n, format!("{}: {e}", self.path.display())),
+        }
+    }
+
+    fn flush(&mut self) -> Outcome {
+        match self.sync() {
+            Ok(()) => Outcome::default(),
+            Err(e) => Outcome {
+                error: Some(format!("fsync of {} failed: {e}", self.path.display())),
+                ..Default::default()
+            },
+        }
     }
 }

@@ -14,8 +14,9 @@ use tokio::task::JoinHandle;
 pub use folded::{FoldedStacks, fold};
 
 use crate::config::{ConfigError, Validate, display_path, parse_component};
-use crate::exporters::output_dir::{OutputDir, RetentionConfig, run_writer, timestamp};
-use crate::otlp::ProfilesRequest;
+use crate::exporters::output_dir::{OutputDir, RetentionConfig, timestamp};
+use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
+use crate::otlp::{ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
 
 /// `exporters.flamegraph[/name]`.
@@ -98,13 +99,38 @@ impl Exporter for FlamegraphExporter {
             )
         })?;
         tracing::info!(exporter = %ctx.id, directory = %display_path(dir.path()), "flamegraph exporter writing");
-        Ok(tokio::spawn(run(ctx, input, Arc::new(dir), self.cfg)))
+        let w = FlameWriter {
+            dir: Arc::new(dir),
+            cfg: self.cfg,
+        };
+        let again = w.clone();
+        Ok(shell::start_writer(
+            ctx,
+            input,
+            w,
+            move || Ok(again.clone()),
+            WriterSettings {
+                flush_every: None,
+                what: "the flamegraph",
+            },
+        ))
     }
 }
 
-async fn run(ctx: Context, mut input: Input, dir: Arc<OutputDir>, cfg: FlamegraphExporterConfig) {
-    let write = move |req: &ProfilesRequest| write(&dir, req, &cfg);
-    run_writer(&ctx, &mut input, "the flamegraph", |_| {}, write).await;
+#[derive(Clone)]
+struct FlameWriter {
+    dir: Arc<OutputDir>,
+    cfg: FlamegraphExporterConfig,
+}
+
+impl Writer for FlameWriter {
+    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+        let n = sample_count(&req);
+        match write(&self.dir, &req, &self.cfg) {
+            Ok(()) => Outcome::sent(n),
+            Err(e) => Outcome::failed(n, e),
+        }
+    }
 }
 
 fn write(

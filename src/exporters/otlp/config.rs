@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Validate};
-use crate::exporters::helper::{QueueConfig, RetryConfig};
+use crate::exporters::shell::{QueueConfig, RetryConfig};
 
 /// `exporters.otlp[/name]`.
 #[derive(Debug, Clone, Deserialize)]

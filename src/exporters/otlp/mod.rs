@@ -1,5 +1,5 @@
 //! `otlp` exporter: sends profiles to another collector or a backend over OTLP/gRPC,
-//! with retry, timeout and a sending queue from [`crate::exporters::helper`].
+//! with retry, timeout and a sending queue from [`crate::exporters::shell`].
 
 mod config;
 pub mod sender;
@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 pub use config::{Compression, OtlpExporterConfig, TlsConfig};
 
 use crate::config::parse_component;
-use crate::exporters::helper;
+use crate::exporters::shell::{self, SenderSettings};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
 
 pub fn factory() -> ExporterFactory {
@@ -40,13 +40,16 @@ impl Exporter for OtlpExporter {
         // Connects lazily: a backend that is down at start is retried like any other failure.
         let sender = sender::GrpcSender::new(&cfg)?;
         tracing::info!(exporter = %ctx.id, endpoint = %cfg.endpoint, "OTLP exporter ready");
-        Ok(tokio::spawn(helper::run(
+        shell::start_sender(
             ctx,
             input,
             sender,
-            cfg.timeout,
-            cfg.retry_on_failure,
-            cfg.sending_queue,
-        )))
+            SenderSettings {
+                timeout: cfg.timeout,
+                retry: cfg.retry_on_failure,
+                queue: cfg.sending_queue,
+            },
+        )
+        .await
     }
 }

@@ -1,10 +1,7 @@
 //! One `ProfilesService/Export` call with an already-encoded request (public so tests
 //! can send bytes a normal client would refuse to encode).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -14,7 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::{Compression, OtlpExporterConfig};
-use crate::exporters::helper::{Encoded, SendError};
+use crate::exporters::shell::{Delivered, Encoded, SendError, Sender};
 use crate::otlp::collector::ExportProfilesServiceResponse;
 
 const PATH: &str = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
@@ -131,44 +128,33 @@ fn classify(status: &Status) -> SendError {
         | Code::Aborted
         | Code::OutOfRange
         | Code::Unavailable
-        | Code::DataLoss => SendError::Retryable(msg),
+        | Code::DataLoss => SendError::retryable(msg),
         _ => SendError::Permanent(msg),
     }
 }
 
-impl tower::Service<Encoded> for GrpcSender {
-    type Response = ();
-    type Error = SendError;
-    type Future = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), SendError>> {
-        // Readiness of the channel is awaited inside `call`, so connection errors are
-        // classified (and retried) like any other failure.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, item: Encoded) -> Self::Future {
+#[async_trait::async_trait]
+impl Sender for GrpcSender {
+    async fn send(&self, item: &Encoded) -> Result<Delivered, SendError> {
         let mut grpc = self.grpc.clone();
-        let headers = self.headers.clone();
-        Box::pin(async move {
-            grpc.ready()
-                .await
-                .map_err(|e| SendError::Retryable(format!("cannot connect: {e}")))?;
-            let mut req = tonic::Request::new(item.bytes);
-            for (k, v) in headers.iter() {
-                req.metadata_mut().insert(k.clone(), v.clone());
-            }
-            let path = http::uri::PathAndQuery::from_static(PATH);
-            let resp = grpc
-                .unary(req, path, BytesCodec)
-                .await
-                .map_err(|s| classify(&s))?;
-            if let Some(p) = resp.into_inner().partial_success
-                && p.rejected_profiles > 0
-            {
-                tracing::warn!(rejected = p.rejected_profiles, message = %p.error_message, "backend rejected part of a request");
-            }
-            Ok(())
+        grpc.ready()
+            .await
+            .map_err(|e| SendError::retryable(format!("cannot connect: {e}")))?;
+        let mut req = tonic::Request::new(item.bytes.clone());
+        for (k, v) in self.headers.iter() {
+            req.metadata_mut().insert(k.clone(), v.clone());
+        }
+        let path = http::uri::PathAndQuery::from_static(PATH);
+        let resp = grpc
+            .unary(req, path, BytesCodec)
+            .await
+            .map_err(|s| classify(&s))?;
+        Ok(match resp.into_inner().partial_success {
+            Some(p) if p.rejected_profiles > 0 => Delivered::Partial {
+                rejected_profiles: p.rejected_profiles as u64,
+                message: p.error_message,
+            },
+            _ => Delivered::All,
         })
     }
 }

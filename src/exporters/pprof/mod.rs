@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Validate, display_path, parse_component};
-use crate::exporters::output_dir::{OutputDir, RetentionConfig, run_writer, safe_name, timestamp};
+use crate::exporters::output_dir::{OutputDir, RetentionConfig, safe_name, timestamp};
+use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
 use crate::otlp::view::profiles;
 use crate::otlp::{ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
@@ -163,40 +164,51 @@ impl Exporter for PprofExporter {
         if let Some(d) = &dir {
             tracing::info!(exporter = %ctx.id, directory = %display_path(d.path()), "pprof exporter writing");
         }
-        let split = cfg.split_by == SplitBy::Process;
-        Ok(tokio::spawn(run(
+        let w = PprofWriter {
+            dir: dir.map(Arc::new),
+            split: cfg.split_by == SplitBy::Process,
+            subs,
+            dropped: metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => "pull_client_too_slow"),
+        };
+        let again = w.clone();
+        let shell = shell::start_writer(
             ctx,
             input,
-            dir.map(Arc::new),
-            split,
-            subs,
-            stop,
-        )))
+            w,
+            move || Ok(again.clone()),
+            WriterSettings {
+                flush_every: None,
+                what: "pprof files",
+            },
+        );
+        // The pull endpoint ends with the exporter.
+        Ok(tokio::spawn(async move {
+            let _ = shell.await;
+            stop.cancel();
+        }))
     }
 }
 
-async fn run(
-    ctx: Context,
-    mut input: Input,
+#[derive(Clone)]
+struct PprofWriter {
     dir: Option<Arc<OutputDir>>,
     split: bool,
     subs: Subscribers,
-    stop: CancellationToken,
-) {
-    let dropped = metrics::counter!(names::PIPELINE_DROPPED, "component" => format!("exporter/{}", ctx.id), "reason" => "pull_client_too_slow");
-    let write = move |req: &ProfilesRequest| match &dir {
-        Some(d) => write_files(d, req, split),
-        None => Ok(()),
-    };
-    run_writer(
-        &ctx,
-        &mut input,
-        "pprof files",
-        |req| subs.publish(req, &dropped),
-        write,
-    )
-    .await;
-    stop.cancel();
+    dropped: metrics::Counter,
+}
+
+impl Writer for PprofWriter {
+    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+        let n = sample_count(&req);
+        self.subs.publish(&req, &self.dropped);
+        match &self.dir {
+            Some(d) => match write_files(d, &req, self.split) {
+                Ok(()) => Outcome::sent(n),
+                Err(e) => Outcome::failed(n, e),
+            },
+            None => Outcome::sent(n),
+        }
+    }
 }
 
 fn write_files(dir: &OutputDir, req: &ProfilesRequest, split: bool) -> std::io::Result<()> {

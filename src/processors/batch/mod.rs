@@ -15,7 +15,7 @@ pub use config::BatchConfig;
 
 use crate::config::parse_component;
 use crate::otlp::{DictionaryBuilder, sample_count, split};
-use crate::pipeline::{Context, Fanout, Input, Processor, ProcessorFactory};
+use crate::pipeline::{Context, Fanout, Input, Processor, ProcessorFactory, catch};
 use crate::telemetry::names;
 
 pub fn factory() -> ProcessorFactory {
@@ -36,8 +36,28 @@ pub struct BatchProcessor {
 
 impl Processor for BatchProcessor {
     fn start(self: Box<Self>, ctx: Context, input: Input, out: Fanout) -> JoinHandle<()> {
-        let dropped = metrics::counter!(names::PIPELINE_DROPPED, "component" => format!("processor/{}", ctx.id), "reason" => "invalid_index");
-        tokio::spawn(run(self.cfg, ctx, input, out, dropped))
+        let meters = Meters::new(&ctx.component);
+        tokio::spawn(run(self.cfg, ctx, input, out, meters))
+    }
+}
+
+/// What the batch processor gives up, by reason.
+struct Meters {
+    invalid: Counter,
+    split_failed: Counter,
+    panic: Counter,
+    deadline: Counter,
+}
+
+impl Meters {
+    fn new(component: &str) -> Self {
+        let c = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => component.to_owned(), "reason" => reason);
+        Meters {
+            invalid: c("invalid_index"),
+            split_failed: c("split_failed"),
+            panic: c("panic"),
+            deadline: c("shutdown_deadline"),
+        }
     }
 }
 
@@ -59,7 +79,7 @@ impl Pending {
     }
 }
 
-async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, dropped: Counter) {
+async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, m: Meters) {
     ctx.health.running();
     let mut pending = Pending::new();
     loop {
@@ -67,63 +87,102 @@ async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, drop
         tokio::select! {
             item = input.recv() => match item {
                 Some(req) => {
-                    if let Err(e) = pending.builder.import(&req) {
-                        // Receivers check indices, so only a faulty internal producer gets here.
-                        tracing::error!(processor = %ctx.id, error = %e, "dropping a request with a bad index");
-                        dropped.increment(sample_count(&req));
-                        continue;
+                    let n = sample_count(&req);
+                    match catch(&ctx.component, || pending.builder.import(&req)) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            // Receivers check indices, so only a faulty internal producer gets here.
+                            tracing::error!(processor = %ctx.id, error = %e, "dropping a request with a bad index");
+                            m.invalid.increment(n);
+                            continue;
+                        }
+                        Err(_) => {
+                            // The builder may be half-updated: what it held goes with the request.
+                            m.panic.increment(n + pending.samples());
+                            pending = Pending::new();
+                            continue;
+                        }
                     }
                     pending.since.get_or_insert_with(Instant::now);
                     if pending.samples() >= cfg.send_batch_size {
-                        flush(&cfg, &mut pending, &out, true).await;
+                        flush(&cfg, &ctx, &mut pending, &out, &m, true).await;
                     }
                 }
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                flush(&cfg, &mut pending, &out, false).await;
+                flush(&cfg, &ctx, &mut pending, &out, &m, false).await;
             }
+            _ = ctx.deadline.cancelled() => break,
         }
     }
-    flush(&cfg, &mut pending, &out, false).await;
+    if ctx.deadline.is_cancelled() {
+        let held = pending.samples() + input.close();
+        m.deadline.increment(held);
+        if held > 0 {
+            tracing::warn!(processor = %ctx.id, samples = held, "shutdown deadline: dropping what was still batched (counted)");
+        }
+    } else {
+        flush(&cfg, &ctx, &mut pending, &out, &m, false).await;
+    }
     ctx.health.stopping();
 }
 
 /// Sends what is pending. With `by_size`, sends full batches and keeps a remainder
 /// smaller than `send_batch_size` waiting (its timer restarts); otherwise sends everything.
-async fn flush(cfg: &BatchConfig, pending: &mut Pending, out: &Fanout, by_size: bool) {
+async fn flush(
+    cfg: &BatchConfig,
+    ctx: &Context,
+    pending: &mut Pending,
+    out: &Fanout,
+    m: &Meters,
+    by_size: bool,
+) {
     if pending.samples() == 0 {
         pending.since = None;
         return;
     }
-    let merged = std::mem::replace(pending, Pending::new()).builder.finish();
-    let total = sample_count(&merged);
+    let held = pending.samples();
+    let builder = std::mem::replace(pending, Pending::new()).builder;
     let chunk = if cfg.send_batch_max_size > 0 {
         cfg.send_batch_max_size
     } else {
-        total
+        held
     };
-    let parts = match split(merged, chunk) {
-        Ok(p) => p,
-        Err(e) => {
+    let parts = match catch(&ctx.component, || split(builder.finish(), chunk)) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
             // The builder only emits valid indices; this would be a bug in it.
-            tracing::error!(error = %e, "batch split failed");
+            tracing::error!(processor = %ctx.id, error = %e, samples = held, "batch split failed; the batch is dropped (counted)");
+            m.split_failed.increment(held);
+            return;
+        }
+        Err(_) => {
+            m.panic.increment(held);
             return;
         }
     };
+    let total: u64 = parts.iter().map(sample_count).sum();
     let mut sent = 0;
     for part in parts {
         let n = sample_count(&part);
         if by_size && total - sent < cfg.send_batch_size {
             // Remainder below the batch size keeps waiting for more samples.
-            if let Err(e) = pending.builder.import(&part) {
-                tracing::error!(error = %e, "batch remainder could not be kept");
+            match catch(&ctx.component, || pending.builder.import(&part)) {
+                Ok(Ok(())) => pending.since = Some(Instant::now()),
+                Ok(Err(e)) => {
+                    tracing::error!(processor = %ctx.id, error = %e, "batch remainder could not be kept; dropped (counted)");
+                    m.split_failed.increment(n);
+                }
+                Err(_) => {
+                    m.panic.increment(n + pending.samples());
+                    *pending = Pending::new();
+                }
             }
-            pending.since = Some(Instant::now());
             continue;
         }
         sent += n;
-        // Errors are counted by the fanout; a stopped downstream cannot be helped here.
+        // What downstream does not take is counted by the fanout.
         let _ = out.send(part).await;
     }
 }

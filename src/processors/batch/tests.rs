@@ -17,11 +17,8 @@ fn start(cfg: BatchConfig) -> Harness {
     let (tx, in_rx) = channel();
     let (out_tx, rx) = channel();
     let ctx = Context::standalone("processor", ComponentId::parse("batch").unwrap());
-    let task = Box::new(BatchProcessor { cfg }).start(
-        ctx,
-        Input::new(in_rx, None),
-        Fanout::new(vec![out_tx], "test", None),
-    );
+    let out = Fanout::new(vec![out_tx], &ctx, None);
+    let task = Box::new(BatchProcessor { cfg }).start(ctx, Input::new(in_rx, None), out);
     Harness {
         tx: Some(tx),
         rx,

@@ -15,7 +15,9 @@ use tokio::task::JoinHandle;
 pub use config::SymbolizerConfig;
 
 use crate::config::parse_component;
-use crate::pipeline::{Context, Fanout, Input, Processor, ProcessorFactory};
+use crate::otlp::{ProfilesRequest, sample_count};
+use crate::pipeline::{Context, Fanout, Input, Processor, ProcessorFactory, catch};
+use crate::telemetry::names;
 
 pub fn factory() -> ProcessorFactory {
     ProcessorFactory {
@@ -34,58 +36,97 @@ pub struct SymbolizerProcessor {
 }
 
 impl Processor for SymbolizerProcessor {
-    fn start(self: Box<Self>, ctx: Context, mut input: Input, out: Fanout) -> JoinHandle<()> {
-        let cfg = self.cfg;
-        tokio::spawn(async move {
-            let (tx, rx) = async_channel::bounded(cfg.workers * 2);
-            let rt = tokio::runtime::Handle::current();
-            let mut threads = Vec::new();
-            for i in 0..cfg.workers {
-                let (rx, out, rt, cfg) = (rx.clone(), out.clone(), rt.clone(), cfg.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("symbolizer-{i}"))
-                    .spawn(move || {
-                        let mut w = worker::Worker::new(cfg);
-                        while let Ok(mut req) = rx.recv_blocking() {
-                            w.symbolize(&mut req);
-                            // Errors are counted by the fanout.
-                            let _ = rt.block_on(out.send(req));
-                        }
-                    });
-                match spawned {
-                    Ok(t) => threads.push(t),
-                    Err(e) => {
-                        tracing::error!(processor = %ctx.id, error = %e, "cannot start a symbolizer thread")
-                    }
-                }
-            }
-            drop(rx);
-            if threads.is_empty() {
-                ctx.health.unhealthy(
-                    "no symbolizer thread could be started; passing profiles on unsymbolized",
-                );
-                while let Some(req) = input.recv().await {
-                    let _ = out.send(req).await;
-                }
-                return;
-            }
-            ctx.health.running();
-            while let Some(req) = input.recv().await {
-                if tx.send(req).await.is_err() {
-                    break;
-                }
-            }
-            drop(tx);
-            // The threads finish what is queued, then end.
-            let _ = tokio::task::spawn_blocking(move || {
-                for t in threads {
-                    let _ = t.join();
-                }
-            })
-            .await;
-            ctx.health.stopping();
-        })
+    fn start(self: Box<Self>, ctx: Context, input: Input, out: Fanout) -> JoinHandle<()> {
+        tokio::spawn(run(self.cfg, ctx, input, out))
     }
+}
+
+async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout) {
+    let dropped = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => reason);
+    let (deadline_dropped, gone_dropped) = (dropped("shutdown_deadline"), dropped("stage_gone"));
+    let (tx, rx) = async_channel::bounded::<ProfilesRequest>(cfg.workers * 2);
+    let rt = tokio::runtime::Handle::current();
+    let mut threads = Vec::new();
+    for i in 0..cfg.workers {
+        let (rx, out, rt, cfg, ctx) = (
+            rx.clone(),
+            out.clone(),
+            rt.clone(),
+            cfg.clone(),
+            ctx.clone(),
+        );
+        let panicked = dropped("panic");
+        let spawned = std::thread::Builder::new()
+            .name(format!("symbolizer-{i}"))
+            .spawn(move || {
+                let mut w = worker::Worker::new(cfg.clone());
+                while let Ok(mut req) = rx.recv_blocking() {
+                    let busy = ctx.health.busy();
+                    if catch(&ctx.component, || w.symbolize(&mut req)).is_err() {
+                        // The worker may be half-updated: start a fresh one (its cache is lost).
+                        panicked.increment(sample_count(&req));
+                        w = worker::Worker::new(cfg.clone());
+                        continue;
+                    }
+                    drop(busy);
+                    // What downstream does not take is counted by the fanout.
+                    let _ = rt.block_on(out.send(req));
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                tracing::error!(processor = %ctx.id, error = %e, "cannot start a symbolizer thread")
+            }
+        }
+    }
+    if threads.is_empty() {
+        ctx.health
+            .unhealthy("no symbolizer thread could be started; passing profiles on unsymbolized");
+        while let Some(req) = input.recv().await {
+            let _ = out.send(req).await;
+        }
+        return;
+    }
+    ctx.health.running();
+    loop {
+        tokio::select! {
+            req = input.recv() => {
+                let Some(req) = req else { break };
+                let sent = tokio::select! {
+                    r = ctx.health.waiting(tx.send(req)) => r.map_err(|e| e.0),
+                    _ = ctx.deadline.cancelled() => break,
+                };
+                if let Err(req) = sent {
+                    // Every thread is gone (cannot happen while panics are caught): refuse
+                    // further input so receivers answer UNAVAILABLE instead of OK.
+                    gone_dropped.increment(sample_count(&req) + input.close());
+                    ctx.health.dead("every symbolizer thread has ended");
+                    return;
+                }
+            }
+            _ = ctx.deadline.cancelled() => break,
+        }
+    }
+    if ctx.deadline.is_cancelled() {
+        // What waits for a thread, or in the input, is given up; the threads finish the
+        // request in hand and the fanout counts it if it is too late.
+        let mut held = input.close();
+        while let Ok(r) = rx.try_recv() {
+            held += sample_count(&r);
+        }
+        deadline_dropped.increment(held);
+    }
+    drop(tx);
+    drop(rx);
+    // The threads finish what is queued, then end.
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    ctx.health.stopping();
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tower::BoxError;
 use tower::retry::Policy;
 
-use super::{Encoded, RetryConfig, SendError};
+use super::{Delivered, Encoded, RetryConfig, SendError};
 use crate::telemetry::HealthReporter;
 
 /// Retries retryable failures (and per-attempt timeouts) with exponential backoff,
@@ -49,45 +49,57 @@ impl BackoffPolicy {
     }
 }
 
-/// Whether an error from the timeout-wrapped sender is worth retrying.
-fn retryable(e: &BoxError) -> bool {
+/// Whether an error from the timeout-wrapped sender is worth retrying, and the wait
+/// the server asked for (`Retry-After`), if any.
+fn retryable(e: &BoxError) -> (bool, Option<Duration>) {
     if e.is::<tower::timeout::error::Elapsed>() {
-        return true;
+        return (true, None);
     }
-    matches!(e.downcast_ref::<SendError>(), Some(SendError::Retryable(_)))
+    match e.downcast_ref::<SendError>() {
+        Some(SendError::Retryable { retry_after, .. }) => (true, *retry_after),
+        _ => (false, None),
+    }
 }
 
-impl Policy<Encoded, (), BoxError> for BackoffPolicy {
+impl Policy<Encoded, Delivered, BoxError> for BackoffPolicy {
     type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
 
     fn retry(
         &mut self,
         _req: &mut Encoded,
-        result: &mut Result<(), BoxError>,
+        result: &mut Result<Delivered, BoxError>,
     ) -> Option<Self::Future> {
         let Err(e) = result else { return None };
         self.health.unhealthy(format!("export failing: {e}"));
-        if !self.cfg.enabled || !retryable(e) || self.deadline.is_cancelled() {
+        let (retry, asked) = retryable(e);
+        if !self.cfg.enabled || !retry || self.deadline.is_cancelled() {
             return None;
         }
         let first = *self.first_failure.get_or_insert_with(Instant::now);
-        let wait = self.jittered(self.next);
+        // A server that says when to come back (429/503 with Retry-After) is obeyed.
+        let wait = asked.unwrap_or_else(|| self.jittered(self.next));
         let max = self.cfg.max_elapsed_time;
         if !max.is_zero() && first.elapsed() + wait > max {
             tracing::warn!(exporter = %self.exporter, error = %e, "giving up after retrying for {:?} (retry_on_failure.max_elapsed_time)", first.elapsed());
             return None;
         }
         tracing::warn!(exporter = %self.exporter, error = %e, "export failed; retrying in {wait:?}");
+        let health = self.health.clone();
         self.next = self
             .next
             .mul_f64(self.cfg.multiplier)
             .min(self.cfg.max_interval);
         let deadline = self.deadline.clone();
         Some(Box::pin(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = deadline.cancelled() => {}
-            }
+            // Waiting in a backoff is waiting, not being stuck.
+            health
+                .waiting(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = deadline.cancelled() => {}
+                    }
+                })
+                .await
         }))
     }
 

@@ -54,6 +54,36 @@ pub struct QueueConfig {
     /// When the queue is full: wait for room (true) or drop the request and count it in
     /// `otelcol_exporter_enqueue_failed_profile_samples_total` (false, default, as the collector does).
     pub block_on_overflow: bool,
+    /// Keep the queue on disk, so requests survive a crash, SIGKILL or the OOM killer
+    /// and are sent after the next start. Default: in memory only.
+    pub storage: Option<StorageConfig>,
+}
+
+/// `sending_queue.storage`: a write-ahead queue on disk (an embedded redb database,
+/// one file per exporter). A request is on disk before the pipeline counts it as
+/// queued; it is removed once delivered or given up on. What was not acknowledged is
+/// sent again after a restart, so a request can arrive twice, never zero times.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory for the queue files (`<exporter>.redb`), created if missing. Required.
+    pub directory: std::path::PathBuf,
+    /// Most bytes of requests held on disk; past it the queue is full. Default `1GiB`.
+    #[serde(
+        default = "default_max_size",
+        deserialize_with = "crate::config::units::byte_size"
+    )]
+    pub max_size: crate::config::units::ByteSize,
+    /// `0s` (default): every request is fsync'd before it counts as queued, so it
+    /// survives power loss too. Larger: requests are written to the OS at once (they
+    /// survive a crash or SIGKILL of the process) and fsync'd at most this often
+    /// (a power loss may lose that window), for much less disk I/O.
+    #[serde(default, with = "crate::config::units::duration")]
+    pub sync_interval: Duration,
+}
+
+fn default_max_size() -> crate::config::units::ByteSize {
+    crate::config::units::ByteSize::gib(1)
 }
 
 impl Default for QueueConfig {
@@ -63,6 +93,7 @@ impl Default for QueueConfig {
             num_consumers: 10,
             queue_size: 1000,
             block_on_overflow: false,
+            storage: None,
         }
     }
 }
@@ -116,6 +147,20 @@ impl QueueConfig {
                 "sending_queue.num_consumers",
                 "must be at least 1",
             ));
+        }
+        if let Some(s) = &self.storage {
+            if s.directory.as_os_str().is_empty() {
+                errs.push(ConfigError::new(
+                    "sending_queue.storage.directory",
+                    "must name a directory",
+                ));
+            }
+            if s.max_size.as_u64() < 1 << 20 {
+                errs.push(ConfigError::new(
+                    "sending_queue.storage.max_size",
+                    format!("{} is too small; use at least 1MiB", s.max_size),
+                ));
+            }
         }
     }
 }

@@ -1,0 +1,536 @@
+//! The sending queue: bounded, in memory or on disk.
+//!
+//! In memory it holds the encoded requests. On disk (`sending_queue.storage`) it is a
+//! write-ahead queue in an embedded redb database, one file per exporter: a request is
+//! committed there before `push` returns, memory holds only its sequence number, and it
+//! is read back when a worker takes it. It is deleted once delivered or given up on;
+//! whatever is on disk at start was not, and is queued again (replayed) first.
+//!
+//! Why redb: transactions make a torn write invisible (a crash mid-commit rolls back to
+//! the last commit), it reuses freed pages so the file does not grow with churn, and
+//! its durability switch gives the fsync policy directly. Each record also carries a
+//! CRC32 of its contents, so a record damaged on disk is detected, skipped and counted
+//! rather than sent as garbage.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::Notify;
+
+use super::{Encoded, QueueConfig, StorageConfig};
+use crate::telemetry::names;
+
+const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
+/// crc32 (4) + samples (8) + profiles (8).
+const HEADER: usize = 20;
+
+/// One request taken from the queue by a worker; give it back to [`Queue::settle`].
+pub struct Taken {
+    pub item: Encoded,
+    seq: Option<u64>,
+}
+
+/// What happened to a taken request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Delivered or given up on: remove it.
+    Done,
+    /// Not finished at the shutdown deadline: a disk queue keeps it for the next start.
+    Unfinished,
+}
+
+enum Slot {
+    Memory(Encoded),
+    Disk { seq: u64 },
+}
+
+/// Why `push` did not queue a request.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("the sending queue is full")]
+    Full(Encoded),
+    #[error("writing the request to the queue on disk failed: {error}")]
+    Disk { item: Encoded, error: String },
+}
+
+pub struct Queue {
+    tx: async_channel::Sender<Slot>,
+    rx: async_channel::Receiver<Slot>,
+    disk: Option<Arc<Disk>>,
+    block: bool,
+}
+
+impl Queue {
+    /// A queue per `cfg`; a disk queue is opened (its directory created) and what it
+    /// holds is queued first. `exporter` names the file and labels the metrics.
+    pub async fn open(cfg: &QueueConfig, exporter: &str) -> Result<Queue, String> {
+        let disk = match &cfg.storage {
+            None => None,
+            Some(s) => {
+                let (s, e) = (s.clone(), exporter.to_owned());
+                let d = tokio::task::spawn_blocking(move || Disk::open(&s, &e))
+                    .await
+                    .map_err(|e| format!("opening the queue on disk panicked: {e}"))??;
+                let d = Arc::new(d);
+                if let Some(every) = s_interval(cfg) {
+                    Disk::start_syncer(Arc::downgrade(&d), every);
+                }
+                Some(d)
+            }
+        };
+        // A disk queue replays what it holds even past queue_size: nothing on disk is dropped.
+        let replay = disk.as_ref().map(|d| d.replay_seqs()).unwrap_or_default();
+        let capacity = cfg.queue_size.max(1) + replay.len();
+        let (tx, rx) = async_channel::bounded(capacity);
+        for seq in replay {
+            let _ = tx.try_send(Slot::Disk { seq });
+        }
+        Ok(Queue {
+            tx,
+            rx,
+            disk,
+            block: cfg.block_on_overflow,
+        })
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Bytes on disk (0 for a memory queue).
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.bytes.load(Ordering::Relaxed))
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Samples found on disk at start (queued again first).
+    pub fn replayed_samples(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.replayed.load(Ordering::Relaxed))
+    }
+
+    fn has_room(&self, len: usize) -> bool {
+        !self.tx.is_full() && self.disk.as_ref().is_none_or(|d| d.has_room(len))
+    }
+
+    /// Queues `item`, on disk first for a disk queue. When full: waits for room with
+    /// `block_on_overflow` (until `cancel` fires), else refuses at once.
+    pub async fn push(
+        &self,
+        item: Encoded,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), PushError> {
+        while !self.has_room(item.bytes.len()) {
+            if !self.block || cancel.is_cancelled() {
+                return Err(PushError::Full(item));
+            }
+            // Room is made by workers taking items (memory) or settling them (disk).
+            let room = self.disk.as_ref().map(|d| d.room.clone());
+            tokio::select! {
+                _ = async { match &room { Some(r) => r.notified().await, None => tokio::time::sleep(Duration::from_millis(20)).await } } => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        let slot = match &self.disk {
+            None => Slot::Memory(item),
+            Some(d) => {
+                let d2 = d.clone();
+                let it = item.clone();
+                match tokio::task::spawn_blocking(move || d2.append(&it)).await {
+                    Ok(Ok(seq)) => Slot::Disk { seq },
+                    Ok(Err(error)) => return Err(PushError::Disk { item, error }),
+                    Err(e) => {
+                        return Err(PushError::Disk {
+                            item,
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+        };
+        // Room was checked above and this is the only producer: this does not wait.
+        let _ = self.tx.send(slot).await;
+        Ok(())
+    }
+
+    /// Ends input: workers drain what is queued, then `take` returns `None`.
+    pub fn close(&self) {
+        self.tx.close();
+    }
+
+    /// The next request, or `None` once the queue is closed and empty.
+    pub async fn take(&self) -> Option<Taken> {
+        loop {
+            match self.rx.recv().await.ok()? {
+                Slot::Memory(item) => return Some(Taken { item, seq: None }),
+                Slot::Disk { seq } => {
+                    let Some(d) = self.disk.clone() else { continue };
+                    let read = tokio::task::spawn_blocking(move || d.read(seq)).await;
+                    if let Ok(Some(item)) = read {
+                        return Some(Taken {
+                            item,
+                            seq: Some(seq),
+                        });
+                    }
+                    // Corrupt or unreadable records are counted and removed by `read`.
+                }
+            }
+        }
+    }
+
+    /// A request taken but not to be sent (e.g. past the deadline), without waiting.
+    pub fn try_take_slot(&self) -> Option<u64> {
+        match self.rx.try_recv().ok()? {
+            Slot::Memory(item) => Some(item.samples),
+            // A disk queue keeps it; it is not given up.
+            Slot::Disk { .. } => Some(0),
+        }
+    }
+
+    /// Removes a finished request from the disk (a memory queue has nothing to do).
+    pub async fn settle(&self, taken: Taken, how: Settled) {
+        if let (Some(d), Some(seq), Settled::Done) = (&self.disk, taken.seq, how) {
+            let d = d.clone();
+            let _ = tokio::task::spawn_blocking(move || d.remove(seq)).await;
+        }
+    }
+
+    /// Samples left on disk, made durable: what the next start will replay.
+    pub async fn persist_remaining(&self) -> u64 {
+        let Some(d) = self.disk.clone() else { return 0 };
+        tokio::task::spawn_blocking(move || d.finish())
+            .await
+            .unwrap_or(0)
+    }
+}
+
+fn s_interval(cfg: &QueueConfig) -> Option<Duration> {
+    cfg.storage
+        .as_ref()
+        .map(|s| s.sync_interval)
+        .filter(|d| !d.is_zero())
+}
+
+/// The queue's redb file.
+struct Disk {
+    db: Database,
+    path: PathBuf,
+    next: AtomicU64,
+    bytes: AtomicU64,
+    max_bytes: u64,
+    /// fsync every append (sync_interval 0), or leave it to the syncer.
+    sync_each: bool,
+    dirty: Arc<AtomicBool>,
+    room: Arc<Notify>,
+    replay: std::sync::Mutex<Vec<u64>>,
+    replayed: AtomicU64,
+    corrupt: metrics::Counter,
+    bytes_gauge: metrics::Gauge,
+}
+
+fn record(item: &Encoded) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEADER + item.bytes.len());
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(&item.samples.to_le_bytes());
+    v.extend_from_slice(&item.profiles.to_le_bytes());
+    v.extend_from_slice(&item.bytes);
+    let crc = crc32fast::hash(&v[4..]);
+    v[..4].copy_from_slice(&crc.to_le_bytes());
+    v
+}
+
+fn parse_record(v: &[u8]) -> Option<Encoded> {
+    if v.len() < HEADER {
+        return None;
+    }
+    let crc = u32::from_le_bytes(v[..4].try_into().ok()?);
+    if crc32fast::hash(&v[4..]) != crc {
+        return None;
+    }
+    Some(Encoded {
+        samples: u64::from_le_bytes(v[4..12].try_into().ok()?),
+        profiles: u64::from_le_bytes(v[12..20].try_into().ok()?),
+        bytes: Bytes::copy_from_slice(&v[HEADER..]),
+    })
+}
+
+impl Disk {
+    fn open(cfg: &StorageConfig, exporter: &str) -> Result<Disk, String> {
+        std::fs::create_dir_all(&cfg.directory).map_err(|e| {
+            format!(
+                "cannot create sending_queue.storage.directory {}: {e}",
+                cfg.directory.display()
+            )
+        })?;
+        let path = queue_file(&cfg.directory, exporter);
+        let corrupt =
+            metrics::counter!(names::EXPORTER_QUEUE_CORRUPT, "exporter" => exporter.to_owned());
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(format!(
+                    "the queue file {} is in use by another process ({e}); give each stackline its own sending_queue.storage.directory",
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                // Unreadable as a whole: keep it aside for inspection, start empty, count it.
+                let aside = path.with_extension(format!(
+                    "redb.corrupt-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                ));
+                tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "the sending queue on disk cannot be opened; it is moved aside and a new one started (what it held is not replayed)");
+                corrupt.increment(1);
+                std::fs::rename(&path, &aside).map_err(|e| {
+                    format!(
+                        "cannot move the corrupt queue {} aside: {e}",
+                        path.display()
+                    )
+                })?;
+                Database::create(&path)
+                    .map_err(|e| format!("cannot create the queue {}: {e}", path.display()))?
+            }
+        };
+        let d = Disk {
+            db,
+            path,
+            next: AtomicU64::new(1),
+            bytes: AtomicU64::new(0),
+            max_bytes: cfg.max_size.as_u64(),
+            sync_each: cfg.sync_interval.is_zero(),
+            dirty: Arc::new(AtomicBool::new(false)),
+            room: Arc::new(Notify::new()),
+            replay: std::sync::Mutex::new(Vec::new()),
+            replayed: AtomicU64::new(0),
+            corrupt,
+            bytes_gauge: metrics::gauge!(names::EXPORTER_QUEUE_BYTES, "exporter" => exporter.to_owned()),
+        };
+        metrics::gauge!(names::EXPORTER_QUEUE_CAPACITY_BYTES, "exporter" => exporter.to_owned())
+            .set(d.max_bytes as f64);
+        d.scan(exporter)?;
+        Ok(d)
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> String {
+        format!("{what} the queue {}: {e}", self.path.display())
+    }
+
+    /// Reads what the file holds at start: valid records are replayed in order,
+    /// damaged ones removed and counted.
+    fn scan(&self, exporter: &str) -> Result<(), String> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        let (mut bytes, mut samples, mut last) = (0u64, 0u64, 0u64);
+        {
+            let r = self.db.begin_read().map_err(|e| self.err("reading", e))?;
+            match r.open_table(TABLE) {
+                Ok(t) => {
+                    for entry in t.iter().map_err(|e| self.err("reading", e))? {
+                        let Ok((k, v)) = entry else {
+                            // An unreadable page ends the scan; what was read is kept.
+                            self.corrupt.increment(1);
+                            break;
+                        };
+                        let seq = k.value();
+                        last = last.max(seq);
+                        match parse_record(v.value()) {
+                            Some(item) => {
+                                bytes += v.value().len() as u64;
+                                samples += item.samples;
+                                good.push(seq);
+                            }
+                            None => bad.push(seq),
+                        }
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(self.err("reading", e)),
+            }
+        }
+        if !bad.is_empty() {
+            tracing::error!(path = %self.path.display(), records = bad.len(), "damaged records in the sending queue on disk are skipped (counted in {})", names::EXPORTER_QUEUE_CORRUPT);
+            self.corrupt.increment(bad.len() as u64);
+            let w = self
+                .db
+                .begin_write()
+                .map_err(|e| self.err("repairing", e))?;
+            {
+                let mut t = w.open_table(TABLE).map_err(|e| self.err("repairing", e))?;
+                for seq in &bad {
+                    let _ = t.remove(seq);
+                }
+            }
+            w.commit().map_err(|e| self.err("repairing", e))?;
+        }
+        if !good.is_empty() {
+            tracing::info!(path = %self.path.display(), requests = good.len(), samples, "replaying the sending queue kept on disk");
+            metrics::counter!(names::EXPORTER_QUEUE_REPLAYED, "exporter" => exporter.to_owned())
+                .increment(samples);
+        }
+        self.replayed.store(samples, Ordering::Relaxed);
+        self.next.store(last + 1, Ordering::Relaxed);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.bytes_gauge.set(bytes as f64);
+        *self.replay.lock().unwrap_or_else(|p| p.into_inner()) = good;
+        Ok(())
+    }
+
+    fn replay_seqs(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.replay.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn has_room(&self, len: usize) -> bool {
+        self.bytes.load(Ordering::Relaxed) + (HEADER + len) as u64 <= self.max_bytes
+    }
+
+    /// Commits `item`; with `sync_interval: 0s` it is fsync'd before this returns.
+    fn append(&self, item: &Encoded) -> Result<u64, String> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let rec = record(item);
+        let mut w = self.db.begin_write().map_err(|e| self.err("writing", e))?;
+        let durability = if self.sync_each {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        w.set_durability(durability)
+            .map_err(|e| self.err("writing", e))?;
+        {
+            let mut t = w.open_table(TABLE).map_err(|e| self.err("writing", e))?;
+            t.insert(seq, rec.as_slice())
+                .map_err(|e| self.err("writing", e))?;
+        }
+        w.commit().map_err(|e| self.err("writing", e))?;
+        if !self.sync_each {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        let b = self.bytes.fetch_add(rec.len() as u64, Ordering::Relaxed) + rec.len() as u64;
+        self.bytes_gauge.set(b as f64);
+        Ok(seq)
+    }
+
+    fn read(&self, seq: u64) -> Option<Encoded> {
+        let got = (|| {
+            let r = self.db.begin_read().ok()?;
+            let t = r.open_table(TABLE).ok()?;
+            let v = t.get(seq).ok()??;
+            Some(v.value().to_vec())
+        })();
+        let item = got.as_deref().and_then(parse_record);
+        if item.is_none() {
+            tracing::error!(path = %self.path.display(), seq, "a request in the sending queue on disk is damaged or missing; skipped (counted)");
+            self.corrupt.increment(1);
+            self.remove(seq);
+        }
+        item
+    }
+
+    /// Deletes a settled record. Not fsync'd: if the process dies before the next
+    /// durable commit, the record is sent again (a duplicate, never a loss).
+    fn remove(&self, seq: u64) {
+        let r = (|| -> Result<u64, String> {
+            let mut w = self.db.begin_write().map_err(|e| self.err("updating", e))?;
+            w.set_durability(Durability::None)
+                .map_err(|e| self.err("updating", e))?;
+            let n = {
+                let mut t = w.open_table(TABLE).map_err(|e| self.err("updating", e))?;
+                let old = t.remove(seq).map_err(|e| self.err("updating", e))?;
+                old.map_or(0, |v| v.value().len() as u64)
+            };
+            w.commit().map_err(|e| self.err("updating", e))?;
+            Ok(n)
+        })();
+        match r {
+            Ok(n) => {
+                self.dirty.store(true, Ordering::Relaxed);
+                let b = self
+                    .bytes
+                    .fetch_sub(n.min(self.bytes.load(Ordering::Relaxed)), Ordering::Relaxed)
+                    .saturating_sub(n);
+                self.bytes_gauge.set(b as f64);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a delivered request could not be removed from the queue; it will be sent again after a restart")
+            }
+        }
+        self.room.notify_waiters();
+    }
+
+    /// A durable, empty commit: makes every earlier non-durable commit durable.
+    fn sync(&self) -> Result<(), String> {
+        let mut w = self.db.begin_write().map_err(|e| self.err("syncing", e))?;
+        w.set_durability(Durability::Immediate)
+            .map_err(|e| self.err("syncing", e))?;
+        w.commit().map_err(|e| self.err("syncing", e))
+    }
+
+    /// Makes non-durable commits durable every `every`, while the queue exists.
+    fn start_syncer(disk: std::sync::Weak<Disk>, every: Duration) {
+        let spawned = std::thread::Builder::new()
+            .name("queue-sync".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(d) = disk.upgrade() else { return };
+                    if d.dirty.swap(false, Ordering::Relaxed)
+                        && let Err(e) = d.sync()
+                    {
+                        tracing::error!(error = %e, "the sending queue could not be synced to disk");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the queue's sync thread; only shutdown will sync it");
+        }
+    }
+
+    /// Makes the removals durable and returns the samples still held.
+    fn finish(&self) -> u64 {
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "the sending queue could not be synced at shutdown");
+        }
+        let Ok(r) = self.db.begin_read() else {
+            return 0;
+        };
+        let Ok(t) = r.open_table(TABLE) else { return 0 };
+        let Ok(iter) = t.iter() else { return 0 };
+        iter.flatten()
+            .filter_map(|(_, v)| parse_record(v.value()))
+            .map(|i| i.samples)
+            .sum()
+    }
+}
+
+/// The queue file of an exporter (for tests and tools).
+pub fn queue_file(directory: &Path, exporter: &str) -> PathBuf {
+    let name: String = exporter
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    directory.join(format!("{name}.redb"))
+}
