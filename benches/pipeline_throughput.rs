@@ -115,9 +115,10 @@ service: {{ pipelines: {{ profiles: {{ receivers: [otlp], processors: [batch], e
                 for _ in 0..iters {
                     let before = sink.samples.load(Ordering::SeqCst);
                     let start = Instant::now();
-                    // Send from 4 concurrent streams, as several agents would.
+                    // Send from 40 concurrent streams, as many agents would: each waits
+                    // for its answer, which comes once its batch is queued.
                     let mut tasks = Vec::new();
-                    for chunk in reqs.chunks(reqs.len() / 4) {
+                    for chunk in reqs.chunks(reqs.len() / 40) {
                         let mut c = client.clone();
                         let chunk = chunk.to_vec();
                         tasks.push(tokio::spawn(async move {

@@ -12,3 +12,5 @@ pub mod processors;
 pub mod receivers;
 pub mod service;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;

@@ -102,8 +102,19 @@ async fn profiles_a_workload_with_correct_mappings_offsets_build_ids_and_stacks(
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
     let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
     let pid = run_workload(&exe, "4");
-    // The last interval holding the workload's samples is reported within a second.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(
+        s.metric(
+            "stackline_ebpf_samples_lost_total",
+            &[("reason", "ring_buffer_full")]
+        )
+        .await,
+        0.0
+    );
+    let (code, body) = s.get("/health").await;
+    assert_eq!(code, 200, "{body}");
+    // A clean stop reports the last interval: everything the workload produced is written.
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(20)).success(), "{}", s.logs());
     let file = dir.path().join("profiles.jsonl");
     let all: Vec<FlatSample> = read_json_lines(&file).iter().flat_map(flatten).collect();
     let of_pid: Vec<&FlatSample> = all
@@ -236,20 +247,6 @@ async fn profiles_a_workload_with_correct_mappings_offsets_build_ids_and_stacks(
         "workload samples {}, callers {callers:?}, kernel samples {kernel_samples}",
         mine.len()
     );
-
-    assert!(s.metric("stackline_ebpf_samples_total", &[]).await >= mine.len() as f64);
-    assert_eq!(
-        s.metric(
-            "stackline_ebpf_samples_lost_total",
-            &[("reason", "ring_buffer_full")]
-        )
-        .await,
-        0.0
-    );
-    let (code, body) = s.get("/health").await;
-    assert_eq!(code, 200, "{body}");
-    s.sigterm();
-    assert!(s.wait(Duration::from_secs(20)).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,7 +458,19 @@ async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
         );
     let mut s = start_loaded(dir.path(), &cfg).await;
     let pid = run_workload(&exe, "5");
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .metric(
+                "stackline_symbolizer_frames_total",
+                &[("result", "resolved")]
+            )
+            .await
+            > 0.0)
+        .await
+    );
+    // A clean stop drains the last interval through the symbolizer and the batch.
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(20)).success(), "{}", s.logs());
     let all: Vec<FlatSample> = read_json_lines(&dir.path().join("profiles.jsonl"))
         .iter()
         .flat_map(flatten)
@@ -500,16 +509,6 @@ async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
         .filter(|f| !f.functions.is_empty())
         .count();
     assert!(kernel_named > 0, "no kernel frame was symbolized");
-    assert!(
-        s.metric(
-            "stackline_symbolizer_frames_total",
-            &[("result", "resolved")]
-        )
-        .await
-            > 0.0
-    );
-    s.sigterm();
-    assert!(s.wait(Duration::from_secs(20)).success());
 }
 
 /// `go tool pprof` with a temporary home for what it saves.
@@ -545,8 +544,9 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
     }
     let _serial = SYSTEM_WIDE.lock().await;
     if Command::new("go").arg("version").output().is_err() {
-        eprintln!(
-            "SKIPPED go_tool_pprof: `go` is not installed (apt-get install golang-go; .ci/run installs it)"
+        stackline::testing::skip(
+            "go_tool_pprof",
+            "`go` is not installed (apt-get install golang-go; .ci/run installs it)",
         );
         return;
     }
@@ -558,7 +558,7 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
         .replace(
             "exporters:\n  file:",
             &format!(
-                "processors:\n  symbolizer: {{}}\n  batch: {{ timeout: 200ms }}\nexporters:\n  pprof: {{ directory: \"{{DIR}}/pprof\", endpoint: \"127.0.0.1:{pull_port}\" }}\n  pprof/split: {{ directory: \"{{DIR}}/split\", split_by: process }}\n  pprof/raw: {{ directory: \"\", endpoint: \"127.0.0.1:{raw_port}\" }}\n  flamegraph: {{ directory: \"{{DIR}}/fg\", folded: true, per_process: true }}\n  file:"
+                "processors:\n  symbolizer: {{}}\n  batch: {{ timeout: 200ms }}\nexporters:\n  pprof: {{ directory: \"{{DIR}}/pprof\", endpoint: \"127.0.0.1:{pull_port}\", max_files: 0 }}\n  pprof/split: {{ directory: \"{{DIR}}/split\", split_by: process, max_files: 0 }}\n  pprof/raw: {{ directory: \"\", endpoint: \"127.0.0.1:{raw_port}\" }}\n  flamegraph: {{ directory: \"{{DIR}}/fg\", folded: true, per_process: true, max_files: 0 }}\n  file:"
             ),
         )
         .replace(
@@ -617,7 +617,11 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
         buf
     };
     let pid = out.trim().strip_prefix("ready ").unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // A clean stop writes the last interval everywhere. Retention is off in this test:
+    // with one file per process per second, `max_files` would delete the workload's
+    // files while a slow `go tool pprof` runs.
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
 
     // The workload's own files (split by process): its functions with their shares.
     let mine: Vec<String> = std::fs::read_dir(dir.path().join("split"))
@@ -685,8 +689,6 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
         named,
         "no flamegraph shows the workload's tower and functions"
     );
-    s.sigterm();
-    assert!(s.wait(Duration::from_secs(20)).success());
     // After the drain, both the flamegraphs and the file hold the last batch.
     let fg: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("fg"))
         .unwrap()
@@ -713,4 +715,97 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
         folded_total as u64, exported,
         "folded lines sum to the sample count"
     );
+}
+
+/// Programs and maps of the profiler loaded in the kernel right now.
+fn profiler_objects() -> Vec<String> {
+    use stackline::receivers::ebpf_profiler::sys::loaded_objects;
+    let mut out: Vec<String> = loaded_objects(true)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, n)| n.starts_with("stackline_samp"))
+        .map(|(id, n)| format!("prog {id} {n}"))
+        .collect();
+    out.extend(
+        loaded_objects(false)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| matches!(n.as_str(), "SAMPLES" | "COUNTERS" | "CONFIG"))
+            .map(|(id, n)| format!("map {id} {n}")),
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again() {
+    if !bpf_available("after_sigkill") {
+        return;
+    }
+    let _serial = SYSTEM_WIDE.lock().await;
+    let before = profiler_objects();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c_workload("cpu_shares", dir.path(), &[]);
+    let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
+    assert!(
+        profiler_objects().len() > before.len(),
+        "the program is loaded"
+    );
+    // A workload running across the kill.
+    let mut workload = Command::new(&exe)
+        .arg("4")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    s.sigkill();
+    // The kernel frees everything with the process's file descriptors; nothing is pinned.
+    let freed = eventually(Duration::from_secs(10), async || {
+        profiler_objects() == before
+    })
+    .await;
+    assert!(freed, "left in the kernel: {:?}", profiler_objects());
+    let pinned: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !pinned
+            .iter()
+            .any(|n| n.to_string_lossy().contains("stackline")),
+        "{pinned:?}"
+    );
+    // At most one report interval (1s here) was lost: the file reaches close to the kill.
+    let file = dir.path().join("profiles.jsonl");
+    let last = read_json_lines(&file)
+        .iter()
+        .flat_map(flatten)
+        .flat_map(|x| x.timestamps)
+        .max()
+        .unwrap_or(0);
+    let lost_ms = killed_at.saturating_sub(last) / 1_000_000;
+    eprintln!("samples lost by SIGKILL: the last {lost_ms} ms before the kill");
+    assert!(lost_ms <= 1_500, "{lost_ms} ms of samples lost");
+
+    // A restart needs no cleanup and profiles again.
+    std::fs::remove_file(&file).unwrap();
+    let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
+    let pid = workload.id().to_string();
+    let again = eventually(Duration::from_secs(10), async || {
+        read_json_lines(&file)
+            .iter()
+            .flat_map(flatten)
+            .any(|x| x.attrs.get("process.pid") == Some(&pid))
+    })
+    .await;
+    assert!(
+        again,
+        "no samples of the workload after the restart\n{}",
+        s.logs()
+    );
+    assert!(workload.wait().unwrap().success());
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(20)).success());
 }

@@ -130,8 +130,9 @@ fn boot(kernel: &Path, initrd: &Path) -> String {
 fn the_log_buffer_grows_to_fit_on_kernels_with_and_without_log_true_size() {
     let kernels = test_kernels();
     let Some(bb) = busybox() else {
-        eprintln!(
-            "SKIPPED: no test kernels under target/test-kernels (run scripts/fetch-test-kernels.sh)"
+        stackline::testing::skip(
+            "old_kernels",
+            "no test kernels under target/test-kernels (run scripts/fetch-test-kernels.sh)",
         );
         return;
     };
@@ -141,7 +142,10 @@ fn the_log_buffer_grows_to_fit_on_kernels_with_and_without_log_true_size() {
             .output()
             .is_err()
     {
-        eprintln!("SKIPPED: qemu or test kernels missing (run scripts/fetch-test-kernels.sh)");
+        stackline::testing::skip(
+            "old_kernels",
+            "qemu or test kernels missing (run scripts/fetch-test-kernels.sh)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::otlp::{ProfilesRequest, sample_count};
+use super::ack::Envelope;
+use crate::otlp::sample_count;
 use crate::telemetry::{HealthReporter, names};
 
 /// Requests buffered between two stages. Small on purpose: memory is bounded by the
@@ -13,22 +14,19 @@ use crate::telemetry::{HealthReporter, names};
 pub const CHANNEL_CAPACITY: usize = 16;
 
 /// Creates a stage-to-stage channel.
-pub fn channel() -> (
-    mpsc::Sender<ProfilesRequest>,
-    mpsc::Receiver<ProfilesRequest>,
-) {
+pub fn channel() -> (mpsc::Sender<Envelope>, mpsc::Receiver<Envelope>) {
     mpsc::channel(CHANNEL_CAPACITY)
 }
 
 /// The receiving end of a stage, counting incoming samples when asked to.
 pub struct Input {
-    rx: mpsc::Receiver<ProfilesRequest>,
+    rx: mpsc::Receiver<Envelope>,
     incoming: Option<Counter>,
     health: Option<HealthReporter>,
 }
 
 impl Input {
-    pub fn new(rx: mpsc::Receiver<ProfilesRequest>, incoming: Option<Counter>) -> Self {
+    pub fn new(rx: mpsc::Receiver<Envelope>, incoming: Option<Counter>) -> Self {
         Input {
             rx,
             incoming,
@@ -43,33 +41,35 @@ impl Input {
     }
 
     /// The next request; `None` once every upstream sender is gone (the stage should flush and end).
-    pub async fn recv(&mut self) -> Option<ProfilesRequest> {
+    pub async fn recv(&mut self) -> Option<Envelope> {
         let r = match &self.health {
             Some(h) => h.waiting(self.rx.recv()).await?,
             None => self.rx.recv().await?,
         };
         if let Some(c) = &self.incoming {
-            c.increment(sample_count(&r));
+            c.increment(sample_count(&r.req));
         }
         Some(r)
     }
 
     /// A request already waiting, without blocking.
-    pub fn try_recv(&mut self) -> Option<ProfilesRequest> {
+    pub fn try_recv(&mut self) -> Option<Envelope> {
         let r = self.rx.try_recv().ok()?;
         if let Some(c) = &self.incoming {
-            c.increment(sample_count(&r));
+            c.increment(sample_count(&r.req));
         }
         Some(r)
     }
 
     /// At the deadline: refuses further input (upstream sends now fail and are counted
-    /// there) and returns the samples that were still waiting, for the caller to count.
+    /// there), fails the acks of what was still waiting, and returns its samples for
+    /// the caller to count.
     pub fn close(&mut self) -> u64 {
         self.rx.close();
         let mut samples = 0;
         while let Some(r) = self.try_recv() {
-            samples += sample_count(&r);
+            samples += sample_count(&r.req);
+            r.acks.reject("dropped at the shutdown deadline");
         }
         samples
     }
@@ -91,7 +91,7 @@ pub struct FanoutError {
 /// Sends each request to every downstream consumer, cloning it for all but the last.
 #[derive(Clone)]
 pub struct Fanout {
-    outputs: Vec<mpsc::Sender<ProfilesRequest>>,
+    outputs: Vec<mpsc::Sender<Envelope>>,
     outgoing: Option<Counter>,
     stopped: Counter,
     deadline_dropped: Counter,
@@ -104,7 +104,7 @@ impl Fanout {
     /// room downstream beat its health, and its deadline ends them. `outgoing` counts
     /// samples sent on.
     pub fn new(
-        outputs: Vec<mpsc::Sender<ProfilesRequest>>,
+        outputs: Vec<mpsc::Sender<Envelope>>,
         ctx: &Context,
         outgoing: Option<Counter>,
     ) -> Self {
@@ -125,41 +125,55 @@ impl Fanout {
     }
 
     /// Delivers `req` to every consumer, waiting while a consumer's channel is full,
-    /// until the drain deadline. Every copy that was not taken is counted as dropped.
-    pub async fn send(&self, req: ProfilesRequest) -> Result<(), FanoutError> {
-        let samples = sample_count(&req);
+    /// until the drain deadline. Every copy that was not taken is counted as dropped,
+    /// and fails the acks it carried.
+    pub async fn send(&self, env: Envelope) -> Result<(), FanoutError> {
+        let samples = sample_count(&env.req);
         let total = self.outputs.len();
         let (mut stopped, mut late) = (0usize, 0usize);
-        let deliver = async |out: &mpsc::Sender<ProfilesRequest>, r: ProfilesRequest| {
+        let deliver = async |out: &mpsc::Sender<Envelope>, r: Envelope| {
             if self.deadline.is_cancelled() {
                 // Past the deadline, only what fits without waiting goes on.
                 return match out.try_send(r) {
                     Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(_)) => Err(true),
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
+                    Err(mpsc::error::TrySendError::Full(r)) => {
+                        r.acks.reject("dropped at the shutdown deadline");
+                        Err(true)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(r)) => {
+                        r.acks.reject("a pipeline stage is no longer running");
+                        Err(false)
+                    }
                 };
             }
             let permit = tokio::select! {
                 p = self.health.waiting(out.reserve()) => p,
-                _ = self.deadline.cancelled() => return Err(true),
+                _ = self.deadline.cancelled() => {
+                    r.acks.reject("dropped at the shutdown deadline");
+                    return Err(true);
+                }
             };
             match permit {
                 Ok(p) => {
                     p.send(r);
                     Ok(())
                 }
-                Err(_) => Err(false),
+                Err(_) => {
+                    r.acks.reject("a pipeline stage is no longer running");
+                    Err(false)
+                }
             }
         };
         if let Some((last, rest)) = self.outputs.split_last() {
             for out in rest {
-                match deliver(out, req.clone()).await {
+                let copy = Envelope::new(env.req.clone(), env.acks.clone());
+                match deliver(out, copy).await {
                     Ok(()) => {}
                     Err(true) => late += 1,
                     Err(false) => stopped += 1,
                 }
             }
-            match deliver(last, req).await {
+            match deliver(last, env).await {
                 Ok(()) => {}
                 Err(true) => late += 1,
                 Err(false) => stopped += 1,

@@ -8,12 +8,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::ack::Envelope;
 use super::channel::channel;
 use super::{
     Context, Exporter, Factories, Fanout, Input, Processor, ProcessorFactory, Receiver, StartError,
 };
 use crate::config::{ComponentId, Config, ConfigErrors};
-use crate::otlp::ProfilesRequest;
 use crate::telemetry::{Health, HealthReporter, names};
 
 /// The signal every pipeline carries: Stackline handles profiles only.
@@ -274,8 +274,7 @@ impl Graph {
             deadline: deadline.clone(),
         };
 
-        let mut exporter_inputs: HashMap<ComponentId, mpsc::Sender<ProfilesRequest>> =
-            HashMap::new();
+        let mut exporter_inputs: HashMap<ComponentId, mpsc::Sender<Envelope>> = HashMap::new();
         for (id, exporter) in self.exporters {
             let (tx, rx) = channel();
             let c = ctx("exporter", &id, "");
@@ -292,7 +291,7 @@ impl Graph {
             exporter_inputs.insert(id, tx);
         }
 
-        let mut pipeline_entries: Vec<Vec<mpsc::Sender<ProfilesRequest>>> = Vec::new();
+        let mut pipeline_entries: Vec<Vec<mpsc::Sender<Envelope>>> = Vec::new();
         for p in self.pipelines {
             let mut next: Vec<_> = p
                 .exporters

@@ -22,6 +22,7 @@
 //! (a fanout waiting for room downstream counts its request the same way) and ends.
 //! Exporters with a persistent queue keep what is queued on disk for the next start.
 
+pub mod ack;
 pub mod channel;
 pub mod graph;
 pub mod registry;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ComponentId;
 use crate::telemetry::HealthReporter;
 
+pub use ack::{Ack, Acks, Envelope};
 pub use channel::{Fanout, Input};
 pub use graph::{Graph, Running};
 pub use registry::{

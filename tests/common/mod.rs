@@ -99,6 +99,43 @@ impl Stackline {
         self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Kills the process at once, as the OOM killer would.
+    pub fn sigkill(&mut self) {
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// The `exporter finished` lines of the log: per exporter, its accounting.
+    pub fn exporter_summaries(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for line in self
+            .logs()
+            .lines()
+            .filter(|l| l.contains("exporter finished"))
+        {
+            let mut fields = std::collections::BTreeMap::new();
+            let mut name = String::new();
+            for tok in line.split_whitespace() {
+                if let Some((k, v)) = tok.split_once('=') {
+                    if k == "exporter" {
+                        name = v.to_owned();
+                    } else if let Ok(n) = v.parse::<i64>() {
+                        fields.insert(k.to_owned(), n);
+                    }
+                }
+            }
+            out.insert(name, fields);
+        }
+        out
+    }
+
     pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -384,13 +421,10 @@ pub fn flatten(req: &ProfilesRequest) -> Vec<FlatSample> {
     out
 }
 
-/// True when this process can load BPF programs; prints why a test is skipped otherwise.
+/// True when this process can load BPF programs; prints why a test is skipped otherwise
+/// (a failure under CI=true).
 pub fn bpf_available(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("SKIPPED {test}: needs root to load BPF programs and open perf events");
-    }
-    root
+    stackline::testing::root_or_skip(test, "needs root to load BPF programs and open perf events")
 }
 
 /// Builds a test workload from tests/workloads/NAME.c with frame pointers and a build ID.

@@ -46,7 +46,7 @@ async fn export(cfg: FileExporterConfig, reqs: Vec<ProfilesRequest>) {
         .await
         .unwrap();
     for r in reqs {
-        tx.send(r).await.unwrap();
+        tx.send(r.into()).await.unwrap();
     }
     drop(tx);
     h.await.unwrap();

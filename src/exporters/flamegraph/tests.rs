@@ -56,7 +56,7 @@ async fn writes_an_svg_that_parses_as_xml_and_names_the_functions() {
         .start(ctx, Input::new(rx, None))
         .await
         .unwrap();
-    tx.send(request("svc", 0, 60, 5)).await.unwrap();
+    tx.send(request("svc", 0, 60, 5).into()).await.unwrap();
     drop(tx);
     h.await.unwrap();
     let files: Vec<_> = std::fs::read_dir(dir.path().join("fg"))

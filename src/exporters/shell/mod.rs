@@ -38,7 +38,7 @@ pub use config::{QueueConfig, RetryConfig, StorageConfig};
 pub use retry::BackoffPolicy;
 
 use crate::otlp::{ProfilesRequest, sample_count, view};
-use crate::pipeline::{Context, Input, StartError, catch, catch_async};
+use crate::pipeline::{Acks, Context, Envelope, Input, StartError, catch, catch_async};
 use crate::telemetry::names;
 use queue::{PushError, Queue, Settled};
 
@@ -319,12 +319,18 @@ async fn run_sender(
 
     let Some(queue) = queue else {
         // No queue: the pipeline waits for each send (back-pressure up to the receiver).
-        while let Some(req) = next(&ctx, &mut input, &acct).await {
-            if let Some(item) = encode(&ctx, req, &acct).await
-                && deliver(svc.clone(), item.clone(), &ctx, &acct, false).await
-                    == Settled::Unfinished
-            {
-                acct.deadline.add(item.samples);
+        while let Some(Envelope { req, acks }) = next(&ctx, &mut input, &acct).await {
+            let Some(item) = encode(&ctx, req, &acct).await else {
+                acks.reject("encoding the request panicked");
+                continue;
+            };
+            match deliver(svc.clone(), item.clone(), &ctx, &acct, false).await {
+                (Settled::Unfinished, _) => {
+                    acct.deadline.add(item.samples);
+                    acks.reject("dropped at the shutdown deadline");
+                }
+                (Settled::Done, Some(failure)) => acks.reject(&failure),
+                (Settled::Done, None) => {}
             }
         }
         acct.summary(0);
@@ -355,7 +361,9 @@ async fn run_sender(
                 };
                 let Some(taken) = taken else { break };
                 size.set(queue.len() as f64);
-                let how = deliver(svc.clone(), taken.item.clone(), &ctx, &acct, persistent).await;
+                // Acks were released when the request was queued: failures here are counted only.
+                let (how, _) =
+                    deliver(svc.clone(), taken.item.clone(), &ctx, &acct, persistent).await;
                 if how == Settled::Unfinished && !persistent {
                     acct.deadline.add(taken.item.samples);
                 }
@@ -364,13 +372,16 @@ async fn run_sender(
         }));
     }
     let mut full_warned = false;
-    while let Some(req) = next(&ctx, &mut input, &acct).await {
+    while let Some(Envelope { req, acks }) = next(&ctx, &mut input, &acct).await {
         let Some(item) = encode(&ctx, req, &acct).await else {
+            acks.reject("encoding the request panicked");
             continue;
         };
         match queue.push(item, &ctx.deadline).await {
+            // Queued (and, for a disk queue, committed): the receiver may answer OK.
             Ok(()) => full_warned = false,
             Err(PushError::Full(item)) => {
+                acks.reject("the sending queue is full");
                 acct.enqueue_failed.add(item.samples);
                 if !full_warned {
                     tracing::warn!(exporter = %exporter, capacity = settings.queue.queue_size, "sending queue is full; dropping requests until it has room (counted in {})", names::EXPORTER_ENQUEUE_FAILED);
@@ -378,6 +389,7 @@ async fn run_sender(
                 }
             }
             Err(PushError::Disk { item, error }) => {
+                acks.reject("the sending queue could not be written to disk");
                 acct.queue_write.add(item.samples);
                 ctx.health.unhealthy(error.clone());
                 tracing::error!(exporter = %exporter, samples = item.samples, %error, "could not queue a request on disk; dropped (counted)");
@@ -402,7 +414,7 @@ async fn run_sender(
 
 /// The next request from the pipeline, or `None` when the input has ended. At the
 /// deadline, what is still in the input is counted as dropped and input is refused.
-async fn next(ctx: &Context, input: &mut Input, acct: &Accounting) -> Option<ProfilesRequest> {
+async fn next(ctx: &Context, input: &mut Input, acct: &Accounting) -> Option<Envelope> {
     let r = tokio::select! {
         biased;
         r = input.recv() => r,
@@ -411,8 +423,8 @@ async fn next(ctx: &Context, input: &mut Input, acct: &Accounting) -> Option<Pro
             None
         }
     };
-    if let Some(req) = &r {
-        acct.accepted.add(sample_count(req));
+    if let Some(env) = &r {
+        acct.accepted.add(sample_count(&env.req));
     }
     r
 }
@@ -430,17 +442,18 @@ async fn encode(ctx: &Context, req: ProfilesRequest, acct: &Accounting) -> Optio
     }
 }
 
-/// One request through retry and timeout, settled in the accounting.
+/// One request through retry and timeout, settled in the accounting; with `Done`,
+/// why not all of it was delivered, if so.
 async fn deliver(
     mut svc: Stack,
     item: Encoded,
     ctx: &Context,
     acct: &Accounting,
     persistent: bool,
-) -> Settled {
+) -> (Settled, Option<String>) {
     let (samples, profiles) = (item.samples, item.profiles);
     if ctx.deadline.is_cancelled() {
-        return Settled::Unfinished;
+        return (Settled::Unfinished, None);
     }
     let attempt = async {
         match svc.ready().await {
@@ -449,10 +462,11 @@ async fn deliver(
         }
     };
     let result = catch_async(&acct.component, ctx.health.waiting(attempt)).await;
-    match result {
+    let failure = match result {
         Ok(Ok(Delivered::All)) => {
             acct.sent.add(samples);
             ctx.health.running();
+            None
         }
         Ok(Ok(Delivered::Partial {
             rejected_profiles,
@@ -469,18 +483,25 @@ async fn deliver(
             acct.failed.add(failed);
             acct.sent.add(samples - failed);
             tracing::warn!(exporter = %ctx.id, rejected_profiles, samples_failed = failed, message = %message, "the backend rejected part of a request (counted as failed)");
+            Some(format!(
+                "the backend rejected {rejected_profiles} profiles: {message}"
+            ))
         }
         Ok(Err(e)) => {
             if persistent && ctx.deadline.is_cancelled() {
-                return Settled::Unfinished;
+                return (Settled::Unfinished, None);
             }
             acct.failed.add(samples);
             ctx.health.unhealthy(format!("last export failed: {e}"));
             tracing::error!(exporter = %ctx.id, samples, error = %e, "export failed; the samples are dropped (counted in {})", names::EXPORTER_SEND_FAILED);
+            Some(format!("export failed: {e}"))
         }
-        Err(_) => acct.panic.add(samples),
-    }
-    Settled::Done
+        Err(p) => {
+            acct.panic.add(samples);
+            Some(p.to_string())
+        }
+    };
+    (Settled::Done, failure)
 }
 
 /// Settings of a local exporter's shell.
@@ -522,13 +543,13 @@ async fn run_writer<W: Writer>(
         Flush,
     }
     loop {
-        let job = tokio::select! {
+        let (job, acks) = tokio::select! {
             biased;
             r = next(&ctx, &mut input, &acct) => match r {
-                Some(req) => Job::Write(req),
+                Some(Envelope { req, acks }) => (Job::Write(req), acks),
                 None => break,
             },
-            _ = tick.tick(), if settings.flush_every.is_some() => Job::Flush,
+            _ = tick.tick(), if settings.flush_every.is_some() => (Job::Flush, Acks::none()),
         };
         let n = match &job {
             Job::Write(req) => sample_count(req),
@@ -540,6 +561,7 @@ async fn run_writer<W: Writer>(
                 Ok(w) => w,
                 Err(e) => {
                     acct.failed.add(n);
+                    acks.reject(&format!("cannot reopen {}: {e}", settings.what));
                     ctx.health
                         .unhealthy(format!("cannot reopen {}: {e}", settings.what));
                     tracing::error!(exporter = %ctx.id, error = %e, samples = n, "cannot reopen {}; the samples are dropped (counted), retrying with the next request", settings.what);
@@ -561,11 +583,17 @@ async fn run_writer<W: Writer>(
         match done {
             Ok((back, Ok(outcome))) => {
                 writer = back;
+                if let Some(e) = &outcome.error
+                    && outcome.failed > 0
+                {
+                    acks.reject(e);
+                }
                 settle(&ctx, &acct, &outcome, settings.what);
             }
             Ok((_, Err(_))) | Err(_) => {
                 // A fresh writer is made for the next request.
                 acct.panic.add(n);
+                acks.reject(&format!("writing {} panicked", settings.what));
                 ctx.health
                     .unhealthy(format!("writing {} panicked", settings.what));
             }

@@ -15,7 +15,7 @@ pub use config::BatchConfig;
 
 use crate::config::parse_component;
 use crate::otlp::{DictionaryBuilder, sample_count, split};
-use crate::pipeline::{Context, Fanout, Input, Processor, ProcessorFactory, catch};
+use crate::pipeline::{Acks, Context, Envelope, Fanout, Input, Processor, ProcessorFactory, catch};
 use crate::telemetry::names;
 
 pub fn factory() -> ProcessorFactory {
@@ -61,9 +61,11 @@ impl Meters {
     }
 }
 
-/// Samples waiting to be sent, merged as they arrive.
+/// Samples waiting to be sent, merged as they arrive, with the acks of the requests
+/// they came from (released once the batch is passed on).
 struct Pending {
     builder: DictionaryBuilder,
+    acks: Acks,
     since: Option<Instant>,
 }
 
@@ -71,8 +73,15 @@ impl Pending {
     fn new() -> Self {
         Pending {
             builder: DictionaryBuilder::new(),
+            acks: Acks::none(),
             since: None,
         }
+    }
+    /// Gives everything pending up: fails its acks, returns its samples.
+    fn reject(&mut self, reason: &str) -> u64 {
+        let n = self.samples();
+        std::mem::replace(self, Pending::new()).acks.reject(reason);
+        n
     }
     fn samples(&self) -> u64 {
         self.builder.sample_count()
@@ -86,20 +95,21 @@ async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, m: M
         let deadline = pending.since.map(|t| t + cfg.timeout);
         tokio::select! {
             item = input.recv() => match item {
-                Some(req) => {
+                Some(Envelope { req, acks }) => {
                     let n = sample_count(&req);
                     match catch(&ctx.component, || pending.builder.import(&req)) {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => pending.acks.extend(acks),
                         Ok(Err(e)) => {
                             // Receivers check indices, so only a faulty internal producer gets here.
                             tracing::error!(processor = %ctx.id, error = %e, "dropping a request with a bad index");
                             m.invalid.increment(n);
+                            acks.reject("invalid index");
                             continue;
                         }
                         Err(_) => {
                             // The builder may be half-updated: what it held goes with the request.
-                            m.panic.increment(n + pending.samples());
-                            pending = Pending::new();
+                            acks.reject("the batch processor panicked");
+                            m.panic.increment(n + pending.reject("the batch processor panicked"));
                             continue;
                         }
                     }
@@ -117,7 +127,7 @@ async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, m: M
         }
     }
     if ctx.deadline.is_cancelled() {
-        let held = pending.samples() + input.close();
+        let held = pending.reject("dropped at the shutdown deadline") + input.close();
         m.deadline.increment(held);
         if held > 0 {
             tracing::warn!(processor = %ctx.id, samples = held, "shutdown deadline: dropping what was still batched (counted)");
@@ -129,7 +139,8 @@ async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, m: M
 }
 
 /// Sends what is pending. With `by_size`, sends full batches and keeps a remainder
-/// smaller than `send_batch_size` waiting (its timer restarts); otherwise sends everything.
+/// smaller than `send_batch_size` waiting (its timer restarts) unless a client waits on
+/// it; otherwise sends everything.
 async fn flush(
     cfg: &BatchConfig,
     ctx: &Context,
@@ -143,7 +154,7 @@ async fn flush(
         return;
     }
     let held = pending.samples();
-    let builder = std::mem::replace(pending, Pending::new()).builder;
+    let Pending { builder, acks, .. } = std::mem::replace(pending, Pending::new());
     let chunk = if cfg.send_batch_max_size > 0 {
         cfg.send_batch_max_size
     } else {
@@ -155,18 +166,23 @@ async fn flush(
             // The builder only emits valid indices; this would be a bug in it.
             tracing::error!(processor = %ctx.id, error = %e, samples = held, "batch split failed; the batch is dropped (counted)");
             m.split_failed.increment(held);
+            acks.reject("batch split failed");
             return;
         }
         Err(_) => {
             m.panic.increment(held);
+            acks.reject("the batch processor panicked");
             return;
         }
     };
     let total: u64 = parts.iter().map(sample_count).sum();
+    // A remainder waits for more samples only if no client waits on it: acks are never
+    // held back by later data (a stream of oversized requests could do so forever).
+    let keep_remainder = by_size && acks.is_empty();
     let mut sent = 0;
     for part in parts {
         let n = sample_count(&part);
-        if by_size && total - sent < cfg.send_batch_size {
+        if keep_remainder && total - sent < cfg.send_batch_size {
             // Remainder below the batch size keeps waiting for more samples.
             match catch(&ctx.component, || pending.builder.import(&part)) {
                 Ok(Ok(())) => pending.since = Some(Instant::now()),
@@ -175,15 +191,15 @@ async fn flush(
                     m.split_failed.increment(n);
                 }
                 Err(_) => {
-                    m.panic.increment(n + pending.samples());
-                    *pending = Pending::new();
+                    m.panic
+                        .increment(n + pending.reject("the batch processor panicked"));
                 }
             }
             continue;
         }
         sent += n;
-        // What downstream does not take is counted by the fanout.
-        let _ = out.send(part).await;
+        // What downstream does not take is counted (and its acks failed) by the fanout.
+        let _ = out.send(Envelope::new(part, acks.clone())).await;
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 pub use config::SymbolizerConfig;
 
 use crate::config::parse_component;
-use crate::otlp::{ProfilesRequest, sample_count};
-use crate::pipeline::{Context, Fanout, Input, Processor, ProcessorFactory, catch};
+use crate::otlp::sample_count;
+use crate::pipeline::{Context, Envelope, Fanout, Input, Processor, ProcessorFactory, catch};
 use crate::telemetry::names;
 
 pub fn factory() -> ProcessorFactory {
@@ -44,7 +44,7 @@ impl Processor for SymbolizerProcessor {
 async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout) {
     let dropped = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => reason);
     let (deadline_dropped, gone_dropped) = (dropped("shutdown_deadline"), dropped("stage_gone"));
-    let (tx, rx) = async_channel::bounded::<ProfilesRequest>(cfg.workers * 2);
+    let (tx, rx) = async_channel::bounded::<Envelope>(cfg.workers * 2);
     let rt = tokio::runtime::Handle::current();
     let mut threads = Vec::new();
     for i in 0..cfg.workers {
@@ -60,17 +60,18 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
             .name(format!("symbolizer-{i}"))
             .spawn(move || {
                 let mut w = worker::Worker::new(cfg.clone());
-                while let Ok(mut req) = rx.recv_blocking() {
+                while let Ok(mut env) = rx.recv_blocking() {
                     let busy = ctx.health.busy();
-                    if catch(&ctx.component, || w.symbolize(&mut req)).is_err() {
+                    if catch(&ctx.component, || w.symbolize(&mut env.req)).is_err() {
                         // The worker may be half-updated: start a fresh one (its cache is lost).
-                        panicked.increment(sample_count(&req));
+                        panicked.increment(sample_count(&env.req));
+                        env.acks.reject("the symbolizer panicked on this request");
                         w = worker::Worker::new(cfg.clone());
                         continue;
                     }
                     drop(busy);
                     // What downstream does not take is counted by the fanout.
-                    let _ = rt.block_on(out.send(req));
+                    let _ = rt.block_on(out.send(env));
                 }
             });
         match spawned {
@@ -97,10 +98,11 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
                     r = ctx.health.waiting(tx.send(req)) => r.map_err(|e| e.0),
                     _ = ctx.deadline.cancelled() => break,
                 };
-                if let Err(req) = sent {
+                if let Err(env) = sent {
                     // Every thread is gone (cannot happen while panics are caught): refuse
                     // further input so receivers answer UNAVAILABLE instead of OK.
-                    gone_dropped.increment(sample_count(&req) + input.close());
+                    gone_dropped.increment(sample_count(&env.req) + input.close());
+                    env.acks.reject("the symbolizer stage is gone");
                     ctx.health.dead("every symbolizer thread has ended");
                     return;
                 }
@@ -113,7 +115,8 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
         // request in hand and the fanout counts it if it is too late.
         let mut held = input.close();
         while let Ok(r) = rx.try_recv() {
-            held += sample_count(&r);
+            held += sample_count(&r.req);
+            r.acks.reject("dropped at the shutdown deadline");
         }
         deadline_dropped.increment(held);
     }

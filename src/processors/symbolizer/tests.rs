@@ -367,7 +367,10 @@ fn kernel_addresses_from_kallsyms_resolve_to_their_names() {
         if f.len() >= 3 && matches!(f[1], "T" | "t") && wanted.contains(&f[2]) && f.len() == 3 {
             let a = u64::from_str_radix(f[0], 16).unwrap();
             if a == 0 {
-                eprintln!("SKIPPED: kernel addresses are hidden (kptr_restrict; needs root)");
+                crate::testing::skip(
+                    "kernel symbols",
+                    "kernel addresses are hidden (kptr_restrict; needs root)",
+                );
                 return;
             }
             addrs.push((a + 4, f[2].to_owned()));

@@ -280,7 +280,7 @@ async fn read_samples(
     loop {
         tokio::select! {
             req = rx.recv() => match req {
-                Some(req) => { let _ = out.send(req).await; }
+                Some(req) => { let _ = out.send(req.into()).await; }
                 None => break,
             },
             _ = ctx.shutdown.cancelled(), if !stopping => {

@@ -125,14 +125,95 @@ pub fn perf_event_attach(event: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
 /// A program's cumulative run time and run count (non-zero only while
 /// `kernel.bpf_stats_enabled` is 1).
 pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
-    // SAFETY: plain C structs, zero-initialised.
+    // SAFETY: plain C struct, zero-initialised.
     let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    obj_info(prog.as_raw_fd(), &mut info)?;
+    Ok((info.run_time_ns, info.run_cnt))
+}
+
+/// The name of every BPF program (`prog`) or map loaded in the kernel right now, by id
+/// (for operators and tests: a stopped or killed agent must leave none behind).
+pub fn loaded_objects(prog: bool) -> io::Result<Vec<(u32, String)>> {
+    let (next_cmd, fd_cmd) = if prog {
+        (
+            bpf_cmd::BPF_PROG_GET_NEXT_ID,
+            bpf_cmd::BPF_PROG_GET_FD_BY_ID,
+        )
+    } else {
+        (bpf_cmd::BPF_MAP_GET_NEXT_ID, bpf_cmd::BPF_MAP_GET_FD_BY_ID)
+    };
+    let bpf = |cmd: bpf_cmd, attr: &mut bpf_attr| -> libc::c_long {
+        // SAFETY: `attr` is a valid bpf_attr for `cmd`, and its size is given.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd as libc::c_long,
+                attr as *mut bpf_attr,
+                mem::size_of::<bpf_attr>(),
+            )
+        }
+    };
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    loop {
+        // SAFETY: plain C union, zero is its initial state.
+        let mut attr: bpf_attr = unsafe { mem::zeroed() };
+        // The GET_NEXT_ID commands use this member (writing a union field is safe).
+        attr.__bindgen_anon_6.__bindgen_anon_1.start_id = id;
+        if bpf(next_cmd, &mut attr) < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENOENT) {
+                Ok(out)
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: the kernel wrote next_id into the same member.
+        id = unsafe { attr.__bindgen_anon_6.next_id };
+        // SAFETY: plain C union, zero is its initial state.
+        let mut attr: bpf_attr = unsafe { mem::zeroed() };
+        // GET_FD_BY_ID reads the id from this member (prog_id and map_id share it).
+        attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
+        let fd = bpf(fd_cmd, &mut attr);
+        if fd < 0 {
+            // Gone meanwhile.
+            continue;
+        }
+        // SAFETY: a new fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let name = if prog {
+            // SAFETY: plain C struct, zero-initialised.
+            let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+            obj_info(fd.as_raw_fd(), &mut info)?;
+            name_of(&info.name)
+        } else {
+            // SAFETY: plain C struct, zero-initialised.
+            let mut info: aya_obj::generated::bpf_map_info = unsafe { mem::zeroed() };
+            obj_info(fd.as_raw_fd(), &mut info)?;
+            name_of(&info.name)
+        };
+        out.push((id, name));
+    }
+}
+
+fn name_of(raw: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD into `info`.
+fn obj_info<T>(fd: i32, info: &mut T) -> io::Result<()> {
+    // SAFETY: plain C union, zero-initialised.
     let mut attr: bpf_attr = unsafe { mem::zeroed() };
     // SAFETY: BPF_OBJ_GET_INFO_BY_FD uses this member.
     let u = unsafe { &mut attr.info };
-    u.bpf_fd = prog.as_raw_fd() as u32;
-    u.info_len = mem::size_of::<bpf_prog_info>() as u32;
-    u.info = &mut info as *mut bpf_prog_info as u64;
+    u.bpf_fd = fd as u32;
+    u.info_len = mem::size_of::<T>() as u32;
+    u.info = info as *mut T as u64;
     // SAFETY: `info` outlives the call and its size is given.
     let r = unsafe {
         libc::syscall(
@@ -145,7 +226,7 @@ pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((info.run_time_ns, info.run_cnt))
+    Ok(())
 }
 
 /// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps and programs to.

@@ -11,13 +11,35 @@ use super::GrpcConfig;
 use crate::otlp::collector::profiles_service_server::{ProfilesService, ProfilesServiceServer};
 use crate::otlp::collector::{ExportProfilesServiceRequest, ExportProfilesServiceResponse};
 use crate::otlp::{check, sample_count};
-use crate::pipeline::{Context, Fanout, StartError};
+use crate::pipeline::{Ack, Acks, Context, Envelope, Fanout, StartError};
 use crate::telemetry::names;
 
 struct Service {
     out: Fanout,
     accepted: Counter,
-    refused: Counter,
+    refused: Refused,
+}
+
+/// Refused samples, by reason.
+struct Refused {
+    invalid: Counter,
+    not_kept: Counter,
+    stopped: Counter,
+}
+
+impl Refused {
+    fn new(labels: &[(&'static str, String)]) -> Self {
+        let c = |reason: &'static str| {
+            let mut l: Vec<(&'static str, String)> = labels.to_vec();
+            l.push(("reason", reason.to_owned()));
+            metrics::counter!(names::RECEIVER_REFUSED, &l)
+        };
+        Refused {
+            invalid: c("invalid_request"),
+            not_kept: c("not_kept_downstream"),
+            stopped: c("pipeline_stopped"),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -29,7 +51,7 @@ impl ProfilesService for Service {
         let req = request.into_inner();
         let samples = sample_count(&req);
         if let Err(e) = check(&req) {
-            self.refused.increment(samples);
+            self.refused.invalid.increment(samples);
             return Err(Status::invalid_argument(format!(
                 "request refused, nothing was accepted: {e}"
             )));
@@ -37,17 +59,31 @@ impl ProfilesService for Service {
         if samples == 0 {
             return Ok(Response::new(ExportProfilesServiceResponse::default()));
         }
-        // Waits while the pipeline is full: back-pressure reaches the client as latency.
-        match self.out.send(req).await {
-            Ok(()) => {
+        // OK is answered only once every exporter has the data safe (queued, on disk
+        // or delivered): see `pipeline::ack`. Waiting here is the back-pressure a client feels.
+        let (ack, kept) = Ack::new();
+        if let Err(e) = self.out.send(Envelope::new(req, Acks::one(ack))).await {
+            self.refused.stopped.increment(samples);
+            return Err(Status::unavailable(format!(
+                "the pipeline is not taking data: {e}; retry against another instance"
+            )));
+        }
+        match kept.await {
+            Ok(Ok(())) => {
                 self.accepted.increment(samples);
                 Ok(Response::new(ExportProfilesServiceResponse::default()))
             }
-            Err(e) => {
-                self.refused.increment(samples);
+            Ok(Err(reason)) => {
+                self.refused.not_kept.increment(samples);
                 Err(Status::unavailable(format!(
-                    "the pipeline is shutting down: {e}; retry against another instance"
+                    "not all of the request could be kept ({reason}); retry (parts may arrive twice)"
                 )))
+            }
+            Err(_) => {
+                self.refused.not_kept.increment(samples);
+                Err(Status::internal(
+                    "the pipeline lost track of the request; retry",
+                ))
             }
         }
     }
@@ -94,7 +130,7 @@ pub(super) async fn serve(
     let svc = Service {
         out,
         accepted: metrics::counter!(names::RECEIVER_ACCEPTED, &labels),
-        refused: metrics::counter!(names::RECEIVER_REFUSED, &labels),
+        refused: Refused::new(&labels),
     };
     let max = (cfg.max_recv_msg_size_mib as usize) << 20;
     let server = ProfilesServiceServer::new(svc)

@@ -33,12 +33,10 @@ fn invalid_program() -> Vec<bpf_insn> {
 }
 
 fn bpf_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED: loading BPF programs needs root (or CAP_BPF); this test did not run");
-    }
-    root
+    crate::testing::root_or_skip(
+        "verifier_log",
+        "loading BPF programs needs root (or CAP_BPF)",
+    )
 }
 
 fn load_with(

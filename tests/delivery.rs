@@ -1,0 +1,458 @@
+//! Delivery guarantees, end to end with the real binary: every exporter accounts for
+//! every sample at shutdown, a persistent queue survives SIGKILL, a full disk tears no
+//! record, and health tells liveness from readiness.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use stackline::otlp::synth::{decode_samples, request};
+
+const POOL: u64 = 40;
+
+/// Sends samples `first..first+total` in requests of `per`; returns the acknowledged seqs.
+async fn send_all(endpoint: String, first: u64, total: u64, per: u64) -> Vec<u64> {
+    let mut c = client(endpoint).await;
+    let mut acked = Vec::new();
+    let mut start = first;
+    while start < first + total {
+        let n = per.min(first + total - start);
+        if c.export(request("svc", start, n, POOL)).await.is_ok() {
+            acked.extend(start..start + n);
+        }
+        start += n;
+    }
+    acked
+}
+
+/// Checks `accepted + replayed = sent + failed + dropped + kept` for one exporter.
+fn assert_accounted(name: &str, f: &BTreeMap<String, i64>) {
+    let get = |k: &str| {
+        f.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("{name}: no `{k}` in {f:?}"))
+    };
+    assert_eq!(
+        get("accepted") + get("replayed"),
+        get("sent") + get("failed") + get("dropped") + get("kept"),
+        "{name}: samples unaccounted for: {f:?}"
+    );
+    assert_eq!(get("unaccounted"), 0, "{name}: {f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exporter_accounts_for_every_sample_after_an_abrupt_backend_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend = Backend::default();
+    // Slow answers keep requests in flight when the backend goes away.
+    *backend.delay.lock().unwrap() = Duration::from_millis(50);
+    let stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let config = format!(
+        r#"
+receivers:
+  otlp: {{ protocols: {{ grpc: {{ endpoint: "{{OTLP}}" }} }} }}
+processors:
+  batch: {{ send_batch_size: 200, timeout: 50ms }}
+exporters:
+  otlp/backend:
+    endpoint: {backend_addr}
+    tls: {{ insecure: true }}
+    timeout: 1s
+    retry_on_failure: {{ initial_interval: 100ms, max_interval: 200ms, max_elapsed_time: 60s }}
+    sending_queue: {{ num_consumers: 2, queue_size: 20 }}
+  file: {{ path: "{{DIR}}/out/profiles.binpb", format: proto }}
+  pprof: {{ directory: "{{DIR}}/out/pprof", max_files: 0 }}
+  flamegraph: {{ directory: "{{DIR}}/out/flame", max_files: 0 }}
+  debug: {{}}
+service:
+  pipelines:
+    profiles: {{ receivers: [otlp], processors: [batch], exporters: [otlp/backend, file, pprof, flamegraph, debug] }}
+  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
+  shutdown_timeout: 2s
+"#
+    );
+    let mut s = Stackline::start(dir.path(), &config);
+    let first = send_all(s.endpoint(), 0, 3_000, 50).await;
+    // The backend fails every call, then disappears mid-stream.
+    backend.fail_next.store(usize::MAX / 2, Ordering::SeqCst);
+    let second = send_all(s.endpoint(), 3_000, 3_000, 50).await;
+    drop(stop);
+    let third = send_all(s.endpoint(), 6_000, 3_000, 50).await;
+    // OK means every exporter has the data safe: while the backend fails, clients are
+    // told to retry when its queue is full, but every exporter still got the data.
+    let acked = (first.len() + second.len() + third.len()) as f64;
+    assert!(acked >= 3_000.0, "acked {acked}");
+    assert_eq!(
+        s.metric("otelcol_receiver_accepted_profile_samples_total", &[])
+            .await,
+        acked
+    );
+    let accepted = 9_000;
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
+
+    let sums = s.exporter_summaries();
+    for name in [
+        "exporter/otlp/backend",
+        "exporter/file",
+        "exporter/pprof",
+        "exporter/flamegraph",
+        "exporter/debug",
+    ] {
+        let f = sums
+            .get(name)
+            .unwrap_or_else(|| panic!("no summary for {name}:\n{}", s.logs()));
+        eprintln!("{name}: {f:?}");
+        assert_accounted(name, f);
+        // The batch processor drained everything to every exporter before they ended.
+        assert_eq!(f["accepted"], accepted, "{name}: {f:?}");
+    }
+    let otlp = &sums["exporter/otlp/backend"];
+    assert_eq!(
+        otlp["sent"],
+        backend.samples().len() as i64,
+        "sent must be what the backend stored"
+    );
+    assert!(
+        otlp["failed"] + otlp["dropped"] > 0,
+        "the backend failed, yet nothing failed: {otlp:?}"
+    );
+    for local in [
+        "exporter/file",
+        "exporter/pprof",
+        "exporter/flamegraph",
+        "exporter/debug",
+    ] {
+        assert_eq!(sums[local]["sent"], accepted, "{local}: {:?}", sums[local]);
+    }
+}
+
+/// Gateway config with a persistent queue under `{DIR}/queue`.
+fn persistent_gateway(backend: &str, sync_interval: &str) -> String {
+    format!(
+        r#"
+receivers:
+  otlp: {{ protocols: {{ grpc: {{ endpoint: "{{OTLP}}" }} }} }}
+processors:
+  batch: {{ send_batch_size: 500, timeout: 50ms }}
+exporters:
+  otlp/backend:
+    endpoint: {backend}
+    tls: {{ insecure: true }}
+    timeout: 1s
+    retry_on_failure: {{ initial_interval: 100ms, max_interval: 300ms, max_elapsed_time: 0s }}
+    sending_queue:
+      num_consumers: 2
+      queue_size: 1000
+      storage: {{ directory: "{{DIR}}/queue", max_size: 64MiB, sync_interval: {sync_interval} }}
+service:
+  pipelines:
+    profiles: {{ receivers: [otlp], processors: [batch], exporters: [otlp/backend] }}
+  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
+  shutdown_timeout: 5s
+"#
+    )
+}
+
+/// Waits until the exporter has queued `n` samples (they are on disk by then).
+async fn wait_queued(s: &Stackline, n: f64) {
+    let ok = eventually(Duration::from_secs(30), async || {
+        s.metric(
+            "stackline_exporter_accepted_profile_samples_total",
+            &[("exporter", "otlp/backend")],
+        )
+        .await
+            >= n
+    })
+    .await;
+    assert!(ok, "the exporter did not take {n} samples:\n{}", s.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_queue_survives_sigkill_and_delivers_everything_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_addr = format!("127.0.0.1:{}", free_port());
+    // The backend is down: everything accepted waits in the queue.
+    let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "0s"));
+    let acked = send_all(s.endpoint(), 0, 10_000, 100).await;
+    assert_eq!(acked.len(), 10_000);
+    wait_queued(&s, 10_000.0).await;
+    s.sigkill();
+
+    let backend = Backend::default();
+    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "0s"));
+    let done = eventually(Duration::from_secs(60), async || {
+        let got: BTreeSet<u64> = backend.samples().iter().map(|x| x.0).collect();
+        acked.iter().all(|a| got.contains(a))
+    })
+    .await;
+    let seqs: Vec<u64> = backend.samples().iter().map(|x| x.0).collect();
+    let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert!(
+        done,
+        "after the restart the backend has {} of 10000 samples\n{}",
+        distinct.len(),
+        s.logs()
+    );
+    let duplicates = seqs.len() - distinct.len();
+    eprintln!(
+        "persistent queue: 10000 accepted before SIGKILL, {} delivered after restart, {duplicates} duplicates",
+        distinct.len()
+    );
+    assert!(distinct.iter().all(|x| *x < 10_000), "samples nobody sent");
+    let replayed = s
+        .metric(
+            "stackline_exporter_queue_replayed_samples_total",
+            &[("exporter", "otlp/backend")],
+        )
+        .await;
+    assert_eq!(replayed, 10_000.0, "{}", s.logs());
+    // Delivered requests leave the queue; a clean stop keeps nothing.
+    assert!(
+        eventually(Duration::from_secs(10), async || s
+            .metric(
+                "stackline_exporter_queue_bytes",
+                &[("exporter", "otlp/backend")]
+            )
+            .await
+            == 0.0)
+        .await
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
+    let f = &s.exporter_summaries()["exporter/otlp/backend"];
+    assert_accounted("otlp/backend", f);
+    assert_eq!(f["kept"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_in_the_queue_is_skipped_and_counted_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "200ms"));
+    let acked = send_all(s.endpoint(), 0, 2_000, 100).await;
+    wait_queued(&s, 2_000.0).await;
+    // SIGTERM: the queue is kept on disk, synced.
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
+    let kept = s.exporter_summaries()["exporter/otlp/backend"]["kept"];
+    assert_eq!(kept, 2_000, "{}", s.logs());
+
+    // Damage the payload of one record on disk, as a bad sector would.
+    let file =
+        stackline::exporters::shell::queue::queue_file(&dir.path().join("queue"), "otlp/backend");
+    let damaged_samples = {
+        let db = redb::Database::create(&file).unwrap();
+        let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("requests");
+        let w = db.begin_write().unwrap();
+        let samples;
+        {
+            let mut t = w.open_table(table).unwrap();
+            let (k, mut v) = {
+                use redb::ReadableTable;
+                let first = t.first().unwrap().unwrap();
+                (first.0.value(), first.1.value().to_vec())
+            };
+            samples = u64::from_le_bytes(v[4..12].try_into().unwrap());
+            let last = v.len() - 1;
+            v[last] ^= 0xff;
+            t.insert(k, v.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+        samples
+    };
+
+    let backend = Backend::default();
+    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "200ms"));
+    let want = acked.len() - damaged_samples as usize;
+    let done = eventually(Duration::from_secs(30), async || {
+        backend.samples().len() >= want
+    })
+    .await;
+    assert!(done, "{} of {want}\n{}", backend.samples().len(), s.logs());
+    assert_eq!(
+        s.metric(
+            "stackline_exporter_queue_corrupt_records_total",
+            &[("exporter", "otlp/backend")]
+        )
+        .await,
+        1.0
+    );
+    // New data still flows.
+    send_all(s.endpoint(), 50_000, 100, 100).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || backend
+            .samples()
+            .iter()
+            .any(|x| x.0 == 50_000))
+        .await
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_stays_up_during_a_backend_outage_while_readiness_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "0s"));
+    send_all(s.endpoint(), 0, 500, 100).await;
+    let not_ready = eventually(Duration::from_secs(10), async || {
+        let (code, body) = s.get("/health/ready").await;
+        code == 503 && body.contains("exporter/otlp/backend")
+    })
+    .await;
+    assert!(not_ready, "{:?}", s.get("/health/ready").await);
+    assert_eq!(s.get("/health").await.0, 503, "/health keeps its meaning");
+    let (code, body) = s.get("/health/live").await;
+    assert_eq!(code, 200, "{body}");
+    let backend = Backend::default();
+    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    assert!(
+        eventually(Duration::from_secs(20), async || s
+            .get("/health/ready")
+            .await
+            .0
+            == 200)
+        .await
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success());
+}
+
+/// Mounts a tmpfs of `size` at `dir` until dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Reads `<u32 BE length><protobuf>` records; panics on a torn one.
+fn read_records(bytes: &[u8]) -> Vec<stackline::otlp::ProfilesRequest> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        assert!(
+            rest.len() >= 4,
+            "a torn length prefix at the end of the file"
+        );
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        assert!(
+            rest.len() >= 4 + len,
+            "a torn record at the end of the file"
+        );
+        out.push(prost::Message::decode(&rest[4..4 + len]).expect("a whole record decodes"));
+        rest = &rest[4 + len..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_tears_no_record_counts_failures_and_writing_resumes() {
+    if !stackline::testing::root_or_skip("full filesystem", "mounting a small tmpfs needs root") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    let _fs = Tmpfs::mount(&small, "2m");
+    // Most of the disk is taken by another file.
+    let filler = small.join("filler");
+    std::fs::write(&filler, vec![0u8; 1600 << 10]).unwrap();
+    let config = r#"
+receivers:
+  otlp: { protocols: { grpc: { endpoint: "{OTLP}" } } }
+exporters:
+  file: { path: "{DIR}/small/profiles.binpb", format: proto }
+service:
+  pipelines:
+    profiles: { receivers: [otlp], exporters: [file] }
+  telemetry: { metrics: { address: "{METRICS}" } }
+"#;
+    let mut s = Stackline::start(dir.path(), config);
+    // Fill the disk: each request is tens of KB; the space left runs out part-way through one.
+    let mut c = client(s.endpoint()).await;
+    let mut refused = 0;
+    for i in 0..60u64 {
+        // A request the file could not take is refused, so the client can retry it.
+        if c.export(request("svc", i * 400, 400, 400)).await.is_err() {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "no request was refused although the disk is full"
+    );
+    let failed = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "otelcol_exporter_send_failed_profile_samples_total",
+            &[("exporter", "file")],
+        )
+        .await
+            > 0.0
+    })
+    .await;
+    assert!(failed, "the disk never filled:\n{}", s.logs());
+    let (code, body) = s.get("/health/ready").await;
+    assert_eq!(code, 503, "{body}");
+    let path = small.join("profiles.binpb");
+    let before = read_records(&std::fs::read(&path).unwrap());
+    let sent = s
+        .metric(
+            "otelcol_exporter_sent_profile_samples_total",
+            &[("exporter", "file")],
+        )
+        .await;
+    let in_file: u64 = before.iter().map(stackline::otlp::sample_count).sum();
+    assert_eq!(
+        sent as u64, in_file,
+        "sent must be exactly what is in the file"
+    );
+
+    // Space returns: writing resumes, after the last whole record.
+    std::fs::remove_file(&filler).unwrap();
+    c.export(request("svc", 1_000_000, 10, POOL)).await.unwrap();
+    let resumed = eventually(Duration::from_secs(10), async || {
+        std::fs::read(&path)
+            .map(|b| {
+                read_records(&b)
+                    .iter()
+                    .flat_map(decode_samples)
+                    .any(|x| x.0 == 1_000_000)
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(resumed, "writing did not resume:\n{}", s.logs());
+    assert!(
+        eventually(Duration::from_secs(5), async || s
+            .get("/health/ready")
+            .await
+            .0
+            == 200)
+        .await
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success());
+    assert_accounted("file", &s.exporter_summaries()["exporter/file"]);
+}
