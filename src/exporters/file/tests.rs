@@ -145,3 +145,35 @@ async fn an_unwritable_path_is_a_clear_start_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_failed_reopen_is_retried_with_the_next_record_and_symlinks_are_refused() {
+    use crate::exporters::shell::Writer as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.binpb");
+    let mut w = Writer::open(&cfg(path.clone(), FileFormat::Proto, None)).unwrap();
+    assert_eq!(w.write(request("a", 0, 10, 5)).sent, 10);
+    // As after a rotation whose reopen failed: the file is closed and its name is
+    // taken, here by a symlink to a file the exporter must not write through.
+    w.close_file();
+    std::fs::rename(&path, dir.path().join("rotated")).unwrap();
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, b"").unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let o = w.write(request("a", 100, 10, 5));
+    assert_eq!(o.failed, 10, "{o:?}");
+    assert!(o.error.is_some());
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"",
+        "wrote through a symlink"
+    );
+    // The name is free again: the next record reopens the file and is written.
+    std::fs::remove_file(&path).unwrap();
+    let o = w.write(request("a", 200, 10, 5));
+    assert_eq!(o.sent, 10, "{o:?}");
+    assert_eq!(read_proto(&std::fs::read(&path).unwrap()).len(), 1);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & !0o640, 0, "created with at most 0640: {mode:o}");
+}

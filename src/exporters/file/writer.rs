@@ -130,6 +130,12 @@ impl Writer {
         Ok(())
     }
 
+    /// Closes the file, as a failed reopen leaves it (for tests).
+    #[cfg(test)]
+    pub(super) fn close_file(&mut self) {
+        self.file = None;
+    }
+
     /// Syncs the file to disk.
     pub(super) fn sync(&mut self) -> io::Result<()> {
         if let (true, Some(f)) = (self.dirty, &self.file) {
