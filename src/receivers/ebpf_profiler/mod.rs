@@ -15,6 +15,7 @@ pub mod loader;
 pub mod procfs;
 pub mod profile;
 pub mod sys;
+pub mod unwind;
 pub mod verifier_log;
 
 #[path = "../../../ebpf/src/shared.rs"]

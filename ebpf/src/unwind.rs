@@ -1,0 +1,293 @@
+//! Native unwinding without frame pointers: the compact rules derived from `.eh_frame`,
+//! the row lookup and one unwind step. Shared, as is, by the eBPF program (which walks
+//! live stacks) and by user space (which builds the rows, and walks core files in
+//! tests): the logic that is tested is the logic that runs in the kernel.
+//!
+//! Rows: each executable's `.eh_frame` becomes, per 4 KiB page of its text, a sorted
+//! list of 8-byte rows; a page's rows start with one at offset 0 holding the rule in
+//! effect at the page start, so a lookup never needs a neighbouring page. Rows are
+//! packed into chunks of [`CHUNK_ROWS`]; a page's rows never straddle two chunks.
+//! x86_64 only.
+
+/// Text is indexed in pages of `1 << PAGE_BITS` bytes.
+pub const PAGE_BITS: u32 = 12;
+pub const PAGE_SIZE: u64 = 1 << PAGE_BITS;
+/// Rows per chunk (a power of two): one chunk is one BPF array element.
+pub const CHUNK_ROWS: usize = 1024;
+pub const CHUNK_MASK: u32 = CHUNK_ROWS as u32 - 1;
+/// Binary-search steps that always suffice within a chunk.
+pub const SEARCH_STEPS: u32 = 11;
+
+/// One unwinding rule, in effect from `pc_low` (an offset in its page) to the next row.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    pub pc_low: u16,
+    /// [`cfa`] kind, with [`cfa::SCALED`] when `cfa_off` counts 8-byte units.
+    pub cfa: u8,
+    /// [`rbp`] kind.
+    pub rbp: u8,
+    /// CFA offset from its register (or the PLT threshold).
+    pub cfa_off: u16,
+    /// Where RBP was saved, relative to the CFA (with [`rbp::SAVED`]).
+    pub rbp_off: i16,
+}
+
+/// A chunk of rows.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Chunk {
+    pub rows: [Row; CHUNK_ROWS],
+}
+
+/// Where a page's rows are: `count` rows from `first` in chunk `chunk`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageInfo {
+    pub chunk: u32,
+    pub first: u16,
+    pub count: u16,
+}
+
+/// Key of the page index: an executable and a page of its text (ELF virtual address >> PAGE_BITS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub exe_id: u64,
+    pub page: u64,
+}
+
+/// What the mapping index says about an address range of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingInfo {
+    /// The executable's table id; 0 = no table (JIT or anonymous code): walk by frame pointer.
+    pub exe_id: u64,
+    /// Runtime address minus ELF virtual address.
+    pub bias: u64,
+    /// The mapping's range, so the next frames in it need no lookup.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Key of the mapping index (an LPM trie): pid and address, both big-endian so the
+/// prefix runs from the pid's first bit through the address's.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingKey {
+    pub prefix_len: u32,
+    pub pid_be: u32,
+    pub addr_be: u64,
+}
+
+/// Bits of a full-length mapping key (pid + address).
+pub const MAPPING_KEY_BITS: u32 = 96;
+
+/// CFA rules.
+pub mod cfa {
+    /// No rule here: a gap between functions, or a rule we do not follow.
+    pub const INVALID: u8 = 0;
+    /// CFA = RSP + off.
+    pub const RSP: u8 = 1;
+    /// CFA = RBP + off.
+    pub const RBP: u8 = 2;
+    /// A lazy PLT entry: CFA = RSP + 8, or RSP + 16 once `pc & 15 >= off` (the entry pushed).
+    pub const PLT: u8 = 3;
+    /// The return address is undefined: the outermost frame (`_start`, a thread's entry).
+    pub const STOP: u8 = 4;
+    /// A signal trampoline: the interrupted registers are in the signal frame.
+    pub const SIGNAL: u8 = 5;
+    /// Flag: `cfa_off` is in 8-byte units (large frames).
+    pub const SCALED: u8 = 0x80;
+    pub const KIND_MASK: u8 = 0x7f;
+}
+
+/// RBP rules.
+pub mod rbp {
+    /// Unchanged.
+    pub const SAME: u8 = 0;
+    /// Saved at CFA + rbp_off.
+    pub const SAVED: u8 = 1;
+    /// Unknown after this frame (a rule we do not follow).
+    pub const LOST: u8 = 2;
+}
+
+/// Why a walk ended (also the index of its counter, after [`stop::FIRST_COUNTER`]).
+pub mod stop {
+    /// Still walking.
+    pub const NONE: u8 = 0;
+    /// Reached the outermost frame.
+    pub const COMPLETE: u8 = 1;
+    /// `max_frames` reached.
+    pub const TRUNCATED: u8 = 2;
+    /// An address in no known mapping of the process.
+    pub const NO_MAPPING: u8 = 3;
+    /// A mapping without (or not yet with) an unwind table, and no frame pointer to follow.
+    pub const NO_TABLE: u8 = 4;
+    /// A rule that cannot be followed (a gap, an unsupported expression, RBP unknown).
+    pub const INVALID_RULE: u8 = 5;
+    /// The stack could not be read there.
+    pub const READ_FAULT: u8 = 6;
+    pub const COUNT: u8 = 7;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "none",
+        "complete",
+        "truncated",
+        "no_mapping",
+        "no_table",
+        "invalid_rule",
+        "read_fault",
+    ];
+}
+
+/// The registers a walk carries from frame to frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    pub pc: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// RBP holds the caller's value (false after a rule we do not follow).
+    pub bp_known: u8,
+    /// `pc` is a return address: look up `pc - 1` (the call may be a function's last instruction).
+    pub is_return: u8,
+    pub _pad: [u8; 6],
+}
+
+impl Regs {
+    /// The address whose rule applies to this frame.
+    #[inline(always)]
+    pub fn lookup_pc(&self) -> u64 {
+        self.pc.wrapping_sub(self.is_return as u64)
+    }
+}
+
+/// Reads the stack being walked.
+pub trait Memory {
+    fn read(&mut self, addr: u64) -> Option<u64>;
+    /// Two consecutive words at `addr`.
+    fn read_pair(&mut self, addr: u64) -> Option<[u64; 2]>;
+}
+
+/// The last row at or before `pc_low` among `count` rows from `first`: a bounded binary
+/// search with masked indices, as the verifier needs.
+#[inline(always)]
+pub fn find_row(rows: &[Row; CHUNK_ROWS], first: u32, count: u32, pc_low: u16) -> Option<Row> {
+    let mut lo = first;
+    let mut hi = first + count;
+    let mut i = 0;
+    while i < SEARCH_STEPS {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        if rows[(mid & CHUNK_MASK) as usize].pc_low <= pc_low {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+        i += 1;
+    }
+    if lo <= first || lo > first + count {
+        return None;
+    }
+    Some(rows[((lo - 1) & CHUNK_MASK) as usize])
+}
+
+/// Offset of the interrupted registers (`uc.uc_mcontext`) from the stack pointer with
+/// which a signal handler returned into the trampoline (after `ret` popped `pretcode`).
+const SIGCONTEXT: u64 = 40;
+
+/// One step by `row`: the caller's registers, or why the walk ends.
+#[inline(always)]
+pub fn step<M: Memory>(row: Row, regs: &mut Regs, mem: &mut M) -> Result<(), u8> {
+    let off = if row.cfa & cfa::SCALED != 0 {
+        (row.cfa_off as u64) << 3
+    } else {
+        row.cfa_off as u64
+    };
+    let cfa = match row.cfa & cfa::KIND_MASK {
+        cfa::RSP => regs.sp.wrapping_add(off),
+        cfa::RBP => {
+            if regs.bp_known == 0 {
+                return Err(stop::INVALID_RULE);
+            }
+            regs.bp.wrapping_add(off)
+        }
+        cfa::PLT => regs.sp + if (regs.pc & 15) >= off { 16 } else { 8 },
+        cfa::STOP => return Err(stop::COMPLETE),
+        cfa::SIGNAL => {
+            let mc = regs.sp.wrapping_add(SIGCONTEXT);
+            let bp = mem.read(mc + 80).ok_or(stop::READ_FAULT)?;
+            let [sp, pc] = mem.read_pair(mc + 120).ok_or(stop::READ_FAULT)?;
+            *regs = Regs {
+                pc,
+                sp,
+                bp,
+                bp_known: 1,
+                // The interrupted instruction, not a return address.
+                is_return: 0,
+                _pad: [0; 6],
+            };
+            return if pc == 0 { Err(stop::COMPLETE) } else { Ok(()) };
+        }
+        _ => return Err(stop::INVALID_RULE),
+    };
+    // The caller's frame is above this one: a CFA at or below SP is a wrong rule (and
+    // this keeps every walk finite).
+    if cfa <= regs.sp {
+        return Err(stop::INVALID_RULE);
+    }
+    // The return address is at CFA-8; RBP is usually saved right below it, at CFA-16.
+    let (ra, bp) = if row.rbp == rbp::SAVED && row.rbp_off == -16 {
+        let [bp, ra] = mem.read_pair(cfa - 16).ok_or(stop::READ_FAULT)?;
+        (ra, bp)
+    } else {
+        let ra = mem.read(cfa - 8).ok_or(stop::READ_FAULT)?;
+        let bp = if row.rbp == rbp::SAVED {
+            mem.read(cfa.wrapping_add(row.rbp_off as i64 as u64))
+                .ok_or(stop::READ_FAULT)?
+        } else {
+            regs.bp
+        };
+        (ra, bp)
+    };
+    match row.rbp {
+        rbp::SAVED => {
+            regs.bp = bp;
+            regs.bp_known = 1;
+        }
+        rbp::LOST => regs.bp_known = 0,
+        _ => {}
+    }
+    regs.pc = ra;
+    regs.sp = cfa;
+    regs.is_return = 1;
+    if ra == 0 {
+        return Err(stop::COMPLETE);
+    }
+    Ok(())
+}
+
+/// One step by frame pointer, for code without a table: `[rbp]` is the caller's RBP,
+/// `[rbp + 8]` the return address. `why` is the reason reported if it cannot be taken.
+#[inline(always)]
+pub fn fp_step<M: Memory>(regs: &mut Regs, mem: &mut M, why: u8) -> Result<(), u8> {
+    let bp = regs.bp;
+    // RBP 0 ends a frame-pointer chain (`_start` and thread entries clear it).
+    if regs.bp_known != 0 && bp == 0 {
+        return Err(stop::COMPLETE);
+    }
+    if regs.bp_known == 0 || bp < regs.sp || bp & 7 != 0 {
+        return Err(why);
+    }
+    let [next_bp, ra] = mem.read_pair(bp).ok_or(why)?;
+    regs.sp = bp + 16;
+    regs.bp = next_bp;
+    regs.pc = ra;
+    regs.is_return = 1;
+    if ra == 0 {
+        return Err(stop::COMPLETE);
+    }
+    Ok(())
+}

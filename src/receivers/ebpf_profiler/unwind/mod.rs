@@ -1,0 +1,13 @@
+//! Native unwinding: `.eh_frame` turned into tables the eBPF program walks.
+//!
+//! - [`rules`]: the row format, lookup and unwind step, shared with the eBPF program.
+//! - [`table`]: building an executable's table from its ELF file.
+//! - [`walk`]: the same walk in user space, over any memory (tests run it on core files).
+
+#[path = "../../../../ebpf/src/unwind.rs"]
+pub mod rules;
+pub mod table;
+pub mod walk;
+
+#[cfg(test)]
+mod tests;

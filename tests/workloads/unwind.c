@@ -1,0 +1,160 @@
+/* Workloads for native unwinding, built by the tests without frame pointers
+ * (-O2 -fomit-frame-pointer, gcc or clang, PIE or not).
+ *
+ * Usage: unwind MODE SECONDS
+ *   shares    60% hot_a, 30% hot_b (both through spin), 10% read_zero (in the kernel)
+ *   lib       the same, with spin in libunwhot.so, called through the PLT
+ *   bigframe  the same, with hot_a under a function with a 40 KB stack frame
+ *   threads   the same on 2 threads; the main thread waits in pthread_join
+ *   dlopen    the same, with spin from libunwhot.so opened by dlopen after "ready"
+ *   recurse   spin at the bottom of a 150-deep recursion
+ *   forever   a -> b -> c -> spin until killed (for core files)
+ *   qsort     spin inside a qsort comparator, under libc's qsort (for core files)
+ * Prints "ready PID" once calibrated, then runs for SECONDS of wall time.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+volatile uint64_t sink;
+static char buf[1 << 16];
+static double seconds;
+
+typedef void (*spin_fn)(uint64_t);
+#ifdef WITH_LIB
+void lib_spin(uint64_t n);
+#endif
+static spin_fn spinner;
+
+static double now(clockid_t c) {
+    struct timespec t;
+    clock_gettime(c, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+__attribute__((noinline)) void spin(uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) sink += i * 7 + (sink >> 3);
+}
+
+/* The empty asm after each call keeps it from becoming a tail call. */
+__attribute__((noinline)) void hot_a(uint64_t n) { spinner(n); __asm__ volatile(""); }
+__attribute__((noinline)) void hot_b(uint64_t n) { spinner(n); __asm__ volatile(""); }
+
+__attribute__((noinline)) void big_frame(uint64_t n) {
+    volatile char big[40000];
+    big[0] = (char)n;
+    big[39999] = big[0];
+    hot_a(n + big[39999] - big[0]);
+    __asm__ volatile("");
+}
+
+/* A leaf that spends its time in the kernel: libc's read of /dev/zero. */
+__attribute__((noinline)) void read_zero(int fd, long reads) {
+    for (long i = 0; i < reads; i++) {
+        if (read(fd, buf, sizeof buf) < 0) abort();
+    }
+    __asm__ volatile("");
+}
+
+static uint64_t per_ms;
+static long reads_per_ms;
+static int fd;
+static int use_big;
+
+static void calibrate(void) {
+    double t0 = now(CLOCK_THREAD_CPUTIME_ID);
+    spinner(20000000);
+    per_ms = (uint64_t)(20000000 / ((now(CLOCK_THREAD_CPUTIME_ID) - t0) * 1e3));
+    t0 = now(CLOCK_THREAD_CPUTIME_ID);
+    read_zero(fd, 2000);
+    reads_per_ms = (long)(2000 / ((now(CLOCK_THREAD_CPUTIME_ID) - t0) * 1e3)) + 1;
+}
+
+__attribute__((noinline)) void rounds(void) {
+    double start = now(CLOCK_MONOTONIC);
+    while (now(CLOCK_MONOTONIC) - start < seconds) {
+        if (use_big) big_frame(per_ms * 60); else hot_a(per_ms * 60);
+        hot_b(per_ms * 30);
+        read_zero(fd, reads_per_ms * 10);
+    }
+    __asm__ volatile("");
+}
+
+static void *thread_main(void *arg) {
+    (void)arg;
+    rounds();
+    return NULL;
+}
+
+__attribute__((noinline)) uint64_t recurse(int depth) {
+    if (depth == 0) {
+        double start = now(CLOCK_MONOTONIC);
+        while (now(CLOCK_MONOTONIC) - start < seconds) spin(per_ms);
+        return sink;
+    }
+    uint64_t r = recurse(depth - 1);
+    __asm__ volatile("");
+    return r + 1;
+}
+
+__attribute__((noinline)) void c_fn(void) { for (;;) spin(1000000); }
+__attribute__((noinline)) void b_fn(void) { c_fn(); __asm__ volatile(""); }
+__attribute__((noinline)) void a_fn(void) { b_fn(); __asm__ volatile(""); }
+
+static int cmp(const void *x, const void *y) {
+    for (;;) spin(1000000);
+    return *(const int *)x - *(const int *)y;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "shares";
+    seconds = argc > 2 ? atof(argv[2]) : 5.0;
+    spinner = spin;
+#ifdef WITH_LIB
+    if (!strcmp(mode, "lib")) spinner = lib_spin;
+#endif
+    fd = open("/dev/zero", O_RDONLY);
+    if (fd < 0) { perror("open /dev/zero"); return 1; }
+    use_big = !strcmp(mode, "bigframe");
+    if (!strcmp(mode, "forever") || !strcmp(mode, "qsort")) {
+        printf("ready %d\n", getpid());
+        fflush(stdout);
+        if (!strcmp(mode, "forever")) a_fn();
+        int v[64];
+        for (int i = 0; i < 64; i++) v[i] = 64 - i;
+        qsort(v, 64, sizeof v[0], cmp);
+        return v[0];
+    }
+    if (!strcmp(mode, "dlopen")) {
+        printf("ready %d\n", getpid());
+        fflush(stdout);
+        /* Opened after the profiler has seen the process. */
+        usleep(500 * 1000);
+        void *h = dlopen("libunwhot.so", RTLD_NOW);
+        if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+        spinner = (spin_fn)dlsym(h, "lib_spin");
+        if (!spinner) return 1;
+        calibrate();
+        rounds();
+        return 0;
+    }
+    calibrate();
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    if (!strcmp(mode, "recurse")) return (int)(recurse(150) & 1);
+    if (!strcmp(mode, "threads")) {
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, thread_main, NULL);
+        for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+        return 0;
+    }
+    rounds();
+    return 0;
+}
