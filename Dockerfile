@@ -15,13 +15,15 @@
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /build
 
-# Only what the build reads: the manifest (its [[bench]] targets must exist),
-# the sources, config/default.yaml (built in with include_str!) and the eBPF object.
+# Only what the build reads: the manifest (its [[bench]] targets must exist), the
+# sources, config/default.yaml (include_str!), the eBPF object (include_bytes!) and
+# ebpf/src, whose shared.rs and unwind.rs src/ compiles in with #[path].
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY config ./config
 COPY ebpf/prebuilt ./ebpf/prebuilt
+COPY ebpf/src ./ebpf/src
 
 # The binary is copied out of target/ inside the same step: target/ is a cache mount.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

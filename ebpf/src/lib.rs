@@ -2,11 +2,19 @@
 #![no_std]
 
 pub mod shared;
+pub mod unwind;
 
+use core::cell::UnsafeCell;
+use core::ffi::c_void;
+
+use aya_ebpf::bindings::{bpf_map_def, bpf_map_type, BPF_F_NO_PREALLOC};
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, PerCpuArray, RingBuf};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
+use aya_ebpf::Global;
 
-use shared::{Config, counter};
+use shared::{counter, Config, MappingKeyData, State};
+use unwind::{Chunk, MappingInfo, PageInfo, PageKey};
 
 /// Samples to user space. User space sets its size from the CPU count at load time.
 #[map]
@@ -20,10 +28,100 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// One sample's walk, per CPU (perf_event programs do not nest on a CPU).
+#[map]
+pub static STATE: PerCpuArray<State> = PerCpuArray::with_max_entries(1, 0);
+
+/// The unwinder, tail-called for the next frames (index 0).
+#[map]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// (pid, address) → the mapping and its executable's table id (an LPM trie, so a
+/// mapping is a few prefixes, not one entry per page).
+#[map]
+pub static MAPPINGS: LpmTrie<MappingKeyData, MappingInfo> = LpmTrie::with_max_entries(1 << 20, 0);
+
+/// (executable, text page) → where that page's rows are.
+#[map]
+pub static PAGES: HashMap<PageKey, PageInfo> =
+    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// Executable id → its chunks of rows: a hash of arrays, each sized exactly for its
+/// executable. Declared here as a plain hash (aya cannot create a map-of-maps from a
+/// legacy definition): user space creates the real map and relocates the program to it.
+#[map]
+pub static TABLES: OuterMap = OuterMap::new(bpf_map_type::BPF_MAP_TYPE_HASH, 8, 4, 1);
+
+/// Requests for unwind information, to user space.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 16, 0);
+
+/// pid → when it last sent an event: at most one every [`EVENT_EVERY_NS`] per process.
+#[map]
+pub static EVENT_RATE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+pub const EVENT_EVERY_NS: u64 = 200_000_000;
+
+/// Offset of `stack` in the kernel's `task_struct`, from its BTF (set at load).
+#[unsafe(no_mangle)]
+pub static TASK_STACK_OFFSET: Global<u64> = Global::new(0);
+/// Offset of a task's user `pt_regs` from `task->stack` (set at load).
+#[unsafe(no_mangle)]
+pub static PT_REGS_OFFSET: Global<u64> = Global::new(0);
+
+pub type MappingKey = Key<MappingKeyData>;
+
+/// A map declared by hand: the outer map of a map-of-maps.
+#[repr(transparent)]
+pub struct OuterMap(UnsafeCell<bpf_map_def>);
+
+// SAFETY: the definition is only read by the loader; the program uses its address.
+unsafe impl Sync for OuterMap {}
+
+impl OuterMap {
+    pub const fn new(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> Self {
+        OuterMap(UnsafeCell::new(bpf_map_def {
+            type_: map_type,
+            key_size,
+            value_size,
+            max_entries,
+            map_flags: 0,
+            id: 0,
+            pinning: 0,
+        }))
+    }
+
+    /// The chunk `index` of executable `exe_id`'s table.
+    #[inline(always)]
+    pub fn chunk(&self, exe_id: &u64, index: u32) -> Option<&Chunk> {
+        // SAFETY: the outer lookup returns an inner map (or NULL); the inner lookup
+        // returns a pointer to one Chunk inside that array (or NULL).
+        unsafe {
+            let inner = aya_ebpf::helpers::generated::bpf_map_lookup_elem(
+                self.0.get() as *mut c_void,
+                exe_id as *const u64 as *const c_void,
+            );
+            if inner.is_null() {
+                return None;
+            }
+            let c = aya_ebpf::helpers::generated::bpf_map_lookup_elem(
+                inner,
+                &index as *const u32 as *const c_void,
+            );
+            (c as *const Chunk).as_ref()
+        }
+    }
+}
+
 #[inline(always)]
 pub fn bump(index: u32) {
+    add(index, 1);
+}
+
+#[inline(always)]
+pub fn add(index: u32, n: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot; this program is the only writer on this CPU.
-        unsafe { *p += 1 };
+        unsafe { *p += n };
     }
 }

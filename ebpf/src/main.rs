@@ -1,86 +1,469 @@
-//! `stackline_sample`: runs on every cpu-clock tick of every sampled CPU and sends the
-//! interrupted task's ids, comm, user and kernel stacks to user space.
+//! `stackline_sample` runs on every cpu-clock tick of every sampled CPU: it records the
+//! interrupted task's ids, comm and kernel stack, then its user stack, either with the
+//! kernel's frame-pointer walk or, in the native modes, by tail-calling
+//! `stackline_unwind`, which walks [`FRAMES_PER_PROG`] frames by unwind table per run
+//! and tail-calls itself for more. The finished record goes to user space with only
+//! the frames it holds.
 #![no_std]
 #![no_main]
 
 use core::ffi::c_void;
+use core::mem::size_of;
 
 use aya_ebpf::EbpfContext;
-use aya_ebpf::bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+use aya_ebpf::bindings::{
+    BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, pt_regs,
+};
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, bpf_ringbuf_output,
+};
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_get_stack,
     bpf_ktime_get_ns,
 };
 use aya_ebpf::macros::perf_event;
 use aya_ebpf::programs::PerfEventContext;
-use stackline_ebpf::shared::{MAX_STACK_DEPTH, RawSample, counter};
-use stackline_ebpf::{CONFIG, SAMPLES, bump};
-
-const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
+use stackline_ebpf::shared::{
+    Event, FRAME_BY_FP, FRAME_MASK, MAPPING_KEY_BITS, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+    MappingKeyData, RecordHeader, State, counter, event, mode,
+};
+use stackline_ebpf::unwind::{
+    Memory, PAGE_BITS, PAGE_SIZE, PageKey, Regs, find_row, fp_step, step, stop,
+};
+use stackline_ebpf::{
+    CONFIG, EVENT_EVERY_NS, EVENT_RATE, EVENTS, MAPPINGS, MappingKey, PAGES, PROGS,
+    PT_REGS_OFFSET, SAMPLES, STATE, TABLES, TASK_STACK_OFFSET, add, bump,
+};
 
 /// Pending bytes above which a submit wakes the reader. Below it, the reader's own
 /// 100 ms poll picks samples up: waking it for every sample costs an irq_work each.
-/// Well under the smallest ring buffer user space creates (4 MiB).
 const WAKEUP_BYTES: u64 = 512 * 1024;
+/// Frames walked per run of the unwinder, which then tail-calls itself for more.
+/// Verification costs about 9k instructions per frame (the 1M limit is far away);
+/// fewer frames per run would cost a tail call more often.
+const FRAMES_PER_PROG: u32 = 8;
+/// Tail calls per sample (the kernel allows 33): room for MAX_USER_FRAMES and the
+/// frame that shows a stack was truncated.
+const MAX_TAIL_CALLS: u32 = (MAX_USER_FRAMES as u32).div_ceil(FRAMES_PER_PROG);
+const HEADER: usize = size_of::<RecordHeader>();
+/// x86_64 `__USER_CS` and `__USER_DS`.
+const USER_CS: u64 = 0x33;
+const USER_DS: u64 = 0x2b;
 
-#[perf_event]
-pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (include_idle, kernel_stacks) = match CONFIG.get(0) {
-        Some(c) => (c.include_idle != 0, c.kernel_stacks != 0),
-        None => (false, true),
-    };
-    if pid_tgid as u32 == 0 && !include_idle {
-        bump(counter::IDLE_SKIPPED);
-        return 0;
-    }
-    let Some(mut entry) = SAMPLES.reserve::<RawSample>(0) else {
-        bump(counter::RINGBUF_FULL);
-        return 0;
-    };
-    let s = entry.as_mut_ptr();
-    // SAFETY: `s` points at a reserved ring-buffer slot of size_of::<RawSample>();
-    // every field is written before submit.
-    unsafe {
-        (*s).tgid = (pid_tgid >> 32) as u32;
-        (*s).tid = pid_tgid as u32;
-        (*s).cpu = bpf_get_smp_processor_id();
-        (*s)._pad = 0;
-        (*s).ktime_ns = bpf_ktime_get_ns();
-        (*s).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        let n = bpf_get_stack(
-            ctx.as_ptr(),
-            (*s).user_stack.as_mut_ptr() as *mut c_void,
-            STACK_BYTES,
-            BPF_F_USER_STACK as u64,
-        );
-        (*s).user_stack_len = n;
-        if n < 0 {
-            bump(counter::USER_STACK_ERROR);
-        }
-        (*s).kernel_stack_len = if kernel_stacks {
-            let k = bpf_get_stack(
-                ctx.as_ptr(),
-                (*s).kernel_stack.as_mut_ptr() as *mut c_void,
-                STACK_BYTES,
-                0,
-            );
-            if k < 0 {
-                bump(counter::KERNEL_STACK_ERROR);
-            }
-            k
-        } else {
-            0
+/// The sampled process's memory.
+struct UserMemory;
+
+impl Memory for UserMemory {
+    #[inline(always)]
+    fn read(&mut self, addr: u64) -> Option<u64> {
+        let mut v = 0u64;
+        // SAFETY: the helper writes 8 bytes into `v`, or fails without faulting.
+        let r = unsafe {
+            bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, addr as *const c_void)
         };
+        if r == 0 { Some(v) } else { None }
     }
+
+    #[inline(always)]
+    fn read_pair(&mut self, addr: u64) -> Option<[u64; 2]> {
+        // Uninitialised: a zeroing would be a byte-wise memset the verifier walks.
+        let mut v = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+        // SAFETY: the helper writes 16 bytes into `v`, or fails without faulting.
+        let r = unsafe {
+            bpf_probe_read_user(v.as_mut_ptr() as *mut c_void, 16, addr as *const c_void)
+        };
+        // SAFETY: on success all 16 bytes were written.
+        if r == 0 { Some(unsafe { v.assume_init() }) } else { None }
+    }
+}
+
+/// Sends the record with only the frames it holds.
+#[inline(always)]
+fn submit(st: &State) {
+    let h = &st.record.header;
+    let mut frames = h.kernel_len as u64 + h.user_len as u64;
+    if frames > FRAME_MASK as u64 {
+        frames = FRAME_MASK as u64;
+    }
+    let len = HEADER as u64 + frames * 8;
     let wake = if SAMPLES.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(wake as u64);
-    bump(counter::SUBMITTED);
+    // SAFETY: `record` is `len` bytes or more of map memory; the map is the ring buffer.
+    let r = unsafe {
+        bpf_ringbuf_output(
+            &SAMPLES as *const _ as *mut c_void,
+            &st.record as *const _ as *mut c_void,
+            len,
+            wake as u64,
+        )
+    };
+    if r < 0 {
+        bump(counter::RINGBUF_FULL);
+    } else {
+        bump(counter::SUBMITTED);
+    }
+}
+
+/// The interrupted user registers: from the perf context if it interrupted user mode,
+/// else from the task's saved user `pt_regs`. `Err(NONE)`: a kernel thread, no user stack.
+#[inline(always)]
+fn init_regs(ctx: &PerfEventContext) -> Result<Regs, u8> {
+    let regs = ctx.as_ptr() as *const pt_regs;
+    // SAFETY: the context starts with the interrupted registers; each is read as one
+    // 8-byte load, which is what the verifier allows.
+    let cs = unsafe { core::ptr::read_volatile(&(*regs).cs) };
+    if cs & 3 == 3 {
+        // SAFETY: as above.
+        return Ok(unsafe {
+            Regs {
+                pc: core::ptr::read_volatile(&(*regs).rip),
+                sp: core::ptr::read_volatile(&(*regs).rsp),
+                bp: core::ptr::read_volatile(&(*regs).rbp),
+                bp_known: 1,
+                is_return: 0,
+            }
+        });
+    }
+    let stack_offset = TASK_STACK_OFFSET.load();
+    if stack_offset == 0 {
+        return Err(stop::READ_FAULT);
+    }
+    // SAFETY: the helper returns the current task's address; reads below go through
+    // bpf_probe_read_kernel, which fails rather than faults.
+    let task = unsafe { bpf_get_current_task() };
+    let mut stack = 0u64;
+    let r = unsafe {
+        bpf_probe_read_kernel(
+            &mut stack as *mut u64 as *mut c_void,
+            8,
+            (task + stack_offset) as *const c_void,
+        )
+    };
+    if r != 0 || stack == 0 {
+        return Err(stop::READ_FAULT);
+    }
+    let at = stack + PT_REGS_OFFSET.load();
+    // orig_ax, ip, cs, flags, sp, ss: bytes 120..168 of pt_regs; bp at 32.
+    let mut tail = core::mem::MaybeUninit::<[u64; 6]>::uninit();
+    let mut bp = 0u64;
+    // SAFETY: as above.
+    let (r1, r2) = unsafe {
+        (
+            bpf_probe_read_kernel(
+                tail.as_mut_ptr() as *mut c_void,
+                48,
+                (at + 120) as *const c_void,
+            ),
+            bpf_probe_read_kernel(&mut bp as *mut u64 as *mut c_void, 8, (at + 32) as *const c_void),
+        )
+    };
+    if r1 != 0 || r2 != 0 {
+        return Err(stop::READ_FAULT);
+    }
+    // SAFETY: the read succeeded, so all 48 bytes were written.
+    let tail = unsafe { tail.assume_init() };
+    if tail[2] & 3 != 3 {
+        // Kernel threads have no user context.
+        return Err(stop::NONE);
+    }
+    // User code and stack segments of a 64-bit task; anything else means the offsets
+    // are wrong for this kernel (or a compat task): no guessing.
+    if tail[2] & 0xffff != USER_CS || tail[5] & 0xffff != USER_DS {
+        return Err(stop::READ_FAULT);
+    }
+    Ok(Regs {
+        pc: tail[1],
+        sp: tail[4],
+        bp,
+        bp_known: 1,
+        // In a system call (orig_ax is the syscall number, not -1) the saved ip is the
+        // instruction after `syscall`: a return address, as far as lookups go.
+        is_return: (tail[0] != u64::MAX) as u32,
+    })
+}
+
+#[perf_event]
+pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (include_idle, kernel_stacks, walk) = match CONFIG.get(0) {
+        Some(c) => (c.include_idle != 0, c.kernel_stacks != 0, c.mode),
+        None => (false, true, mode::FRAME_POINTER),
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 == 0 && !include_idle {
+        bump(counter::IDLE_SKIPPED);
+        return 0;
+    }
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's state; perf_event programs do not nest on a CPU.
+    let st = unsafe { &mut *st };
+    {
+        let h = &mut st.record.header;
+        h.tgid = tgid;
+        h.tid = pid_tgid as u32;
+        // SAFETY: helpers without preconditions.
+        h.cpu = unsafe { bpf_get_smp_processor_id() };
+        h.ktime_ns = unsafe { bpf_ktime_get_ns() };
+        h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        h.kernel_len = 0;
+        h.user_len = 0;
+        h.kernel_error = 0;
+        h.user_error = 0;
+        h.stop = stop::NONE;
+        h.mode = walk as u8;
+    }
+    if kernel_stacks {
+        // SAFETY: writes at most MAX_KERNEL_FRAMES * 8 bytes into the frames array.
+        let k = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                st.record.frames.as_mut_ptr() as *mut c_void,
+                (MAX_KERNEL_FRAMES * 8) as u32,
+                0,
+            )
+        };
+        if k < 0 {
+            st.record.header.kernel_error = k as i32;
+            bump(counter::KERNEL_STACK_ERROR);
+        } else {
+            st.record.header.kernel_len = ((k as u64 / 8) & 0x7f) as u16;
+        }
+    }
+    if tgid == 0 {
+        submit(st);
+        return 0;
+    }
+    if walk == mode::FRAME_POINTER {
+        let k = (st.record.header.kernel_len & 0x7f) as usize;
+        // SAFETY: k <= 127, so the MAX_USER_FRAMES slots from k are inside the array.
+        let n = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                st.record.frames.as_mut_ptr().add(k) as *mut c_void,
+                (MAX_USER_FRAMES * 8) as u32,
+                BPF_F_USER_STACK as u64,
+            )
+        };
+        if n < 0 {
+            st.record.header.user_error = n as i32;
+            bump(counter::USER_STACK_ERROR);
+        } else {
+            st.record.header.user_len = ((n as u64 / 8) & 0xff) as u16;
+        }
+        submit(st);
+        return 0;
+    }
+    match init_regs(&ctx) {
+        Ok(regs) => st.regs = regs,
+        Err(reason) => {
+            st.record.header.stop = reason;
+            if reason != stop::NONE {
+                bump(counter::STOPS + reason as u32);
+            }
+            submit(st);
+            return 0;
+        }
+    }
+    st.map.exe_id = 0;
+    st.map.start = 0;
+    st.map.end = 0;
+    st.tail_calls = 0;
+    st.via_fp = 0;
+    st.event_kind = 0;
+    st.event_addr = 0;
+    st.frames_table = 0;
+    st.frames_fp = 0;
+    // SAFETY: PROGS[0] is the unwinder, which continues with this CPU's state.
+    unsafe { PROGS.tail_call(&ctx, 0) };
+    // Only reached if the unwinder is not in place.
+    st.record.header.stop = stop::NO_TABLE;
+    submit(st);
     0
+}
+
+/// Asks user space, at most every EVENT_EVERY_NS per process, for unwind information
+/// (once per sample, when the walk is over: a helper call less on each frame's paths).
+#[inline(always)]
+fn request(pid: u32, kind: u32, addr: u64) {
+    if kind == 0 {
+        return;
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match EVENT_RATE.get_ptr_mut(&pid) {
+        Some(last) => {
+            // SAFETY: a valid pointer into the map.
+            unsafe {
+                if now.wrapping_sub(*last) < EVENT_EVERY_NS {
+                    return;
+                }
+                *last = now;
+            }
+        }
+        None => {
+            let _ = EVENT_RATE.insert(&pid, &now, 0);
+        }
+    }
+    let e = Event { pid, kind, addr };
+    if EVENTS.output::<Event>(&e, 0).is_ok() {
+        bump(counter::EVENTS_SENT);
+    } else {
+        bump(counter::EVENTS_LOST);
+    }
+}
+
+/// Records the current frame and steps to its caller; a stop reason when the walk ends.
+///
+/// Written so that every outcome flows through one lookup, one step and one fallback:
+/// the verifier prunes paths that meet at the same instruction, and separate copies of
+/// the fallback per failure would multiply its work.
+#[inline(always)]
+fn unwind_one(st: &mut State, walk: u32, max_frames: u32) -> u8 {
+    let n = st.record.header.user_len as u32;
+    if n >= max_frames {
+        return stop::TRUNCATED;
+    }
+    let slot = (st.record.header.kernel_len as u32 + n) & FRAME_MASK;
+    let flag = if st.via_fp != 0 { FRAME_BY_FP } else { 0 };
+    st.record.frames[slot as usize] = st.regs.pc | flag;
+    st.record.header.user_len = (n + 1) as u16;
+    let pc = st.regs.lookup_pc();
+
+    // The rule for pc, or why there is none.
+    let mut why = stop::NONE;
+    if !(st.map.start <= pc && pc < st.map.end) {
+        let key = MappingKey::new(
+            MAPPING_KEY_BITS,
+            MappingKeyData {
+                pid_be: st.record.header.tgid.to_be(),
+                addr_be: pc.to_be(),
+            },
+        );
+        match MAPPINGS.get(&key) {
+            // Field by field: a struct copy would be a byte-wise memcpy call.
+            Some(m) => {
+                st.map.exe_id = m.exe_id;
+                st.map.bias = m.bias;
+                st.map.start = m.start;
+                st.map.end = m.end;
+            }
+            None => {
+                st.map.exe_id = 0;
+                st.map.start = 0;
+                st.map.end = 0;
+                why = stop::NO_MAPPING;
+            }
+        }
+    }
+    let exe_id = st.map.exe_id;
+    let vaddr = pc.wrapping_sub(st.map.bias);
+    let mut row = None;
+    if why == stop::NONE {
+        why = stop::NO_TABLE;
+        if exe_id != 0 {
+            let key = PageKey {
+                exe_id,
+                page: vaddr >> PAGE_BITS,
+            };
+            // SAFETY: the value is copied out at once.
+            if let Some(page) = unsafe { PAGES.get(&key) }.copied()
+                && let Some(chunk) = TABLES.chunk(&exe_id, page.chunk)
+            {
+                row = find_row(
+                    &chunk.rows,
+                    page.first as u32,
+                    page.count as u32,
+                    (vaddr & (PAGE_SIZE - 1)) as u16,
+                );
+                why = stop::INVALID_RULE;
+            }
+        }
+        if row.is_none() && why == stop::NO_TABLE && exe_id != 0 {
+            st.event_kind = event::NO_TABLE;
+            st.event_addr = pc;
+        }
+    } else {
+        st.event_kind = event::NO_MAPPING;
+        st.event_addr = pc;
+    }
+
+    let r = match row {
+        // A failed step leaves the registers as they were, so a gap (INVALID_RULE) can
+        // still be crossed by frame pointer below.
+        Some(row) => step(row, &mut st.regs, &mut UserMemory),
+        None => Err(why),
+    };
+    let r = match r {
+        Ok(()) => {
+            st.via_fp = 0;
+            st.frames_table += 1;
+            Ok(())
+        }
+        Err(why @ (stop::NO_MAPPING | stop::NO_TABLE | stop::INVALID_RULE))
+            if walk == mode::AUTO =>
+        {
+            // Code without a usable rule: by frame pointer.
+            st.via_fp = 1;
+            st.frames_fp += 1;
+            fp_step(&mut st.regs, &mut UserMemory, why)
+        }
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => stop::NONE,
+        Err(e) => e,
+    }
+}
+
+#[perf_event]
+pub fn stackline_unwind(ctx: PerfEventContext) -> u32 {
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's state, set up by stackline_sample.
+    let st = unsafe { &mut *st };
+    let (walk, mut max_frames) = match CONFIG.get(0) {
+        Some(c) => (c.mode, c.max_frames),
+        None => (mode::AUTO, MAX_USER_FRAMES as u32),
+    };
+    if max_frames > MAX_USER_FRAMES as u32 {
+        max_frames = MAX_USER_FRAMES as u32;
+    }
+    let mut i = 0;
+    while i < FRAMES_PER_PROG {
+        let r = unwind_one(st, walk, max_frames);
+        if r != stop::NONE {
+            finish(st, r);
+            return 0;
+        }
+        i += 1;
+    }
+    if st.tail_calls < MAX_TAIL_CALLS {
+        st.tail_calls += 1;
+        // SAFETY: continues with this CPU's state.
+        unsafe { PROGS.tail_call(&ctx, 0) };
+    }
+    // Out of tail calls (cannot happen below max_frames) or the call failed.
+    finish(st, stop::TRUNCATED);
+    0
+}
+
+/// Ends a walk: counts why and how its frames were found, asks for what was missing,
+/// sends the record.
+#[inline(always)]
+fn finish(st: &mut State, reason: u8) {
+    st.record.header.stop = reason;
+    bump(counter::STOPS + reason as u32);
+    add(counter::FRAMES_TABLE, st.frames_table as u64);
+    // A frame-pointer step that failed found no frame.
+    add(counter::FRAMES_FP, st.frames_fp as u64);
+    request(st.record.header.tgid, st.event_kind, st.event_addr);
+    submit(st);
 }
 
 #[unsafe(link_section = "license")]

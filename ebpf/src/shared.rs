@@ -1,32 +1,84 @@
 //! Types shared by the eBPF program and user space (`#[repr(C)]`, plain integers only).
 //! User space includes this same file, so both sides always agree on the layout.
 
-/// Frames captured per stack (the kernel's default `perf_event_max_stack` is 127).
-pub const MAX_STACK_DEPTH: usize = 127;
+use super::unwind::{MappingInfo, Regs};
+
+/// Kernel frames captured per sample (the kernel's default `perf_event_max_stack`).
+pub const MAX_KERNEL_FRAMES: usize = 127;
+/// User frames captured per sample, at most.
+pub const MAX_USER_FRAMES: usize = 128;
+/// Frame slots of a record: a power of two, so an index can be masked.
+pub const FRAME_SLOTS: usize = 256;
+pub const FRAME_MASK: u32 = FRAME_SLOTS as u32 - 1;
 /// Length of a task's `comm`.
 pub const COMM_LEN: usize = 16;
+/// Bit 63 of a user frame: this frame was reached by frame pointer (its caller's code
+/// had no unwind table). User addresses never use it.
+pub const FRAME_BY_FP: u64 = 1 << 63;
 
-/// One CPU sample, as written to the ring buffer.
+/// The fixed part of a sample record in the ring buffer; `kernel_len` kernel frames,
+/// then `user_len` user frames, follow it (8 bytes each, leaf first).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct RawSample {
+pub struct RecordHeader {
     /// Process id (thread group id).
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
     pub cpu: u32,
-    pub _pad: u32,
+    pub kernel_len: u16,
+    pub user_len: u16,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ktime_ns: u64,
-    /// Bytes `bpf_get_stack` wrote for the user stack, or a negative errno.
-    pub user_stack_len: i64,
-    /// Bytes `bpf_get_stack` wrote for the kernel stack, a negative errno, or 0 when off.
-    pub kernel_stack_len: i64,
+    /// A negative errno if the kernel stack could not be read, else 0.
+    pub kernel_error: i32,
+    /// A negative errno if the user stack could not be read (frame-pointer mode), else 0.
+    pub user_error: i32,
     /// The thread's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
-    /// Return addresses, leaf first.
-    pub user_stack: [u64; MAX_STACK_DEPTH],
-    pub kernel_stack: [u64; MAX_STACK_DEPTH],
+    /// Why the user walk ended (`unwind::stop`); 0 in frame-pointer mode.
+    pub stop: u8,
+    /// The [`mode`] the stack was walked in.
+    pub mode: u8,
+    pub _pad: [u8; 6],
+}
+
+/// A sample record as built in the per-CPU state; only the used frames are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Record {
+    pub header: RecordHeader,
+    pub frames: [u64; FRAME_SLOTS],
+}
+
+/// Per-CPU scratch of one sample's walk, carried across tail calls.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct State {
+    pub record: Record,
+    pub regs: Regs,
+    /// The mapping of the last frame, so frames in the same mapping need no lookup.
+    pub map: MappingInfo,
+    pub tail_calls: u32,
+    /// Non-zero: the current frame was reached by frame pointer.
+    pub via_fp: u32,
+    /// What to ask user space for when the walk ends ([`event`] kind, 0 = nothing).
+    pub event_kind: u32,
+    /// Frames of this walk found by table, and by frame pointer.
+    pub frames_table: u32,
+    pub frames_fp: u32,
+    pub _pad: u32,
+    pub event_addr: u64,
+}
+
+/// How user stacks are walked.
+pub mod mode {
+    /// The kernel's frame-pointer walk (`bpf_get_stack`).
+    pub const FRAME_POINTER: u32 = 0;
+    /// Unwind tables, following frame pointers through code that has none.
+    pub const AUTO: u32 = 1;
+    /// Unwind tables only.
+    pub const EH_FRAME: u32 = 2;
 }
 
 /// Settings user space writes into the `CONFIG` array (index 0) before attaching.
@@ -37,6 +89,39 @@ pub struct Config {
     pub include_idle: u32,
     /// Non-zero: capture kernel stacks.
     pub kernel_stacks: u32,
+    /// A [`mode`].
+    pub mode: u32,
+    /// User frames at most (≤ [`MAX_USER_FRAMES`]).
+    pub max_frames: u32,
+}
+
+/// The data of a mapping-index key (the LPM trie adds the prefix length): pid and
+/// address, both big-endian, so a prefix runs from the pid's first bit into the address.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingKeyData {
+    pub pid_be: u32,
+    pub addr_be: u64,
+}
+
+/// Bits of a full mapping key (pid and address).
+pub const MAPPING_KEY_BITS: u32 = 96;
+
+/// A request from the program to user space: an address it could not unwind through.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub pid: u32,
+    /// [`event`] kind.
+    pub kind: u32,
+    pub addr: u64,
+}
+
+pub mod event {
+    /// The address is in no mapping the program knows of (a new process, or `dlopen`).
+    pub const NO_MAPPING: u32 = 1;
+    /// The mapping has no table loaded.
+    pub const NO_TABLE: u32 = 2;
 }
 
 /// Indices of the per-CPU `COUNTERS` array.
@@ -51,5 +136,14 @@ pub mod counter {
     pub const IDLE_SKIPPED: u32 = 3;
     /// Samples written to the ring buffer.
     pub const SUBMITTED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Walks that ended for each `unwind::stop` reason: `STOPS + reason`.
+    pub const STOPS: u32 = 5;
+    /// User frames unwound by table.
+    pub const FRAMES_TABLE: u32 = 12;
+    /// User frames unwound by frame pointer (code without a table).
+    pub const FRAMES_FP: u32 = 13;
+    /// Events sent to user space, and events the ring buffer had no room for.
+    pub const EVENTS_SENT: u32 = 14;
+    pub const EVENTS_LOST: u32 = 15;
+    pub const COUNT: u32 = 16;
 }

@@ -70,19 +70,6 @@ pub struct MappingInfo {
     pub end: u64,
 }
 
-/// Key of the mapping index (an LPM trie): pid and address, both big-endian so the
-/// prefix runs from the pid's first bit through the address's.
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MappingKey {
-    pub prefix_len: u32,
-    pub pid_be: u32,
-    pub addr_be: u64,
-}
-
-/// Bits of a full-length mapping key (pid + address).
-pub const MAPPING_KEY_BITS: u32 = 96;
-
 /// CFA rules.
 pub mod cfa {
     /// No rule here: a gap between functions, or a rule we do not follow.
@@ -147,11 +134,11 @@ pub struct Regs {
     pub pc: u64,
     pub sp: u64,
     pub bp: u64,
-    /// RBP holds the caller's value (false after a rule we do not follow).
-    pub bp_known: u8,
-    /// `pc` is a return address: look up `pc - 1` (the call may be a function's last instruction).
-    pub is_return: u8,
-    pub _pad: [u8; 6],
+    /// Non-zero: RBP holds the caller's value (zero after a rule we do not follow).
+    pub bp_known: u32,
+    /// Non-zero: `pc` is a return address: look up `pc - 1` (the call may be a
+    /// function's last instruction).
+    pub is_return: u32,
 }
 
 impl Regs {
@@ -169,23 +156,27 @@ pub trait Memory {
     fn read_pair(&mut self, addr: u64) -> Option<[u64; 2]>;
 }
 
-/// The last row at or before `pc_low` among `count` rows from `first`: a bounded binary
-/// search with masked indices, as the verifier needs.
+/// The last row at or before `pc_low` among `count` rows from `first`: a binary
+/// search of fixed length with masked indices and no data-dependent branches, so the
+/// verifier walks one path through it, not one per outcome.
 #[inline(always)]
 pub fn find_row(rows: &[Row; CHUNK_ROWS], first: u32, count: u32, pc_low: u16) -> Option<Row> {
     let mut lo = first;
     let mut hi = first + count;
+    let target = pc_low as u32;
     let mut i = 0;
     while i < SEARCH_STEPS {
-        if lo >= hi {
-            break;
-        }
-        let mid = lo + (hi - lo) / 2;
-        if rows[(mid & CHUNK_MASK) as usize].pc_low <= pc_low {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
+        let mid = (lo + hi) >> 1;
+        // Opaque to the compiler, so it cannot turn the arithmetic below back into a
+        // branch (which would give the verifier two paths per step).
+        let v = core::hint::black_box(rows[(mid & CHUNK_MASK) as usize].pc_low as u32);
+        // All values are below 2^17, so a difference's sign bit is a comparison.
+        let active = (lo.wrapping_sub(hi) >> 31) & 1; // lo < hi
+        let le = ((target.wrapping_sub(v) >> 31) & 1) ^ 1; // v <= target
+        let right = active & le;
+        let left = active & (le ^ 1);
+        lo += right * (mid + 1 - lo);
+        hi -= left * (hi - mid);
         i += 1;
     }
     if lo <= first || lo > first + count {
@@ -198,7 +189,8 @@ pub fn find_row(rows: &[Row; CHUNK_ROWS], first: u32, count: u32, pc_low: u16) -
 /// which a signal handler returned into the trampoline (after `ret` popped `pretcode`).
 const SIGCONTEXT: u64 = 40;
 
-/// One step by `row`: the caller's registers, or why the walk ends.
+/// One step by `row`: the caller's registers, or why the walk ends. On an error the
+/// registers are as they were.
 #[inline(always)]
 pub fn step<M: Memory>(row: Row, regs: &mut Regs, mem: &mut M) -> Result<(), u8> {
     let off = if row.cfa & cfa::SCALED != 0 {
@@ -220,15 +212,12 @@ pub fn step<M: Memory>(row: Row, regs: &mut Regs, mem: &mut M) -> Result<(), u8>
             let mc = regs.sp.wrapping_add(SIGCONTEXT);
             let bp = mem.read(mc + 80).ok_or(stop::READ_FAULT)?;
             let [sp, pc] = mem.read_pair(mc + 120).ok_or(stop::READ_FAULT)?;
-            *regs = Regs {
-                pc,
-                sp,
-                bp,
-                bp_known: 1,
-                // The interrupted instruction, not a return address.
-                is_return: 0,
-                _pad: [0; 6],
-            };
+            regs.pc = pc;
+            regs.sp = sp;
+            regs.bp = bp;
+            regs.bp_known = 1;
+            // The interrupted instruction, not a return address.
+            regs.is_return = 0;
             return if pc == 0 { Err(stop::COMPLETE) } else { Ok(()) };
         }
         _ => return Err(stop::INVALID_RULE),

@@ -89,6 +89,23 @@ metric_names! {
     /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
     counter EBPF_PROGRAM_RUNS = "stackline_ebpf_program_runs_total";
 
+    /// Native stack walks that ended, by why: `complete`, `truncated` (max_frames), `no_mapping`, `no_table`, `invalid_rule`, `read_fault`. Label: `reason`.
+    counter EBPF_UNWIND_STOPS = "stackline_ebpf_unwind_stops_total";
+    /// User frames walked natively, by how: `eh_frame` (unwind table) or `frame_pointer` (code without a table). Label: `method`.
+    counter EBPF_UNWIND_FRAMES = "stackline_ebpf_unwind_frames_total";
+    /// Kernel memory the loaded unwind tables take, in bytes (rows and page index).
+    gauge EBPF_UNWIND_TABLE_BYTES = "stackline_ebpf_unwind_table_bytes";
+    /// Executables whose unwind tables are loaded.
+    gauge EBPF_UNWIND_TABLES = "stackline_ebpf_unwind_tables";
+    /// Unwind tables built, by result: `loaded`, `no_frames` (no .eh_frame), `unreadable`, `too_large`, `map_full`. Label: `result`.
+    counter EBPF_UNWIND_TABLE_BUILDS = "stackline_ebpf_unwind_table_builds_total";
+    /// Time to build one executable's unwind table, in seconds.
+    histogram EBPF_UNWIND_TABLE_BUILD_SECONDS = "stackline_ebpf_unwind_table_build_seconds";
+    /// Unwind tables evicted, least recently used first, to stay within `unwind.max_memory`.
+    counter EBPF_UNWIND_TABLE_EVICTIONS = "stackline_ebpf_unwind_table_evictions_total";
+    /// Requests from the eBPF program for unwind information, by result: `sent`, `lost` (ring buffer full). Label: `result`.
+    counter EBPF_UNWIND_EVENTS = "stackline_ebpf_unwind_events_total";
+
     /// Locations the symbolizer handled. Labels: `result` (`resolved`, `unresolved`), `reason`.
     counter SYMBOLIZER_FRAMES = "stackline_symbolizer_frames_total";
     /// Locations answered from the symbolizer's cache.

@@ -27,6 +27,8 @@ pub struct EbpfProfilerConfig {
     pub verifier_log: VerifierLogConfig,
     /// Retry of a failed load or attach.
     pub load_retry: LoadRetryConfig,
+    /// How user stacks are walked.
+    pub unwind: UnwindConfig,
     /// Load this eBPF object file instead of the one built into the binary (for
     /// developing the eBPF program and for tests). Default: the built-in object.
     pub object_path: Option<PathBuf>,
@@ -42,6 +44,7 @@ impl Default for EbpfProfilerConfig {
             kernel_stacks: true,
             verifier_log: VerifierLogConfig::default(),
             load_retry: LoadRetryConfig::default(),
+            unwind: UnwindConfig::default(),
             object_path: None,
         }
     }
@@ -116,6 +119,56 @@ fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
+/// How user stacks are walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnwindMode {
+    /// Unwind tables from `.eh_frame`, and frame pointers through code without one
+    /// (JIT, anonymous code, tables not loaded yet). The default.
+    Auto,
+    /// Frame pointers only (the kernel's walk): cheapest, but stacks end at the first
+    /// function built without them.
+    FramePointer,
+    /// Unwind tables only: a frame without one ends the walk.
+    EhFrame,
+}
+
+/// `unwind`: walking user stacks without frame pointers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnwindConfig {
+    /// `auto` (default), `frame_pointer` or `eh_frame`.
+    pub mode: UnwindMode,
+    /// Kernel memory the executables' unwind tables may take; past it the least
+    /// recently used are evicted. Default `256MiB`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_memory: ByteSize,
+    /// User frames per stack, at most (1 to 128). Default 128.
+    pub max_frames: u32,
+}
+
+impl Default for UnwindConfig {
+    fn default() -> Self {
+        UnwindConfig {
+            mode: UnwindMode::Auto,
+            max_memory: ByteSize::mib(256),
+            max_frames: 128,
+        }
+    }
+}
+
+impl UnwindConfig {
+    /// The mode as the program's setting.
+    pub fn program_mode(&self) -> u32 {
+        use super::shared::mode;
+        match self.mode {
+            UnwindMode::Auto => mode::AUTO,
+            UnwindMode::FramePointer => mode::FRAME_POINTER,
+            UnwindMode::EhFrame => mode::EH_FRAME,
+        }
+    }
+}
+
 /// `load_retry`: backoff between failed load or attach attempts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -181,6 +234,26 @@ impl Validate for EbpfProfilerConfig {
             errs.push(ConfigError::new(
                 "verifier_log.max_size",
                 format!("{} is less than verifier_log.size ({})", v.max_size, v.size),
+            ));
+        }
+        let u = &self.unwind;
+        if !(1..=super::shared::MAX_USER_FRAMES as u32).contains(&u.max_frames) {
+            errs.push(ConfigError::new(
+                "unwind.max_frames",
+                format!(
+                    "{} is out of range; use 1 to {}",
+                    u.max_frames,
+                    super::shared::MAX_USER_FRAMES
+                ),
+            ));
+        }
+        if u.max_memory.as_u64() < 1 << 20 {
+            errs.push(ConfigError::new(
+                "unwind.max_memory",
+                format!(
+                    "{} is too small for any table; use at least 1MiB",
+                    u.max_memory
+                ),
             ));
         }
         let r = &self.load_retry;

@@ -1,22 +1,30 @@
-//! Loading the profiler's eBPF object: aya creates the maps, aya-obj relocates the
-//! program's instructions against them, and [`verifier_log`](super::verifier_log)
-//! loads the program (aya's own load path cannot size or keep the verifier log).
-//! Then one cpu-clock perf event per CPU gets the program attached.
+//! Loading the profiler's eBPF object: aya creates the maps (and fills the read-only
+//! globals), we create the one aya cannot (the unwind tables' map-of-maps), aya-obj
+//! relocates the programs' instructions against them, and
+//! [`verifier_log`](super::verifier_log) loads each program (aya's own load path cannot
+//! size or keep the verifier log). The unwinder goes into the program array the entry
+//! program tail-calls; then one cpu-clock perf event per CPU gets the entry attached.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader, Pod};
-use aya_obj::generated::bpf_prog_type;
+use aya_obj::generated::{bpf_map_type, bpf_prog_type};
 use aya_obj::obj::ProgramSection;
 
-use super::shared::{self, Config};
+use super::kernel::TaskOffsets;
+use super::shared::{self, Config, MappingKeyData};
 use super::sys::{self, ProgLoad, errno_name};
+use super::unwind::rules::{Chunk, MappingInfo, PageInfo, PageKey};
 use super::verifier_log::{self, LoadFailure, LogSettings, VerifierLog};
 
-/// The program's name in the object.
+/// The entry program's name in the object.
 pub const PROGRAM: &str = "stackline_sample";
+/// The unwinder's name (tail-called by the entry program in the native modes).
+pub const UNWINDER: &str = "stackline_unwind";
+/// Executables whose tables can be loaded at once (entries of the map-of-maps).
+pub const MAX_TABLES: u32 = 4096;
 
 /// The profiler object built from `ebpf/` (see scripts/build-ebpf.sh).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../ebpf/prebuilt/stackline.bpf.o");
@@ -26,6 +34,22 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../ebpf/prebuilt/s
 struct PodConfig(Config);
 // SAFETY: Config is #[repr(C)] and holds only integers.
 unsafe impl Pod for PodConfig {}
+
+// SAFETY: each is #[repr(C)] (or packed) and holds only integers, valid for any bit pattern.
+unsafe impl Pod for PageKey {}
+unsafe impl Pod for PageInfo {}
+unsafe impl Pod for MappingKeyData {}
+unsafe impl Pod for MappingInfo {}
+
+/// The maps user space fills so the unwinder can walk stacks without frame pointers.
+pub struct TableMaps {
+    /// (executable, text page) → where its rows are.
+    pub pages: BpfHashMap<MapData, PageKey, PageInfo>,
+    /// (pid, address) → mapping (an LPM trie).
+    pub mappings: LpmTrie<MapData, MappingKeyData, MappingInfo>,
+    /// Executable id → its array of chunks (a hash of maps).
+    pub tables: OwnedFd,
+}
 
 /// Why the profiler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +88,18 @@ pub enum LoadError {
 
 /// A loaded, attached profiler.
 pub struct Profiler {
-    /// Keeps the maps alive.
+    /// Keeps the maps (among them the program array) alive.
     _ebpf: Ebpf,
     pub program_fd: OwnedFd,
     pub log: VerifierLog,
+    /// The unwinder, in the native modes.
+    pub unwinder_fd: Option<OwnedFd>,
     pub samples: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Requests for unwind information, in the native modes.
+    pub events: Option<RingBuf<MapData>>,
+    /// The unwind tables' maps, in the native modes.
+    pub tables: Option<TableMaps>,
     /// One enabled perf event per sampled CPU; closing them detaches the program.
     _events: Vec<OwnedFd>,
 }
@@ -113,42 +143,100 @@ pub struct LoadRequest<'a> {
     pub config: Config,
     pub cpus: &'a [u32],
     pub frequency: u64,
+    /// Where a task's user registers are (native modes); None leaves samples taken in
+    /// the kernel without a user stack.
+    pub offsets: Option<TaskOffsets>,
+}
+
+/// The map behind any of the kinds the profiler's object declares.
+fn map_data(m: &Map) -> Option<&MapData> {
+    match m {
+        Map::RingBuf(d)
+        | Map::PerCpuArray(d)
+        | Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::LpmTrie(d)
+        | Map::ProgramArray(d) => Some(d),
+        _ => None,
+    }
 }
 
 /// Checks privileges, loads and attaches. On failure the error says what to do;
-/// `on_loaded` sees the verifier log of a program that loaded even if attaching fails.
+/// `on_loaded` sees the verifier log of each program that loaded, even if a later step fails.
 pub fn load(
     req: &LoadRequest<'_>,
-    on_loaded: &mut dyn FnMut(&VerifierLog),
+    on_loaded: &mut dyn FnMut(&str, &VerifierLog),
 ) -> Result<Profiler, LoadError> {
     let (enough, have) = capabilities();
     if !enough {
         return Err(LoadError::Capabilities { have });
     }
     sys::raise_memlock_rlimit();
+    let native = req.config.mode != shared::mode::FRAME_POINTER;
 
     // Enough ring buffer for ~50 ms of samples on every CPU at 1 kHz, within 4–64 MiB.
     let ring = ((req.cpus.len().max(1) * 128 * 1024) as u32)
         .next_power_of_two()
         .clamp(4 << 20, 64 << 20);
+    let offsets = req.offsets.unwrap_or(TaskOffsets {
+        task_stack: 0,
+        pt_regs: 0,
+    });
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("SAMPLES", ring)
+        .override_global("TASK_STACK_OFFSET", &offsets.task_stack, false)
+        .override_global("PT_REGS_OFFSET", &offsets.pt_regs, false)
         .load(req.object)
         .map_err(|e| LoadError::Maps(e.to_string()))?;
 
     let mut obj =
         aya_obj::Object::parse(req.object).map_err(|e| LoadError::Object(e.to_string()))?;
+    // The tables' map-of-maps: arrays of chunks, each sized for its executable.
+    let tables = if native && obj.maps.contains_key("TABLES") {
+        let template = sys::map_create(
+            bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            4,
+            std::mem::size_of::<Chunk>() as u32,
+            1,
+            sys::BPF_F_INNER_MAP,
+            None,
+            "unwind_tmpl",
+        )
+        .map_err(|e| LoadError::Maps(format!("creating the unwind table template: {e}")))?;
+        Some(
+            sys::map_create(
+                bpf_map_type::BPF_MAP_TYPE_HASH_OF_MAPS as u32,
+                8,
+                4,
+                MAX_TABLES,
+                0,
+                Some(template.as_fd()),
+                "TABLES",
+            )
+            .map_err(|e| {
+                LoadError::Maps(format!(
+                    "creating the unwind tables' map-of-maps: {e} (BPF_F_INNER_MAP needs Linux 5.10+)"
+                ))
+            })?,
+        )
+    } else {
+        None
+    };
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
     let obj_maps: HashMap<String, aya_obj::Map> = obj.maps.drain().collect();
     let mut fds = Vec::new();
     for name in obj_maps.keys() {
+        if name == "TABLES"
+            && let Some(t) = &tables
+        {
+            fds.push((name.clone(), t.as_raw_fd()));
+            continue;
+        }
         let data = match ebpf.map(name) {
-            Some(Map::RingBuf(d) | Map::PerCpuArray(d) | Map::Array(d)) => d,
-            Some(_) => {
-                return Err(LoadError::Object(format!(
-                    "map `{name}` has a type the profiler does not use"
-                )));
-            }
+            Some(m) => map_data(m).ok_or_else(|| {
+                LoadError::Object(format!("map `{name}` has a type the profiler does not use"))
+            })?,
             // Global-data sections aya skips on kernels without support.
             None => continue,
         };
@@ -163,34 +251,55 @@ pub fn load(
         .map_err(|e| LoadError::Object(e.to_string()))?;
     obj.sanitize_functions(aya::features());
 
-    let prog = obj
-        .programs
-        .get(PROGRAM)
-        .ok_or_else(|| LoadError::Object(format!("no program `{PROGRAM}` in the object")))?;
-    if !matches!(prog.section, ProgramSection::PerfEvent) {
-        return Err(LoadError::Object(format!(
-            "`{PROGRAM}` is not a perf_event program"
-        )));
-    }
-    let function = obj
-        .functions
-        .get(&prog.function_key())
-        .ok_or_else(|| LoadError::Object(format!("no code for `{PROGRAM}`")))?;
-    let loaded = verifier_log::load(
-        &ProgLoad {
-            prog_type: bpf_prog_type::BPF_PROG_TYPE_PERF_EVENT as u32,
-            name: PROGRAM,
-            insns: &function.instructions,
-            license: &obj.license,
-            kern_version: obj.kernel_version.unwrap_or(0),
-        },
-        &req.log,
-    )
-    .map_err(|failure| LoadError::Program {
-        program: PROGRAM.to_owned(),
-        failure,
-    })?;
-    on_loaded(&loaded.log);
+    let load_one = |name: &str| -> Result<verifier_log::Loaded, LoadError> {
+        let prog = obj
+            .programs
+            .get(name)
+            .ok_or_else(|| LoadError::Object(format!("no program `{name}` in the object")))?;
+        if !matches!(prog.section, ProgramSection::PerfEvent) {
+            return Err(LoadError::Object(format!(
+                "`{name}` is not a perf_event program"
+            )));
+        }
+        let function = obj
+            .functions
+            .get(&prog.function_key())
+            .ok_or_else(|| LoadError::Object(format!("no code for `{name}`")))?;
+        verifier_log::load(
+            &ProgLoad {
+                prog_type: bpf_prog_type::BPF_PROG_TYPE_PERF_EVENT as u32,
+                name,
+                insns: &function.instructions,
+                license: &obj.license,
+                kern_version: obj.kernel_version.unwrap_or(0),
+            },
+            &req.log,
+        )
+        .map_err(|failure| LoadError::Program {
+            program: name.to_owned(),
+            failure,
+        })
+    };
+    let loaded = load_one(PROGRAM)?;
+    on_loaded(PROGRAM, &loaded.log);
+    let unwinder = if native {
+        let u = load_one(UNWINDER)?;
+        on_loaded(UNWINDER, &u.log);
+        // The entry program tail-calls PROGS[0].
+        let progs = ebpf
+            .map("PROGS")
+            .and_then(map_data)
+            .ok_or_else(|| LoadError::Object("map `PROGS` missing".into()))?;
+        sys::map_update(
+            progs.fd().as_fd(),
+            &0u32.to_ne_bytes(),
+            Some(&(u.fd.as_raw_fd() as u32).to_ne_bytes()),
+        )
+        .map_err(|e| LoadError::Maps(format!("installing the unwinder: {e}")))?;
+        Some(u.fd)
+    } else {
+        None
+    };
 
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name)
@@ -205,8 +314,27 @@ pub fn load(
         .map_err(|e| LoadError::Object(e.to_string()))?;
     let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
         .map_err(|e| LoadError::Object(e.to_string()))?;
+    let (events, table_maps) = match tables {
+        Some(tables) => {
+            let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+                .map_err(|e| LoadError::Object(e.to_string()))?;
+            let pages = BpfHashMap::try_from(take(&mut ebpf, "PAGES")?)
+                .map_err(|e| LoadError::Object(e.to_string()))?;
+            let mappings = LpmTrie::try_from(take(&mut ebpf, "MAPPINGS")?)
+                .map_err(|e| LoadError::Object(e.to_string()))?;
+            (
+                Some(events),
+                Some(TableMaps {
+                    pages,
+                    mappings,
+                    tables,
+                }),
+            )
+        }
+        None => (None, None),
+    };
 
-    let mut events = Vec::with_capacity(req.cpus.len());
+    let mut events_fds = Vec::with_capacity(req.cpus.len());
     for &cpu in req.cpus {
         let attach_err = |e: std::io::Error| {
             let errno = e.raw_os_error().unwrap_or(0);
@@ -228,16 +356,19 @@ pub fn load(
         };
         let ev = sys::perf_event_open_cpu_clock(cpu, req.frequency).map_err(attach_err)?;
         sys::perf_event_attach(ev.as_fd(), loaded.fd.as_fd()).map_err(attach_err)?;
-        events.push(ev);
+        events_fds.push(ev);
     }
     drop(config);
     Ok(Profiler {
         _ebpf: ebpf,
         program_fd: loaded.fd,
         log: loaded.log,
+        unwinder_fd: unwinder,
         samples,
         counters,
-        _events: events,
+        events,
+        tables: table_maps,
+        _events: events_fds,
     })
 }
 

@@ -11,6 +11,7 @@
 //! tries again with backoff.
 
 mod config;
+pub mod kernel;
 pub mod loader;
 pub mod procfs;
 pub mod profile;
@@ -31,7 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
-pub use config::{EbpfProfilerConfig, LoadRetryConfig, VerifierLogConfig};
+pub use config::{
+    EbpfProfilerConfig, LoadRetryConfig, UnwindConfig, UnwindMode, VerifierLogConfig,
+};
 
 use crate::config::parse_component;
 use crate::pipeline::{Context, Fanout, Receiver, ReceiverFactory, StartError};
@@ -39,6 +42,7 @@ use crate::telemetry::names;
 use loader::{LoadError, LoadRequest, PROGRAM, Profiler};
 use profile::{DecodedSample, IntervalProfile, Resolver};
 use shared::counter;
+use unwind::manager;
 use verifier_log::VerifierLog;
 
 pub fn factory() -> ReceiverFactory {
@@ -97,21 +101,23 @@ fn hostname() -> String {
 }
 
 /// Records what a load produced: metrics, and the log where the user asked for it.
-fn record_log(cfg: &VerifierLogConfig, log: &VerifierLog) {
-    let p = ("program", PROGRAM);
-    metrics::gauge!(names::EBPF_VERIFIER_LOG_BYTES, &[p]).set(log.text.len() as f64);
+fn record_log(cfg: &VerifierLogConfig, program: &str, log: &VerifierLog) {
+    let p = ("program", program.to_owned());
+    metrics::gauge!(names::EBPF_VERIFIER_LOG_BYTES, std::slice::from_ref(&p))
+        .set(log.text.len() as f64);
     if log.truncated {
-        metrics::counter!(names::EBPF_VERIFIER_LOG_TRUNCATED, &[p]).increment(1);
+        metrics::counter!(names::EBPF_VERIFIER_LOG_TRUNCATED, std::slice::from_ref(&p))
+            .increment(1);
         match log.needed_bytes {
             Some(n) => tracing::warn!(
-                program = PROGRAM,
+                program,
                 kept = log.text.len(),
                 needed = n,
                 "the verifier log needed {n} bytes, more than verifier_log.max_size ({}); the program loaded without it and the first part is kept",
                 cfg.max_size
             ),
             None => tracing::warn!(
-                program = PROGRAM,
+                program,
                 kept = log.text.len(),
                 "the verifier log did not fit verifier_log.max_size ({}); the program loaded without it and the part that fit is kept",
                 cfg.max_size
@@ -119,26 +125,28 @@ fn record_log(cfg: &VerifierLogConfig, log: &VerifierLog) {
         }
     }
     if let Some(s) = log.stats() {
-        metrics::gauge!(names::EBPF_VERIFIER_INSNS, &[p]).set(s.insns_processed as f64);
-        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "total")
+        metrics::gauge!(names::EBPF_VERIFIER_INSNS, std::slice::from_ref(&p))
+            .set(s.insns_processed as f64);
+        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => program.to_owned(), "kind" => "total")
             .set(s.total_states as f64);
-        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => PROGRAM, "kind" => "peak")
+        metrics::gauge!(names::EBPF_VERIFIER_STATES, "program" => program.to_owned(), "kind" => "peak")
             .set(s.peak_states as f64);
         if let Some(us) = s.verification_time_usec {
-            metrics::gauge!(names::EBPF_VERIFIER_SECONDS, &[p]).set(us as f64 / 1e6);
+            metrics::gauge!(names::EBPF_VERIFIER_SECONDS, std::slice::from_ref(&p))
+                .set(us as f64 / 1e6);
         }
     }
     if log.text.is_empty() {
         return;
     }
     if cfg.output.is_empty() {
-        tracing::debug!(program = PROGRAM, "verifier log:\n{}", log.text);
+        tracing::debug!(program, "verifier log:\n{}", log.text);
         return;
     }
     let dir = Path::new(&cfg.output);
-    let path = dir.join(format!("{PROGRAM}.log"));
+    let path = dir.join(format!("{program}.log"));
     // Written aside and renamed, so a reader never sees half a log.
-    let tmp = dir.join(format!(".{PROGRAM}.log.tmp"));
+    let tmp = dir.join(format!(".{program}.log.tmp"));
     let written = std::fs::create_dir_all(dir)
         .and_then(|_| std::fs::write(&tmp, &log.text))
         .and_then(|_| std::fs::rename(&tmp, &path));
@@ -157,8 +165,11 @@ fn record_failure(cfg: &VerifierLogConfig, e: &LoadError) {
         metrics::counter!(names::EBPF_PROGRAM_LOAD_FAILURES, "program" => PROGRAM, "errno" => errno, "reason" => reason).increment(1);
     };
     match e {
-        LoadError::Program { failure: f, .. } => {
-            record_log(cfg, &f.log);
+        LoadError::Program {
+            failure: f,
+            program,
+        } => {
+            record_log(cfg, program, &f.log);
             failure(errno_label(f.errno), f.reason());
         }
         LoadError::Capabilities { .. } => failure("EPERM".into(), "missing_capabilities"),
@@ -187,6 +198,19 @@ async fn run(
 ) {
     let mut wait = cfg.load_retry.initial_interval;
     let mut loaded_ok = false;
+    // Where a task's user registers are, for samples taken in the kernel (native modes).
+    let offsets = if cfg.unwind.mode == UnwindMode::FramePointer {
+        None
+    } else {
+        match tokio::task::spawn_blocking(kernel::task_offsets).await {
+            Ok(Ok(o)) => Some(o),
+            Ok(Err(e)) => {
+                tracing::warn!(receiver = %ctx.id, "{e}");
+                None
+            }
+            Err(_) => None,
+        }
+    };
     loop {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -194,7 +218,7 @@ async fn run(
         let req_cfg = cfg.clone();
         let (obj, cpus2) = (object.clone(), cpus.clone());
         let attempt = tokio::task::spawn_blocking(move || {
-            let mut seen_log = None;
+            let mut seen_logs = Vec::new();
             let r = loader::load(
                 &LoadRequest {
                     object: &obj,
@@ -202,30 +226,33 @@ async fn run(
                     config: shared::Config {
                         include_idle: req_cfg.include_idle as u32,
                         kernel_stacks: req_cfg.kernel_stacks as u32,
+                        mode: req_cfg.unwind.program_mode(),
+                        max_frames: req_cfg.unwind.max_frames,
                     },
                     cpus: &cpus2,
                     frequency: req_cfg.sampling_frequency,
+                    offsets,
                 },
-                &mut |log| seen_log = Some(log.clone()),
+                &mut |name, log| seen_logs.push((name.to_owned(), log.clone())),
             );
-            (r, seen_log)
+            (r, seen_logs)
         })
         .await;
-        let (result, log) = match attempt {
+        let (result, logs) = match attempt {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(receiver = %ctx.id, error = %e, "the load attempt panicked");
                 (
                     Err(LoadError::Object(format!("load attempt panicked: {e}"))),
-                    None,
+                    Vec::new(),
                 )
             }
         };
-        if let Some(log) = &log {
+        for (program, log) in &logs {
             // The program loaded (attaching may still have failed). The log is in place
             // before the metric says so.
-            record_log(&cfg.verifier_log, log);
-            metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => PROGRAM, "outcome" => "success").increment(1);
+            record_log(&cfg.verifier_log, program, log);
+            metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => program.clone(), "outcome" => "success").increment(1);
         }
         match result {
             Ok(profiler) => {
@@ -307,6 +334,10 @@ fn reader_loop(
     let mut offset = sys::monotonic_to_unix_offset_ns();
     let host = hostname();
     let mut resolver = Resolver::new();
+    if let Some(tables) = p.tables.take() {
+        resolver.set_tables(manager::spawn(tables, cfg.unwind.max_memory.as_u64())?);
+    }
+    let unwind_meters = UnwindMeters::new();
     let samples_total = metrics::counter!(names::EBPF_SAMPLES);
     let ringbuf_lost = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "ring_buffer_full");
     let undecodable = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "undecodable");
@@ -322,6 +353,16 @@ fn reader_loop(
             sys::poll_readable(p.samples.as_fd(), until.min(Duration::from_millis(100)))?;
         }
         let now = Instant::now();
+        if let Some(events) = &mut p.events {
+            while let Some(item) = events.next() {
+                if item.len() >= std::mem::size_of::<shared::Event>() {
+                    // SAFETY: the length is checked; Event is #[repr(C)] plain integers.
+                    let e: shared::Event =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr() as *const shared::Event) };
+                    resolver.requested(e.pid, now);
+                }
+            }
+        }
         while let Some(item) = p.samples.next() {
             match DecodedSample::decode(&item) {
                 Some(s) => {
@@ -336,6 +377,7 @@ fn reader_loop(
             let lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
             ringbuf_lost.increment(lost.saturating_sub(last_lost));
             last_lost = lost;
+            unwind_meters.update(&p.counters);
             if let Ok((run_ns, run_cnt)) = sys::prog_run_stats(p.program_fd.as_fd()) {
                 run_seconds.set(run_ns as f64 / 1e9);
                 runs.absolute(run_cnt);
@@ -358,6 +400,52 @@ fn reader_loop(
         }
     }
     Ok(())
+}
+
+/// The program's unwinding counters, as metrics.
+struct UnwindMeters {
+    stops: Vec<(u32, metrics::Counter)>,
+    frames_table: metrics::Counter,
+    frames_fp: metrics::Counter,
+    events_sent: metrics::Counter,
+    events_lost: metrics::Counter,
+}
+
+impl UnwindMeters {
+    fn new() -> Self {
+        use unwind::rules::stop;
+        let frames = |m: &'static str| metrics::counter!(names::EBPF_UNWIND_FRAMES, "method" => m);
+        let events = |r: &'static str| metrics::counter!(names::EBPF_UNWIND_EVENTS, "result" => r);
+        UnwindMeters {
+            stops: (stop::COMPLETE..stop::COUNT)
+                .map(|r| {
+                    (
+                        counter::STOPS + r as u32,
+                        metrics::counter!(names::EBPF_UNWIND_STOPS, "reason" => stop::NAMES[r as usize]),
+                    )
+                })
+                .collect(),
+            frames_table: frames("eh_frame"),
+            frames_fp: frames("frame_pointer"),
+            events_sent: events("sent"),
+            events_lost: events("lost"),
+        }
+    }
+
+    /// The kernel's counts are cumulative: the metrics take them as they are.
+    fn update(&self, counters: &aya::maps::PerCpuArray<aya::maps::MapData, u64>) {
+        for (index, c) in &self.stops {
+            c.absolute(loader::counter(counters, *index));
+        }
+        self.frames_table
+            .absolute(loader::counter(counters, counter::FRAMES_TABLE));
+        self.frames_fp
+            .absolute(loader::counter(counters, counter::FRAMES_FP));
+        self.events_sent
+            .absolute(loader::counter(counters, counter::EVENTS_SENT));
+        self.events_lost
+            .absolute(loader::counter(counters, counter::EVENTS_LOST));
+    }
 }
 
 /// What `stackline ebpf-check` reports: how loading the profiler's program went.
@@ -389,11 +477,18 @@ pub fn check(log: &VerifierLogConfig) -> CheckReport {
             config: shared::Config {
                 include_idle: 0,
                 kernel_stacks: 1,
+                mode: shared::mode::AUTO,
+                max_frames: shared::MAX_USER_FRAMES as u32,
             },
             cpus: &[],
             frequency: 1,
+            offsets: None,
         },
-        &mut |l| seen = Some(l.clone()),
+        &mut |name, l| {
+            if name == PROGRAM {
+                seen = Some(l.clone())
+            }
+        },
     );
     let error = r.as_ref().err().map(|e| e.to_string());
     let log = match (&r, seen) {

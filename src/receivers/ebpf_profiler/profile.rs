@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use metrics::Counter;
 
 use super::procfs::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
-use super::shared::{COMM_LEN, MAX_STACK_DEPTH, RawSample};
+use super::shared::{COMM_LEN, FRAME_BY_FP, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, RecordHeader};
+use super::unwind::manager::{self, Msg};
+use super::unwind::rules::stop;
 use crate::otlp::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use crate::otlp::profiles::{
     KeyValueAndUnit, Location, Mapping, Profile, Sample, Stack, ValueType,
@@ -29,46 +31,62 @@ pub struct DecodedSample {
     pub cpu: u32,
     pub ktime_ns: u64,
     pub comm: String,
+    /// User frames, leaf first (return addresses after the first).
     pub user: Vec<u64>,
+    /// Bit i set: user frame i was reached by frame pointer (its code had no table).
+    pub user_by_fp: u128,
     pub user_error: Option<i64>,
     pub kernel: Vec<u64>,
     pub kernel_error: Option<i64>,
+    /// Why the native walk ended (`unwind::stop`; 0 in frame-pointer mode).
+    pub stop: u8,
 }
 
-fn stack(frames: &[u64; MAX_STACK_DEPTH], len: i64) -> (Vec<u64>, Option<i64>) {
-    if len < 0 {
-        return (Vec::new(), Some(len));
-    }
-    let n = (len as usize / 8).min(MAX_STACK_DEPTH);
-    (
-        frames[..n].iter().copied().filter(|&a| a != 0).collect(),
-        None,
-    )
-}
+const HEADER: usize = std::mem::size_of::<RecordHeader>();
 
 impl DecodedSample {
-    /// Decodes one ring-buffer record; `None` if it is not a whole `RawSample`.
+    /// Decodes one ring-buffer record (a header, then its frames); `None` if it is cut short.
     pub fn decode(bytes: &[u8]) -> Option<DecodedSample> {
-        if bytes.len() < std::mem::size_of::<RawSample>() {
+        if bytes.len() < HEADER {
             return None;
         }
-        // SAFETY: the length is checked; RawSample is #[repr(C)] plain integers, valid
-        // for any bit pattern; the read is unaligned-safe.
-        let raw: RawSample =
-            unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RawSample) };
-        let comm_end = raw.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        let (user, user_error) = stack(&raw.user_stack, raw.user_stack_len);
-        let (kernel, kernel_error) = stack(&raw.kernel_stack, raw.kernel_stack_len);
+        // SAFETY: the length is checked; RecordHeader is #[repr(C)] plain integers,
+        // valid for any bit pattern; the read is unaligned-safe.
+        let h: RecordHeader =
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RecordHeader) };
+        let (k, u) = (h.kernel_len as usize, h.user_len as usize);
+        if k > MAX_KERNEL_FRAMES || u > MAX_USER_FRAMES {
+            return None;
+        }
+        let frames = bytes.get(HEADER..HEADER + (k + u) * 8)?;
+        let word =
+            |i: usize| u64::from_ne_bytes(frames[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let comm_end = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        let kernel = (0..k).map(word).filter(|&a| a != 0).collect();
+        let mut user = Vec::with_capacity(u);
+        let mut user_by_fp = 0u128;
+        for i in 0..u {
+            let a = word(k + i);
+            if a & FRAME_BY_FP != 0 {
+                user_by_fp |= 1 << user.len();
+            }
+            let a = a & !FRAME_BY_FP;
+            if a != 0 {
+                user.push(a);
+            }
+        }
         Some(DecodedSample {
-            tgid: raw.tgid,
-            tid: raw.tid,
-            cpu: raw.cpu,
-            ktime_ns: raw.ktime_ns,
-            comm: String::from_utf8_lossy(&raw.comm[..comm_end]).into_owned(),
+            tgid: h.tgid,
+            tid: h.tid,
+            cpu: h.cpu,
+            ktime_ns: h.ktime_ns,
+            comm: String::from_utf8_lossy(&h.comm[..comm_end]).into_owned(),
             user,
-            user_error,
+            user_by_fp,
+            user_error: (h.user_error < 0).then_some(h.user_error as i64),
             kernel,
-            kernel_error,
+            kernel_error: (h.kernel_error < 0).then_some(h.kernel_error as i64),
+            stop: h.stop,
         })
     }
 }
@@ -91,9 +109,32 @@ struct Meters {
     kernel_stack: Counter,
 }
 
+/// Reads processes, and tells the unwind-table manager (in the native modes) what it
+/// read, so the program can walk them.
+#[derive(Default)]
+struct Reader {
+    tables: Option<manager::Handle>,
+}
+
+impl Reader {
+    fn read(&self, pid: u32) -> std::io::Result<ProcessInfo> {
+        let info = ProcessInfo::read(pid)?;
+        if let Some(t) = &self.tables {
+            t.send(Msg::Process {
+                pid,
+                maps: info.maps.iter().filter(|m| m.executable).cloned().collect(),
+            });
+        }
+        Ok(info)
+    }
+}
+
 /// Process, build-ID and kernel-range lookups, cached.
 pub struct Resolver {
     procs: HashMap<u32, Cached>,
+    reader: Reader,
+    /// Processes sampled in the current interval (their tables count as used).
+    sampled: std::collections::HashSet<u32>,
     /// Current report interval: each process's start time is compared once per interval,
     /// so a reused pid is never resolved against the maps of the process it replaced.
     interval: u64,
@@ -119,6 +160,8 @@ impl Resolver {
             |reason: &'static str| metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => reason);
         Resolver {
             procs: HashMap::new(),
+            reader: Reader::default(),
+            sampled: Default::default(),
             interval: 0,
             build_ids: BuildIds::default(),
             kernel: KernelMaps::read(),
@@ -131,12 +174,35 @@ impl Resolver {
         }
     }
 
+    /// Feeds the unwind-table manager from now on.
+    pub fn set_tables(&mut self, tables: manager::Handle) {
+        self.reader.tables = Some(tables);
+    }
+
+    /// The program could not unwind through an address of `pid`: re-read the process
+    /// (at most every REFRESH_EVERY), so its new mappings (dlopen) get tables.
+    pub fn requested(&mut self, pid: u32, now: Instant) {
+        match self.procs.get_mut(&pid) {
+            Some(c) if now.duration_since(c.refreshed) >= REFRESH_EVERY => {
+                c.refreshed = now;
+                if let Ok(fresh) = self.reader.read(pid) {
+                    c.info = Some(fresh);
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.cached(pid, now);
+            }
+        }
+    }
+
     /// The cache entry of a process: read at first sight, its start time compared once
     /// per interval.
     fn cached(&mut self, pid: u32, now: Instant) -> &mut Cached {
         let interval = self.interval;
+        let reader = &self.reader;
         let entry = self.procs.entry(pid).or_insert_with(|| Cached {
-            info: ProcessInfo::read(pid).ok(),
+            info: reader.read(pid).ok(),
             main_comm: None,
             refreshed: now,
             seen: now,
@@ -150,7 +216,7 @@ impl Resolver {
             // now has this pid. If the pid is gone, keep what was read at first sight.
             if let Ok(start) = super::procfs::start_time(pid)
                 && cached_start != Some(start)
-                && let Ok(fresh) = ProcessInfo::read(pid)
+                && let Ok(fresh) = reader.read(pid)
             {
                 entry.info = Some(fresh);
                 entry.refreshed = now;
@@ -166,11 +232,14 @@ impl Resolver {
     /// The process a sample came from. A new comm on the main thread means the process
     /// exec'd (its pid and start time stay the same), so it is read again at once.
     fn sampled(&mut self, pid: u32, tid: u32, comm: &str, now: Instant) -> Option<&ProcessInfo> {
-        let c = self.cached(pid, now);
+        self.sampled.insert(pid);
+        self.cached(pid, now);
+        let reader = &self.reader;
+        let c = self.procs.get_mut(&pid)?;
         if pid == tid {
             match &c.main_comm {
                 Some(old) if old != comm => {
-                    if let Ok(fresh) = ProcessInfo::read(pid) {
+                    if let Ok(fresh) = reader.read(pid) {
                         c.info = Some(fresh);
                         c.refreshed = now;
                     }
@@ -193,18 +262,29 @@ impl Resolver {
         let c = self.procs.get_mut(&pid)?;
         if now.duration_since(c.refreshed) >= REFRESH_EVERY {
             c.refreshed = now;
-            if let Ok(fresh) = ProcessInfo::read(pid) {
+            if let Ok(fresh) = self.reader.read(pid) {
                 c.info = Some(fresh);
             }
         }
         c.info.as_ref()?.mapping_for(addr).cloned()
     }
 
-    /// Starts a new report interval: drops processes not sampled for a while.
+    /// Starts a new report interval: drops processes not sampled for a while (and
+    /// their entries in the unwind index), and tells the table manager what was used.
     pub fn next_interval(&mut self, now: Instant) {
         self.interval += 1;
-        self.procs
-            .retain(|_, c| now.duration_since(c.seen) < EVICT_AFTER);
+        let tables = &self.reader.tables;
+        self.procs.retain(|&pid, c| {
+            let keep = now.duration_since(c.seen) < EVICT_AFTER;
+            if !keep && let Some(t) = tables {
+                t.send(Msg::Gone(pid));
+            }
+            keep
+        });
+        let sampled: Vec<u32> = self.sampled.drain().collect();
+        if let Some(t) = tables {
+            t.send(Msg::Interval(sampled));
+        }
     }
 }
 
@@ -218,12 +298,17 @@ pub struct IntervalProfile {
     first_ts: u64,
     last_ts: u64,
     period_ns: i64,
-    /// (pid, mapping start) → mapping index, and (mapping index, address) → location index.
+    /// (pid, mapping start) → mapping index, and (mapping index, address, reached by
+    /// frame pointer) → location index.
     mapping_idx: HashMap<(u32, u64), i32>,
-    location_idx: HashMap<(i32, u64), i32>,
+    location_idx: HashMap<(i32, u64, bool), i32>,
     kernel_idx: HashMap<u64, i32>,
     frame_native: i32,
     frame_kernel: i32,
+    /// `stackline.unwind.method: frame_pointer`, on frames reached by frame pointer in a native mode.
+    by_fp: i32,
+    /// `stackline.unwind.stop` attributes by stop reason, made on first use.
+    stops: [i32; stop::COUNT as usize],
 }
 
 impl IntervalProfile {
@@ -231,6 +316,7 @@ impl IntervalProfile {
         let mut b = DictionaryBuilder::new();
         let frame_native = str_attr(&mut b, "profile.frame.type", "native");
         let frame_kernel = str_attr(&mut b, "profile.frame.type", "kernel");
+        let by_fp = str_attr(&mut b, "stackline.unwind.method", "frame_pointer");
         IntervalProfile {
             b,
             samples: Vec::new(),
@@ -243,6 +329,8 @@ impl IntervalProfile {
             kernel_idx: HashMap::new(),
             frame_native,
             frame_kernel,
+            by_fp,
+            stops: [0; stop::COUNT as usize],
         }
     }
 
@@ -254,17 +342,21 @@ impl IntervalProfile {
         self.samples.is_empty()
     }
 
-    fn location(&mut self, mapping: i32, addr: u64, frame_type: i32) -> i32 {
-        if let Some(&l) = self.location_idx.get(&(mapping, addr)) {
+    fn location(&mut self, mapping: i32, addr: u64, frame_type: i32, fp: bool) -> i32 {
+        if let Some(&l) = self.location_idx.get(&(mapping, addr, fp)) {
             return l;
+        }
+        let mut attribute_indices = vec![frame_type];
+        if fp {
+            attribute_indices.push(self.by_fp);
         }
         let l = self.b.intern_location(Location {
             mapping_index: mapping,
             address: addr,
             lines: Vec::new(),
-            attribute_indices: vec![frame_type],
+            attribute_indices,
         });
-        self.location_idx.insert((mapping, addr), l);
+        self.location_idx.insert((mapping, addr, fp), l);
         l
     }
 
@@ -319,7 +411,7 @@ impl IntervalProfile {
         let mut locations = Vec::with_capacity(s.kernel.len() + s.user.len());
         for &addr in &s.kernel {
             let m = self.kernel_mapping(addr, r);
-            locations.push(self.location(m, addr, self.frame_kernel));
+            locations.push(self.location(m, addr, self.frame_kernel, false));
         }
         if s.kernel_error.is_some() {
             r.meters.kernel_stack.increment(1);
@@ -364,7 +456,8 @@ impl IntervalProfile {
         if s.user_error.is_some() && user_process {
             r.meters.user_stack.increment(1);
         }
-        for &addr in &s.user {
+        for (i, &addr) in s.user.iter().enumerate() {
+            let fp = i < 128 && s.user_by_fp & (1 << i) != 0;
             let mapping = match r.user_mapping(s.tgid, addr, now) {
                 Some(m) => self.user_mapping(s.tgid, &m, r),
                 None => {
@@ -374,7 +467,14 @@ impl IntervalProfile {
                     0
                 }
             };
-            locations.push(self.location(mapping, addr, self.frame_native));
+            locations.push(self.location(mapping, addr, self.frame_native, fp));
+        }
+        if s.stop > stop::COMPLETE && (s.stop as usize) < self.stops.len() {
+            let i = s.stop as usize;
+            if self.stops[i] == 0 {
+                self.stops[i] = str_attr(&mut self.b, "stackline.unwind.stop", stop::NAMES[i]);
+            }
+            attrs.push(self.stops[i]);
         }
         let stack_index = self.b.intern_stack(Stack {
             location_indices: locations,

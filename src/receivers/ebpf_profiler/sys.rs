@@ -229,6 +229,84 @@ fn obj_info<T>(fd: i32, info: &mut T) -> io::Result<()> {
     Ok(())
 }
 
+/// `BPF_F_INNER_MAP`: inner maps of one outer map may differ in `max_entries` (5.10+).
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// `BPF_F_NO_PREALLOC`.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// `BPF_MAP_CREATE`: a map aya cannot create (a map-of-maps from a legacy definition,
+/// and its inner maps).
+pub fn map_create(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+    inner: Option<BorrowedFd<'_>>,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain C union, zero is its initial state.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: BPF_MAP_CREATE uses this member.
+    let u = unsafe { &mut attr.__bindgen_anon_1 };
+    u.map_type = map_type;
+    u.key_size = key_size;
+    u.value_size = value_size;
+    u.max_entries = max_entries;
+    u.map_flags = flags;
+    u.inner_map_fd = inner.map_or(0, |f| f.as_raw_fd() as u32);
+    let name = name.as_bytes();
+    let n = name.len().min(u.map_name.len() - 1);
+    for (dst, src) in u.map_name.iter_mut().zip(&name[..n]) {
+        *dst = *src as _;
+    }
+    // SAFETY: a valid BPF_MAP_CREATE attribute; the size passed is that of `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_CREATE as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BPF_MAP_CREATE returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// `BPF_MAP_UPDATE_ELEM` (`value` None: `BPF_MAP_DELETE_ELEM`) with raw key and value bytes.
+pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: Option<&[u8]>) -> io::Result<()> {
+    // SAFETY: plain C union, zero is its initial state.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: the element commands use this member.
+    let u = unsafe { &mut attr.__bindgen_anon_2 };
+    u.map_fd = map.as_raw_fd() as u32;
+    u.key = key.as_ptr() as u64;
+    let cmd = match value {
+        Some(v) => {
+            u.__bindgen_anon_1.value = v.as_ptr() as u64;
+            bpf_cmd::BPF_MAP_UPDATE_ELEM
+        }
+        None => bpf_cmd::BPF_MAP_DELETE_ELEM,
+    };
+    // SAFETY: `key` and `value` outlive the call and have the map's sizes (the kernel
+    // reads exactly key_size and value_size bytes).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps and programs to.
 pub fn raise_memlock_rlimit() {
     let lim = libc::rlimit {

@@ -4,9 +4,12 @@
 //! - [`table`]: building an executable's table from its ELF file.
 //! - [`walk`]: the same walk in user space, over any memory (tests run it on core files).
 
+pub mod manager;
 #[path = "../../../../ebpf/src/unwind.rs"]
 pub mod rules;
 pub mod table;
+
+pub use rules::{MappingInfo, Regs};
 pub mod walk;
 
 #[cfg(test)]

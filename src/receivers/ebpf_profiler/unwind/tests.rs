@@ -59,7 +59,6 @@ fn binaries(test: &str, dir: &Path) -> Vec<PathBuf> {
 
 /// One FDE of `readelf --debug-dump=frames-interp`: its range and rows (CFA, RBP, RA columns).
 struct ReadelfFde {
-    start: u64,
     end: u64,
     rows: Vec<(u64, String, String, String)>,
 }
@@ -103,7 +102,6 @@ fn readelf_fdes(path: &Path) -> Vec<ReadelfFde> {
             // Until rows say otherwise, the CIE's initial rule.
             let init = cie_rows.get(&cie).cloned().unwrap_or_default();
             fdes.push(ReadelfFde {
-                start,
                 end,
                 rows: vec![(start, init.0, init.1, init.2)],
             });
@@ -305,8 +303,11 @@ impl Core {
     }
 }
 
+/// A mapped file of a core: start, end, file offset, path.
+type CoreFile = (u64, u64, u64, PathBuf);
+
 /// Registers of the first thread (NT_PRSTATUS) and the file mappings (NT_FILE) of a core.
-fn parse_core(path: &Path) -> (Core, Regs, Vec<(u64, u64, u64, PathBuf)>) {
+fn parse_core(path: &Path) -> (Core, Regs, Vec<CoreFile>) {
     use object::read::elf::{ElfFile64, ProgramHeader};
     let data = std::fs::read(path).unwrap();
     let elf = ElfFile64::<object::Endianness>::parse(&*data).unwrap();
@@ -339,7 +340,6 @@ fn parse_core(path: &Path) -> (Core, Regs, Vec<(u64, u64, u64, PathBuf)>) {
                             bp: r(4),
                             bp_known: 1,
                             is_return: 0,
-                            _pad: [0; 6],
                         });
                     }
                     if n.n_type(e) == object::elf::NT_FILE {
@@ -362,7 +362,7 @@ fn parse_core(path: &Path) -> (Core, Regs, Vec<(u64, u64, u64, PathBuf)>) {
 }
 
 /// The walk's mappings: every mapped file with its table.
-fn mappings(files: &[(u64, u64, u64, PathBuf)]) -> Vec<super::walk::Mapping> {
+fn mappings(files: &[CoreFile]) -> Vec<super::walk::Mapping> {
     let mut tables: std::collections::HashMap<PathBuf, (Vec<u8>, std::sync::Arc<Table>)> =
         Default::default();
     let mut out = Vec::new();

@@ -1,0 +1,471 @@
+//! Keeping the kernel's unwind maps in step with the processes being sampled, on a
+//! thread of its own (building a table takes milliseconds; the sample reader must not wait).
+//!
+//! For every sampled process it is told about (by the sample reader, which reads
+//! `/proc/PID/maps` at first sight, on exec, pid reuse and when the program asks), it
+//! maps each executable mapping to its executable's table id and loads the table if
+//! needed; the process's address ranges go into the mapping index. Executables are
+//! keyed by GNU build ID (else a hash of their first and last 4 KiB and length), so a
+//! library shared by many processes has one table. Tables are evicted least recently
+//! used first to stay within `unwind.max_memory`.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Instant;
+
+use aya::maps::lpm_trie::Key;
+use metrics::{Counter, Gauge, Histogram};
+
+use super::rules::{Chunk, MappingInfo, PageKey};
+use super::table::{Table, bias, build};
+use crate::receivers::ebpf_profiler::loader::TableMaps;
+use crate::receivers::ebpf_profiler::procfs::{MapEntry, map_file};
+use crate::receivers::ebpf_profiler::shared::{MAPPING_KEY_BITS, MappingKeyData};
+use crate::receivers::ebpf_profiler::sys;
+use crate::telemetry::names;
+
+/// What the sample reader tells the manager.
+pub enum Msg {
+    /// A process's current executable mappings (at first sight, exec, pid reuse, or refresh).
+    Process { pid: u32, maps: Vec<MapEntry> },
+    /// The process is gone: its ranges can go.
+    Gone(u32),
+    /// A report interval ended; these processes were sampled in it.
+    Interval(Vec<u32>),
+}
+
+/// The manager's end the reader holds. Dropping it stops the manager.
+pub struct Handle {
+    tx: SyncSender<Msg>,
+    dropped: Counter,
+}
+
+impl Handle {
+    /// Sends without waiting: if the manager is behind, the message is dropped and
+    /// counted (the process is re-sent at the next refresh or request).
+    pub fn send(&self, msg: Msg) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
+            self.dropped.increment(1);
+        }
+    }
+}
+
+/// Starts the manager thread.
+pub fn spawn(maps: TableMaps, max_memory: u64) -> std::io::Result<Handle> {
+    let (tx, rx) = sync_channel(1024);
+    let mut m = Manager::new(maps, max_memory);
+    std::thread::Builder::new()
+        .name("unwind-tables".into())
+        .spawn(move || m.run(rx))?;
+    Ok(Handle {
+        tx,
+        dropped: metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "unwind_request_dropped"),
+    })
+}
+
+/// A file's identity on its device.
+type FileKey = (String, u64);
+
+/// What a mapped file gave: its table id (0 = none), and its bytes' load segments for bias.
+#[derive(Clone)]
+struct FileInfo {
+    exe_id: u64,
+    data: std::sync::Arc<memmap2::Mmap>,
+}
+
+struct Loaded {
+    bytes: u64,
+    pages: Vec<u64>,
+    last_used: u64,
+}
+
+/// One range of a process in the mapping index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Range {
+    start: u64,
+    end: u64,
+    exe_id: u64,
+    bias: u64,
+}
+
+struct Meters {
+    bytes: Gauge,
+    tables: Gauge,
+    build: Histogram,
+    evictions: Counter,
+}
+
+fn build_result(result: &'static str) -> Counter {
+    metrics::counter!(names::EBPF_UNWIND_TABLE_BUILDS, "result" => result)
+}
+
+struct Manager {
+    maps: TableMaps,
+    max_memory: u64,
+    used: u64,
+    interval: u64,
+    files: HashMap<FileKey, Option<FileInfo>>,
+    loaded: HashMap<u64, Loaded>,
+    /// Executables without a usable table (no .eh_frame, or larger than the budget).
+    no_table: HashSet<u64>,
+    procs: HashMap<u32, Vec<Range>>,
+    vdso: Option<Option<FileInfo>>,
+    meters: Meters,
+}
+
+/// The table id of an executable: its build ID's first 8 bytes, else a hash of its
+/// first and last 4 KiB and its length. Never 0 (which means "no table").
+fn exe_id(data: &[u8]) -> u64 {
+    use object::Object;
+    let from_id = object::File::parse(data)
+        .ok()
+        .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
+        .filter(|id| id.len() >= 8)
+        .map(|id| u64::from_le_bytes(id[..8].try_into().unwrap_or_default()));
+    let id = from_id.unwrap_or_else(|| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        data[..data.len().min(4096)].hash(&mut h);
+        data[data.len().saturating_sub(4096)..].hash(&mut h);
+        data.len().hash(&mut h);
+        h.finish()
+    });
+    id.max(1)
+}
+
+/// The LPM prefixes covering `[start, end)`: (address, prefix bits of the address).
+pub fn prefixes(start: u64, end: u64) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    let mut a = start;
+    while a < end {
+        let mut bits = if a == 0 {
+            63
+        } else {
+            a.trailing_zeros().min(63)
+        };
+        while bits > 0 && a.checked_add(1u64 << bits).is_none_or(|e| e > end) {
+            bits -= 1;
+        }
+        out.push((a, 64 - bits));
+        match a.checked_add(1u64 << bits) {
+            Some(n) => a = n,
+            None => break,
+        }
+    }
+    out
+}
+
+impl Manager {
+    fn new(maps: TableMaps, max_memory: u64) -> Self {
+        Manager {
+            maps,
+            max_memory,
+            used: 0,
+            interval: 0,
+            files: HashMap::new(),
+            loaded: HashMap::new(),
+            no_table: HashSet::new(),
+            procs: HashMap::new(),
+            vdso: None,
+            meters: Meters {
+                bytes: metrics::gauge!(names::EBPF_UNWIND_TABLE_BYTES),
+                tables: metrics::gauge!(names::EBPF_UNWIND_TABLES),
+                build: metrics::histogram!(names::EBPF_UNWIND_TABLE_BUILD_SECONDS),
+                evictions: metrics::counter!(names::EBPF_UNWIND_TABLE_EVICTIONS),
+            },
+        }
+    }
+
+    fn run(&mut self, rx: Receiver<Msg>) {
+        while let Ok(msg) = rx.recv() {
+            // A bug here must not take unwinding down for good: the message is dropped.
+            let r = crate::pipeline::catch("receiver/ebpf_profiler/unwind-tables", || match msg {
+                Msg::Process { pid, maps } => self.process(pid, &maps),
+                Msg::Gone(pid) => self.gone(pid),
+                Msg::Interval(pids) => self.next_interval(&pids),
+            });
+            if r.is_err() {
+                self.files.clear();
+            }
+        }
+    }
+
+    /// The file behind mapping `m` of `pid`, read at most once per file.
+    fn file(&mut self, pid: u32, m: &MapEntry) -> Option<FileInfo> {
+        if m.path == "[vdso]" {
+            if self.vdso.is_none() {
+                self.vdso = Some(own_vdso().map(|data| FileInfo {
+                    exe_id: exe_id(&data),
+                    data: std::sync::Arc::new(data),
+                }));
+            }
+            return self.vdso.clone().flatten();
+        }
+        let key = (m.dev.clone(), m.inode);
+        if let Some(f) = self.files.get(&key) {
+            return f.clone();
+        }
+        let candidates = [
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
+            PathBuf::from(format!("/proc/{pid}/root{}", m.path)),
+        ];
+        let data = candidates.iter().find_map(|c| map_file(c).ok())?;
+        let info = Some(FileInfo {
+            exe_id: exe_id(&data),
+            data: std::sync::Arc::new(data),
+        });
+        // Bound the cache: files come and go with processes.
+        if self.files.len() > 8192 {
+            self.files.clear();
+        }
+        self.files.insert(key, info.clone());
+        info
+    }
+
+    /// The table of `f` is loaded (or known to be impossible): its id, or 0.
+    fn ensure_table(&mut self, f: &FileInfo) -> u64 {
+        let id = f.exe_id;
+        if let Some(l) = self.loaded.get_mut(&id) {
+            l.last_used = self.interval;
+            return id;
+        }
+        if self.no_table.contains(&id) {
+            return 0;
+        }
+        let t0 = Instant::now();
+        let table = match build(&f.data) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(exe_id = format!("{id:x}"), error = %e, "no unwind table");
+                build_result("no_frames").increment(1);
+                self.no_table.insert(id);
+                return 0;
+            }
+        };
+        self.meters.build.record(t0.elapsed().as_secs_f64());
+        let bytes = table.bytes();
+        if bytes > self.max_memory {
+            build_result("too_large").increment(1);
+            self.no_table.insert(id);
+            return 0;
+        }
+        self.make_room(bytes);
+        match self.load(id, &table) {
+            Ok(pages) => {
+                build_result("loaded").increment(1);
+                self.used += bytes;
+                self.loaded.insert(
+                    id,
+                    Loaded {
+                        bytes,
+                        pages,
+                        last_used: self.interval,
+                    },
+                );
+                self.meters.bytes.set(self.used as f64);
+                self.meters.tables.set(self.loaded.len() as f64);
+                id
+            }
+            Err(e) => {
+                tracing::warn!(exe_id = format!("{id:x}"), error = %e, "cannot load an unwind table; its frames fall back to frame pointers");
+                build_result("map_full").increment(1);
+                self.unload(id, &[]);
+                0
+            }
+        }
+    }
+
+    /// Evicts least recently used tables until `bytes` more fit the budget.
+    fn make_room(&mut self, bytes: u64) {
+        while self.used + bytes > self.max_memory {
+            let Some((&victim, _)) = self.loaded.iter().min_by_key(|(_, l)| l.last_used) else {
+                return;
+            };
+            if let Some(l) = self.loaded.remove(&victim) {
+                self.unload(victim, &l.pages);
+                self.used -= l.bytes;
+                self.meters.evictions.increment(1);
+            }
+        }
+        self.meters.bytes.set(self.used as f64);
+        self.meters.tables.set(self.loaded.len() as f64);
+    }
+
+    /// Writes a table into the kernel: its chunks into a new array, the array into the
+    /// map-of-maps, then its pages. Returns the pages, for unloading.
+    fn load(&mut self, id: u64, t: &Table) -> std::io::Result<Vec<u64>> {
+        let inner = sys::map_create(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            4,
+            std::mem::size_of::<Chunk>() as u32,
+            t.chunks.len().max(1) as u32,
+            sys::BPF_F_INNER_MAP,
+            None,
+            "unwind_rows",
+        )?;
+        for (i, c) in t.chunks.iter().enumerate() {
+            // SAFETY: Chunk is #[repr(C)] plain integers; its bytes are its value.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    c as *const Chunk as *const u8,
+                    std::mem::size_of::<Chunk>(),
+                )
+            };
+            sys::map_update(inner.as_fd(), &(i as u32).to_ne_bytes(), Some(bytes))?;
+        }
+        sys::map_update(
+            self.maps.tables.as_fd(),
+            &id.to_ne_bytes(),
+            Some(&(std::os::fd::AsRawFd::as_raw_fd(&inner) as u32).to_ne_bytes()),
+        )?;
+        let mut pages = Vec::with_capacity(t.pages.len());
+        for (page, info) in &t.pages {
+            let key = PageKey {
+                exe_id: id,
+                page: *page,
+            };
+            self.maps
+                .pages
+                .insert(key, *info, 0)
+                .map_err(std::io::Error::other)?;
+            pages.push(*page);
+        }
+        Ok(pages)
+    }
+
+    fn unload(&mut self, id: u64, pages: &[u64]) {
+        for &page in pages {
+            let _ = self.maps.pages.remove(&PageKey { exe_id: id, page });
+        }
+        let _ = sys::map_update(self.maps.tables.as_fd(), &id.to_ne_bytes(), None);
+    }
+
+    fn set_range(&mut self, pid: u32, r: &Range, insert: bool) {
+        for (addr, bits) in prefixes(r.start, r.end) {
+            // The pid's 32 bits, then the address's `bits`.
+            let key = Key::new(
+                MAPPING_KEY_BITS - 64 + bits,
+                MappingKeyData {
+                    pid_be: pid.to_be(),
+                    addr_be: addr.to_be(),
+                },
+            );
+            let res = if insert {
+                let info = MappingInfo {
+                    exe_id: r.exe_id,
+                    bias: r.bias,
+                    start: r.start,
+                    end: r.end,
+                };
+                self.maps.mappings.insert(&key, info, 0)
+            } else {
+                self.maps.mappings.remove(&key)
+            };
+            if let Err(e) = res
+                && insert
+            {
+                tracing::debug!(pid, error = %e, "cannot add a mapping to the unwind index");
+            }
+        }
+    }
+
+    fn process(&mut self, pid: u32, maps: &[MapEntry]) {
+        let mut want = Vec::new();
+        for m in maps.iter().filter(|m| m.executable) {
+            let anon = m.path.is_empty() || (m.path.starts_with('[') && m.path != "[vdso]");
+            let (exe_id, bias) = if anon || m.inode == 0 && m.path != "[vdso]" {
+                // JIT or other anonymous code: frame pointers only, without asking again.
+                (0, 0)
+            } else {
+                match self.file(pid, m) {
+                    Some(f) => {
+                        let id = self.ensure_table(&f);
+                        let offset = if m.path == "[vdso]" { 0 } else { m.offset };
+                        match bias(&f.data, m.start, offset) {
+                            Some(b) if id != 0 => (id, b),
+                            _ => (0, 0),
+                        }
+                    }
+                    None => (0, 0),
+                }
+            };
+            want.push(Range {
+                start: m.start,
+                end: m.end,
+                exe_id,
+                bias,
+            });
+        }
+        let old = self.procs.remove(&pid).unwrap_or_default();
+        for r in old.iter().filter(|r| !want.contains(r)) {
+            self.set_range(pid, r, false);
+        }
+        for r in want.iter().filter(|r| !old.contains(r)) {
+            self.set_range(pid, r, true);
+        }
+        self.procs.insert(pid, want);
+    }
+
+    fn gone(&mut self, pid: u32) {
+        if let Some(ranges) = self.procs.remove(&pid) {
+            for r in &ranges {
+                self.set_range(pid, r, false);
+            }
+        }
+    }
+
+    fn next_interval(&mut self, pids: &[u32]) {
+        for pid in pids {
+            if let Some(ranges) = self.procs.get(pid) {
+                for r in ranges {
+                    if let Some(l) = self.loaded.get_mut(&r.exe_id) {
+                        l.last_used = self.interval;
+                    }
+                }
+            }
+        }
+        self.interval += 1;
+    }
+}
+
+/// This process's vDSO image (the same in every process of this kernel).
+fn own_vdso() -> Option<memmap2::Mmap> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let m = crate::receivers::ebpf_profiler::procfs::parse_maps(&maps)
+        .into_iter()
+        .find(|m| m.path == "[vdso]")?;
+    let mut data = vec![0u8; (m.end - m.start) as usize];
+    let f = std::fs::File::open("/proc/self/mem").ok()?;
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut data, m.start).ok()?;
+    let mut anon = memmap2::MmapMut::map_anon(data.len()).ok()?;
+    anon.copy_from_slice(&data);
+    anon.make_read_only().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_cover_a_range_exactly() {
+        for (start, end) in [
+            (0x55d0c0a21000u64, 0x55d0c0b00000u64),
+            (0x7f0000001000, 0x7f0000001000 + 0x1d5000),
+            (0x1000, 0x2000),
+            (0, 0x10),
+        ] {
+            let p = prefixes(start, end);
+            let mut a = start;
+            for &(addr, bits) in &p {
+                assert_eq!(addr, a, "contiguous");
+                let size = 1u64 << (64 - bits);
+                assert_eq!(addr % size, 0, "aligned");
+                a += size;
+            }
+            assert_eq!(a, end);
+            assert!(p.len() <= 2 * 64);
+        }
+    }
+}
