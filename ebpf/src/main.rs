@@ -310,7 +310,11 @@ fn request(pid: u32, kind: u32, addr: u64) {
         }
     }
     let e = Event { pid, kind, addr };
-    if EVENTS.output::<Event>(&e, 0).is_ok() {
+    // Wake the reader at once: until it answers, this process's frames go unwound.
+    if EVENTS
+        .output::<Event>(&e, BPF_RB_FORCE_WAKEUP as u64)
+        .is_ok()
+    {
         bump(counter::EVENTS_SENT);
     } else {
         bump(counter::EVENTS_LOST);

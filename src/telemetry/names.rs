@@ -101,6 +101,8 @@ metric_names! {
     counter EBPF_UNWIND_TABLE_BUILDS = "stackline_ebpf_unwind_table_builds_total";
     /// Time to build one executable's unwind table, in seconds.
     histogram EBPF_UNWIND_TABLE_BUILD_SECONDS = "stackline_ebpf_unwind_table_build_seconds";
+    /// Unwind tables waiting to be built.
+    gauge EBPF_UNWIND_TABLES_PENDING = "stackline_ebpf_unwind_tables_pending";
     /// Unwind tables evicted, least recently used first, to stay within `unwind.max_memory`.
     counter EBPF_UNWIND_TABLE_EVICTIONS = "stackline_ebpf_unwind_table_evictions_total";
     /// Requests from the eBPF program for unwind information, by result: `sent`, `lost` (ring buffer full). Label: `result`.

@@ -310,6 +310,8 @@ pub struct Frame {
     pub build_id: Option<String>,
     /// `kernel` or `native`.
     pub frame_type: String,
+    /// `frame_pointer` when a native walk reached this frame by frame pointer, else empty.
+    pub unwind_method: String,
     /// Function names of the location's lines, innermost first (after symbolization).
     pub functions: Vec<String>,
 }
@@ -388,6 +390,11 @@ pub fn flatten(req: &ProfilesRequest) -> Vec<FlatSample> {
                             frame_type: lattrs
                                 .iter()
                                 .find(|(k, _)| k == "profile.frame.type")
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or_default(),
+                            unwind_method: lattrs
+                                .iter()
+                                .find(|(k, _)| k == "stackline.unwind.method")
                                 .map(|(_, v)| v.clone())
                                 .unwrap_or_default(),
                             functions: l

@@ -87,9 +87,10 @@ __attribute__((noinline)) void rounds(void) {
     __asm__ volatile("");
 }
 
-static void *thread_main(void *arg) {
+__attribute__((noinline)) void *thread_main(void *arg) {
     (void)arg;
     rounds();
+    __asm__ volatile("");
     return NULL;
 }
 
@@ -148,7 +149,10 @@ int main(int argc, char **argv) {
     calibrate();
     printf("ready %d\n", getpid());
     fflush(stdout);
-    if (!strcmp(mode, "recurse")) return (int)(recurse(150) & 1);
+    if (!strcmp(mode, "recurse")) {
+        sink += recurse(150);
+        return 0;
+    }
     if (!strcmp(mode, "threads")) {
         pthread_t t[2];
         for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, thread_main, NULL);

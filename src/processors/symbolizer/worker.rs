@@ -162,7 +162,14 @@ impl Worker {
             if build_id.is_some() { 0 } else { start },
         );
         if let Some(c) = self.files.get(&key) {
-            return c.clone();
+            // A file found through /proc/PID of a process that has since exited cannot be
+            // read again: choose anew (another process, or the host path, may have it).
+            let gone = matches!(c, FileChoice::Found { file, .. }
+                if file.path.starts_with("/proc/") && !file.path.exists());
+            if !gone {
+                return c.clone();
+            }
+            self.files.remove(&key);
         }
         // Bound the table: mappings come and go with processes.
         if self.files.len() > 65_536 {
@@ -170,7 +177,13 @@ impl Worker {
         }
         let by_id = build_id.and_then(|id| self.index.find(id));
         let mut host = None;
-        for c in host_candidates(pid, path, start, limit) {
+        let mut candidates = host_candidates(pid, path, start, limit);
+        if build_id.is_some() {
+            // With a build ID to check against, the host path goes first: unlike the
+            // /proc/PID paths it outlives the process, and many processes share it.
+            candidates.rotate_right(1);
+        }
+        for c in candidates {
             if !c.is_file() {
                 continue;
             }

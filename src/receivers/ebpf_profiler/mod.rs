@@ -350,7 +350,11 @@ fn reader_loop(
         let stopping = stop.load(Ordering::SeqCst);
         let until = next_report.saturating_duration_since(Instant::now());
         if !stopping {
-            sys::poll_readable(p.samples.as_fd(), until.min(Duration::from_millis(100)))?;
+            let mut fds = vec![p.samples.as_fd()];
+            if let Some(e) = &p.events {
+                fds.push(e.as_fd());
+            }
+            sys::poll_readable(&fds, until.min(Duration::from_millis(100)))?;
         }
         let now = Instant::now();
         if let Some(events) = &mut p.events {

@@ -153,6 +153,8 @@ impl Default for Resolver {
 const EVICT_AFTER: Duration = Duration::from_secs(120);
 /// Least time between two re-reads of one process's maps.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// The same, when the eBPF program asks (it asks at most every 200 ms per process).
+const REQUEST_REFRESH_EVERY: Duration = Duration::from_millis(50);
 
 impl Resolver {
     pub fn new() -> Self {
@@ -180,10 +182,10 @@ impl Resolver {
     }
 
     /// The program could not unwind through an address of `pid`: re-read the process
-    /// (at most every REFRESH_EVERY), so its new mappings (dlopen) get tables.
+    /// (at most every REQUEST_REFRESH_EVERY), so its new mappings (exec, dlopen) get tables.
     pub fn requested(&mut self, pid: u32, now: Instant) {
         match self.procs.get_mut(&pid) {
-            Some(c) if now.duration_since(c.refreshed) >= REFRESH_EVERY => {
+            Some(c) if now.duration_since(c.refreshed) >= REQUEST_REFRESH_EVERY => {
                 c.refreshed = now;
                 if let Ok(fresh) = self.reader.read(pid) {
                     c.info = Some(fresh);

@@ -35,6 +35,12 @@ pub enum Msg {
     Gone(u32),
     /// A report interval ended; these processes were sampled in it.
     Interval(Vec<u32>),
+    /// From the builder: an executable's table (or why it has none), and how long it took.
+    Built {
+        id: u64,
+        table: Result<Table, super::table::TableError>,
+        took: std::time::Duration,
+    },
 }
 
 /// The manager's end the reader holds. Dropping it stops the manager.
@@ -53,10 +59,16 @@ impl Handle {
     }
 }
 
-/// Starts the manager thread.
+/// Starts the manager thread, and the builder thread it hands table builds to (so a
+/// large executable's build never delays the mapping index of other processes).
 pub fn spawn(maps: TableMaps, max_memory: u64) -> std::io::Result<Handle> {
     let (tx, rx) = sync_channel(1024);
-    let mut m = Manager::new(maps, max_memory);
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<(u64, FileInfo)>();
+    let built = tx.clone();
+    std::thread::Builder::new()
+        .name("unwind-build".into())
+        .spawn(move || build_loop(jobs_rx, built))?;
+    let mut m = Manager::new(maps, max_memory, jobs_tx);
     std::thread::Builder::new()
         .name("unwind-tables".into())
         .spawn(move || m.run(rx))?;
@@ -94,6 +106,7 @@ struct Range {
 struct Meters {
     bytes: Gauge,
     tables: Gauge,
+    pending: Gauge,
     build: Histogram,
     evictions: Counter,
 }
@@ -113,7 +126,44 @@ struct Manager {
     no_table: HashSet<u64>,
     procs: HashMap<u32, Vec<Range>>,
     vdso: Option<Option<FileInfo>>,
+    /// Tables handed to the builder and not back yet.
+    pending: HashSet<u64>,
+    jobs: std::sync::mpsc::Sender<(u64, FileInfo)>,
     meters: Meters,
+}
+
+/// Builds tables as they are asked for, smallest file first among those waiting.
+fn build_loop(jobs: Receiver<(u64, FileInfo)>, done: SyncSender<Msg>) {
+    let mut waiting: Vec<(u64, FileInfo)> = Vec::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.recv() {
+                Ok(j) => waiting.push(j),
+                Err(_) => return,
+            }
+        }
+        while let Ok(j) = jobs.try_recv() {
+            waiting.push(j);
+        }
+        let Some(i) = (0..waiting.len()).min_by_key(|&i| waiting[i].1.data.len()) else {
+            continue;
+        };
+        let (id, f) = waiting.swap_remove(i);
+        let t0 = Instant::now();
+        let table =
+            crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || build(&f.data))
+                .unwrap_or(Err(super::table::TableError::Frames(
+                    "the table build panicked".into(),
+                )));
+        let msg = Msg::Built {
+            id,
+            table,
+            took: t0.elapsed(),
+        };
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
 }
 
 /// The table id of an executable: its build ID's first 8 bytes, else a hash of its
@@ -158,7 +208,11 @@ pub fn prefixes(start: u64, end: u64) -> Vec<(u64, u32)> {
 }
 
 impl Manager {
-    fn new(maps: TableMaps, max_memory: u64) -> Self {
+    fn new(
+        maps: TableMaps,
+        max_memory: u64,
+        jobs: std::sync::mpsc::Sender<(u64, FileInfo)>,
+    ) -> Self {
         Manager {
             maps,
             max_memory,
@@ -169,9 +223,12 @@ impl Manager {
             no_table: HashSet::new(),
             procs: HashMap::new(),
             vdso: None,
+            pending: HashSet::new(),
+            jobs,
             meters: Meters {
                 bytes: metrics::gauge!(names::EBPF_UNWIND_TABLE_BYTES),
                 tables: metrics::gauge!(names::EBPF_UNWIND_TABLES),
+                pending: metrics::gauge!(names::EBPF_UNWIND_TABLES_PENDING),
                 build: metrics::histogram!(names::EBPF_UNWIND_TABLE_BUILD_SECONDS),
                 evictions: metrics::counter!(names::EBPF_UNWIND_TABLE_EVICTIONS),
             },
@@ -185,6 +242,7 @@ impl Manager {
                 Msg::Process { pid, maps } => self.process(pid, &maps),
                 Msg::Gone(pid) => self.gone(pid),
                 Msg::Interval(pids) => self.next_interval(&pids),
+                Msg::Built { id, table, took } => self.built(id, table, took),
             });
             if r.is_err() {
                 self.files.clear();
@@ -224,8 +282,10 @@ impl Manager {
         info
     }
 
-    /// The table of `f` is loaded (or known to be impossible): its id, or 0.
-    fn ensure_table(&mut self, f: &FileInfo) -> u64 {
+    /// The id the mapping index should carry for `f`: its table's, handed to the
+    /// builder if need be (until it is loaded, the program falls back to frame pointers
+    /// and asks again); 0 if it can have none.
+    fn table_id(&mut self, f: &FileInfo) -> u64 {
         let id = f.exe_id;
         if let Some(l) = self.loaded.get_mut(&id) {
             l.last_used = self.interval;
@@ -234,22 +294,37 @@ impl Manager {
         if self.no_table.contains(&id) {
             return 0;
         }
-        let t0 = Instant::now();
-        let table = match build(&f.data) {
+        if self.pending.insert(id) && self.jobs.send((id, f.clone())).is_err() {
+            self.pending.remove(&id);
+        }
+        self.meters.pending.set(self.pending.len() as f64);
+        id
+    }
+
+    /// A table is built: loaded within the budget, or remembered as impossible.
+    fn built(
+        &mut self,
+        id: u64,
+        table: Result<Table, super::table::TableError>,
+        took: std::time::Duration,
+    ) {
+        self.pending.remove(&id);
+        self.meters.pending.set(self.pending.len() as f64);
+        self.meters.build.record(took.as_secs_f64());
+        let table = match table {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(exe_id = format!("{id:x}"), error = %e, "no unwind table");
                 build_result("no_frames").increment(1);
                 self.no_table.insert(id);
-                return 0;
+                return;
             }
         };
-        self.meters.build.record(t0.elapsed().as_secs_f64());
         let bytes = table.bytes();
         if bytes > self.max_memory {
             build_result("too_large").increment(1);
             self.no_table.insert(id);
-            return 0;
+            return;
         }
         self.make_room(bytes);
         match self.load(id, &table) {
@@ -266,13 +341,11 @@ impl Manager {
                 );
                 self.meters.bytes.set(self.used as f64);
                 self.meters.tables.set(self.loaded.len() as f64);
-                id
             }
             Err(e) => {
                 tracing::warn!(exe_id = format!("{id:x}"), error = %e, "cannot load an unwind table; its frames fall back to frame pointers");
                 build_result("map_full").increment(1);
                 self.unload(id, &[]);
-                0
             }
         }
     }
@@ -381,7 +454,7 @@ impl Manager {
             } else {
                 match self.file(pid, m) {
                     Some(f) => {
-                        let id = self.ensure_table(&f);
+                        let id = self.table_id(&f);
                         let offset = if m.path == "[vdso]" { 0 } else { m.offset };
                         match bias(&f.data, m.start, offset) {
                             Some(b) if id != 0 => (id, b),

@@ -476,13 +476,45 @@ fn paginate(changes: Vec<(u64, Rule)>, mut stats: TableStats) -> Table {
     }
 }
 
-/// Runtime address minus ELF virtual address for a mapping of `data` at `start` with
-/// file offset `offset`: found through the load segment that holds that offset.
+/// Runtime address minus ELF virtual address for an executable mapping of `data` at
+/// `start` with (page-aligned) file offset `offset`: `start - offset + p_offset - p_vaddr`
+/// of the executable load segment the mapping holds. The segment's own offset may be
+/// mid-page (the mapping then starts at the page below it, sharing that page with the
+/// segment before).
 pub fn bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
+    use object::read::elf::ProgramHeader;
     let file = object::File::parse(data).ok()?;
-    file.segments().find_map(|seg| {
-        let (off, size) = seg.file_range();
-        (offset >= off && offset < off + size.max(1))
-            .then(|| start.wrapping_sub(seg.address() + (offset - off)))
-    })
+    let segs: Vec<(u64, u64, u64, bool)> = match &file {
+        object::File::Elf64(e) => {
+            let endian = e.endian();
+            e.elf_program_headers()
+                .iter()
+                .filter(|p| p.p_type(endian) == object::elf::PT_LOAD)
+                .map(|p| {
+                    (
+                        p.p_offset(endian),
+                        p.p_filesz(endian),
+                        p.p_vaddr(endian),
+                        p.p_flags(endian) & object::elf::PF_X != 0,
+                    )
+                })
+                .collect()
+        }
+        _ => return None,
+    };
+    let page = |o: u64| o & !(PAGE_SIZE - 1);
+    let holds = |&&(off, size, _, _): &&(u64, u64, u64, bool)| {
+        offset >= page(off) && offset < off + size.max(1)
+    };
+    let seg = segs
+        .iter()
+        .filter(|s| s.3)
+        .find(holds)
+        .or_else(|| segs.iter().find(holds))?;
+    Some(
+        start
+            .wrapping_sub(offset)
+            .wrapping_add(seg.0)
+            .wrapping_sub(seg.2),
+    )
 }

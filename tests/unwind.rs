@@ -1,0 +1,421 @@
+//! Native unwinding end to end, on this machine's kernel: workloads built without frame
+//! pointers (gcc, clang PIE and not, a shared library through the PLT, a 40 KB frame,
+//! threads, Rust release code, a library opened after start, a 150-deep recursion) are
+//! profiled by the real binary in the default `auto` mode and symbolized; each must
+//! reach `main` in at least 95% of its samples with its CPU shares within 5 points.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn agent_config() -> String {
+    r#"
+receivers:
+  otlp: { protocols: { grpc: { endpoint: "{OTLP}" } } }
+  ebpf_profiler:
+    sampling_frequency: 99
+    report_interval: 1s
+    load_retry: { initial_interval: 200ms, max_interval: 1s }
+processors:
+  symbolizer: {}
+exporters:
+  file: { path: "{DIR}/profiles.jsonl" }
+service:
+  pipelines: { profiles: { receivers: [ebpf_profiler, otlp], processors: [symbolizer], exporters: [file] } }
+  telemetry: { metrics: { address: "{METRICS}" } }
+"#
+    .to_owned()
+}
+
+/// One workload run: what to run and what its samples must show.
+struct Case {
+    name: &'static str,
+    exe: PathBuf,
+    args: Vec<&'static str>,
+    /// Function every sample must reach (the bottom of the program's own code).
+    root: &'static str,
+    /// Check the 60/30/10 shares of hot_a, hot_b and read_zero.
+    shares: bool,
+}
+
+/// What the samples of one process showed.
+#[derive(Debug, Default)]
+struct Seen {
+    samples: usize,
+    reached: usize,
+    shares: (f64, f64, f64),
+    stops: BTreeMap<String, usize>,
+    /// Outermost function of each sample, counted.
+    bottoms: BTreeMap<String, usize>,
+    fp_frames: usize,
+    /// Samples taken in the kernel (kernel frames first) whose user part reached the root.
+    kernel_reached: (usize, usize),
+}
+
+fn names(f: &Frame) -> impl Iterator<Item = &str> {
+    f.functions.iter().map(String::as_str)
+}
+
+/// A function name as the test means it: `name` itself, or a Rust path ending in it.
+fn is(name: &str, want: &str) -> bool {
+    name == want || name.ends_with(&format!("::{want}"))
+}
+
+fn analyze(all: &[FlatSample], pid: &str, root: &str) -> Seen {
+    let mine: Vec<&FlatSample> = all
+        .iter()
+        .filter(|x| x.attrs.get("process.pid").map(String::as_str) == Some(pid))
+        .collect();
+    let mut s = Seen {
+        samples: mine.len(),
+        ..Default::default()
+    };
+    let has = |x: &FlatSample, f: &str| x.frames.iter().any(|fr| names(fr).any(|n| is(n, f)));
+    let (mut a, mut b, mut r) = (0, 0, 0);
+    for x in &mine {
+        let reached = has(x, root);
+        s.reached += reached as usize;
+        a += has(x, "hot_a") as usize;
+        b += has(x, "hot_b") as usize;
+        r += has(x, "read_zero") as usize;
+        if let Some(stop) = x.attrs.get("stackline.unwind.stop") {
+            *s.stops.entry(stop.clone()).or_default() += 1;
+        }
+        let bottom = x
+            .frames
+            .last()
+            .and_then(|f| f.functions.last())
+            .cloned()
+            .unwrap_or_else(|| "?".into());
+        *s.bottoms.entry(bottom).or_default() += 1;
+        s.fp_frames += x
+            .frames
+            .iter()
+            .filter(|f| f.unwind_method == "frame_pointer")
+            .count();
+        if x.frames.first().is_some_and(|f| f.frame_type == "kernel") {
+            s.kernel_reached.0 += 1;
+            s.kernel_reached.1 += reached as usize;
+        }
+    }
+    let n = mine.len().max(1) as f64;
+    s.shares = (a as f64 / n, b as f64 / n, r as f64 / n);
+    s
+}
+
+fn rustc_workload(dir: &Path) -> Option<PathBuf> {
+    let out = dir.join("unwind_rust");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/unwind_rust.rs");
+    match Command::new("rustc")
+        .args(["-C", "opt-level=3", "-C", "debuginfo=1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => panic!("rustc: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            stackline::testing::skip("rust workload", &format!("rustc is missing: {e}"));
+            None
+        }
+    }
+}
+
+/// Runs a workload to its end; its pid.
+fn run(case: &Case) -> String {
+    let mut child = Command::new(&case.exe)
+        .args(&case.args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(child.wait().unwrap().success(), "{} failed", case.name);
+    out.trim()
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("{}: no pid in {out:?}", case.name))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
+    if !bpf_available("native unwinding") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = "native unwinding";
+    let mut cases = Vec::new();
+    let nofp = ["-O2", "-fomit-frame-pointer"];
+    let build = |sub: &str, cc: &str, extra: &[&str]| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut flags = nofp.to_vec();
+        flags.extend_from_slice(extra);
+        stackline::testing::build_unwind_workload(t, &d, cc, &flags)
+    };
+    let (Some(gcc), Some(clang_pie), Some(clang_nopie), Some(rust)) = (
+        build("gcc", "gcc", &[]),
+        build("clang-pie", "clang", &["-fPIE", "-pie"]),
+        build("clang-nopie", "clang", &["-fno-PIE", "-no-pie"]),
+        rustc_workload(dir.path()),
+    ) else {
+        return;
+    };
+    let case = |name, exe: &PathBuf, args: Vec<&'static str>, root, shares| Case {
+        name,
+        exe: exe.clone(),
+        args,
+        root,
+        shares,
+    };
+    cases.push(case(
+        "gcc -O2 -fomit-frame-pointer",
+        &gcc,
+        vec!["shares", "3"],
+        "main",
+        true,
+    ));
+    cases.push(case(
+        "clang -O2 PIE",
+        &clang_pie,
+        vec!["shares", "3"],
+        "main",
+        true,
+    ));
+    cases.push(case(
+        "clang -O2 non-PIE",
+        &clang_nopie,
+        vec!["shares", "3"],
+        "main",
+        true,
+    ));
+    cases.push(case(
+        "shared library through the PLT",
+        &gcc,
+        vec!["lib", "3"],
+        "main",
+        true,
+    ));
+    cases.push(case(
+        "40 KB stack frame",
+        &gcc,
+        vec!["bigframe", "3"],
+        "main",
+        true,
+    ));
+    cases.push(case(
+        "threads",
+        &gcc,
+        vec!["threads", "3"],
+        "thread_main",
+        true,
+    ));
+    cases.push(case("Rust release binary", &rust, vec!["3"], "main", true));
+    cases.push(case(
+        "library opened by dlopen after start",
+        &gcc,
+        vec!["dlopen", "3"],
+        "main",
+        true,
+    ));
+    cases.push(case(
+        "150-deep recursion",
+        &gcc,
+        vec!["recurse", "2"],
+        "recurse",
+        false,
+    ));
+
+    // A process started before the agent.
+    let mut before = Command::new(&gcc)
+        .args(["shares", "8"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(before.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let before_pid = line.trim().strip_prefix("ready ").unwrap().to_owned();
+
+    let mut s = Stackline::start(dir.path(), &agent_config());
+    let loaded = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_program_loads_total",
+            &[("program", "stackline_unwind"), ("outcome", "success")],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(loaded, "the unwinder did not load:\n{}", s.logs());
+    // Warm-up: the tables of what runs now (libc, the loader, this test's own binary)
+    // are built once; the cases below measure a warm agent.
+    let built = eventually(Duration::from_secs(20), async || {
+        s.metric("stackline_ebpf_unwind_tables", &[]).await >= 3.0
+            && s.metric("stackline_ebpf_unwind_tables_pending", &[]).await == 0.0
+    })
+    .await;
+    assert!(built, "tables were not built:\n{}", s.logs());
+    let warm = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        tokio::task::block_in_place(|| before.wait())
+            .unwrap()
+            .success()
+    );
+    let mut pids = Vec::new();
+    for c in &cases {
+        let pid = tokio::task::block_in_place(|| run(c));
+        pids.push(pid);
+    }
+    // A clean stop reports and symbolizes the last interval.
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
+    let all: Vec<FlatSample> = read_json_lines(&dir.path().join("profiles.jsonl"))
+        .iter()
+        .flat_map(flatten)
+        .collect();
+
+    let mut failures = Vec::new();
+    // The process that was running before the agent started: its samples once the
+    // agent was warm.
+    let later: Vec<FlatSample> = all
+        .iter()
+        .filter(|x| x.timestamps.iter().all(|&t| t >= warm))
+        .cloned()
+        .collect();
+    let seen = analyze(&later, &before_pid, "main");
+    let reach = seen.reached as f64 / seen.samples.max(1) as f64;
+    eprintln!(
+        "{:<40} {:>4} samples, {:>5.1}% reach main, stops {:?}",
+        "started before the agent",
+        seen.samples,
+        reach * 100.0,
+        seen.stops
+    );
+    if seen.samples < 100 || reach < 0.95 {
+        failures.push(format!(
+            "started before the agent: {} samples, {:.1}% reach main",
+            seen.samples,
+            reach * 100.0
+        ));
+    }
+    for (c, pid) in cases.iter().zip(&pids) {
+        let seen = analyze(&all, pid, c.root);
+        let reach = seen.reached as f64 / seen.samples.max(1) as f64;
+        eprintln!(
+            "{:<40} {:>4} samples, {:>5.1}% reach {}, shares {:.3}/{:.3}/{:.3}, in-kernel samples reaching it {}/{}, frame-pointer frames {}, stops {:?}, bottoms {:?}",
+            c.name,
+            seen.samples,
+            reach * 100.0,
+            c.root,
+            seen.shares.0,
+            seen.shares.1,
+            seen.shares.2,
+            seen.kernel_reached.1,
+            seen.kernel_reached.0,
+            seen.fp_frames,
+            seen.stops,
+            seen.bottoms
+        );
+        if std::env::var("UNWIND_DEBUG").is_ok() {
+            for x in all
+                .iter()
+                .filter(|x| x.attrs.get("process.pid") == Some(pid))
+                .filter(|x| {
+                    x.attrs.get("stackline.unwind.stop").map(String::as_str) != Some("no_mapping")
+                })
+                .take(2)
+            {
+                let fr: Vec<String> = x
+                    .frames
+                    .iter()
+                    .map(|f| format!("{:#x}:{}@{}", f.address, f.functions.join("/"), f.filename))
+                    .collect();
+                eprintln!(
+                    "   {:?} {}",
+                    x.attrs.get("stackline.unwind.stop"),
+                    fr.join(" <- ")
+                );
+            }
+        }
+        if seen.samples < 100 {
+            failures.push(format!("{}: only {} samples", c.name, seen.samples));
+            continue;
+        }
+        if reach < 0.95 {
+            failures.push(format!(
+                "{}: {:.1}% of samples reach {}",
+                c.name,
+                reach * 100.0,
+                c.root
+            ));
+        }
+        if c.shares {
+            let (a, b, r) = seen.shares;
+            if (a - 0.6).abs() > 0.05 || (b - 0.3).abs() > 0.05 || (r - 0.1).abs() > 0.05 {
+                failures.push(format!(
+                    "{}: shares {a:.3}/{b:.3}/{r:.3}, want 0.6/0.3/0.1",
+                    c.name
+                ));
+            }
+        }
+        match c.name {
+            "threads" => {
+                // Every thread's stack ends where the thread began, at clone3, not in garbage.
+                let clone3 = seen
+                    .bottoms
+                    .iter()
+                    .filter(|(f, _)| f.contains("clone3"))
+                    .map(|(_, n)| n)
+                    .sum::<usize>();
+                if (clone3 as f64) < 0.95 * seen.samples as f64 {
+                    failures.push(format!(
+                        "threads: stacks end at {:?}, not clone3",
+                        seen.bottoms
+                    ));
+                }
+            }
+            "150-deep recursion" => {
+                // Deeper than max_frames: reported truncated, and every frame is right.
+                let truncated = seen.stops.get("truncated").copied().unwrap_or(0);
+                if (truncated as f64) < 0.95 * seen.samples as f64 {
+                    failures.push(format!("recursion: stops {:?}", seen.stops));
+                }
+                let wrong = all
+                    .iter()
+                    .filter(|x| x.attrs.get("process.pid") == Some(pid))
+                    .filter(|x| {
+                        x.attrs.get("stackline.unwind.stop").map(String::as_str)
+                            == Some("truncated")
+                    })
+                    .flat_map(|x| x.frames.iter().filter(|f| f.frame_type == "native").skip(3))
+                    .filter(|f| !names(f).any(|n| n == "recurse"))
+                    .count();
+                if wrong > 0 {
+                    failures.push(format!(
+                        "recursion: {wrong} frames below the leaf are not `recurse`"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if c.name.starts_with("gcc") && seen.kernel_reached.0 < 10 {
+            failures.push(format!(
+                "{}: only {} samples were taken in the kernel",
+                c.name, seen.kernel_reached.0
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
