@@ -40,6 +40,10 @@ enum Command {
         /// Largest log buffer, e.g. 512MiB.
         #[arg(long, default_value = "512MiB")]
         max_size: String,
+        /// Unwinding mode to load for: auto and eh_frame load the unwinder too;
+        /// frame_pointer loads the entry program only.
+        #[arg(long, default_value = "auto")]
+        unwind_mode: String,
     },
 }
 
@@ -80,10 +84,11 @@ fn main() -> ExitCode {
             stats,
             size,
             max_size,
+            unwind_mode,
         }) => {
             // The same parsing and checks as the YAML settings.
             let yaml = format!(
-                "receivers: {{ ebpf_profiler: {{ verifier_log: {{ level: \"{level}\", stats: {stats}, size: \"{size}\", max_size: \"{max_size}\" }} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [ebpf_profiler], exporters: [debug] }} }} }}\n"
+                "receivers: {{ ebpf_profiler: {{ unwind: {{ mode: \"{unwind_mode}\" }}, verifier_log: {{ level: \"{level}\", stats: {stats}, size: \"{size}\", max_size: \"{max_size}\" }} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [ebpf_profiler], exporters: [debug] }} }} }}\n"
             );
             let parsed = stackline::config::Config::from_yaml("ebpf-check", &yaml).and_then(|c| {
                 let v = c
@@ -103,7 +108,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let report = stackline::receivers::ebpf_profiler::check(&cfg.verifier_log);
+            let report = stackline::receivers::ebpf_profiler::check(&cfg.verifier_log, &cfg.unwind);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&report).unwrap_or_default()

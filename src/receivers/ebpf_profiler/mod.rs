@@ -452,7 +452,8 @@ impl UnwindMeters {
     }
 }
 
-/// What `stackline ebpf-check` reports: how loading the profiler's program went.
+/// What `stackline ebpf-check` reports: how loading the profiler's programs went. The
+/// top-level fields are the entry program's; `programs` has each program that loaded.
 #[derive(Debug, serde::Serialize)]
 pub struct CheckReport {
     pub kernel: String,
@@ -465,15 +466,28 @@ pub struct CheckReport {
     pub needed_bytes: Option<u32>,
     pub truncated: bool,
     pub insns_processed: Option<u64>,
+    pub programs: Vec<ProgramReport>,
 }
 
-/// Loads the built-in profiler program with `log` settings, attaching nothing, and
-/// reports what happened: a quick way to see whether a node's kernel runs the agent.
-pub fn check(log: &VerifierLogConfig) -> CheckReport {
+/// One program's load, in `ebpf-check`'s report.
+#[derive(Debug, serde::Serialize)]
+pub struct ProgramReport {
+    pub name: String,
+    pub attempts: u32,
+    pub log_bytes: usize,
+    pub truncated: bool,
+    /// Instructions the verifier processed (with `--stats` or a level), of its limit of 1,000,000.
+    pub insns_processed: Option<u64>,
+}
+
+/// Loads the built-in profiler programs (entry and unwinder) with `log` settings,
+/// attaching nothing, and reports what happened: a quick way to see whether a node's
+/// kernel runs the agent.
+pub fn check(log: &VerifierLogConfig, unwind: &UnwindConfig) -> CheckReport {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
-    let mut seen: Option<VerifierLog> = None;
+    let mut seen: Vec<(String, VerifierLog)> = Vec::new();
     let r = loader::load(
         &LoadRequest {
             object: loader::OBJECT,
@@ -481,24 +495,25 @@ pub fn check(log: &VerifierLogConfig) -> CheckReport {
             config: shared::Config {
                 include_idle: 0,
                 kernel_stacks: 1,
-                mode: shared::mode::AUTO,
-                max_frames: shared::MAX_USER_FRAMES as u32,
+                mode: unwind.program_mode(),
+                max_frames: unwind.max_frames,
             },
             cpus: &[],
             frequency: 1,
             offsets: None,
         },
-        &mut |name, l| {
-            if name == PROGRAM {
-                seen = Some(l.clone())
-            }
-        },
+        &mut |name, l| seen.push((name.to_owned(), l.clone())),
     );
     let error = r.as_ref().err().map(|e| e.to_string());
-    let log = match (&r, seen) {
-        (Ok(p), _) => Some(p.log.clone()),
-        (Err(LoadError::Program { failure, .. }), _) => Some(failure.log.clone()),
-        (Err(_), s) => s,
+    let entry = seen
+        .iter()
+        .find(|(n, _)| n == PROGRAM)
+        .map(|(_, l)| l.clone());
+    let log = match (&r, entry) {
+        (Err(LoadError::Program { failure, program }), _) if program == PROGRAM => {
+            Some(failure.log.clone())
+        }
+        (_, s) => s,
     }
     .unwrap_or_default();
     CheckReport {
@@ -511,5 +526,15 @@ pub fn check(log: &VerifierLogConfig) -> CheckReport {
         needed_bytes: log.needed_bytes,
         truncated: log.truncated,
         insns_processed: log.stats().map(|s| s.insns_processed),
+        programs: seen
+            .iter()
+            .map(|(name, l)| ProgramReport {
+                name: name.clone(),
+                attempts: l.attempts,
+                log_bytes: l.text.len(),
+                truncated: l.truncated,
+                insns_processed: l.stats().map(|s| s.insns_processed),
+            })
+            .collect(),
     }
 }
