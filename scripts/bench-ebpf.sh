@@ -1,20 +1,53 @@
 #!/usr/bin/env bash
-# Overhead of the eBPF profiler beside `perf record -g`, on the same CPU-bound workload
-# in the same run, at 20, 99 and 999 Hz. Prints, per 1000 samples, the agent's CPU
-# time (user+sys), the BPF program's run time in the kernel (kernel.bpf_stats_enabled)
-# and perf's CPU time, and the ratio. Needs root.   Usage: scripts/bench-ebpf.sh [SECONDS]
+# The eBPF profiler's own cost, beside its peers in the same run, by the marginal
+# method: each configuration runs a SHORT and a LONG workload and the per-sample cost
+# is (cost_long - cost_short) / (samples_long - samples_short), so start-up cancels out.
+#
+# Stackline runs the pipeline users run: ebpf_profiler -> symbolizer -> batch -> file
+# (proto), at 99 and 999 Hz, in frame-pointer and native (auto) unwinding mode, on one
+# busy CPU running a 20-frame-deep C workload built with frame pointers (so both modes
+# walk the same stacks). Peers: perf record -g, perf record --call-graph dwarf, and
+# bpftrace (profile probe aggregating user stacks in the kernel).
+#
+# Prints per sample: agent CPU, BPF run time (kernel.bpf_stats_enabled) and their
+# total; the peers' process CPU; start-up CPU (before the first sample is read) and
+# anonymous and file-backed RSS; a line for a node with many processes; and, on a
+# workload built without frame pointers, the share of samples that reach main for
+# Stackline (auto mode) and both perf modes.
+#
+# Needs root.   Usage: scripts/bench-ebpf.sh [SHORT_SECONDS] [LONG_SECONDS]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-secs="${1:-8}"
+short="${1:-5}"
+long="${2:-20}"
 work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; sysctl -qw kernel.bpf_stats_enabled="$old_stats" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf; }
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-gcc -O1 -g -fno-omit-frame-pointer -o "$work/cpu_shares" "$root/tests/workloads/cpu_shares.c"
 old_stats="$(sysctl -n kernel.bpf_stats_enabled)"
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  pkill -f "$work/" 2>/dev/null || true
+  sysctl -qw kernel.bpf_stats_enabled="$old_stats" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+need=()
+command -v perf >/dev/null || need+=(linux-perf)
+command -v bpftrace >/dev/null || need+=(bpftrace)
+command -v gcc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+exe="$root/target/release/stackline"
+
+# Workloads: with frame pointers (cost), without (reaching main), same library.
+mkdir -p "$work/fp" "$work/nofp"
+for v in fp nofp; do
+  flags="-O2 -g -fomit-frame-pointer"
+  [ "$v" = fp ] && flags="-O2 -g -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer"
+  gcc $flags -shared -fPIC -o "$work/$v/libunwhot.so" "$root/tests/workloads/unwhot.c"
+  gcc $flags -DWITH_LIB -o "$work/$v/unwind" "$root/tests/workloads/unwind.c" \
+    -L"$work/$v" -lunwhot -Wl,-rpath,"$work/$v" -lpthread -ldl
+done
 sysctl -qw kernel.bpf_stats_enabled=1
-ncpu="$(nproc)"
 tck="$(getconf CLK_TCK)"
 
 cpu_ms() { # user+sys CPU time of a pid, in ms
@@ -23,36 +56,156 @@ cpu_ms() { # user+sys CPU time of a pid, in ms
 metric() { # value of a Prometheus series (sum over label sets)
   curl -s "http://127.0.0.1:$2/metrics" | awk -v n="$1" '$1 ~ "^"n"({|$)" { s += $NF } END { printf "%.9f\n", s + 0 }'
 }
-workload() { for _ in $(seq "$ncpu"); do "$work/cpu_shares" "$1" >/dev/null & done; }
+rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+workload() { # MODE SECONDS on CPU 0, waits for it
+  taskset -c 0 "$work/fp/unwind" "$1" "$2" >/dev/null
+}
 
-printf '%-6s | %-40s | %-28s | %s\n' "Hz" "stackline: samples, CPU ms/1000, BPF ms/1000" "perf -g: samples, CPU ms/1000" "stackline/perf (CPU+BPF vs CPU)"
-for hz in 20 99 999; do
-  port=$((18900 + hz % 100))
+# One Stackline run: prints "samples cpu_ms bpf_ms startup_ms anon_kib file_kib".
+stackline_run() { # UNWIND_MODE HZ SECONDS [EXTRA_LOAD_CMD]
+  local mode=$1 hz=$2 secs=$3 port=$((19000 + RANDOM % 900))
   cat > "$work/agent.yaml" <<YAML
-receivers: { ebpf_profiler: { sampling_frequency: $hz, report_interval: 1s } }
-processors: { batch: {} }
-exporters: { file: { path: "$work/out-$hz.jsonl" } }
+receivers: { ebpf_profiler: { sampling_frequency: $hz, report_interval: 1s, unwind: { mode: $mode } } }
+processors: { symbolizer: {}, batch: {} }
+exporters: { file: { path: "$work/out.binpb", format: proto } }
 service:
-  pipelines: { profiles: { receivers: [ebpf_profiler], processors: [batch], exporters: [file] } }
+  pipelines: { profiles: { receivers: [ebpf_profiler], processors: [symbolizer, batch], exporters: [file] } }
   telemetry: { metrics: { address: "127.0.0.1:$port" }, logs: { level: warn } }
 YAML
-  "$root/target/release/stackline" --config "$work/agent.yaml" 2>"$work/agent-$hz.log" &
-  agent=$!
-  until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.2; done
+  rm -f "$work/out.binpb"
+  "$exe" --config "$work/agent.yaml" 2>"$work/agent.log" &
+  local agent=$! startup=""
+  until curl -sf "http://127.0.0.1:$port/metrics" >/dev/null; do sleep 0.05; done
+  # Start-up: the agent's CPU when the first sample has been read.
+  until [ "$(metric stackline_ebpf_samples_total $port | cut -d. -f1)" -gt 0 ]; do
+    sleep 0.02
+  done
+  startup=$(cpu_ms $agent)
+  # Let the first tables build and the workload's own process get known.
+  sleep 2
+  local s0 c0 b0 s1 c1 b1
   s0=$(metric stackline_ebpf_samples_total $port); c0=$(cpu_ms $agent); b0=$(metric stackline_ebpf_program_run_time_seconds $port)
-  workload "$secs"; sleep "$secs"; wait_for=$(jobs -p | grep -v "^$agent$" || true); [ -z "$wait_for" ] || wait $wait_for 2>/dev/null || true
+  workload deep "$secs"
   sleep 1.5
   s1=$(metric stackline_ebpf_samples_total $port); c1=$(cpu_ms $agent); b1=$(metric stackline_ebpf_program_run_time_seconds $port)
+  local anon file
+  anon=$(rss_kib $agent RssAnon); file=$(rss_kib $agent RssFile)
   kill -INT $agent; wait $agent || true
+  echo "$(echo "$s1 - $s0" | bc) $(echo "$c1 - $c0" | bc) $(echo "($b1 - $b0) * 1000" | bc -l) $startup $anon $file"
+}
 
-  workload "$secs"
-  /usr/bin/env time -f '%U %S' -o "$work/perf-time-$hz" perf record -q -g -a -F "$hz" -o "$work/perf-$hz.data" -- sleep "$secs" 2>"$work/perf-$hz.err" || true
-  wait 2>/dev/null || true
-  psamples=$(perf report -i "$work/perf-$hz.data" --stats 2>/dev/null | awk '/SAMPLE events:/ { print $3; exit }')
-  [ -n "$psamples" ] || psamples=$(perf script -i "$work/perf-$hz.data" -F period 2>/dev/null | wc -l)
-  pcpu=$(tail -1 "$work/perf-time-$hz" | awk '{ print ($1 + $2) * 1000 }')
+# One peer run: prints "samples cpu_ms".
+peer_run() { # TOOL HZ SECONDS
+  local tool=$1 hz=$2 secs=$3
+  taskset -c 0 "$work/fp/unwind" deep "$secs" > "$work/wl.out" &
+  local wl=$!
+  case $tool in
+    perf-fp)
+      /usr/bin/env time -f '%U %S' -o "$work/time" perf record -q -g -F "$hz" -p $wl -o "$work/perf.data" >/dev/null 2>&1 || true
+      ;;
+    perf-dwarf)
+      /usr/bin/env time -f '%U %S' -o "$work/time" perf record -q --call-graph dwarf -F "$hz" -p $wl -o "$work/perf.data" >/dev/null 2>&1 || true
+      ;;
+    bpftrace)
+      /usr/bin/env time -f '%U %S' -o "$work/time" bpftrace -q -e "profile:hz:$hz /pid == $wl/ { @[ustack] = count(); @n = count(); } interval:s:$secs { exit(); }" > "$work/bt.out" 2>/dev/null || true
+      ;;
+  esac
+  wait $wl 2>/dev/null || true
+  local samples cpu
+  if [ "$tool" = bpftrace ]; then
+    samples=$(awk '/^@n:/ { print $2 }' "$work/bt.out")
+  else
+    samples=$(perf report -i "$work/perf.data" --stats 2>/dev/null | awk '/SAMPLE events:/ { print $3; exit }')
+  fi
+  cpu=$(tail -1 "$work/time" | awk '{ print ($1 + $2) * 1000 }')
+  echo "${samples:-0} ${cpu:-0}"
+}
 
-  awk -v hz="$hz" -v s="$(echo "$s1 - $s0" | bc)" -v c="$(echo "$c1 - $c0" | bc)" -v b="$(echo "($b1 - $b0) * 1000" | bc -l)" -v ps="$psamples" -v pc="$pcpu" 'BEGIN {
-    a = (s > 0) ? c * 1000 / s : 0; k = (s > 0) ? b * 1000 / s : 0; p = (ps > 0) ? pc * 1000 / ps : 0;
-    printf "%-6s | %8d samples %8.2f ms %8.3f ms  | %8d samples %8.2f ms | %.2f\n", hz, s, a, k, ps, p, (p > 0) ? (a + k) / p : 0 }'
+per_sample() { # SHORT_LINE LONG_LINE FIELD: marginal cost of FIELD per sample, in µs
+  awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    ds = y[1] - x[1]; printf "%.2f", (ds > 0) ? (y[f] - x[f]) * 1000 / ds : 0 }'
+}
+
+echo "Marginal cost per sample: a ${short}s and a ${long}s run of a 20-frame C workload on one busy CPU."
+printf '%-6s %-34s %9s %9s %9s %11s %9s %9s\n' Hz "profiler" "CPU µs" "BPF µs" "total µs" "startup ms" "anon MiB" "file MiB"
+for hz in 99 999; do
+  for mode in frame_pointer auto; do
+    a=$(stackline_run $mode $hz "$short"); b=$(stackline_run $mode $hz "$long")
+    c=$(per_sample "$a" "$b" 2); k=$(per_sample "$a" "$b" 3)
+    read -r _ _ _ st an fi <<< "$b"
+    printf '%-6s %-34s %9s %9s %9.2f %11s %9.1f %9.1f\n' "$hz" "stackline ($mode)" "$c" "$k" "$(echo "$c + $k" | bc -l)" "$st" "$(echo "$an / 1024" | bc -l)" "$(echo "$fi / 1024" | bc -l)"
+  done
+  for tool in perf-fp perf-dwarf bpftrace; do
+    a=$(peer_run $tool $hz "$short"); b=$(peer_run $tool $hz "$long")
+    printf '%-6s %-34s %9s %9s %9s\n' "$hz" "$tool (process CPU only)" "$(per_sample "$a" "$b" 2)" "-" "-"
+  done
+done
+
+# A node with many processes: 300 idle ones, and a short-lived one every 20 ms.
+for i in $(seq 300); do sleep 3600 & done
+( while true; do /bin/true; sleep 0.02; done ) &
+a=$(stackline_run auto 999 "$short"); b=$(stackline_run auto 999 "$long")
+c=$(per_sample "$a" "$b" 2); k=$(per_sample "$a" "$b" 3)
+read -r _ _ _ st an fi <<< "$b"
+printf '%-6s %-34s %9s %9s %9.2f %11s %9.1f %9.1f\n' 999 "stackline (auto), 300+ processes" "$c" "$k" "$(echo "$c + $k" | bc -l)" "$st" "$(echo "$an / 1024" | bc -l)" "$(echo "$fi / 1024" | bc -l)"
+kill $(jobs -p) 2>/dev/null || true
+wait 2>/dev/null || true
+
+# Samples that reach main, on the workload built without frame pointers.
+echo
+echo "Samples of a -O2 -fomit-frame-pointer workload that reach main (99 Hz, ${long}s):"
+port=$((19000 + RANDOM % 900))
+cat > "$work/reach.yaml" <<YAML
+receivers: { ebpf_profiler: { sampling_frequency: 99, report_interval: 1s } }
+processors: { symbolizer: {} }
+exporters: { file: { path: "$work/reach.jsonl" } }
+service:
+  pipelines: { profiles: { receivers: [ebpf_profiler], processors: [symbolizer], exporters: [file] } }
+  telemetry: { metrics: { address: "127.0.0.1:$port" }, logs: { level: warn } }
+YAML
+"$exe" --config "$work/reach.yaml" 2>"$work/reach.log" &
+agent=$!
+until curl -sf "http://127.0.0.1:$port/metrics" >/dev/null; do sleep 0.05; done
+sleep 2
+pid=$(taskset -c 0 "$work/nofp/unwind" shares "$long" | awk '{ print $2 }')
+sleep 1.5
+kill -INT $agent; wait $agent || true
+python3 - "$work/reach.jsonl" "$pid" <<'PY'
+import json, sys
+path, pid = sys.argv[1], sys.argv[2]
+total = reached = 0
+for line in open(path):
+    r = json.loads(line)
+    d = r.get("dictionary", {})
+    strings = d.get("stringTable", [])
+    attrs = d.get("attributeTable", [])
+    def attr(i):
+        a = attrs[i]
+        v = a.get("value", {})
+        return strings[a.get("keyStrindex", 0)], str(v.get("intValue", v.get("stringValue", "")))
+    for rp in r.get("resourceProfiles", []):
+        for sp in rp.get("scopeProfiles", []):
+            for p in sp.get("profiles", []):
+                for s in p.get("samples", []):
+                    if dict(attr(i) for i in s.get("attributeIndices", [])).get("process.pid") != pid:
+                        continue
+                    total += 1
+                    stack = d["stackTable"][s.get("stackIndex", 0)]
+                    names = set()
+                    for li in stack.get("locationIndices", []):
+                        for line in d["locationTable"][li].get("lines", []):
+                            names.add(strings[d["functionTable"][line.get("functionIndex", 0)].get("nameStrindex", 0)])
+                    reached += "main" in names
+print(f"  stackline (auto)              {reached}/{total} = {100 * reached / max(total, 1):.1f}%")
+PY
+for mode in fp dwarf; do
+  cg=$([ $mode = fp ] && echo "-g" || echo "--call-graph dwarf")
+  taskset -c 0 "$work/nofp/unwind" shares "$long" >/dev/null &
+  wl=$!
+  perf record -q $cg -F 99 -p $wl -o "$work/reach.data" >/dev/null 2>&1 || true
+  wait $wl || true
+  perf script -i "$work/reach.data" -F comm,ip,sym 2>/dev/null | awk '
+    /^[^ \t]/ { if (n) { total++; reached += hit } n = 1; hit = 0; next }
+    $2 == "main" { hit = 1 }
+    END { if (n) { total++; reached += hit } printf "  perf record %-17s %d/%d = %.1f%%\n", "'"$cg"'", reached, total, 100 * reached / (total ? total : 1) }'
 done

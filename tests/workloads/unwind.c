@@ -8,6 +8,7 @@
  *   threads   the same on 2 threads; the main thread waits in pthread_join
  *   dlopen    the same, with spin from libunwhot.so opened by dlopen after "ready"
  *   recurse   spin at the bottom of a 150-deep recursion
+ *   deep      the shares rounds under a 13-deep recursion: 20-frame stacks (benchmarks)
  *   forever   a -> b -> c -> spin until killed (for core files)
  *   qsort     spin inside a qsort comparator, under libc's qsort (for core files)
  * Prints "ready PID" once calibrated, then runs for SECONDS of wall time.
@@ -105,6 +106,13 @@ __attribute__((noinline)) uint64_t recurse(int depth) {
     return r + 1;
 }
 
+/* `depth` frames of recursion, then the shares rounds. */
+__attribute__((noinline)) void deep(int depth) {
+    if (depth == 0) rounds();
+    else deep(depth - 1);
+    __asm__ volatile("");
+}
+
 __attribute__((noinline)) void c_fn(void) { for (;;) spin(1000000); }
 __attribute__((noinline)) void b_fn(void) { c_fn(); __asm__ volatile(""); }
 __attribute__((noinline)) void a_fn(void) { b_fn(); __asm__ volatile(""); }
@@ -151,6 +159,10 @@ int main(int argc, char **argv) {
     fflush(stdout);
     if (!strcmp(mode, "recurse")) {
         sink += recurse(150);
+        return 0;
+    }
+    if (!strcmp(mode, "deep")) {
+        deep(13);
         return 0;
     }
     if (!strcmp(mode, "threads")) {
