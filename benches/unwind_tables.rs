@@ -44,7 +44,7 @@ fn main() {
             name,
             table.stats.fdes,
             table.stats.rows,
-            table.pages.len(),
+            table.pages,
             table.bytes(),
             built.as_secs_f64() * 1e3,
             parsed.as_secs_f64() * 1e3,

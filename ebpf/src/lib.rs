@@ -7,14 +7,14 @@ pub mod unwind;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 
-use aya_ebpf::bindings::{bpf_map_def, bpf_map_type, BPF_F_NO_PREALLOC};
+use aya_ebpf::bindings::{bpf_map_def, bpf_map_type};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
+use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
 use aya_ebpf::Global;
 
 use shared::{counter, Config, MappingKeyData, State};
-use unwind::{Chunk, MappingInfo, PageInfo, PageKey};
+use unwind::{Chunk, MappingInfo};
 
 /// Samples to user space. User space sets its size from the CPU count at load time.
 #[map]
@@ -40,11 +40,6 @@ pub static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// mapping is a few prefixes, not one entry per page).
 #[map]
 pub static MAPPINGS: LpmTrie<MappingKeyData, MappingInfo> = LpmTrie::with_max_entries(1 << 20, 0);
-
-/// (executable, text page) → where that page's rows are.
-#[map]
-pub static PAGES: HashMap<PageKey, PageInfo> =
-    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
 /// Executable id → its chunks of rows: a hash of arrays, each sized exactly for its
 /// executable. Declared here as a plain hash (aya cannot create a map-of-maps from a
@@ -91,25 +86,32 @@ impl OuterMap {
         }))
     }
 
-    /// The chunk `index` of executable `exe_id`'s table.
+    /// Executable `exe_id`'s array of chunks (an inner map), or NULL.
     #[inline(always)]
-    pub fn chunk(&self, exe_id: &u64, index: u32) -> Option<&Chunk> {
-        // SAFETY: the outer lookup returns an inner map (or NULL); the inner lookup
-        // returns a pointer to one Chunk inside that array (or NULL).
+    pub fn table(&self, exe_id: &u64) -> *mut c_void {
+        // SAFETY: the outer lookup returns an inner map, or NULL.
         unsafe {
-            let inner = aya_ebpf::helpers::generated::bpf_map_lookup_elem(
+            aya_ebpf::helpers::generated::bpf_map_lookup_elem(
                 self.0.get() as *mut c_void,
                 exe_id as *const u64 as *const c_void,
-            );
-            if inner.is_null() {
-                return None;
-            }
-            let c = aya_ebpf::helpers::generated::bpf_map_lookup_elem(
-                inner,
-                &index as *const u32 as *const c_void,
-            );
-            (c as *const Chunk).as_ref()
+            )
         }
+    }
+}
+
+/// Chunk `index` of a table from [`OuterMap::table`].
+#[inline(always)]
+pub fn chunk<'a>(table: *mut c_void, index: u32) -> Option<&'a Chunk> {
+    if table.is_null() {
+        return None;
+    }
+    // SAFETY: `table` is an inner map; the lookup returns a pointer to one Chunk in it, or NULL.
+    unsafe {
+        let c = aya_ebpf::helpers::generated::bpf_map_lookup_elem(
+            table,
+            &index as *const u32 as *const c_void,
+        );
+        (c as *const Chunk).as_ref()
     }
 }
 

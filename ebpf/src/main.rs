@@ -24,15 +24,13 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::perf_event;
 use aya_ebpf::programs::PerfEventContext;
 use stackline_ebpf::shared::{
-    Event, FRAME_BY_FP, FRAME_MASK, MAPPING_KEY_BITS, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
-    MappingKeyData, RecordHeader, State, counter, event, mode,
+    Event, FRAME_BY_FP, FRAME_MASK, MAPPING_CACHE, MAPPING_KEY_BITS, MAX_KERNEL_FRAMES,
+    MAX_USER_FRAMES, MappingKeyData, RecordHeader, State, counter, event, mode,
 };
-use stackline_ebpf::unwind::{
-    Memory, PAGE_BITS, PAGE_SIZE, PageKey, Regs, find_row, fp_step, step, stop,
-};
+use stackline_ebpf::unwind::{Chunk, Memory, Regs, fp_step, lookup, step, stop};
 use stackline_ebpf::{
-    CONFIG, EVENT_EVERY_NS, EVENT_RATE, EVENTS, MAPPINGS, MappingKey, PAGES, PROGS,
-    PT_REGS_OFFSET, SAMPLES, STATE, TABLES, TASK_STACK_OFFSET, add, bump,
+    CONFIG, EVENT_EVERY_NS, EVENT_RATE, EVENTS, MAPPINGS, MappingKey, PROGS, PT_REGS_OFFSET,
+    SAMPLES, STATE, TABLES, TASK_STACK_OFFSET, add, bump, chunk,
 };
 
 /// Pending bytes above which a submit wakes the reader. Below it, the reader's own
@@ -188,9 +186,9 @@ fn init_regs(ctx: &PerfEventContext) -> Result<Regs, u8> {
 #[perf_event]
 pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (include_idle, kernel_stacks, walk) = match CONFIG.get(0) {
-        Some(c) => (c.include_idle != 0, c.kernel_stacks != 0, c.mode),
-        None => (false, true, mode::FRAME_POINTER),
+    let (include_idle, kernel_stacks, walk, generation) = match CONFIG.get(0) {
+        Some(c) => (c.include_idle != 0, c.kernel_stacks != 0, c.mode, c.generation),
+        None => (false, true, mode::FRAME_POINTER, 0),
     };
     let tgid = (pid_tgid >> 32) as u32;
     if pid_tgid as u32 == 0 && !include_idle {
@@ -272,6 +270,11 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
     st.map.exe_id = 0;
     st.map.start = 0;
     st.map.end = 0;
+    if st.cache_generation != generation {
+        // A mapping left the index: forget what this CPU remembered.
+        st.cache_generation = generation;
+        st.cache_pid = [0; MAPPING_CACHE];
+    }
     st.tail_calls = 0;
     st.via_fp = 0;
     st.event_kind = 0;
@@ -321,13 +324,65 @@ fn request(pid: u32, kind: u32, addr: u64) {
     }
 }
 
+/// The table of the executable the walk is in, kept across the frames of one run (an
+/// inner map pointer cannot be stored in the per-CPU state), with its directory's first
+/// chunk and the last row chunk used: most frames then need one array lookup or none.
+struct Current<'a> {
+    exe_id: u64,
+    table: *mut c_void,
+    dir0: Option<&'a Chunk>,
+    last_index: u32,
+    last: Option<&'a Chunk>,
+}
+
+/// Finds the mapping of `pc` in this CPU's cache of recent mappings, else in the
+/// mapping index (and caches it). False if the process is not known to map it.
+#[inline(always)]
+fn find_mapping(st: &mut State, pid: u32, pc: u64) -> bool {
+    let mut i = 0;
+    while i < MAPPING_CACHE {
+        let m = &st.cache[i];
+        if st.cache_pid[i] == pid && m.start <= pc && pc < m.end {
+            // Field by field: a struct copy would be a byte-wise memcpy call.
+            st.map.exe_id = m.exe_id;
+            st.map.bias = m.bias;
+            st.map.start = m.start;
+            st.map.end = m.end;
+            return true;
+        }
+        i += 1;
+    }
+    let key = MappingKey::new(
+        MAPPING_KEY_BITS,
+        MappingKeyData {
+            pid_be: pid.to_be(),
+            addr_be: pc.to_be(),
+        },
+    );
+    let Some(m) = MAPPINGS.get(&key) else {
+        return false;
+    };
+    st.map.exe_id = m.exe_id;
+    st.map.bias = m.bias;
+    st.map.start = m.start;
+    st.map.end = m.end;
+    let slot = (st.cache_next as usize) % MAPPING_CACHE;
+    st.cache_next = st.cache_next.wrapping_add(1);
+    st.cache_pid[slot] = pid;
+    st.cache[slot].exe_id = m.exe_id;
+    st.cache[slot].bias = m.bias;
+    st.cache[slot].start = m.start;
+    st.cache[slot].end = m.end;
+    true
+}
+
 /// Records the current frame and steps to its caller; a stop reason when the walk ends.
 ///
 /// Written so that every outcome flows through one lookup, one step and one fallback:
 /// the verifier prunes paths that meet at the same instruction, and separate copies of
 /// the fallback per failure would multiply its work.
 #[inline(always)]
-fn unwind_one(st: &mut State, walk: u32, max_frames: u32) -> u8 {
+fn unwind_one(st: &mut State, cur: &mut Current<'_>, walk: u32, max_frames: u32) -> u8 {
     let n = st.record.header.user_len as u32;
     if n >= max_frames {
         return stop::TRUNCATED;
@@ -339,68 +394,50 @@ fn unwind_one(st: &mut State, walk: u32, max_frames: u32) -> u8 {
     let pc = st.regs.lookup_pc();
 
     // The rule for pc, or why there is none.
-    let mut why = stop::NONE;
-    if !(st.map.start <= pc && pc < st.map.end) {
-        let key = MappingKey::new(
-            MAPPING_KEY_BITS,
-            MappingKeyData {
-                pid_be: st.record.header.tgid.to_be(),
-                addr_be: pc.to_be(),
-            },
-        );
-        match MAPPINGS.get(&key) {
-            // Field by field: a struct copy would be a byte-wise memcpy call.
-            Some(m) => {
-                st.map.exe_id = m.exe_id;
-                st.map.bias = m.bias;
-                st.map.start = m.start;
-                st.map.end = m.end;
+    let pid = st.record.header.tgid;
+    let mut row = Err(stop::NO_MAPPING);
+    if (st.map.start <= pc && pc < st.map.end) || find_mapping(st, pid, pc) {
+        let exe_id = st.map.exe_id;
+        if exe_id == 0 {
+            row = Err(stop::NO_TABLE);
+        } else {
+            if exe_id != cur.exe_id {
+                cur.exe_id = exe_id;
+                cur.table = TABLES.table(&exe_id);
+                cur.dir0 = chunk(cur.table, 0);
+                cur.last = None;
             }
-            None => {
-                st.map.exe_id = 0;
-                st.map.start = 0;
-                st.map.end = 0;
-                why = stop::NO_MAPPING;
+            let table = cur.table;
+            row = lookup(
+                |i| {
+                    if i == 0 {
+                        return cur.dir0;
+                    }
+                    if i != cur.last_index || cur.last.is_none() {
+                        cur.last_index = i;
+                        cur.last = chunk(table, i);
+                    }
+                    cur.last
+                },
+                pc.wrapping_sub(st.map.bias),
+            );
+            if row == Err(stop::NO_TABLE) {
+                st.event_kind = event::NO_TABLE;
+                st.event_addr = pc;
             }
-        }
-    }
-    let exe_id = st.map.exe_id;
-    let vaddr = pc.wrapping_sub(st.map.bias);
-    let mut row = None;
-    if why == stop::NONE {
-        why = stop::NO_TABLE;
-        if exe_id != 0 {
-            let key = PageKey {
-                exe_id,
-                page: vaddr >> PAGE_BITS,
-            };
-            // SAFETY: the value is copied out at once.
-            if let Some(page) = unsafe { PAGES.get(&key) }.copied()
-                && let Some(chunk) = TABLES.chunk(&exe_id, page.chunk)
-            {
-                row = find_row(
-                    &chunk.rows,
-                    page.first as u32,
-                    page.count as u32,
-                    (vaddr & (PAGE_SIZE - 1)) as u16,
-                );
-                why = stop::INVALID_RULE;
-            }
-        }
-        if row.is_none() && why == stop::NO_TABLE && exe_id != 0 {
-            st.event_kind = event::NO_TABLE;
-            st.event_addr = pc;
         }
     } else {
+        st.map.start = 0;
+        st.map.end = 0;
         st.event_kind = event::NO_MAPPING;
         st.event_addr = pc;
     }
 
+    // A failed step leaves the registers as they were, so a gap (INVALID_RULE) can
+    // still be crossed by frame pointer below.
     let r = match row {
-        // A failed step leaves the registers as they were, so a gap (INVALID_RULE) can
-        // still be crossed by frame pointer below.
-        Some(row) => step(row, &mut st.regs, &mut UserMemory),
-        None => Err(why),
+        Ok(row) => step(row, &mut st.regs, &mut UserMemory),
+        Err(why) => Err(why),
     };
     let r = match r {
         Ok(()) => {
@@ -438,9 +475,16 @@ pub fn stackline_unwind(ctx: PerfEventContext) -> u32 {
     if max_frames > MAX_USER_FRAMES as u32 {
         max_frames = MAX_USER_FRAMES as u32;
     }
+    let mut cur = Current {
+        exe_id: 0,
+        table: core::ptr::null_mut(),
+        dir0: None,
+        last_index: 0,
+        last: None,
+    };
     let mut i = 0;
     while i < FRAMES_PER_PROG {
-        let r = unwind_one(st, walk, max_frames);
+        let r = unwind_one(st, &mut cur, walk, max_frames);
         if r != stop::NONE {
             finish(st, r);
             return 0;

@@ -51,6 +51,10 @@ pub struct Record {
     pub frames: [u64; FRAME_SLOTS],
 }
 
+/// Mappings each CPU remembers across samples (a process sampled again on the same CPU
+/// usually runs in the same few mappings).
+pub const MAPPING_CACHE: usize = 4;
+
 /// Per-CPU scratch of one sample's walk, carried across tail calls.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -59,6 +63,12 @@ pub struct State {
     pub regs: Regs,
     /// The mapping of the last frame, so frames in the same mapping need no lookup.
     pub map: MappingInfo,
+    /// Recently found mappings and their pids, valid while `cache_generation` is the
+    /// configuration's (user space bumps it when it removes or changes a mapping).
+    pub cache: [MappingInfo; MAPPING_CACHE],
+    pub cache_pid: [u32; MAPPING_CACHE],
+    pub cache_generation: u32,
+    pub cache_next: u32,
     pub tail_calls: u32,
     /// Non-zero: the current frame was reached by frame pointer.
     pub via_fp: u32,
@@ -93,6 +103,9 @@ pub struct Config {
     pub mode: u32,
     /// User frames at most (≤ [`MAX_USER_FRAMES`]).
     pub max_frames: u32,
+    /// Bumped by user space whenever a mapping leaves the mapping index.
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// The data of a mapping-index key (the LPM trie adds the prefix length): pid and

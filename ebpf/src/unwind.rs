@@ -7,7 +7,10 @@
 //! list of 8-byte rows; a page's rows start with one at offset 0 holding the rule in
 //! effect at the page start, so a lookup never needs a neighbouring page. Rows are
 //! packed into chunks of [`CHUNK_ROWS`]; a page's rows never straddle two chunks.
-//! x86_64 only.
+//!
+//! An executable's table is one array of chunks: first a page directory (a
+//! [`DirHeader`], then one [`PageInfo`] per page of its text, in order), then the row
+//! chunks. A lookup is two array accesses and a binary search, no hashing. x86_64 only.
 
 /// Text is indexed in pages of `1 << PAGE_BITS` bytes.
 pub const PAGE_BITS: u32 = 12;
@@ -49,12 +52,59 @@ pub struct PageInfo {
     pub count: u16,
 }
 
-/// Key of the page index: an executable and a page of its text (ELF virtual address >> PAGE_BITS).
+/// The first entries of a table's directory: which pages it covers.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PageKey {
-    pub exe_id: u64,
-    pub page: u64,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirHeader {
+    /// Page number (ELF virtual address >> PAGE_BITS) of the first directory entry.
+    pub first_page: u64,
+    /// Directory entries (pages from `first_page`).
+    pub pages: u32,
+    /// Chunks the directory takes, before the row chunks.
+    pub dir_chunks: u32,
+}
+
+/// Directory entries the header takes (16 bytes = 2 entries).
+pub const DIR_HEADER: u64 = 2;
+
+/// A chunk seen as directory entries.
+#[inline(always)]
+pub fn entries(c: &Chunk) -> &[PageInfo; CHUNK_ROWS] {
+    // SAFETY: Row and PageInfo are both 8-byte #[repr(C)] plain integers.
+    unsafe { &*(c as *const Chunk as *const [PageInfo; CHUNK_ROWS]) }
+}
+
+/// The rule for `vaddr` (an ELF virtual address) in a table whose chunks `chunk`
+/// returns: the directory's header and entry, then the page's rows. `Err` says why
+/// there is none (`NO_TABLE` if the table is not loaded, `INVALID_RULE` for an address
+/// no FDE covers).
+#[inline(always)]
+pub fn lookup<'a>(mut chunk: impl FnMut(u32) -> Option<&'a Chunk>, vaddr: u64) -> Result<Row, u8> {
+    let dir0 = chunk(0).ok_or(stop::NO_TABLE)?;
+    // SAFETY: the header is the chunk's first 16 bytes, plain integers.
+    let hdr = unsafe { &*(dir0 as *const Chunk as *const DirHeader) };
+    let idx = (vaddr >> PAGE_BITS).wrapping_sub(hdr.first_page);
+    if idx >= hdr.pages as u64 {
+        return Err(stop::INVALID_RULE);
+    }
+    let e = DIR_HEADER + idx;
+    let info = if e < CHUNK_ROWS as u64 {
+        entries(dir0)[(e as u32 & CHUNK_MASK) as usize]
+    } else {
+        let d = chunk((e / CHUNK_ROWS as u64) as u32).ok_or(stop::NO_TABLE)?;
+        entries(d)[(e as u32 & CHUNK_MASK) as usize]
+    };
+    if info.count == 0 {
+        return Err(stop::INVALID_RULE);
+    }
+    let rows = chunk(info.chunk).ok_or(stop::NO_TABLE)?;
+    find_row(
+        &rows.rows,
+        info.first as u32,
+        info.count as u32,
+        (vaddr & (PAGE_SIZE - 1)) as u16,
+    )
+    .ok_or(stop::INVALID_RULE)
 }
 
 /// What the mapping index says about an address range of one process.
@@ -156,33 +206,33 @@ pub trait Memory {
     fn read_pair(&mut self, addr: u64) -> Option<[u64; 2]>;
 }
 
-/// The last row at or before `pc_low` among `count` rows from `first`: a binary
-/// search of fixed length with masked indices and no data-dependent branches, so the
-/// verifier walks one path through it, not one per outcome.
+/// The last row at or before `pc_low` among `count` rows from `first` (the first row
+/// of a page is at offset 0, so there always is one): a binary search of fixed length,
+/// without data-dependent branches (the verifier walks one path through it, not one
+/// per outcome) and with masked indices. Each step halves the candidates and moves the
+/// base forward when the middle row starts at or before `pc_low`: about 12 instructions.
 #[inline(always)]
 pub fn find_row(rows: &[Row; CHUNK_ROWS], first: u32, count: u32, pc_low: u16) -> Option<Row> {
-    let mut lo = first;
-    let mut hi = first + count;
-    let target = pc_low as u32;
-    let mut i = 0;
-    while i < SEARCH_STEPS {
-        let mid = (lo + hi) >> 1;
-        // Opaque to the compiler, so it cannot turn the arithmetic below back into a
-        // branch (which would give the verifier two paths per step).
-        let v = core::hint::black_box(rows[(mid & CHUNK_MASK) as usize].pc_low as u32);
-        // All values are below 2^17, so a difference's sign bit is a comparison.
-        let active = (lo.wrapping_sub(hi) >> 31) & 1; // lo < hi
-        let le = ((target.wrapping_sub(v) >> 31) & 1) ^ 1; // v <= target
-        let right = active & le;
-        let left = active & (le ^ 1);
-        lo += right * (mid + 1 - lo);
-        hi -= left * (hi - mid);
-        i += 1;
-    }
-    if lo <= first || lo > first + count {
+    if count == 0 {
         return None;
     }
-    Some(rows[((lo - 1) & CHUNK_MASK) as usize])
+    // Opaque to the compiler: with the target's range unknown, it cannot turn the sign
+    // arithmetic below back into a comparison and a branch.
+    let target = core::hint::black_box(pc_low as i64);
+    let mut base = first as u64;
+    let mut n = count as u64;
+    let mut i = 0;
+    while i < SEARCH_STEPS {
+        let half = n >> 1;
+        let v = rows[((base + half) as u32 & CHUNK_MASK) as usize].pc_low as i64;
+        // All ones when v <= target, else zero.
+        let take = !((target - v) >> 63) as u64;
+        base += half & take;
+        n -= half;
+        i += 1;
+    }
+    let row = rows[(base as u32 & CHUNK_MASK) as usize];
+    if row.pc_low > pc_low { None } else { Some(row) }
 }
 
 /// Offset of the interrupted registers (`uc.uc_mcontext`) from the stack pointer with

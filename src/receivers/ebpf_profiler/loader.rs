@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader, Pod};
 use aya_obj::generated::{bpf_map_type, bpf_prog_type};
 use aya_obj::obj::ProgramSection;
@@ -16,7 +16,7 @@ use aya_obj::obj::ProgramSection;
 use super::kernel::TaskOffsets;
 use super::shared::{self, Config, MappingKeyData};
 use super::sys::{self, ProgLoad, errno_name};
-use super::unwind::rules::{Chunk, MappingInfo, PageInfo, PageKey};
+use super::unwind::rules::{Chunk, MappingInfo};
 use super::verifier_log::{self, LoadFailure, LogSettings, VerifierLog};
 
 /// The entry program's name in the object.
@@ -31,20 +31,19 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../ebpf/prebuilt/s
 
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-struct PodConfig(Config);
+pub struct PodConfig(pub Config);
 // SAFETY: Config is #[repr(C)] and holds only integers.
 unsafe impl Pod for PodConfig {}
 
 // SAFETY: each is #[repr(C)] (or packed) and holds only integers, valid for any bit pattern.
-unsafe impl Pod for PageKey {}
-unsafe impl Pod for PageInfo {}
 unsafe impl Pod for MappingKeyData {}
 unsafe impl Pod for MappingInfo {}
 
 /// The maps user space fills so the unwinder can walk stacks without frame pointers.
 pub struct TableMaps {
-    /// (executable, text page) → where its rows are.
-    pub pages: BpfHashMap<MapData, PageKey, PageInfo>,
+    /// The program's settings, whose `generation` tells it to forget cached mappings.
+    pub config: Array<MapData, PodConfig>,
+    pub settings: Config,
     /// (pid, address) → mapping (an LPM trie).
     pub mappings: LpmTrie<MapData, MappingKeyData, MappingInfo>,
     /// Executable id → its array of chunks (a hash of maps).
@@ -318,20 +317,22 @@ pub fn load(
         Some(tables) => {
             let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
                 .map_err(|e| LoadError::Object(e.to_string()))?;
-            let pages = BpfHashMap::try_from(take(&mut ebpf, "PAGES")?)
-                .map_err(|e| LoadError::Object(e.to_string()))?;
             let mappings = LpmTrie::try_from(take(&mut ebpf, "MAPPINGS")?)
                 .map_err(|e| LoadError::Object(e.to_string()))?;
             (
                 Some(events),
                 Some(TableMaps {
-                    pages,
+                    config,
+                    settings: req.config,
                     mappings,
                     tables,
                 }),
             )
         }
-        None => (None, None),
+        None => {
+            drop(config);
+            (None, None)
+        }
     };
 
     let mut events_fds = Vec::with_capacity(req.cpus.len());
@@ -358,7 +359,6 @@ pub fn load(
         sys::perf_event_attach(ev.as_fd(), loaded.fd.as_fd()).map_err(attach_err)?;
         events_fds.push(ev);
     }
-    drop(config);
     Ok(Profiler {
         _ebpf: ebpf,
         program_fd: loaded.fd,

@@ -19,7 +19,7 @@ use std::time::Instant;
 use aya::maps::lpm_trie::Key;
 use metrics::{Counter, Gauge, Histogram};
 
-use super::rules::{Chunk, MappingInfo, PageKey};
+use super::rules::{Chunk, MappingInfo};
 use super::table::{Table, bias, build};
 use crate::receivers::ebpf_profiler::loader::TableMaps;
 use crate::receivers::ebpf_profiler::procfs::{MapEntry, map_file};
@@ -90,7 +90,6 @@ struct FileInfo {
 
 struct Loaded {
     bytes: u64,
-    pages: Vec<u64>,
     last_used: u64,
 }
 
@@ -328,14 +327,13 @@ impl Manager {
         }
         self.make_room(bytes);
         match self.load(id, &table) {
-            Ok(pages) => {
+            Ok(()) => {
                 build_result("loaded").increment(1);
                 self.used += bytes;
                 self.loaded.insert(
                     id,
                     Loaded {
                         bytes,
-                        pages,
                         last_used: self.interval,
                     },
                 );
@@ -345,7 +343,7 @@ impl Manager {
             Err(e) => {
                 tracing::warn!(exe_id = format!("{id:x}"), error = %e, "cannot load an unwind table; its frames fall back to frame pointers");
                 build_result("map_full").increment(1);
-                self.unload(id, &[]);
+                self.unload(id);
             }
         }
     }
@@ -357,7 +355,7 @@ impl Manager {
                 return;
             };
             if let Some(l) = self.loaded.remove(&victim) {
-                self.unload(victim, &l.pages);
+                self.unload(victim);
                 self.used -= l.bytes;
                 self.meters.evictions.increment(1);
             }
@@ -366,9 +364,9 @@ impl Manager {
         self.meters.tables.set(self.loaded.len() as f64);
     }
 
-    /// Writes a table into the kernel: its chunks into a new array, the array into the
-    /// map-of-maps, then its pages. Returns the pages, for unloading.
-    fn load(&mut self, id: u64, t: &Table) -> std::io::Result<Vec<u64>> {
+    /// Writes a table into the kernel: its chunks (directory, then rows) into a new
+    /// array sized for it, then the array into the map-of-maps.
+    fn load(&mut self, id: u64, t: &Table) -> std::io::Result<()> {
         let inner = sys::map_create(
             aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
             4,
@@ -392,27 +390,20 @@ impl Manager {
             self.maps.tables.as_fd(),
             &id.to_ne_bytes(),
             Some(&(std::os::fd::AsRawFd::as_raw_fd(&inner) as u32).to_ne_bytes()),
-        )?;
-        let mut pages = Vec::with_capacity(t.pages.len());
-        for (page, info) in &t.pages {
-            let key = PageKey {
-                exe_id: id,
-                page: *page,
-            };
-            self.maps
-                .pages
-                .insert(key, *info, 0)
-                .map_err(std::io::Error::other)?;
-            pages.push(*page);
-        }
-        Ok(pages)
+        )
     }
 
-    fn unload(&mut self, id: u64, pages: &[u64]) {
-        for &page in pages {
-            let _ = self.maps.pages.remove(&PageKey { exe_id: id, page });
-        }
+    fn unload(&mut self, id: u64) {
         let _ = sys::map_update(self.maps.tables.as_fd(), &id.to_ne_bytes(), None);
+    }
+
+    /// Tells the program to forget the mappings its CPUs remember: one was removed or changed.
+    fn bump_generation(&mut self) {
+        self.maps.settings.generation = self.maps.settings.generation.wrapping_add(1);
+        let cfg = crate::receivers::ebpf_profiler::loader::PodConfig(self.maps.settings);
+        if let Err(e) = self.maps.config.set(0, cfg, 0) {
+            tracing::debug!(error = %e, "cannot update the program's settings");
+        }
     }
 
     fn set_range(&mut self, pid: u32, r: &Range, insert: bool) {
@@ -472,8 +463,13 @@ impl Manager {
             });
         }
         let old = self.procs.remove(&pid).unwrap_or_default();
+        let mut removed = false;
         for r in old.iter().filter(|r| !want.contains(r)) {
             self.set_range(pid, r, false);
+            removed = true;
+        }
+        if removed {
+            self.bump_generation();
         }
         for r in want.iter().filter(|r| !old.contains(r)) {
             self.set_range(pid, r, true);
@@ -486,6 +482,7 @@ impl Manager {
             for r in &ranges {
                 self.set_range(pid, r, false);
             }
+            self.bump_generation();
         }
     }
 

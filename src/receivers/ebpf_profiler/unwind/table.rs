@@ -9,7 +9,8 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment};
 
-use super::rules::{CHUNK_ROWS, Chunk, PAGE_BITS, PAGE_SIZE, PageInfo, Row, cfa, rbp};
+use super::rules::{CHUNK_ROWS, Chunk, DIR_HEADER, DirHeader, PageInfo, Row, cfa, rbp};
+use super::rules::{PAGE_BITS, PAGE_SIZE};
 
 /// A rule as it applies to an address range (before it is split into pages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,33 +65,67 @@ pub struct TableStats {
     pub dropped_rows: u32,
 }
 
-/// An executable's table, ready to load.
+/// An executable's table, ready to load: its chunks as the kernel array holds them
+/// (the page directory, then the rows).
 pub struct Table {
-    /// Page number (ELF virtual address >> PAGE_BITS) → where its rows are.
-    pub pages: Vec<(u64, PageInfo)>,
     pub chunks: Vec<Chunk>,
+    /// Pages with rows.
+    pub pages: usize,
     pub stats: TableStats,
 }
 
 impl Table {
-    /// Bytes the table takes in the kernel (rows, and an estimate of the page index).
+    /// Bytes the table takes in the kernel.
     pub fn bytes(&self) -> u64 {
-        (self.chunks.len() * std::mem::size_of::<Chunk>()) as u64 + self.pages.len() as u64 * 64
+        (self.chunks.len() * std::mem::size_of::<Chunk>()) as u64
     }
 
-    /// The rule that applies to `vaddr`, as the eBPF program finds it.
+    /// The rule that applies to `vaddr`, found as the eBPF program finds it.
     pub fn lookup(&self, vaddr: u64) -> Option<Row> {
-        let page = vaddr >> PAGE_BITS;
-        let i = self.pages.binary_search_by_key(&page, |p| p.0).ok()?;
-        let info = self.pages[i].1;
-        let chunk = self.chunks.get(info.chunk as usize)?;
-        super::rules::find_row(
-            &chunk.rows,
-            info.first as u32,
-            info.count as u32,
-            (vaddr & (PAGE_SIZE - 1)) as u16,
-        )
+        super::rules::lookup(|i| self.chunks.get(i as usize), vaddr).ok()
     }
+}
+
+/// The array the kernel holds: a directory of `pages` (header, then one entry per page
+/// from the first to the last, empty where a page has no rows), then `rows`.
+fn with_directory(pages: &[(u64, PageInfo)], rows: Vec<Chunk>) -> Vec<Chunk> {
+    let (first, n) = match (pages.first(), pages.last()) {
+        (Some(f), Some(l)) => (f.0, (l.0 - f.0 + 1) as usize),
+        _ => (0, 0),
+    };
+    let total = DIR_HEADER as usize + n;
+    let dir_chunks = total.div_ceil(CHUNK_ROWS);
+    let mut dir = vec![PageInfo::default(); dir_chunks * CHUNK_ROWS];
+    for (p, info) in pages {
+        dir[DIR_HEADER as usize + (p - first) as usize] = PageInfo {
+            chunk: info.chunk + dir_chunks as u32,
+            ..*info
+        };
+    }
+    let mut out: Vec<Chunk> = dir
+        .chunks(CHUNK_ROWS)
+        .map(|c| {
+            let mut chunk = Chunk {
+                rows: [Row::default(); CHUNK_ROWS],
+            };
+            for (r, e) in chunk.rows.iter_mut().zip(c) {
+                // SAFETY: both are 8-byte #[repr(C)] plain integers.
+                *r = unsafe { std::mem::transmute::<PageInfo, Row>(*e) };
+            }
+            chunk
+        })
+        .collect();
+    let header = DirHeader {
+        first_page: first,
+        pages: n as u32,
+        dir_chunks: dir_chunks as u32,
+    };
+    // SAFETY: the header is 16 plain-integer bytes written over the first two entries.
+    unsafe {
+        std::ptr::write_unaligned(out[0].rows.as_mut_ptr() as *mut DirHeader, header);
+    }
+    out.extend(rows);
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -470,8 +505,8 @@ fn paginate(changes: Vec<(u64, Rule)>, mut stats: TableStats) -> Table {
         }
     }
     Table {
-        pages,
-        chunks,
+        pages: pages.len(),
+        chunks: with_directory(&pages, chunks),
         stats,
     }
 }
