@@ -8,7 +8,7 @@ use super::ProfilesRequest;
 use super::collector::ExportProfilesServiceRequest;
 use super::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use super::profiles::{
-    Function, KeyValueAndUnit, Line, Location, Mapping, Profile, ProfilesDictionary,
+    Function, KeyValueAndUnit, Line, Link, Location, Mapping, Profile, ProfilesDictionary,
     ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
 };
 use super::resource::Resource;
@@ -299,6 +299,135 @@ pub fn native_request(
                 ..Default::default()
             }],
             ..Default::default()
+        }],
+        dictionary: Some(d),
+    }
+}
+
+/// A request with every field of the profiles schema set to something other than its
+/// default, every kind of attribute value among them: for encoders and their readers.
+pub fn every_field() -> ProfilesRequest {
+    use super::common::{ArrayValue, EntityRef, KeyValueList};
+    let kv = |k: &str, v: any_value::Value| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        key_strindex: 0,
+    };
+    let values = vec![
+        kv("s", any_value::Value::StringValue("text ü \"quoted\"".into())),
+        kv("b", any_value::Value::BoolValue(true)),
+        kv("i", any_value::Value::IntValue(-9_007_199_254_740_993)),
+        kv("d", any_value::Value::DoubleValue(1.5)),
+        kv("bytes", any_value::Value::BytesValue(vec![0, 1, 2, 250, 255])),
+        kv(
+            "a",
+            any_value::Value::ArrayValue(ArrayValue {
+                values: vec![AnyValue {
+                    value: Some(any_value::Value::IntValue(7)),
+                }],
+            }),
+        ),
+        kv(
+            "kv",
+            any_value::Value::KvlistValue(KeyValueList {
+                values: vec![kv("inner", any_value::Value::StringValue("x".into()))],
+            }),
+        ),
+    ];
+    let mut d = zero_dictionary(vec![
+        String::new(),
+        "samples".into(),
+        "count".into(),
+        "cpu".into(),
+        "nanoseconds".into(),
+        "main".into(),
+        "/usr/bin/app".into(),
+        "key".into(),
+    ]);
+    d.mapping_table.push(Mapping {
+        memory_start: 0x7f00_0000_0000,
+        memory_limit: u64::MAX,
+        file_offset: 0x1000,
+        filename_strindex: 6,
+        attribute_indices: vec![1],
+    });
+    d.function_table.push(Function {
+        name_strindex: 5,
+        system_name_strindex: 5,
+        filename_strindex: 6,
+        start_line: 42,
+    });
+    d.location_table.push(Location {
+        mapping_index: 1,
+        address: 0x7f00_0000_1234,
+        lines: vec![Line {
+            function_index: 1,
+            line: 43,
+            column: 7,
+        }],
+        attribute_indices: vec![1],
+    });
+    d.link_table.push(Link {
+        trace_id: (1..=16).collect(),
+        span_id: (1..=8).collect(),
+    });
+    d.attribute_table.push(KeyValueAndUnit {
+        key_strindex: 7,
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValueStrindex(5)),
+        }),
+        unit_strindex: 2,
+    });
+    d.stack_table.push(Stack {
+        location_indices: vec![1],
+    });
+    ExportProfilesServiceRequest {
+        resource_profiles: vec![ResourceProfiles {
+            resource: Some(Resource {
+                attributes: values.clone(),
+                dropped_attributes_count: 3,
+                entity_refs: vec![EntityRef {
+                    schema_url: "https://opentelemetry.io/schemas/1.30.0".into(),
+                    r#type: "host".into(),
+                    id_keys: vec!["host.id".into()],
+                    description_keys: vec!["host.name".into()],
+                }],
+            }),
+            scope_profiles: vec![ScopeProfiles {
+                scope: Some(InstrumentationScope {
+                    name: "stackline".into(),
+                    version: "0.1.0".into(),
+                    attributes: values,
+                    dropped_attributes_count: 1,
+                }),
+                profiles: vec![Profile {
+                    sample_type: Some(ValueType {
+                        type_strindex: 1,
+                        unit_strindex: 2,
+                    }),
+                    samples: vec![Sample {
+                        stack_index: 1,
+                        attribute_indices: vec![1],
+                        link_index: 1,
+                        values: vec![1, -2],
+                        timestamps_unix_nano: vec![1_795_661_213_938_178_723, u64::MAX],
+                    }],
+                    time_unix_nano: 1_795_661_213_000_000_000,
+                    duration_nano: 5_000_000_000,
+                    period_type: Some(ValueType {
+                        type_strindex: 3,
+                        unit_strindex: 4,
+                    }),
+                    period: 10_101_010,
+                    profile_id: (0..16).collect(),
+                    dropped_attributes_count: 2,
+                    original_payload_format: "pprof".into(),
+                    original_payload: vec![0x1f, 0x8b, 0, 255],
+                    attribute_indices: vec![1],
+                }],
+                schema_url: "https://opentelemetry.io/schemas/1.30.0".into(),
+            }],
+            schema_url: "https://opentelemetry.io/schemas/1.30.0".into(),
         }],
         dictionary: Some(d),
     }

@@ -283,7 +283,7 @@ pub fn read_json_lines(path: &Path) -> Vec<ProfilesRequest> {
     };
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| stackline::otlp::json::from_slice(l.as_bytes()).unwrap())
         .collect()
 }
 
