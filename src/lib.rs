@@ -4,8 +4,10 @@
 //! pipelines that connect them; [`pipeline`] builds and runs that graph; [`otlp`]
 //! holds the data model and the dictionary operations every component uses.
 
+pub mod auth;
 pub mod config;
 pub mod exporters;
+pub mod net;
 pub mod otlp;
 pub mod pipeline;
 pub mod processors;

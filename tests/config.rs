@@ -76,7 +76,7 @@ fn every_error_is_reported_at_once_with_its_path() {
     );
     assert_has(
         &errs,
-        "exporters.kafka: unknown exporter type `kafka`; known exporter types: debug, file, flamegraph, otlp, pprof",
+        "exporters.kafka: unknown exporter type `kafka`; known exporter types: debug, file, flamegraph, otlp, otlphttp, pprof",
     );
     assert_has(
         &errs,

@@ -403,7 +403,7 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
         "endpoint": s.otlp.to_string(), "tls": {"insecure": true}, "compression": "none"
     }))
     .unwrap();
-    let raw = GrpcSender::new(&cfg).unwrap();
+    let raw = GrpcSender::new(&cfg, "otlp").unwrap();
     let garbage = Encoded {
         bytes: bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0x0f, 0x0a]),
         samples: 0,

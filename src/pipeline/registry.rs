@@ -82,6 +82,7 @@ impl Factories {
             ],
             exporters: vec![
                 crate::exporters::otlp::factory(),
+                crate::exporters::otlphttp::factory(),
                 crate::exporters::file::factory(),
                 crate::exporters::debug::factory(),
                 crate::exporters::pprof::factory(),

@@ -100,14 +100,15 @@ pub async fn serve(
         .route("/health", get(ready).with_state(health.clone()))
         .route("/health/ready", get(ready).with_state(health.clone()))
         .route("/health/live", get(live).with_state(health));
-    tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    });
+    tokio::spawn(crate::net::serve_http(
+        "telemetry",
+        listener,
+        app,
+        None,
+        crate::net::Limits::default(),
+        shutdown,
+        Duration::from_secs(2),
+    ));
     Ok(local)
 }
 

@@ -52,6 +52,14 @@ metric_names! {
     counter EXPORTER_QUEUE_REPLAYED = "stackline_exporter_queue_replayed_samples_total";
     /// Records of a persistent sending queue that were corrupt or torn and skipped. Label: `exporter`.
     counter EXPORTER_QUEUE_CORRUPT = "stackline_exporter_queue_corrupt_records_total";
+    /// Connections open on an HTTP listener. Label: `listener`.
+    gauge HTTP_CONNECTIONS = "stackline_http_connections";
+    /// Connections an HTTP listener closed at once (`too_many_connections`) or whose TLS handshake failed or timed out (`tls_handshake`). Labels: `listener`, `reason`.
+    counter HTTP_CONNECTIONS_REFUSED = "stackline_http_connections_refused_total";
+    /// Addresses a `dns:///` endpoint resolved to, by state (`healthy`, or `down` after a failed attempt, until it is tried again). Labels: `exporter`, `state`.
+    gauge EXPORTER_ENDPOINTS = "stackline_exporter_endpoints";
+    /// Requests sent to each resolved address of a `dns:///` endpoint. Labels: `exporter`, `address`.
+    counter EXPORTER_ENDPOINT_REQUESTS = "stackline_exporter_endpoint_requests_total";
     /// Profiles a backend rejected in a partial success answer. Label: `exporter`.
     counter EXPORTER_REJECTED_PROFILES = "stackline_exporter_rejected_profiles_total";
 

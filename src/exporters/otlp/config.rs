@@ -12,8 +12,17 @@ use crate::exporters::shell::{QueueConfig, RetryConfig};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpExporterConfig {
-    /// Where to send: `host:port` or `http://host:port`. Required.
+    /// Where to send: `host:port`, `http://host:port`, or `dns:///NAME:PORT` to resolve
+    /// every address of NAME (e.g. a Kubernetes headless Service) and spread requests
+    /// round-robin over them. Required.
     pub endpoint: String,
+    /// With a `dns:///` endpoint: how often the name is looked up again (also soon after an
+    /// address fails). Default `30s`.
+    #[serde(default = "default_resolve_interval", with = "crate::config::units::duration")]
+    pub resolve_interval: Duration,
+    /// `authorization: Bearer <token>` metadata from a file, re-read when it changes.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
     #[serde(default)]
     pub tls: TlsConfig,
     /// Request compression: `gzip` (default), `zstd` or `none`.
@@ -33,6 +42,10 @@ pub struct OtlpExporterConfig {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_resolve_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `tls`: how the connection is secured. By default (as in the collector) it is TLS,
@@ -80,7 +93,17 @@ impl Validate for OtlpExporterConfig {
             .endpoint
             .split_once("://")
             .map_or(self.endpoint.as_str(), |(_, rest)| rest);
-        if crate::config::units::parse_endpoint(bare.trim_end_matches('/')).is_none() {
+        if let Some(dns) = super::balance::parse_dns(&self.endpoint) {
+            if let Err(e) = dns {
+                errs.push(ConfigError::new("endpoint", e));
+            }
+            if self.resolve_interval < Duration::from_secs(1) {
+                errs.push(ConfigError::new(
+                    "resolve_interval",
+                    "must be at least 1s, e.g. `30s`",
+                ));
+            }
+        } else if crate::config::units::parse_endpoint(bare.trim_end_matches('/')).is_none() {
             errs.push(ConfigError::new(
                 "endpoint",
                 format!("`{}` is not a `host:port` address", self.endpoint),
@@ -142,6 +165,9 @@ impl Validate for OtlpExporterConfig {
                     "the value must be visible ASCII",
                 ));
             }
+        }
+        if let Some(a) = &self.auth {
+            a.validate("auth", &mut errs);
         }
         self.retry_on_failure.validate(&mut errs);
         self.sending_queue.validate(&mut errs);

@@ -1,6 +1,7 @@
 //! `otlp` exporter: sends profiles to another collector or a backend over OTLP/gRPC,
 //! with retry, timeout and a sending queue from [`crate::exporters::shell`].
 
+mod balance;
 mod config;
 pub mod sender;
 
@@ -38,7 +39,7 @@ impl Exporter for OtlpExporter {
     ) -> Result<JoinHandle<()>, StartError> {
         let cfg = self.cfg;
         // Connects lazily: a backend that is down at start is retried like any other failure.
-        let sender = sender::GrpcSender::new(&cfg)?;
+        let sender = sender::GrpcSender::new(&cfg, &ctx.id.to_string())?;
         tracing::info!(exporter = %ctx.id, endpoint = %cfg.endpoint, "OTLP exporter ready");
         shell::start_sender(
             ctx,

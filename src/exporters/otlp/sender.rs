@@ -10,7 +10,10 @@ use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use super::balance::{self, Balancer};
 use super::{Compression, OtlpExporterConfig};
+use crate::auth::TokenFile;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::exporters::shell::{Delivered, Encoded, SendError, Sender};
 use crate::otlp::collector::ExportProfilesServiceResponse;
 
@@ -56,38 +59,144 @@ impl Decoder for ResponseDecoder {
     }
 }
 
+/// Where requests go: one channel, or every address of a `dns:///` name.
+#[derive(Clone)]
+enum Target {
+    One(tonic::client::Grpc<Channel>),
+    Dns(Arc<Balancer>),
+}
+
 #[derive(Clone)]
 pub struct GrpcSender {
-    grpc: tonic::client::Grpc<Channel>,
+    target: Target,
     headers: Arc<Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>>,
+    auth: Option<Arc<TokenFile>>,
+    /// Stops the re-resolving task of a `dns:///` endpoint with the last clone.
+    _stop: Arc<DropGuard>,
+}
+
+fn grpc_over(channel: Channel, compression: Compression) -> tonic::client::Grpc<Channel> {
+    let grpc = tonic::client::Grpc::new(channel);
+    match compression {
+        Compression::Gzip => grpc.send_compressed(CompressionEncoding::Gzip),
+        Compression::Zstd => grpc.send_compressed(CompressionEncoding::Zstd),
+        Compression::None => grpc,
+    }
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Zstd)
 }
 
 impl GrpcSender {
-    pub fn new(cfg: &OtlpExporterConfig) -> Result<Self, crate::pipeline::StartError> {
-        let mut endpoint = Endpoint::from_shared(cfg.uri())
-            .map_err(|e| format!("invalid endpoint `{}`: {e}", cfg.endpoint))?
-            .connect_timeout(cfg.timeout);
-        if !cfg.tls.insecure {
-            endpoint = endpoint
-                .tls_config(client_tls(&cfg.tls)?)
-                .map_err(|e| format!("TLS settings rejected: {e}"))?;
-        }
-        let mut grpc = tonic::client::Grpc::new(endpoint.connect_lazy());
-        grpc = match cfg.compression {
-            Compression::Gzip => grpc.send_compressed(CompressionEncoding::Gzip),
-            Compression::Zstd => grpc.send_compressed(CompressionEncoding::Zstd),
-            Compression::None => grpc,
-        }
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd);
+    /// `exporter` names the exporter in logs and metrics. Must be called inside a
+    /// Tokio runtime (a `dns:///` endpoint starts its resolver task).
+    pub fn new(cfg: &OtlpExporterConfig, exporter: &str) -> Result<Self, crate::pipeline::StartError> {
+        let tls = if cfg.tls.insecure {
+            None
+        } else {
+            Some(client_tls(&cfg.tls)?)
+        };
+        let stop = CancellationToken::new();
+        let target = match balance::parse_dns(&cfg.endpoint) {
+            Some(parsed) => {
+                let (host, port) = parsed?;
+                let (timeout, compression) = (cfg.timeout, cfg.compression);
+                // Connected by address, the server's certificate is still checked against the name.
+                let tls = tls.map(|t| {
+                    if cfg.tls.server_name_override.is_some() {
+                        t
+                    } else {
+                        t.domain_name(host.clone())
+                    }
+                });
+                let scheme = if cfg.tls.insecure { "http" } else { "https" };
+                Target::Dns(Balancer::start(
+                    host,
+                    port,
+                    exporter.to_owned(),
+                    cfg.resolve_interval,
+                    Box::new(move |addr| {
+                        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                            .map_err(|e| e.to_string())?
+                            .connect_timeout(timeout);
+                        if let Some(t) = &tls {
+                            ep = ep.tls_config(t.clone()).map_err(|e| e.to_string())?;
+                        }
+                        Ok(grpc_over(ep.connect_lazy(), compression))
+                    }),
+                    stop.clone(),
+                ))
+            }
+            None => {
+                let mut endpoint = Endpoint::from_shared(cfg.uri())
+                    .map_err(|e| format!("invalid endpoint `{}`: {e}", cfg.endpoint))?
+                    .connect_timeout(cfg.timeout);
+                if let Some(t) = tls {
+                    endpoint = endpoint
+                        .tls_config(t)
+                        .map_err(|e| format!("TLS settings rejected: {e}"))?;
+                }
+                Target::One(grpc_over(endpoint.connect_lazy(), cfg.compression))
+            }
+        };
         let headers = cfg
             .headers
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
             .collect();
+        let auth = match &cfg.auth {
+            Some(a) => Some(Arc::new(
+                TokenFile::open(a).map_err(|e| format!("auth.bearer_token_file: {e}"))?,
+            )),
+            None => None,
+        };
         Ok(GrpcSender {
-            grpc,
+            target,
             headers: Arc::new(headers),
+            auth,
+            _stop: Arc::new(stop.drop_guard()),
+        })
+    }
+
+    /// One attempt on one channel. The flag says whether the server could not be reached
+    /// (or said UNAVAILABLE), so a balancer tries another address next.
+    async fn send_on(
+        &self,
+        mut grpc: tonic::client::Grpc<Channel>,
+        item: &Encoded,
+    ) -> Result<Delivered, (SendError, bool)> {
+        grpc.ready()
+            .await
+            .map_err(|e| (SendError::retryable(format!("cannot connect: {e}")), true))?;
+        let mut req = tonic::Request::new(item.bytes.clone());
+        for (k, v) in self.headers.iter() {
+            req.metadata_mut().insert(k.clone(), v.clone());
+        }
+        if let Some(t) = &self.auth {
+            match format!("Bearer {}", t.token()).parse() {
+                Ok(v) => {
+                    req.metadata_mut().insert("authorization", v);
+                }
+                Err(_) => {
+                    return Err((
+                        SendError::Permanent(
+                            "the bearer token file holds characters not allowed in a header".into(),
+                        ),
+                        false,
+                    ));
+                }
+            }
+        }
+        let path = http::uri::PathAndQuery::from_static(PATH);
+        let resp = grpc
+            .unary(req, path, BytesCodec)
+            .await
+            .map_err(|s| (classify(&s), s.code() == Code::Unavailable))?;
+        Ok(match resp.into_inner().partial_success {
+            Some(p) if p.rejected_profiles > 0 => Delivered::Partial {
+                rejected_profiles: p.rejected_profiles as u64,
+                message: p.error_message,
+            },
+            _ => Delivered::All,
         })
     }
 }
@@ -136,25 +245,31 @@ fn classify(status: &Status) -> SendError {
 #[async_trait::async_trait]
 impl Sender for GrpcSender {
     async fn send(&self, item: &Encoded) -> Result<Delivered, SendError> {
-        let mut grpc = self.grpc.clone();
-        grpc.ready()
-            .await
-            .map_err(|e| SendError::retryable(format!("cannot connect: {e}")))?;
-        let mut req = tonic::Request::new(item.bytes.clone());
-        for (k, v) in self.headers.iter() {
-            req.metadata_mut().insert(k.clone(), v.clone());
+        match &self.target {
+            Target::One(grpc) => self.send_on(grpc.clone(), item).await.map_err(|(e, _)| e),
+            Target::Dns(b) => {
+                let backend = b.pick().await.map_err(SendError::retryable)?;
+                match self.send_on(backend.grpc.clone(), item).await {
+                    Ok(d) => {
+                        b.mark_up(&backend);
+                        Ok(d)
+                    }
+                    Err((e, unreachable)) => {
+                        if unreachable {
+                            b.mark_down(&backend);
+                        }
+                        Err(match e {
+                            SendError::Retryable { message, retry_after } => SendError::Retryable {
+                                message: format!("{}: {message}", backend.addr),
+                                retry_after,
+                            },
+                            SendError::Permanent(m) => {
+                                SendError::Permanent(format!("{}: {m}", backend.addr))
+                            }
+                        })
+                    }
+                }
+            }
         }
-        let path = http::uri::PathAndQuery::from_static(PATH);
-        let resp = grpc
-            .unary(req, path, BytesCodec)
-            .await
-            .map_err(|s| classify(&s))?;
-        Ok(match resp.into_inner().partial_success {
-            Some(p) if p.rejected_profiles > 0 => Delivered::Partial {
-                rejected_profiles: p.rejected_profiles as u64,
-                message: p.error_message,
-            },
-            _ => Delivered::All,
-        })
     }
 }

@@ -310,12 +310,16 @@ async fn serve(listener: tokio::net::TcpListener, subs: Subscribers, stop: Cance
                 }
             }),
         );
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "pprof endpoint failed");
-    }
+    crate::net::serve_http(
+        "pprof",
+        listener,
+        app,
+        None,
+        crate::net::Limits::default(),
+        stop,
+        std::time::Duration::from_secs(1),
+    )
+    .await;
 }
 
 /// A valid profile with no samples, for a window in which nothing arrived.

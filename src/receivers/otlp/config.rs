@@ -7,18 +7,83 @@ use serde::Deserialize;
 use crate::config::{ConfigError, Validate};
 
 /// `receivers.otlp`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OtlpReceiverConfig {
+    /// The protocols served; each one listed is on. Default: gRPC only.
+    #[serde(default = "default_protocols")]
     pub protocols: Protocols,
 }
 
-/// `receivers.otlp.protocols`: only gRPC is served for now.
+impl Default for OtlpReceiverConfig {
+    fn default() -> Self {
+        OtlpReceiverConfig {
+            protocols: default_protocols(),
+        }
+    }
+}
+
+fn default_protocols() -> Protocols {
+    Protocols {
+        grpc: Some(GrpcConfig::default()),
+        http: None,
+    }
+}
+
+/// `receivers.otlp.protocols`: as in the collector, a protocol is served when its key
+/// is present (`grpc:` alone takes the defaults).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Protocols {
     /// The gRPC server (`opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export`).
-    pub grpc: GrpcConfig,
+    #[serde(default, deserialize_with = "present")]
+    pub grpc: Option<GrpcConfig>,
+    /// OTLP/HTTP: `POST /v1development/profiles`, protobuf or JSON.
+    #[serde(default, deserialize_with = "present")]
+    pub http: Option<HttpConfig>,
+}
+
+/// A key that is present is on, even with no value (`http:` means "http with defaults").
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
+}
+
+/// `receivers.otlp.protocols.http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `host:port` to listen on. Default `127.0.0.1:4318`.
+    pub endpoint: String,
+    /// Largest request body accepted, in MiB, after decompression. Default 32.
+    pub max_request_body_size_mib: u64,
+    /// Require `Authorization: Bearer <token>`; others get 401.
+    pub auth: Option<crate::auth::AuthConfig>,
+    /// Serve HTTPS instead of plaintext (same files as the gRPC `tls`).
+    pub tls: Option<ServerTlsConfig>,
+    /// Connections open at once; further ones are closed on accept and counted in
+    /// `stackline_http_connections_refused_total`. Default 1024 (one per agent that sends here).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (and to finish the TLS handshake).
+    /// Default `10s`.
+    #[serde(with = "crate::config::units::duration")]
+    pub read_header_timeout: std::time::Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            endpoint: "127.0.0.1:4318".into(),
+            max_request_body_size_mib: 32,
+            auth: None,
+            tls: None,
+            max_connections: 1024,
+            read_header_timeout: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// `receivers.otlp.protocols.grpc`.
@@ -32,9 +97,11 @@ pub struct GrpcConfig {
     pub max_recv_msg_size_mib: u64,
     /// Serve TLS instead of plaintext. Default: plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Require `authorization: Bearer <token>` metadata; others get UNAUTHENTICATED.
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
-/// `receivers.otlp.protocols.grpc.tls`.
+/// `tls` of a receiver protocol.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTlsConfig {
@@ -46,12 +113,32 @@ pub struct ServerTlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
+impl ServerTlsConfig {
+    fn validate(&self, at: &str, errs: &mut Vec<ConfigError>) {
+        for (name, f) in [
+            ("cert_file", Some(&self.cert_file)),
+            ("key_file", Some(&self.key_file)),
+            ("client_ca_file", self.client_ca_file.as_ref()),
+        ] {
+            if let Some(f) = f
+                && std::fs::metadata(f).is_err()
+            {
+                errs.push(ConfigError::new(
+                    format!("{at}.{name}"),
+                    format!("cannot read {}", f.display()),
+                ));
+            }
+        }
+    }
+}
+
 impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig {
             endpoint: "127.0.0.1:4317".into(),
             max_recv_msg_size_mib: 32,
             tls: None,
+            auth: None,
         }
     }
 }
@@ -59,36 +146,69 @@ impl Default for GrpcConfig {
 impl Validate for OtlpReceiverConfig {
     fn validate(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
-        let g = &self.protocols.grpc;
-        if crate::config::units::parse_endpoint(&g.endpoint).is_none() {
+        let p = &self.protocols;
+        if p.grpc.is_none() && p.http.is_none() {
             errs.push(ConfigError::new(
-                "protocols.grpc.endpoint",
-                format!("`{}` is not a `host:port` address", g.endpoint),
+                "protocols",
+                "no protocol is on; list `grpc:` and/or `http:`",
             ));
         }
-        if g.max_recv_msg_size_mib == 0 || g.max_recv_msg_size_mib > 2048 {
-            errs.push(ConfigError::new(
-                "protocols.grpc.max_recv_msg_size_mib",
-                format!(
-                    "{} is out of range; give a size in MiB from 1 to 2048",
-                    g.max_recv_msg_size_mib
-                ),
-            ));
+        if let Some(g) = &p.grpc {
+            if crate::config::units::parse_endpoint(&g.endpoint).is_none() {
+                errs.push(ConfigError::new(
+                    "protocols.grpc.endpoint",
+                    format!("`{}` is not a `host:port` address", g.endpoint),
+                ));
+            }
+            if g.max_recv_msg_size_mib == 0 || g.max_recv_msg_size_mib > 2048 {
+                errs.push(ConfigError::new(
+                    "protocols.grpc.max_recv_msg_size_mib",
+                    format!(
+                        "{} is out of range; give a size in MiB from 1 to 2048",
+                        g.max_recv_msg_size_mib
+                    ),
+                ));
+            }
+            if let Some(t) = &g.tls {
+                t.validate("protocols.grpc.tls", &mut errs);
+            }
+            if let Some(a) = &g.auth {
+                a.validate("protocols.grpc.auth", &mut errs);
+            }
         }
-        if let Some(t) = &g.tls {
-            for (name, f) in [
-                ("cert_file", Some(&t.cert_file)),
-                ("key_file", Some(&t.key_file)),
-                ("client_ca_file", t.client_ca_file.as_ref()),
-            ] {
-                if let Some(f) = f
-                    && std::fs::metadata(f).is_err()
-                {
-                    errs.push(ConfigError::new(
-                        format!("protocols.grpc.tls.{name}"),
-                        format!("cannot read {}", f.display()),
-                    ));
-                }
+        if let Some(h) = &p.http {
+            if crate::config::units::parse_endpoint(&h.endpoint).is_none() {
+                errs.push(ConfigError::new(
+                    "protocols.http.endpoint",
+                    format!("`{}` is not a `host:port` address", h.endpoint),
+                ));
+            }
+            if h.max_request_body_size_mib == 0 || h.max_request_body_size_mib > 2048 {
+                errs.push(ConfigError::new(
+                    "protocols.http.max_request_body_size_mib",
+                    format!(
+                        "{} is out of range; give a size in MiB from 1 to 2048",
+                        h.max_request_body_size_mib
+                    ),
+                ));
+            }
+            if let Some(a) = &h.auth {
+                a.validate("protocols.http.auth", &mut errs);
+            }
+            if let Some(t) = &h.tls {
+                t.validate("protocols.http.tls", &mut errs);
+            }
+            if h.max_connections == 0 {
+                errs.push(ConfigError::new(
+                    "protocols.http.max_connections",
+                    "must be at least 1, e.g. 1024",
+                ));
+            }
+            if h.read_header_timeout.is_zero() {
+                errs.push(ConfigError::new(
+                    "protocols.http.read_header_timeout",
+                    "must be greater than 0, e.g. `10s`",
+                ));
             }
         }
         errs

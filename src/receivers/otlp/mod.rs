@@ -1,12 +1,16 @@
-//! `otlp` receiver: the OTLP profiles gRPC service, as agents and SDKs send it.
+//! `otlp` receiver: OTLP profiles over gRPC and over HTTP (protobuf or JSON), as
+//! agents, SDKs and other collectors send them. Both protocols share [`intake`]: the
+//! same checks, the same pipeline, the same answer once the data is safe.
 
 mod config;
+pub mod http;
+mod intake;
 mod service;
 
 use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
-pub use config::{GrpcConfig, OtlpReceiverConfig, Protocols, ServerTlsConfig};
+pub use config::{GrpcConfig, HttpConfig, OtlpReceiverConfig, Protocols, ServerTlsConfig};
 
 use crate::config::parse_component;
 use crate::pipeline::{Context, Fanout, Receiver, ReceiverFactory, StartError};
@@ -14,7 +18,7 @@ use crate::pipeline::{Context, Fanout, Receiver, ReceiverFactory, StartError};
 pub fn factory() -> ReceiverFactory {
     ReceiverFactory {
         type_name: "otlp",
-        description: "OTLP profiles over gRPC (gzip and zstd), as sent by agents, SDKs and other collectors",
+        description: "OTLP profiles over gRPC and HTTP (protobuf or JSON; gzip and zstd), as sent by agents, SDKs and other collectors",
         create: |_, v| {
             Ok(Box::new(OtlpReceiver {
                 cfg: parse_component(v)?,
@@ -34,6 +38,28 @@ impl Receiver for OtlpReceiver {
         ctx: Context,
         out: Fanout,
     ) -> Result<JoinHandle<()>, StartError> {
-        service::serve(self.cfg.protocols.grpc, ctx, out).await
+        let p = self.cfg.protocols;
+        let mut tasks = Vec::new();
+        if let Some(g) = p.grpc {
+            tasks.push(service::serve(g, ctx.clone(), out.clone()).await?);
+        }
+        if let Some(h) = p.http {
+            match http::serve(h, ctx.clone(), out.clone()).await {
+                Ok(t) => tasks.push(t),
+                Err(e) => {
+                    for t in &tasks {
+                        t.abort();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // Each server holds a clone of the fanout; the pipeline drains once both end.
+        drop(out);
+        Ok(tokio::spawn(async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        }))
     }
 }

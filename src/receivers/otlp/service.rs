@@ -1,45 +1,22 @@
 //! The gRPC `ProfilesService/Export` server.
 
-use metrics::Counter;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use super::GrpcConfig;
+use super::intake::{Intake, Refusal};
 use crate::otlp::collector::profiles_service_server::{ProfilesService, ProfilesServiceServer};
 use crate::otlp::collector::{ExportProfilesServiceRequest, ExportProfilesServiceResponse};
-use crate::otlp::{check, sample_count};
-use crate::pipeline::{Ack, Acks, Context, Envelope, Fanout, StartError};
+use crate::pipeline::{Context, Fanout, StartError};
 use crate::telemetry::names;
 
 struct Service {
-    out: Fanout,
-    accepted: Counter,
-    refused: Refused,
-}
-
-/// Refused samples, by reason.
-struct Refused {
-    invalid: Counter,
-    not_kept: Counter,
-    stopped: Counter,
-}
-
-impl Refused {
-    fn new(labels: &[(&'static str, String)]) -> Self {
-        let c = |reason: &'static str| {
-            let mut l: Vec<(&'static str, String)> = labels.to_vec();
-            l.push(("reason", reason.to_owned()));
-            metrics::counter!(names::RECEIVER_REFUSED, &l)
-        };
-        Refused {
-            invalid: c("invalid_request"),
-            not_kept: c("not_kept_downstream"),
-            stopped: c("pipeline_stopped"),
-        }
-    }
+    intake: Intake,
 }
 
 #[tonic::async_trait]
@@ -48,43 +25,10 @@ impl ProfilesService for Service {
         &self,
         request: Request<ExportProfilesServiceRequest>,
     ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
-        let req = request.into_inner();
-        let samples = sample_count(&req);
-        if let Err(e) = check(&req) {
-            self.refused.invalid.increment(samples);
-            return Err(Status::invalid_argument(format!(
-                "request refused, nothing was accepted: {e}"
-            )));
-        }
-        if samples == 0 {
-            return Ok(Response::new(ExportProfilesServiceResponse::default()));
-        }
-        // OK is answered only once every exporter has the data safe (queued, on disk
-        // or delivered): see `pipeline::ack`. Waiting here is the back-pressure a client feels.
-        let (ack, kept) = Ack::new();
-        if let Err(e) = self.out.send(Envelope::new(req, Acks::one(ack))).await {
-            self.refused.stopped.increment(samples);
-            return Err(Status::unavailable(format!(
-                "the pipeline is not taking data: {e}; retry against another instance"
-            )));
-        }
-        match kept.await {
-            Ok(Ok(())) => {
-                self.accepted.increment(samples);
-                Ok(Response::new(ExportProfilesServiceResponse::default()))
-            }
-            Ok(Err(reason)) => {
-                self.refused.not_kept.increment(samples);
-                Err(Status::unavailable(format!(
-                    "not all of the request could be kept ({reason}); retry (parts may arrive twice)"
-                )))
-            }
-            Err(_) => {
-                self.refused.not_kept.increment(samples);
-                Err(Status::internal(
-                    "the pipeline lost track of the request; retry",
-                ))
-            }
+        match self.intake.export(request.into_inner()).await {
+            Ok(()) => Ok(Response::new(ExportProfilesServiceResponse::default())),
+            Err(Refusal::Invalid(m)) => Err(Status::invalid_argument(m)),
+            Err(Refusal::Unavailable(m)) => Err(Status::unavailable(m)),
         }
     }
 }
@@ -126,18 +70,45 @@ pub(super) async fn serve(
     })?;
     let local = listener.local_addr()?;
     let id = ctx.id.to_string();
-    let labels = [("receiver", id.clone()), ("transport", "grpc".to_owned())];
-    let svc = Service {
-        out,
-        accepted: metrics::counter!(names::RECEIVER_ACCEPTED, &labels),
-        refused: Refused::new(&labels),
+    let auth = match &cfg.auth {
+        Some(a) => Some(Arc::new(crate::auth::TokenFile::open(a).map_err(|e| {
+            format!(
+                "cannot read receivers.{}.protocols.grpc.auth.bearer_token_file: {e}",
+                ctx.id
+            )
+        })?)),
+        None => None,
     };
+    crate::auth::warn_if_open("otlp/grpc", &cfg.endpoint, cfg.tls.is_some(), auth.is_some());
+    let svc = Service {
+        intake: Intake::new(out, &id, "grpc"),
+    };
+    let unauthenticated = metrics::counter!(names::RECEIVER_REFUSED, "receiver" => id.clone(), "transport" => "grpc", "reason" => "unauthenticated");
     let max = (cfg.max_recv_msg_size_mib as usize) << 20;
     let server = ProfilesServiceServer::new(svc)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
+    // Checked before the body is decoded: nothing of a refused request is read.
+    let check_token = move |req: Request<()>| -> Result<Request<()>, Status> {
+        match &auth {
+            None => Ok(req),
+            Some(t) => {
+                let given = req
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
+                if t.allows(given) {
+                    Ok(req)
+                } else {
+                    unauthenticated.increment(1);
+                    Err(Status::unauthenticated("a valid bearer token is required"))
+                }
+            }
+        }
+    };
+    let server = tonic::service::interceptor::InterceptedService::new(server, check_token);
     let mut builder = tonic::transport::Server::builder();
     if let Some(t) = &cfg.tls {
         builder = builder

@@ -1,0 +1,254 @@
+//! The OTLP/HTTP server: `POST /v1development/profiles` with a protobuf
+//! (`application/x-protobuf`) or JSON (`application/json`) body, gzip or zstd encoded
+//! or not. Answers in the request's encoding: 200 with an `ExportProfilesServiceResponse`,
+//! 400 for bad input, 401 without the token, 413 past the size limit, 415 for another
+//! content type, 503 when the pipeline does not take the data (clients retry).
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::HttpConfig;
+use super::intake::{Intake, Refusal};
+use crate::otlp::ProfilesRequest;
+use crate::otlp::collector::ExportProfilesServiceResponse;
+use crate::pipeline::{Context, Fanout, StartError};
+
+/// The OTLP/HTTP path for profiles.
+pub const PATH: &str = "/v1development/profiles";
+
+struct Server {
+    intake: Intake,
+    auth: Option<crate::auth::TokenFile>,
+    max_bytes: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Proto,
+    Json,
+}
+
+fn reply(enc: Encoding, status: StatusCode, message: &str) -> Response {
+    // A google.rpc.Status: code 0 for success, else the message.
+    let code = if status.is_success() { 0 } else { 2 };
+    match enc {
+        Encoding::Json => {
+            let body = if status.is_success() {
+                "{}".to_owned()
+            } else {
+                serde_json::json!({ "code": code, "message": message }).to_string()
+            };
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Encoding::Proto => {
+            let body = if status.is_success() {
+                ExportProfilesServiceResponse::default().encode_to_vec()
+            } else {
+                // google.rpc.Status { int32 code = 1; string message = 2; }
+                let mut b = Vec::new();
+                prost::encoding::int32::encode(1, &code, &mut b);
+                prost::encoding::string::encode(2, &message.to_owned(), &mut b);
+                b
+            };
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                body,
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Inflates `body` per Content-Encoding, never past `max` bytes.
+fn decompress(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, (StatusCode, String)> {
+    let enc = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let mut out = Vec::new();
+    let limited = |r: &mut dyn Read, out: &mut Vec<u8>| -> Result<(), (StatusCode, String)> {
+        r.take(max as u64 + 1)
+            .read_to_end(out)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot decompress the body: {e}")))?;
+        if out.len() > max {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {max} bytes once decompressed (max_request_body_size_mib)"),
+            ));
+        }
+        Ok(())
+    };
+    match enc.as_str() {
+        "" | "identity" => {
+            if body.len() > max {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {max} bytes (max_request_body_size_mib)"),
+                ));
+            }
+            Ok(body.to_vec())
+        }
+        "gzip" => {
+            limited(&mut flate2::read::GzDecoder::new(body), &mut out)?;
+            Ok(out)
+        }
+        "zstd" => {
+            let mut d = zstd::stream::read::Decoder::new(body)
+                .map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot decompress the body: {e}")))?;
+            limited(&mut d, &mut out)?;
+            Ok(out)
+        }
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding `{other}` is not supported; use gzip, zstd or none"),
+        )),
+    }
+}
+
+async fn export(State(s): State<Arc<Server>>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let enc = if ctype.starts_with("application/json") {
+        Encoding::Json
+    } else if ctype.starts_with("application/x-protobuf") || ctype.starts_with("application/protobuf") {
+        Encoding::Proto
+    } else {
+        return reply(
+            Encoding::Json,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/x-protobuf or application/json",
+        );
+    };
+    if let Some(auth) = &s.auth {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !auth.allows(given) {
+            s.intake.refused_unauthenticated();
+            return reply(enc, StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        }
+    }
+    // Read no more than the limit off the wire (a compressed body may not exceed the
+    // decompressed limit either).
+    let body: Bytes = match axum::body::to_bytes(body, s.max_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            let inner = e.into_inner();
+            let too_large = inner.is::<http_body_util::LengthLimitError>();
+            let e = inner;
+            return if too_large {
+                s.intake.refused_too_large();
+                reply(
+                    enc,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the body is larger than {} bytes (max_request_body_size_mib)", s.max_bytes),
+                )
+            } else {
+                s.intake.refused_undecodable();
+                reply(enc, StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))
+            };
+        }
+    };
+    let raw = match decompress(&headers, &body, s.max_bytes) {
+        Ok(b) => b,
+        Err((code, msg)) => {
+            if code == StatusCode::PAYLOAD_TOO_LARGE {
+                s.intake.refused_too_large();
+            } else {
+                s.intake.refused_undecodable();
+            }
+            return reply(enc, code, &msg);
+        }
+    };
+    let req = match enc {
+        Encoding::Proto => ProfilesRequest::decode(raw.as_slice()).map_err(|e| e.to_string()),
+        Encoding::Json => crate::otlp::json::from_slice(&raw).map_err(|e| e.to_string()),
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            s.intake.refused_undecodable();
+            return reply(enc, StatusCode::BAD_REQUEST, &format!("cannot decode the request: {e}"));
+        }
+    };
+    match s.intake.export(req).await {
+        Ok(()) => reply(enc, StatusCode::OK, ""),
+        Err(Refusal::Invalid(m)) => reply(enc, StatusCode::BAD_REQUEST, &m),
+        Err(Refusal::Unavailable(m)) => {
+            let mut r = reply(enc, StatusCode::SERVICE_UNAVAILABLE, &m);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+pub(super) async fn serve(cfg: HttpConfig, ctx: Context, out: Fanout) -> Result<JoinHandle<()>, StartError> {
+    let listener = TcpListener::bind(&cfg.endpoint).await.map_err(|e| {
+        format!(
+            "cannot listen on {} (receivers.{}.protocols.http.endpoint): {e}",
+            cfg.endpoint, ctx.id
+        )
+    })?;
+    let local = listener.local_addr()?;
+    let auth = match &cfg.auth {
+        Some(a) => Some(crate::auth::TokenFile::open(a).map_err(|e| {
+            format!(
+                "cannot read receivers.{}.protocols.http.auth.bearer_token_file: {e}",
+                ctx.id
+            )
+        })?),
+        None => None,
+    };
+    let tls = match &cfg.tls {
+        Some(t) => Some(
+            crate::net::tls::acceptor(&t.cert_file, &t.key_file, t.client_ca_file.as_deref())
+                .map_err(|e| format!("receivers.{}.protocols.http.tls: {e}", ctx.id))?,
+        ),
+        None => None,
+    };
+    crate::auth::warn_if_open("otlp/http", &cfg.endpoint, tls.is_some(), auth.is_some());
+    let max_bytes = (cfg.max_request_body_size_mib as usize) << 20;
+    let server = Arc::new(Server {
+        intake: Intake::new(out, &ctx.id.to_string(), "http"),
+        auth,
+        max_bytes,
+    });
+    let app = axum::Router::new()
+        .route(PATH, axum::routing::post(export))
+        .with_state(server);
+    tracing::info!(receiver = %ctx.id, endpoint = %local, tls = tls.is_some(), "OTLP/HTTP receiver listening");
+    ctx.health.running();
+    let limits = crate::net::Limits {
+        max_connections: cfg.max_connections,
+        read_header_timeout: cfg.read_header_timeout,
+        ..Default::default()
+    };
+    Ok(tokio::spawn(async move {
+        // In-flight requests wait for their data to be safe; the pipeline's own drain
+        // deadline bounds that, so the grace here is generous.
+        crate::net::serve_http(
+            "otlp/http",
+            listener,
+            app,
+            tls,
+            limits,
+            ctx.shutdown.clone(),
+            std::time::Duration::from_secs(3600),
+        )
+        .await;
+        ctx.health.stopping();
+    }))
+}

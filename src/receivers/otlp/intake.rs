@@ -1,0 +1,105 @@
+//! What both protocols do with a request: check it, send it down the pipeline, and
+//! wait until it is safe (see `pipeline::ack`). The protocol maps the outcome to its
+//! own status codes.
+
+use metrics::Counter;
+
+use crate::otlp::{ProfilesRequest, check, sample_count};
+use crate::pipeline::{Ack, Acks, Envelope, Fanout};
+use crate::telemetry::names;
+
+/// Why a request was refused; nothing of it entered the pipeline, or the client is
+/// told that not all of it was kept.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Bad input (gRPC INVALID_ARGUMENT, HTTP 400).
+    #[error("request refused, nothing was accepted: {0}")]
+    Invalid(String),
+    /// The pipeline cannot take it, or did not keep all of it (UNAVAILABLE, 503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The receiver's accepted and refused counters, by transport.
+pub struct Intake {
+    out: Fanout,
+    accepted: Counter,
+    invalid: Counter,
+    not_kept: Counter,
+    stopped: Counter,
+    unauthenticated: Counter,
+    too_large: Counter,
+}
+
+impl Intake {
+    pub fn new(out: Fanout, receiver: &str, transport: &'static str) -> Self {
+        let labels = [
+            ("receiver", receiver.to_owned()),
+            ("transport", transport.to_owned()),
+        ];
+        let refused = |reason: &'static str| {
+            let mut l: Vec<(&'static str, String)> = labels.to_vec();
+            l.push(("reason", reason.to_owned()));
+            metrics::counter!(names::RECEIVER_REFUSED, &l)
+        };
+        Intake {
+            out,
+            accepted: metrics::counter!(names::RECEIVER_ACCEPTED, &labels),
+            invalid: refused("invalid_request"),
+            not_kept: refused("not_kept_downstream"),
+            stopped: refused("pipeline_stopped"),
+            unauthenticated: refused("unauthenticated"),
+            too_large: refused("too_large"),
+        }
+    }
+
+    /// A request refused before it was decoded (so its samples are unknown): counted once.
+    pub fn refused_unauthenticated(&self) {
+        self.unauthenticated.increment(1);
+    }
+
+    pub fn refused_too_large(&self) {
+        self.too_large.increment(1);
+    }
+
+    pub fn refused_undecodable(&self) {
+        self.invalid.increment(1);
+    }
+
+    /// Checks `req`, sends it on and waits until every exporter has it safe.
+    pub async fn export(&self, req: ProfilesRequest) -> Result<(), Refusal> {
+        let samples = sample_count(&req);
+        if let Err(e) = check(&req) {
+            self.invalid.increment(samples);
+            return Err(Refusal::Invalid(e.to_string()));
+        }
+        if samples == 0 {
+            return Ok(());
+        }
+        let (ack, kept) = Ack::new();
+        if let Err(e) = self.out.send(Envelope::new(req, Acks::one(ack))).await {
+            self.stopped.increment(samples);
+            return Err(Refusal::Unavailable(format!(
+                "the pipeline is not taking data: {e}; retry against another instance"
+            )));
+        }
+        match kept.await {
+            Ok(Ok(())) => {
+                self.accepted.increment(samples);
+                Ok(())
+            }
+            Ok(Err(reason)) => {
+                self.not_kept.increment(samples);
+                Err(Refusal::Unavailable(format!(
+                    "not all of the request could be kept ({reason}); retry (parts may arrive twice)"
+                )))
+            }
+            Err(_) => {
+                self.not_kept.increment(samples);
+                Err(Refusal::Unavailable(
+                    "the pipeline lost track of the request; retry".into(),
+                ))
+            }
+        }
+    }
+}
