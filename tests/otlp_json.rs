@@ -4,67 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
 use common::*;
-use prost::Message;
 use stackline::otlp::ProfilesRequest;
 use stackline::otlp::synth::{every_field, request};
-
-/// Parses each OTLP/JSON line of `path` with the official parser and returns the
-/// requests it read, as protobuf decoded here; None if Python or the protos are missing.
-fn official_parse(path: &Path) -> Option<Vec<ProfilesRequest>> {
-    let script = r#"
-import sys
-from google.protobuf import json_format
-from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as p
-out = open(sys.argv[2], "wb")
-for n, line in enumerate(open(sys.argv[1], encoding="utf-8")):
-    m = p.ExportProfilesServiceRequest()
-    try:
-        json_format.Parse(line, m)
-    except Exception as e:
-        sys.exit(f"line {n + 1}: {e}")
-    b = m.SerializeToString()
-    out.write(len(b).to_bytes(4, "big") + b)
-"#;
-    let out = path.with_extension("official.binpb");
-    let r = Command::new("python3")
-        .args(["-c", script])
-        .arg(path)
-        .arg(&out)
-        .output();
-    match r {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            if err.contains("No module named") {
-                stackline::testing::skip(
-                    "OTLP/JSON conformance",
-                    "pip install opentelemetry-proto==1.45.2 (.ci/run installs it)",
-                );
-                return None;
-            }
-            panic!("the official parser refused the file: {err}");
-        }
-        Err(e) => {
-            stackline::testing::skip("OTLP/JSON conformance", &format!("python3: {e}"));
-            return None;
-        }
-    }
-    let bytes = std::fs::read(&out).unwrap();
-    let mut rest = &bytes[..];
-    let mut reqs = Vec::new();
-    while !rest.is_empty() {
-        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-        reqs.push(ProfilesRequest::decode(&rest[4..4 + n]).unwrap());
-        rest = &rest[4 + n..];
-    }
-    Some(reqs)
-}
 
 /// The generic protobuf parser reads OTLP's hex ids as base64: undo that to compare.
 fn hex_ids_as_official(r: &mut ProfilesRequest) {

@@ -107,13 +107,24 @@ pub async fn serve_http(
             let svc = hyper_util::service::TowerToHyperService::new(app);
             match tls {
                 None => {
-                    let _ = watcher
-                        .watch(b.serve_connection(TokioIo::new(stream), svc))
-                        .await;
+                    // The version sniffing below waits for the first bytes with no time
+                    // limit of its own: a client that connects and says nothing is cut off here.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(limits.read_header_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            let _ = watcher
+                                .watch(b.serve_connection(TokioIo::new(stream), svc))
+                                .await;
+                        }
+                        _ => {}
+                    }
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.read_header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
+                            // ALPN already chose the protocol: no sniffing.
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let b = if h2 { b.http2_only() } else { b.http1_only() };
                             let _ = watcher.watch(b.serve_connection(TokioIo::new(s), svc)).await;
                         }
                         Ok(Err(e)) => {

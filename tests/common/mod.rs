@@ -30,12 +30,15 @@ pub struct Stackline {
     child: Option<Child>,
     pub otlp: SocketAddr,
     pub metrics: SocketAddr,
+    /// `{HTTP}` in the config: an OTLP/HTTP listener (waited for when used).
+    pub http: SocketAddr,
+    uses_http: bool,
     pub dir: PathBuf,
     pub log: PathBuf,
 }
 
 impl Stackline {
-    /// Writes `config` (with `{OTLP}`, `{METRICS}` and `{DIR}` filled in) and starts the binary.
+    /// Writes `config` (with `{OTLP}`, `{HTTP}`, `{METRICS}` and `{DIR}` filled in) and starts the binary.
     pub fn start(dir: &Path, config: &str) -> Stackline {
         Self::start_with(Path::new(env!("CARGO_BIN_EXE_stackline")), dir, config)
     }
@@ -44,8 +47,11 @@ impl Stackline {
     pub fn start_with(program: &Path, dir: &Path, config: &str) -> Stackline {
         let otlp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let uses_http = config.contains("{HTTP}");
         let text = config
             .replace("{OTLP}", &otlp.to_string())
+            .replace("{HTTP}", &http.to_string())
             .replace("{METRICS}", &metrics.to_string())
             .replace("{DIR}", &dir.display().to_string());
         let cfg = dir.join("stackline.yaml");
@@ -64,6 +70,8 @@ impl Stackline {
             child: Some(child),
             otlp,
             metrics,
+            http,
+            uses_http,
             dir: dir.to_path_buf(),
             log,
         };
@@ -76,6 +84,7 @@ impl Stackline {
         while Instant::now() < until {
             if std::net::TcpStream::connect(self.otlp).is_ok()
                 && std::net::TcpStream::connect(self.metrics).is_ok()
+                && (!self.uses_http || std::net::TcpStream::connect(self.http).is_ok())
             {
                 return;
             }
@@ -577,3 +586,56 @@ impl Backend {
         tx
     }
 }
+
+/// Parses each OTLP/JSON line of `path` with the official parser and returns the
+/// requests it read, as protobuf decoded here; None if Python or the protos are missing.
+pub fn official_parse(path: &Path) -> Option<Vec<ProfilesRequest>> {
+    let script = r#"
+import sys
+from google.protobuf import json_format
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2 as p
+out = open(sys.argv[2], "wb")
+for n, line in enumerate(open(sys.argv[1], encoding="utf-8")):
+    m = p.ExportProfilesServiceRequest()
+    try:
+        json_format.Parse(line, m)
+    except Exception as e:
+        sys.exit(f"line {n + 1}: {e}")
+    b = m.SerializeToString()
+    out.write(len(b).to_bytes(4, "big") + b)
+"#;
+    let out = path.with_extension("official.binpb");
+    let r = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .arg(&out)
+        .output();
+    match r {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if err.contains("No module named") {
+                stackline::testing::skip(
+                    "OTLP/JSON conformance",
+                    "pip install opentelemetry-proto==1.45.2 (.ci/run installs it)",
+                );
+                return None;
+            }
+            panic!("the official parser refused the file: {err}");
+        }
+        Err(e) => {
+            stackline::testing::skip("OTLP/JSON conformance", &format!("python3: {e}"));
+            return None;
+        }
+    }
+    let bytes = std::fs::read(&out).unwrap();
+    let mut rest = &bytes[..];
+    let mut reqs = Vec::new();
+    while !rest.is_empty() {
+        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        reqs.push(<ProfilesRequest as prost::Message>::decode(&rest[4..4 + n]).unwrap());
+        rest = &rest[4 + n..];
+    }
+    Some(reqs)
+}
+
