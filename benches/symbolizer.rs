@@ -16,7 +16,7 @@ use stackline::otlp::synth::native_request;
 use stackline::processors::symbolizer::SymbolizerConfig;
 use stackline::processors::symbolizer::files::segments;
 use stackline::processors::symbolizer::worker::Worker;
-use stackline::receivers::ebpf_profiler::procfs::read_build_id;
+use stackline::host::elf::build_id_at;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -50,7 +50,7 @@ fn addresses(path: &Path) -> Vec<u64> {
 fn bench(c: &mut Criterion) {
     let exe = std::env::current_exe().unwrap();
     let addrs = addresses(&exe);
-    let build_id = read_build_id(&exe).unwrap();
+    let build_id = build_id_at(&exe).unwrap().map(|b| b.as_str().to_owned());
     let text = segments(&exe)
         .unwrap()
         .into_iter()

@@ -33,8 +33,8 @@ fn main() {
             println!("{path}: not found (build it first)");
             continue;
         };
-        let (built, table) = best_of(5, || build(&data).expect("a table"));
-        let (parsed, _) = best_of(5, || fdes(&data).expect("FDEs"));
+        let (built, table) = best_of(5, || build(&data[..]).expect("a table"));
+        let (parsed, _) = best_of(5, || fdes(&data[..]).expect("FDEs"));
         let name = std::path::Path::new(path)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

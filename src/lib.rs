@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod exporters;
+pub mod host;
 pub mod net;
 pub mod otlp;
 pub mod pipeline;

@@ -71,13 +71,17 @@ impl<'a> Dict<'a> {
     }
 
     /// A mapping's GNU build ID attribute.
-    pub fn build_id(&self, m: &Mapping) -> Option<&'a str> {
+    /// The mapping's GNU build ID, parsed (None when absent or not a string).
+    pub fn build_id(
+        &self,
+        m: &Mapping,
+    ) -> Option<Result<crate::host::elf::BuildId, crate::host::elf::BuildIdError>> {
         match self
             .find_attribute(&m.attribute_indices, "process.executable.build_id.gnu")?
             .value
             .as_ref()?
         {
-            any_value::Value::StringValue(s) => Some(s),
+            any_value::Value::StringValue(s) => Some(crate::host::elf::BuildId::parse(s)),
             _ => None,
         }
     }

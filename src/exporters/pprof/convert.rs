@@ -65,7 +65,8 @@ impl Builder {
         }
         let id = self.p.mapping.len() as u64 + 1;
         let filename = self.string(d.string(m.filename_strindex));
-        let build_id = self.string(d.build_id(m).unwrap_or(""));
+        let bid = d.build_id(m).and_then(Result::ok);
+        let build_id = self.string(bid.as_ref().map_or("", |b| b.as_str()));
         self.p.mapping.push(proto::Mapping {
             id,
             memory_start: m.memory_start,

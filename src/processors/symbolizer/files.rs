@@ -8,28 +8,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::receivers::ebpf_profiler::procfs::{map_file, read_build_id};
+use crate::host::elf::BuildId;
+use crate::host::open::open_regular;
 
-/// Whether an ELF file carries DWARF (a stripped binary does not; its debug file does).
+/// Whether the ELF file at `path` carries DWARF (a stripped binary does not; its debug file does).
 pub fn has_dwarf(path: &Path) -> bool {
-    use object::{Object, ObjectSection, SectionKind};
-    let Ok(data) = map_file(path) else {
-        return false;
-    };
-    object::File::parse(&*data).is_ok_and(|f| {
-        f.section_by_name(".debug_info")
-            .is_some_and(|s| s.kind() != SectionKind::UninitializedData && s.size() > 0)
-    })
+    open_regular(path).is_ok_and(|f| crate::host::elf::has_dwarf(&f))
 }
 
-/// A PT_LOAD segment.
-#[derive(Debug, Clone, Copy)]
-pub struct Segment {
-    pub offset: u64,
-    pub filesz: u64,
-    pub vaddr: u64,
-    pub executable: bool,
-}
+pub use crate::host::elf::Segment;
 
 /// An ELF file chosen to symbolize a mapping with, and the segments that turn the
 /// mapping's file offsets into the file's virtual addresses.
@@ -41,24 +28,9 @@ pub struct ElfFile {
 
 const PAGE: u64 = 4096;
 
-/// The PT_LOAD segments of an ELF file.
+/// The PT_LOAD segments of the ELF file at `path`.
 pub fn segments(path: &Path) -> Option<Vec<Segment>> {
-    use object::read::elf::{ElfFile64, ProgramHeader};
-    let data = map_file(path).ok()?;
-    let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
-    let e = elf.endian();
-    Some(
-        elf.elf_program_headers()
-            .iter()
-            .filter(|p| p.p_type(e) == object::elf::PT_LOAD)
-            .map(|p| Segment {
-                offset: p.p_offset(e),
-                filesz: p.p_filesz(e),
-                vaddr: p.p_vaddr(e),
-                executable: p.p_flags(e) & object::elf::PF_X != 0,
-            })
-            .collect(),
-    )
+    crate::host::elf::segments(&open_regular(path).ok()?)
 }
 
 impl ElfFile {
@@ -96,7 +68,7 @@ impl ElfFile {
 /// Build ID → file, for flat debug directories; rebuilt when a directory changes.
 pub struct BuildIdIndex {
     dirs: Vec<PathBuf>,
-    by_id: HashMap<String, PathBuf>,
+    by_id: HashMap<BuildId, PathBuf>,
     stamps: Vec<Option<SystemTime>>,
     checked: Instant,
     every: Duration,
@@ -128,9 +100,7 @@ impl BuildIdIndex {
             };
             for e in entries.flatten() {
                 let p = e.path();
-                if p.is_file()
-                    && let Ok(Some(id)) = read_build_id(&p)
-                {
+                if let Ok(Some(id)) = crate::host::elf::build_id_at(&p) {
                     // A debug file beats a binary with the same build ID: it has the DWARF.
                     let is_debug = p.extension().is_some_and(|x| x == "debug");
                     if is_debug || !self.by_id.contains_key(&id) {
@@ -158,17 +128,16 @@ impl BuildIdIndex {
     }
 
     /// A file with this build ID: `.build-id/ab/cdef….debug`, `.build-id/ab/cdef…`,
-    /// then the flat index.
-    pub fn find(&self, build_id: &str) -> Option<PathBuf> {
-        if build_id.len() < 3 {
-            return None;
-        }
-        let (head, tail) = build_id.split_at(2);
-        for dir in &self.dirs {
-            for name in [format!("{tail}.debug"), tail.to_owned()] {
-                let p = dir.join(".build-id").join(head).join(name);
-                if p.is_file() {
-                    return Some(p);
+    /// then the flat index. The path is built from hex digits only, so it stays under
+    /// its directory.
+    pub fn find(&self, build_id: &BuildId) -> Option<PathBuf> {
+        if let Some((head, tail)) = build_id.build_id_dir() {
+            for dir in &self.dirs {
+                for name in [format!("{tail}.debug"), tail.to_owned()] {
+                    let p = dir.join(".build-id").join(head).join(name);
+                    if p.is_file() {
+                        return Some(p);
+                    }
                 }
             }
         }

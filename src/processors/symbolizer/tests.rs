@@ -7,7 +7,11 @@ use super::SymbolizerConfig;
 use super::worker::{Resolved, ResolvedLine, Worker, demangle};
 use crate::otlp::ProfilesRequest;
 use crate::otlp::synth::native_request;
-use crate::receivers::ebpf_profiler::procfs::read_build_id;
+
+/// The build ID of a file, as text.
+fn read_build_id(p: &Path) -> std::io::Result<Option<String>> {
+    Ok(crate::host::elf::build_id_at(p)?.map(|b| b.as_str().to_owned()))
+}
 
 fn workload(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -29,7 +29,7 @@ use crate::otlp::ProfilesRequest;
 use crate::otlp::common::any_value;
 use crate::otlp::profiles::{Function, Line, ProfilesDictionary};
 use crate::otlp::view::Dict;
-use crate::receivers::ebpf_profiler::procfs::read_build_id;
+use crate::host::elf::{BuildId, build_id_at};
 use crate::telemetry::names;
 
 /// A function as it goes into the dictionary. Interned per worker, so lines of the
@@ -81,7 +81,7 @@ pub struct Worker {
     cfg: SymbolizerConfig,
     sym: Symbolizer,
     cache: LruCache<Key, Rc<Resolved>, Fast>,
-    files: HashMap<(Option<String>, Option<u32>, String, u64), FileChoice>,
+    files: HashMap<(Option<BuildId>, Option<u32>, String, u64), FileChoice>,
     /// Build ID (or path) → the id cache keys use, stable for the worker's life.
     file_ids: HashMap<Rc<str>, u32>,
     funcs: std::cell::RefCell<HashMap<Func, Rc<Func>>>,
@@ -149,14 +149,14 @@ impl Worker {
 
     fn choose_file(
         &mut self,
-        build_id: Option<&str>,
+        build_id: Option<&BuildId>,
         pid: Option<u32>,
         path: &str,
         start: u64,
         limit: u64,
     ) -> FileChoice {
         let key = (
-            build_id.map(str::to_owned),
+            build_id.cloned(),
             if build_id.is_some() { None } else { pid },
             path.to_owned(),
             if build_id.is_some() { 0 } else { start },
@@ -190,7 +190,7 @@ impl Worker {
             match build_id {
                 // Only the file the samples came from: an upgraded binary at the same path would give wrong names.
                 Some(id) => {
-                    if read_build_id(&c).ok().flatten().as_deref() == Some(id) {
+                    if build_id_at(&c).ok().flatten().as_ref() == Some(id) {
                         host = Some(c);
                         break;
                     }
@@ -213,7 +213,7 @@ impl Worker {
             .and_then(|c| ElfFile::open(c, host.as_deref()))
         {
             Some(f) => {
-                let name: Rc<str> = Rc::from(build_id.unwrap_or(path));
+                let name: Rc<str> = Rc::from(build_id.map_or(path, BuildId::as_str));
                 let next = self.file_ids.len() as u32;
                 let id = *self.file_ids.entry(name).or_insert(next);
                 FileChoice::Found {
@@ -341,9 +341,14 @@ impl Worker {
                 Plan::Skip("kernel_disabled")
             };
         }
-        let build_id = Dict(dict).build_id(m);
+        let build_id = match Dict(dict).build_id(m) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            // The receiver's checks refuse these; a request from elsewhere is not trusted either.
+            Some(Err(_)) => return Plan::Skip("invalid_build_id"),
+        };
         let pid = pids.get(&(mapping_index as usize)).copied();
-        match self.choose_file(build_id, pid, filename, m.memory_start, m.memory_limit) {
+        match self.choose_file(build_id.as_ref(), pid, filename, m.memory_start, m.memory_limit) {
             FileChoice::Found { id, file } => Plan::File {
                 id,
                 file,

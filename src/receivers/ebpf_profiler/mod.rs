@@ -13,7 +13,7 @@
 mod config;
 pub mod kernel;
 pub mod loader;
-pub mod procfs;
+
 pub mod profile;
 pub mod sys;
 pub mod unwind;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use metrics::Counter;
 
-use super::procfs::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
+use crate::host::proc::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
 use super::shared::{COMM_LEN, FRAME_BY_FP, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, RecordHeader};
 use super::unwind::manager::{self, Msg};
 use super::unwind::rules::stop;
@@ -216,7 +216,7 @@ impl Resolver {
             let cached_start = entry.info.as_ref().map(|i| i.start_time);
             // A different start time (or none, after a failed read) means another process
             // now has this pid. If the pid is gone, keep what was read at first sight.
-            if let Ok(start) = super::procfs::start_time(pid)
+            if let Ok(start) = crate::host::proc::start_time(pid)
                 && cached_start != Some(start)
                 && let Ok(fresh) = reader.read(pid)
             {
@@ -371,7 +371,7 @@ impl IntervalProfile {
             attrs.push(str_attr(
                 &mut self.b,
                 "process.executable.build_id.gnu",
-                &id,
+                id.as_str(),
             ));
         }
         let filename = self.b.intern_string(&m.path);
@@ -445,8 +445,11 @@ impl IntervalProfile {
                         &info.exe_path,
                     ));
                 }
-                if let Some(c) = &info.container_id {
+                if let Some(c) = &info.cgroup.container_id {
                     attrs.push(str_attr(&mut self.b, "container.id", c));
+                }
+                if let Some(u) = &info.cgroup.pod_uid {
+                    attrs.push(str_attr(&mut self.b, "k8s.pod.uid", u));
                 }
                 (true, !info.exe_path.is_empty())
             }

@@ -12,7 +12,6 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
@@ -22,7 +21,8 @@ use metrics::{Counter, Gauge, Histogram};
 use super::rules::{Chunk, MappingInfo};
 use super::table::{Table, bias, build};
 use crate::receivers::ebpf_profiler::loader::TableMaps;
-use crate::receivers::ebpf_profiler::procfs::{MapEntry, map_file};
+use crate::host::elf::{Segment, segments, segments_in};
+use crate::host::proc::MapEntry;
 use crate::receivers::ebpf_profiler::shared::{MAPPING_KEY_BITS, MappingKeyData};
 use crate::receivers::ebpf_profiler::sys;
 use crate::telemetry::names;
@@ -63,7 +63,7 @@ impl Handle {
 /// large executable's build never delays the mapping index of other processes).
 pub fn spawn(maps: TableMaps, max_memory: u64) -> std::io::Result<Handle> {
     let (tx, rx) = sync_channel(1024);
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<(u64, FileInfo)>();
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<(u64, Source)>();
     let built = tx.clone();
     std::thread::Builder::new()
         .name("unwind-build".into())
@@ -81,11 +81,36 @@ pub fn spawn(maps: TableMaps, max_memory: u64) -> std::io::Result<Handle> {
 /// A file's identity on its device.
 type FileKey = (String, u64);
 
-/// What a mapped file gave: its table id (0 = none), and its bytes' load segments for bias.
+/// What a mapped file gave: its table id (0 = none) and its load segments (for the bias).
+/// The file itself is not kept open: it is opened again when its table must be built.
 #[derive(Clone)]
 struct FileInfo {
     exe_id: u64,
-    data: std::sync::Arc<memmap2::Mmap>,
+    segments: std::sync::Arc<[Segment]>,
+}
+
+/// What the builder reads a table from: a file (through `pread`, only the sections it
+/// needs; never mapped, so its owner truncating it cannot hurt), or bytes (the vDSO).
+#[derive(Clone)]
+enum Source {
+    File(std::sync::Arc<std::fs::File>),
+    Bytes(std::sync::Arc<[u8]>),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::File(f) => f.metadata().map_or(u64::MAX, |m| m.len()),
+            Source::Bytes(b) => b.len() as u64,
+        }
+    }
+
+    fn build(&self) -> Result<Table, super::table::TableError> {
+        match self {
+            Source::File(f) => build(&object::ReadCache::new(&**f)),
+            Source::Bytes(b) => build(&b[..]),
+        }
+    }
 }
 
 struct Loaded {
@@ -124,16 +149,16 @@ struct Manager {
     /// Executables without a usable table (no .eh_frame, or larger than the budget).
     no_table: HashSet<u64>,
     procs: HashMap<u32, Vec<Range>>,
-    vdso: Option<Option<FileInfo>>,
+    vdso: Option<Option<(FileInfo, std::sync::Arc<[u8]>)>>,
     /// Tables handed to the builder and not back yet.
     pending: HashSet<u64>,
-    jobs: std::sync::mpsc::Sender<(u64, FileInfo)>,
+    jobs: std::sync::mpsc::Sender<(u64, Source)>,
     meters: Meters,
 }
 
 /// Builds tables as they are asked for, smallest file first among those waiting.
-fn build_loop(jobs: Receiver<(u64, FileInfo)>, done: SyncSender<Msg>) {
-    let mut waiting: Vec<(u64, FileInfo)> = Vec::new();
+fn build_loop(jobs: Receiver<(u64, Source)>, done: SyncSender<Msg>) {
+    let mut waiting: Vec<(u64, Source)> = Vec::new();
     loop {
         if waiting.is_empty() {
             match jobs.recv() {
@@ -144,13 +169,13 @@ fn build_loop(jobs: Receiver<(u64, FileInfo)>, done: SyncSender<Msg>) {
         while let Ok(j) = jobs.try_recv() {
             waiting.push(j);
         }
-        let Some(i) = (0..waiting.len()).min_by_key(|&i| waiting[i].1.data.len()) else {
+        let Some(i) = (0..waiting.len()).min_by_key(|&i| waiting[i].1.len()) else {
             continue;
         };
         let (id, f) = waiting.swap_remove(i);
         let t0 = Instant::now();
         let table =
-            crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || build(&f.data))
+            crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || f.build())
                 .unwrap_or(Err(super::table::TableError::Frames(
                     "the table build panicked".into(),
                 )));
@@ -167,18 +192,18 @@ fn build_loop(jobs: Receiver<(u64, FileInfo)>, done: SyncSender<Msg>) {
 
 /// The table id of an executable: its build ID's first 8 bytes, else a hash of its
 /// first and last 4 KiB and its length. Never 0 (which means "no table").
-fn exe_id(data: &[u8]) -> u64 {
-    use object::Object;
-    let from_id = object::File::parse(data)
-        .ok()
-        .and_then(|f| f.build_id().ok().flatten().map(<[u8]>::to_vec))
-        .filter(|id| id.len() >= 8)
-        .map(|id| u64::from_le_bytes(id[..8].try_into().unwrap_or_default()));
+fn exe_id<'d, R: object::ReadRef<'d>>(data: R) -> u64 {
+    let from_id = crate::host::elf::build_id_in(data)
+        .filter(|id| id.as_str().len() >= 16)
+        .map(|id| id.prefix_u64());
     let id = from_id.unwrap_or_else(|| {
+        let len = data.len().unwrap_or(0);
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        data[..data.len().min(4096)].hash(&mut h);
-        data[data.len().saturating_sub(4096)..].hash(&mut h);
-        data.len().hash(&mut h);
+        data.read_bytes_at(0, len.min(4096)).unwrap_or(&[]).hash(&mut h);
+        data.read_bytes_at(len.saturating_sub(4096), len.min(4096))
+            .unwrap_or(&[])
+            .hash(&mut h);
+        len.hash(&mut h);
         h.finish()
     });
     id.max(1)
@@ -210,7 +235,7 @@ impl Manager {
     fn new(
         maps: TableMaps,
         max_memory: u64,
-        jobs: std::sync::mpsc::Sender<(u64, FileInfo)>,
+        jobs: std::sync::mpsc::Sender<(u64, Source)>,
     ) -> Self {
         Manager {
             maps,
@@ -249,42 +274,45 @@ impl Manager {
         }
     }
 
-    /// The file behind mapping `m` of `pid`, read at most once per file.
-    fn file(&mut self, pid: u32, m: &MapEntry) -> Option<FileInfo> {
+    /// The file behind mapping `m` of `pid`, read at most once per file; with it, when
+    /// just opened, the source to build its table from.
+    fn file(&mut self, pid: u32, m: &MapEntry) -> Option<(FileInfo, Option<Source>)> {
         if m.path == "[vdso]" {
             if self.vdso.is_none() {
-                self.vdso = Some(own_vdso().map(|data| FileInfo {
-                    exe_id: exe_id(&data),
-                    data: std::sync::Arc::new(data),
+                self.vdso = Some(own_vdso().and_then(|data| {
+                    let data: std::sync::Arc<[u8]> = data.into();
+                    let info = FileInfo {
+                        exe_id: exe_id(&data[..]),
+                        segments: segments_in(&data[..])?.into(),
+                    };
+                    Some((info, data))
                 }));
             }
-            return self.vdso.clone().flatten();
+            let (info, data) = self.vdso.clone().flatten()?;
+            return Some((info, Some(Source::Bytes(data))));
         }
         let key = (m.dev.clone(), m.inode);
         if let Some(f) = self.files.get(&key) {
-            return f.clone();
+            return f.clone().map(|f| (f, None));
         }
-        let candidates = [
-            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
-            PathBuf::from(format!("/proc/{pid}/root{}", m.path)),
-        ];
-        let data = candidates.iter().find_map(|c| map_file(c).ok())?;
-        let info = Some(FileInfo {
-            exe_id: exe_id(&data),
-            data: std::sync::Arc::new(data),
+        let file = crate::host::open::open_mapped(pid, m.start, m.end, &m.path).ok()?;
+        let info = segments(&file).map(|segs| FileInfo {
+            exe_id: exe_id(&object::ReadCache::new(&file)),
+            segments: segs.into(),
         });
         // Bound the cache: files come and go with processes.
         if self.files.len() > 8192 {
             self.files.clear();
         }
         self.files.insert(key, info.clone());
-        info
+        info.map(|i| (i, Some(Source::File(std::sync::Arc::new(file)))))
     }
 
     /// The id the mapping index should carry for `f`: its table's, handed to the
     /// builder if need be (until it is loaded, the program falls back to frame pointers
-    /// and asks again); 0 if it can have none.
-    fn table_id(&mut self, f: &FileInfo) -> u64 {
+    /// and asks again); 0 if it can have none. `open` gives the file when the table
+    /// must be built (it was just opened, or is opened again).
+    fn table_id(&mut self, f: &FileInfo, source: Option<Source>, open: impl FnOnce() -> Option<Source>) -> u64 {
         let id = f.exe_id;
         if let Some(l) = self.loaded.get_mut(&id) {
             l.last_used = self.interval;
@@ -293,8 +321,14 @@ impl Manager {
         if self.no_table.contains(&id) {
             return 0;
         }
-        if self.pending.insert(id) && self.jobs.send((id, f.clone())).is_err() {
-            self.pending.remove(&id);
+        if !self.pending.contains(&id) {
+            let Some(src) = source.or_else(open) else {
+                return 0;
+            };
+            self.pending.insert(id);
+            if self.jobs.send((id, src)).is_err() {
+                self.pending.remove(&id);
+            }
         }
         self.meters.pending.set(self.pending.len() as f64);
         id
@@ -444,10 +478,14 @@ impl Manager {
                 (0, 0)
             } else {
                 match self.file(pid, m) {
-                    Some(f) => {
-                        let id = self.table_id(&f);
+                    Some((f, source)) => {
+                        let id = self.table_id(&f, source, || {
+                            crate::host::open::open_mapped(pid, m.start, m.end, &m.path)
+                                .ok()
+                                .map(|f| Source::File(std::sync::Arc::new(f)))
+                        });
                         let offset = if m.path == "[vdso]" { 0 } else { m.offset };
-                        match bias(&f.data, m.start, offset) {
+                        match bias(&f.segments, m.start, offset) {
                             Some(b) if id != 0 => (id, b),
                             _ => (0, 0),
                         }
@@ -501,17 +539,15 @@ impl Manager {
 }
 
 /// This process's vDSO image (the same in every process of this kernel).
-fn own_vdso() -> Option<memmap2::Mmap> {
+fn own_vdso() -> Option<Vec<u8>> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let m = crate::receivers::ebpf_profiler::procfs::parse_maps(&maps)
+    let m = crate::host::proc::parse_maps(&maps)
         .into_iter()
         .find(|m| m.path == "[vdso]")?;
     let mut data = vec![0u8; (m.end - m.start) as usize];
     let f = std::fs::File::open("/proc/self/mem").ok()?;
     std::os::unix::fs::FileExt::read_exact_at(&f, &mut data, m.start).ok()?;
-    let mut anon = memmap2::MmapMut::map_anon(data.len()).ok()?;
-    anon.copy_from_slice(&data);
-    anon.make_read_only().ok()
+    Some(data)
 }
 
 #[cfg(test)]

@@ -330,13 +330,13 @@ where
 }
 
 /// Builds the table of an ELF file's bytes.
-pub fn build(data: &[u8]) -> Result<Table, TableError> {
+pub fn build<'d, R: object::ReadRef<'d>>(data: R) -> Result<Table, TableError> {
     let (fdes, mut stats) = fdes(data)?;
     Ok(paginate(intervals(fdes, &mut stats), stats))
 }
 
 /// Every FDE of an ELF file's bytes, with its rows as compact rules (before merging).
-pub fn fdes(data: &[u8]) -> Result<(Vec<Fde>, TableStats), TableError> {
+pub fn fdes<'d, R: object::ReadRef<'d>>(data: R) -> Result<(Vec<Fde>, TableStats), TableError> {
     let file = object::File::parse(data).map_err(|e| TableError::Elf(e.to_string()))?;
     let mut stats = TableStats::default();
     let mut fdes = Vec::new();
@@ -516,27 +516,9 @@ fn paginate(changes: Vec<(u64, Rule)>, mut stats: TableStats) -> Table {
 /// of the executable load segment the mapping holds. The segment's own offset may be
 /// mid-page (the mapping then starts at the page below it, sharing that page with the
 /// segment before).
-pub fn bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
-    use object::read::elf::ProgramHeader;
-    let file = object::File::parse(data).ok()?;
-    let segs: Vec<(u64, u64, u64, bool)> = match &file {
-        object::File::Elf64(e) => {
-            let endian = e.endian();
-            e.elf_program_headers()
-                .iter()
-                .filter(|p| p.p_type(endian) == object::elf::PT_LOAD)
-                .map(|p| {
-                    (
-                        p.p_offset(endian),
-                        p.p_filesz(endian),
-                        p.p_vaddr(endian),
-                        p.p_flags(endian) & object::elf::PF_X != 0,
-                    )
-                })
-                .collect()
-        }
-        _ => return None,
-    };
+pub fn bias(segs: &[crate::host::elf::Segment], start: u64, offset: u64) -> Option<u64> {
+    let segs: Vec<(u64, u64, u64, bool)> =
+        segs.iter().map(|s| (s.offset, s.filesz, s.vaddr, s.executable)).collect();
     let page = |o: u64| o & !(PAGE_SIZE - 1);
     let holds = |&&(off, size, _, _): &&(u64, u64, u64, bool)| {
         offset >= page(off) && offset < off + size.max(1)

@@ -172,7 +172,7 @@ fn rows_mean_what_readelf_frames_interp_says() {
     let dir = tempfile::tempdir().unwrap();
     for bin in binaries("unwind table vs readelf", dir.path()) {
         let data = std::fs::read(&bin).unwrap();
-        let table = build(&data).unwrap();
+        let table = build(&data[..]).unwrap();
         let fdes = readelf_fdes(&bin);
         assert!(
             fdes.len() >= 2,
@@ -224,8 +224,8 @@ fn every_address_follows_its_fde_rule() {
     let dir = tempfile::tempdir().unwrap();
     for bin in binaries("unwind table vs gimli", dir.path()) {
         let data = std::fs::read(&bin).unwrap();
-        let table = build(&data).unwrap();
-        let (mut fdes, _) = fdes(&data).unwrap();
+        let table = build(&data[..]).unwrap();
+        let (mut fdes, _) = fdes(&data[..]).unwrap();
         fdes.sort_by_key(|f| f.start);
         let mut addresses = 0u64;
         for (k, f) in fdes.iter().enumerate() {
@@ -265,7 +265,7 @@ fn libc_builds_in_under_50_ms() {
     let best = (0..3)
         .map(|_| {
             let t = std::time::Instant::now();
-            let table = build(&data).unwrap();
+            let table = build(&data[..]).unwrap();
             (t.elapsed(), table.bytes())
         })
         .min()
@@ -370,11 +370,11 @@ fn mappings(files: &[CoreFile]) -> Vec<super::walk::Mapping> {
         let Ok(data) = std::fs::read(path) else {
             continue;
         };
-        let Ok(t) = build(&data) else { continue };
+        let Ok(t) = build(&data[..]) else { continue };
         let entry = tables
             .entry(path.clone())
             .or_insert((data, std::sync::Arc::new(t)));
-        let Some(bias) = super::table::bias(&entry.0, *start, *offset) else {
+        let Some(bias) = super::table::bias(&crate::host::elf::segments_in(&entry.0[..]).unwrap_or_default(), *start, *offset) else {
             continue;
         };
         out.push(super::walk::Mapping {

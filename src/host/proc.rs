@@ -1,11 +1,13 @@
 //! What `/proc` tells about a process: its memory mappings, start time, executable,
-//! container, and the GNU build IDs of its mapped files; and the kernel's own text and
+//! cgroup, and the GNU build IDs of its mapped files; and the kernel's own text and
 //! module ranges. Every read may race with the process exiting: errors are values.
 
 use std::collections::HashMap;
+
+use super::elf::{BuildId, build_id};
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One line of `/proc/PID/maps` that maps a file or the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,29 +71,14 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("malformed stat"))
 }
 
-/// The container id in `/proc/PID/cgroup`, if the process runs in one: the 64-hex-digit
-/// id of docker, containerd, CRI-O and podman cgroup paths.
-pub fn container_id(cgroup: &str) -> Option<String> {
-    for line in cgroup.lines() {
-        let path = line.rsplit(':').next().unwrap_or("");
-        for part in path.rsplit('/') {
-            let part = part.strip_suffix(".scope").unwrap_or(part);
-            let id = part.rsplit(['-', ':']).next().unwrap_or(part);
-            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    None
-}
-
 /// Everything the profiler keeps about one process.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessInfo {
     pub start_time: u64,
     pub exe_path: String,
     pub exe_name: String,
-    pub container_id: Option<String>,
+    /// Container and pod, from the cgroup path.
+    pub cgroup: super::cgroup::Attribution,
     pub maps: Vec<MapEntry>,
 }
 
@@ -114,9 +101,9 @@ impl ProcessInfo {
             start_time: start_time(pid).unwrap_or(0),
             exe_path,
             exe_name,
-            container_id: fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|c| container_id(&c)),
+            cgroup: fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .map(|c| super::cgroup::Attribution::parse(&c))
+                .unwrap_or_default(),
             maps,
         })
     }
@@ -129,40 +116,17 @@ impl ProcessInfo {
     }
 }
 
-/// Maps a file read-only: binaries can be hundreds of MiB, and only their headers and
-/// notes are read.
-pub fn map_file(path: &Path) -> io::Result<memmap2::Mmap> {
-    let file = fs::File::open(path)?;
-    // SAFETY: the map is read-only and only parsed; a file truncated meanwhile can at
-    // worst make the parse fail or read zeros.
-    unsafe { memmap2::Mmap::map(&file) }
-}
-
-/// Reads the GNU build ID note of an ELF file, as lowercase hex.
-pub fn read_build_id(path: &Path) -> io::Result<Option<String>> {
-    use object::Object;
-    let map = map_file(path)?;
-    let Ok(elf) = object::File::parse(&*map) else {
-        return Ok(None);
-    };
-    Ok(elf
-        .build_id()
-        .ok()
-        .flatten()
-        .map(|id| id.iter().map(|b| format!("{b:02x}")).collect()))
-}
-
 /// Build IDs by file identity (device and inode), so each file is read once.
 #[derive(Default)]
 pub struct BuildIds {
-    cache: HashMap<(String, u64), Option<String>>,
+    cache: HashMap<(String, u64), Option<BuildId>>,
 }
 
 impl BuildIds {
     /// The build ID of the file behind `m` in process `pid`, read through
-    /// `/proc/PID/map_files` (works across mount namespaces, for containers) and
-    /// falling back to `/proc/PID/root/PATH`.
-    pub fn get(&mut self, pid: u32, m: &MapEntry) -> Option<String> {
+    /// `/proc/PID/map_files` (works across mount namespaces, for containers) or the
+    /// path inside the process's root (see [`super::open::open_mapped`]).
+    pub fn get(&mut self, pid: u32, m: &MapEntry) -> Option<BuildId> {
         if m.inode == 0 || m.path.starts_with('[') {
             return None;
         }
@@ -170,23 +134,15 @@ impl BuildIds {
         if let Some(v) = self.cache.get(&key) {
             return v.clone();
         }
-        let candidates = [
-            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
-            PathBuf::from(format!("/proc/{pid}/root{}", m.path)),
-        ];
-        let mut found = None;
-        let mut readable = false;
-        for c in &candidates {
-            if let Ok(id) = read_build_id(c) {
-                readable = true;
-                found = id;
-                break;
-            }
+        // A process that exited cannot be read now, but its file may be read later
+        // through another process: only what was read is cached.
+        let f = super::open::open_mapped(pid, m.start, m.end, &m.path).ok()?;
+        let found = build_id(&f);
+        // Bound the table: files come and go.
+        if self.cache.len() > 65_536 {
+            self.cache.clear();
         }
-        // Cache misses only when the file was read: a race with exit may succeed later.
-        if readable {
-            self.cache.insert(key, found.clone());
-        }
+        self.cache.insert(key, found.clone());
         found
     }
 }
@@ -285,25 +241,6 @@ mod tests {
     }
 
     #[test]
-    fn finds_container_ids_in_common_cgroup_layouts() {
-        let id = "3f1ac2d0e8b34a7c9a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef";
-        for cg in [
-            format!("0::/system.slice/docker-{id}.scope"),
-            format!(
-                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope"
-            ),
-            format!("12:memory:/docker/{id}"),
-            format!("0::/kubepods/besteffort/pod1/crio-{id}"),
-        ] {
-            assert_eq!(container_id(&cg).as_deref(), Some(id), "{cg}");
-        }
-        assert_eq!(
-            container_id("0::/user.slice/user-0.slice/session-3.scope"),
-            None
-        );
-    }
-
-    #[test]
     fn reads_this_process() {
         let me = std::process::id();
         let info = ProcessInfo::read(me).unwrap();
@@ -317,11 +254,8 @@ mod tests {
         // Rust test binaries carry a GNU build ID.
         let mut ids = BuildIds::default();
         let id = ids.get(me, exe_map).expect("build id");
-        assert!(
-            id.len() >= 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{id}"
-        );
-        let f = read_build_id(Path::new(&info.exe_path)).unwrap();
-        assert_eq!(f.as_deref(), Some(id.as_str()));
+        assert!(id.as_str().len() >= 16, "{id}");
+        let f = super::super::elf::build_id_at(Path::new(&info.exe_path)).unwrap();
+        assert_eq!(f, Some(id));
     }
 }

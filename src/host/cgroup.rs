@@ -1,0 +1,171 @@
+//! Kubernetes and container attribution from a process's cgroup path, without asking an
+//! API server: runtimes name the cgroup after the container id, and the kubelet names
+//! the pod's cgroup after the pod UID.
+//!
+//! The forms recognized, in cgroup v2 (`0::PATH`) and in any v1 hierarchy (`N:ctrl:PATH`):
+//!
+//! | runtime | systemd cgroup driver | cgroupfs driver |
+//! |---|---|---|
+//! | containerd (CRI) | `…/kubepods-<qos>-pod<UID_>.slice/cri-containerd-<ID>.scope` | `/kubepods/<qos>/pod<UID>/<ID>` |
+//! | CRI-O | `…/kubepods-<qos>-pod<UID_>.slice/crio-<ID>.scope` | `/kubepods/<qos>/pod<UID>/crio-<ID>` |
+//! | Docker | `/system.slice/docker-<ID>.scope` | `/docker/<ID>` |
+//! | Podman | `…/libpod-<ID>.scope` | `/libpod_parent/libpod-<ID>` |
+//!
+//! `<ID>` is 64 hex digits. With the systemd driver the pod UID's dashes are written as
+//! underscores; it is reported with dashes, as the API server spells it. CRI-O's
+//! `crio-conmon-<ID>` is its monitor process, outside the container: not attributed.
+
+/// What a cgroup path says about a process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attribution {
+    /// `container.id`: 64 lowercase hex digits.
+    pub container_id: Option<String>,
+    /// `k8s.pod.uid`: a UUID with dashes.
+    pub pod_uid: Option<String>,
+}
+
+impl Attribution {
+    /// Reads `/proc/PID/cgroup` text. The first hierarchy that names a container wins
+    /// (they agree when several do).
+    pub fn parse(cgroup: &str) -> Attribution {
+        let mut out = Attribution::default();
+        for line in cgroup.lines() {
+            // `hierarchy-id:controllers:path`; the path itself may contain ':'.
+            let mut f = line.splitn(3, ':');
+            let (Some(_), Some(_), Some(path)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let a = from_path(path);
+            if out.container_id.is_none() {
+                out.container_id = a.container_id;
+            }
+            if out.pod_uid.is_none() {
+                out.pod_uid = a.pod_uid;
+            }
+            if out.container_id.is_some() && out.pod_uid.is_some() {
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn from_path(path: &str) -> Attribution {
+    let mut a = Attribution::default();
+    for part in path.split('/') {
+        if a.pod_uid.is_none() {
+            a.pod_uid = pod_uid(part);
+        }
+        if let Some(id) = container_id(part) {
+            // The innermost container wins (nested cgroups below a container are its own).
+            a.container_id.get_or_insert(id);
+        }
+    }
+    a
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A container id in one path component, in any of the runtimes' spellings.
+fn container_id(part: &str) -> Option<String> {
+    let part = part.strip_suffix(".scope").unwrap_or(part);
+    if part.starts_with("crio-conmon-") {
+        return None;
+    }
+    let id = ["cri-containerd-", "crio-", "docker-", "libpod-", "containerd-"]
+        .iter()
+        .find_map(|p| part.strip_prefix(p))
+        .unwrap_or(part);
+    is_id(id).then(|| id.to_ascii_lowercase())
+}
+
+/// A pod UID in one path component: `pod<UID>` (cgroupfs) or `kubepods-<qos>-pod<UID_>.slice`
+/// and `kubepods-pod<UID_>.slice` (systemd).
+fn pod_uid(part: &str) -> Option<String> {
+    let part = part.strip_suffix(".slice").unwrap_or(part);
+    let uid = match part.strip_prefix("kubepods-") {
+        Some(rest) => {
+            let (qos, uid) = rest.rsplit_once("pod")?;
+            if !(qos.is_empty() || qos.ends_with('-')) {
+                return None;
+            }
+            uid
+        }
+        None => part.strip_prefix("pod")?,
+    };
+    let uid = uid.replace('_', "-");
+    is_uuid(&uid).then(|| uid.to_ascii_lowercase())
+}
+
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1ac2d0e8b34a7c9a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef";
+    const UID: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+
+    fn both(text: &str) -> (Option<String>, Option<String>) {
+        let a = Attribution::parse(text);
+        (a.container_id, a.pod_uid)
+    }
+
+    #[test]
+    fn recognizes_every_runtime_and_driver() {
+        let uid_ = UID.replace('-', "_");
+        let k8s = [
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"),
+            format!("0::/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope"),
+            format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/docker-{ID}.scope"),
+            format!("12:pids:/kubepods/burstable/pod{UID}/{ID}\n0::/"),
+            format!("4:memory:/kubepods/besteffort/pod{UID}/crio-{ID}"),
+            format!("0::/kubepods/pod{UID}/{ID}"),
+        ];
+        for cg in &k8s {
+            assert_eq!(both(cg), (Some(ID.into()), Some(UID.into())), "{cg}");
+        }
+        let plain = [
+            format!("0::/system.slice/docker-{ID}.scope"),
+            format!("0::/system.slice/docker-{ID}.scope/init.scope"),
+            format!("11:cpu,cpuacct:/docker/{ID}"),
+            format!("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"),
+            format!("0::/default/{ID}"),
+        ];
+        for cg in &plain {
+            assert_eq!(both(cg), (Some(ID.into()), None), "{cg}");
+        }
+    }
+
+    #[test]
+    fn attributes_nothing_that_is_not_a_container() {
+        for cg in [
+            "0::/user.slice/user-0.slice/session-3.scope".to_owned(),
+            "0::/".to_owned(),
+            "garbage".to_owned(),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-conmon-{ID}.scope", UID.replace('-', "_")),
+            format!("0::/system.slice/docker-{}.scope", &ID[..63]),
+            "0::/system.slice/podman.service".to_owned(),
+            "0::/kubepods.slice/kubepods-podnotauuid.slice".to_owned(),
+        ] {
+            assert_eq!(Attribution::parse(&cg).container_id, None, "{cg}");
+        }
+        // The conmon process still belongs to its pod.
+        let conmon = format!("0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{ID}.scope", UID.replace('-', "_"));
+        assert_eq!(both(&conmon), (None, Some(UID.into())));
+        // Upper case is normalized.
+        assert_eq!(
+            both(&format!("0::/kubepods/pod{}/{}", UID.to_uppercase(), ID.to_uppercase())),
+            (Some(ID.into()), Some(UID.into()))
+        );
+    }
+}
