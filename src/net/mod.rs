@@ -56,7 +56,13 @@ pub async fn serve_http(
     let refused = |reason: &'static str| {
         metrics::counter!(names::HTTP_CONNECTIONS_REFUSED, "listener" => name, "reason" => reason)
     };
-    let (too_many, handshake_failed) = (refused("too_many_connections"), refused("tls_handshake"));
+    let too_many = refused("too_many_connections");
+    // Only a TLS listener has handshakes to fail.
+    let handshake_failed = if tls.is_some() {
+        refused("tls_handshake")
+    } else {
+        metrics::Counter::noop()
+    };
     let open = metrics::gauge!(names::HTTP_CONNECTIONS, "listener" => name);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut warned = false;
