@@ -12,11 +12,11 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolizer};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use object::{Object, ObjectSymbol, SymbolKind};
+use stackline::host::elf::build_id_at;
 use stackline::otlp::synth::native_request;
 use stackline::processors::symbolizer::SymbolizerConfig;
 use stackline::processors::symbolizer::files::segments;
 use stackline::processors::symbolizer::worker::Worker;
-use stackline::host::elf::build_id_at;
 
 #[path = "common/mod.rs"]
 mod common;

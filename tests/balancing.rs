@@ -33,7 +33,10 @@ impl Hosts {
 impl Drop for Hosts {
     fn drop(&mut self) {
         if let Ok(text) = std::fs::read_to_string("/etc/hosts") {
-            let kept: Vec<&str> = text.lines().filter(|l| !self.lines.iter().any(|x| x == l)).collect();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| !self.lines.iter().any(|x| x == l))
+                .collect();
             let _ = std::fs::write("/etc/hosts", kept.join("\n") + "\n");
         }
     }
@@ -58,20 +61,26 @@ service:
 }
 
 async fn received(g: &Stackline) -> f64 {
-    g.metric("otelcol_receiver_accepted_profile_samples_total", &[("receiver", "otlp/lb")])
-        .await
+    g.metric(
+        "otelcol_receiver_accepted_profile_samples_total",
+        &[("receiver", "otlp/lb")],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_spread_over_every_gateway_a_dns_name_resolves_to() {
-    if !stackline::testing::root_or_skip("dns:/// balancing", "the test adds a name to /etc/hosts") {
+    if !stackline::testing::root_or_skip("dns:/// balancing", "the test adds a name to /etc/hosts")
+    {
         return;
     }
     let port = free_port();
     let mut hosts = Hosts { lines: Vec::new() };
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"];
-    let mut gws: Vec<Stackline> = (0..3).map(|i| gateway(dirs[i].path(), ips[i], port)).collect();
+    let mut gws: Vec<Stackline> = (0..3)
+        .map(|i| gateway(dirs[i].path(), ips[i], port))
+        .collect();
     for ip in &ips[..3] {
         hosts.add(ip);
     }
@@ -96,7 +105,9 @@ service:
     let mut c = client(agent.endpoint()).await;
     let sent = async |c: &mut _, from: u64, n: u64| {
         for i in from..from + n {
-            let c: &mut stackline::otlp::collector::profiles_service_client::ProfilesServiceClient<_> = c;
+            let c: &mut stackline::otlp::collector::profiles_service_client::ProfilesServiceClient<
+                _,
+            > = c;
             c.export(request("agent", i * 10, 10, 4)).await.unwrap();
         }
     };
@@ -124,7 +135,9 @@ service:
         assert!(*s >= 60.0, "uneven spread: {shares:?}");
     }
     assert_eq!(
-        agent.metric("stackline_exporter_endpoints", &[("state", "healthy")]).await,
+        agent
+            .metric("stackline_exporter_endpoints", &[("state", "healthy")])
+            .await,
         3.0
     );
 
@@ -141,7 +154,9 @@ service:
         agent.logs()
     );
     assert_eq!(
-        agent.metric("stackline_exporter_endpoints", &[("state", "down")]).await,
+        agent
+            .metric("stackline_exporter_endpoints", &[("state", "down")])
+            .await,
         1.0
     );
 
@@ -153,14 +168,18 @@ service:
             agent
                 .metric("stackline_exporter_endpoints", &[("state", "healthy")])
                 .await
-                + agent.metric("stackline_exporter_endpoints", &[("state", "down")]).await
+                + agent
+                    .metric("stackline_exporter_endpoints", &[("state", "down")])
+                    .await
                 == 4.0
         })
         .await
     );
     sent(&mut c, 60, 30).await;
     assert!(
-        eventually(Duration::from_secs(20), async || received(&gws[3]).await >= 50.0).await,
+        eventually(Duration::from_secs(20), async || received(&gws[3]).await
+            >= 50.0)
+        .await,
         "the new gateway got {} samples",
         received(&gws[3]).await
     );

@@ -902,10 +902,18 @@ async fn processes_in_container_cgroups_carry_their_container_id_and_pod_uid() {
         // The shell joins the cgroup, then becomes the workload: every sample is inside.
         let out = Command::new("sh")
             .arg("-c")
-            .arg(format!("echo $$ > {}/cgroup.procs && exec {} 2", cg.leaf().display(), exe.display()))
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {} 2",
+                cg.leaf().display(),
+                exe.display()
+            ))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pid = String::from_utf8_lossy(&out.stdout)
             .trim()
             .strip_prefix("ready ")
@@ -925,19 +933,47 @@ async fn processes_in_container_cgroups_carry_their_container_id_and_pod_uid() {
         let mine: Vec<&FlatSample> = all
             .iter()
             .filter(|x| x.attrs.get("process.pid") == Some(pid))
-            .filter(|x| x.attrs.get("thread.name").is_some_and(|n| n == "cpu_shares"))
+            .filter(|x| {
+                x.attrs
+                    .get("thread.name")
+                    .is_some_and(|n| n == "cpu_shares")
+            })
             .collect();
-        assert!(mine.len() >= 50, "{} samples of {pid} in {}", mine.len(), root.display());
+        assert!(
+            mine.len() >= 50,
+            "{} samples of {pid} in {}",
+            mine.len(),
+            root.display()
+        );
         for smp in mine {
-            assert_eq!(smp.attrs.get("container.id").map(String::as_str), Some(*id), "in {}: {:?}", root.display(), smp.attrs);
-            assert_eq!(smp.attrs.get("k8s.pod.uid").map(String::as_str), Some(*uid), "in {}", root.display());
+            assert_eq!(
+                smp.attrs.get("container.id").map(String::as_str),
+                Some(*id),
+                "in {}: {:?}",
+                root.display(),
+                smp.attrs
+            );
+            assert_eq!(
+                smp.attrs.get("k8s.pod.uid").map(String::as_str),
+                Some(*uid),
+                "in {}",
+                root.display()
+            );
         }
     }
     // Processes outside any container carry neither.
     let outside: Vec<&FlatSample> = all
         .iter()
-        .filter(|x| !pids.iter().any(|(p, ..)| x.attrs.get("process.pid") == Some(p)))
-        .filter(|x| x.attrs.get("process.executable.name").is_some_and(|n| n == "stackline"))
+        .filter(|x| {
+            !pids
+                .iter()
+                .any(|(p, ..)| x.attrs.get("process.pid") == Some(p))
+        })
+        .filter(|x| {
+            x.attrs
+                .get("process.executable.name")
+                .is_some_and(|n| n == "stackline")
+        })
         .collect();
     for smp in outside {
         assert!(!smp.attrs.contains_key("container.id"));

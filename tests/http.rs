@@ -52,7 +52,10 @@ async fn the_http_receiver_takes_protobuf_and_json_and_refuses_what_it_must() {
     let gw = gateway(dir.path(), "");
     let url = format!("http://{}{PATH}", gw.http);
     let http = reqwest::Client::new();
-    let post = |ctype: &'static str, body: Vec<u8>, token: Option<&'static str>, enc: Option<&'static str>| {
+    let post = |ctype: &'static str,
+                body: Vec<u8>,
+                token: Option<&'static str>,
+                enc: Option<&'static str>| {
         let mut r = http.post(&url).header("content-type", ctype).body(body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -65,24 +68,41 @@ async fn the_http_receiver_takes_protobuf_and_json_and_refuses_what_it_must() {
 
     // Protobuf, gzip-compressed.
     let a = request("http-proto", 0, 40, 8);
-    let r = post("application/x-protobuf", gzip(&a.encode_to_vec()), Some("s3cret-token"), Some("gzip"))
-        .await
-        .unwrap();
+    let r = post(
+        "application/x-protobuf",
+        gzip(&a.encode_to_vec()),
+        Some("s3cret-token"),
+        Some("gzip"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
     let resp = ExportProfilesServiceResponse::decode(r.bytes().await.unwrap()).unwrap();
-    assert!(resp.partial_success.is_none_or(|p| p.rejected_profiles == 0));
+    assert!(
+        resp.partial_success
+            .is_none_or(|p| p.rejected_profiles == 0)
+    );
 
     // OTLP/JSON, plain.
     let b = request("http-json", 100, 25, 8);
-    let r = post("application/json", stackline::otlp::json::to_vec(&b), Some("s3cret-token"), None)
-        .await
-        .unwrap();
+    let r = post(
+        "application/json",
+        stackline::otlp::json::to_vec(&b),
+        Some("s3cret-token"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
 
     let accepted = || async {
-        gw.metric("otelcol_receiver_accepted_profile_samples_total", &[("transport", "http")]).await
+        gw.metric(
+            "otelcol_receiver_accepted_profile_samples_total",
+            &[("transport", "http")],
+        )
+        .await
     };
     assert_eq!(accepted().await, 65.0);
 
@@ -98,20 +118,34 @@ async fn the_http_receiver_takes_protobuf_and_json_and_refuses_what_it_must() {
         }
     };
     let body = a.encode_to_vec();
-    let r = post("application/x-protobuf", body.clone(), None, None).await.unwrap();
+    let r = post("application/x-protobuf", body.clone(), None, None)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = post("application/x-protobuf", body.clone(), Some("wrong"), None).await.unwrap();
+    let r = post("application/x-protobuf", body.clone(), Some("wrong"), None)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(refused("unauthenticated").await, 2.0);
 
-    let r = post("application/x-protobuf", vec![0xff, 0xff, 0xff, 0x0f], Some("s3cret-token"), None)
-        .await
-        .unwrap();
+    let r = post(
+        "application/x-protobuf",
+        vec![0xff, 0xff, 0xff, 0x0f],
+        Some("s3cret-token"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     let msg = r.text().await.unwrap();
-    let r = post("application/json", b"{\"resourceProfiles\": 7}".to_vec(), Some("s3cret-token"), None)
-        .await
-        .unwrap();
+    let r = post(
+        "application/json",
+        b"{\"resourceProfiles\": 7}".to_vec(),
+        Some("s3cret-token"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     let json_msg = r.text().await.unwrap();
     assert!(json_msg.contains("resourceProfiles"), "{json_msg}");
@@ -119,39 +153,78 @@ async fn the_http_receiver_takes_protobuf_and_json_and_refuses_what_it_must() {
     // A request whose references point nowhere: decoded, then refused by the checks.
     let mut bad = request("bad", 0, 3, 2);
     bad.resource_profiles[0].scope_profiles[0].profiles[0].samples[0].stack_index = 9999;
-    let r = post("application/x-protobuf", bad.encode_to_vec(), Some("s3cret-token"), None)
-        .await
-        .unwrap();
+    let r = post(
+        "application/x-protobuf",
+        bad.encode_to_vec(),
+        Some("s3cret-token"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("stack_index"));
     assert!(refused("invalid_request").await >= 3.0);
 
     // Too large: 2 MiB plain, and a gzip bomb of a few KB that inflates past 1 MiB.
-    let r = post("application/x-protobuf", vec![0u8; 2 << 20], Some("s3cret-token"), None).await.unwrap();
+    let r = post(
+        "application/x-protobuf",
+        vec![0u8; 2 << 20],
+        Some("s3cret-token"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 413);
     let bomb = gzip(&vec![0u8; 16 << 20]);
     assert!(bomb.len() < 64 << 10);
-    let r = post("application/x-protobuf", bomb, Some("s3cret-token"), Some("gzip")).await.unwrap();
+    let r = post(
+        "application/x-protobuf",
+        bomb,
+        Some("s3cret-token"),
+        Some("gzip"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 413);
-    assert!(r.text().await.unwrap().contains("max_request_body_size_mib"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("max_request_body_size_mib")
+    );
     assert_eq!(refused("too_large").await, 2.0);
 
-    let r = post("text/plain", body.clone(), Some("s3cret-token"), None).await.unwrap();
+    let r = post("text/plain", body.clone(), Some("s3cret-token"), None)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
-    let r = post("application/x-protobuf", body.clone(), Some("s3cret-token"), Some("br")).await.unwrap();
+    let r = post(
+        "application/x-protobuf",
+        body.clone(),
+        Some("s3cret-token"),
+        Some("br"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 415);
 
     // Only the two good requests were accepted and written.
     assert_eq!(accepted().await, 65.0);
     let out = dir.path().join("out.jsonl");
-    assert!(eventually(Duration::from_secs(10), async || samples_in(&read_json_lines(&out)) == 65).await);
+    assert!(
+        eventually(Duration::from_secs(10), async || samples_in(
+            &read_json_lines(&out)
+        ) == 65)
+        .await
+    );
 
     // gRPC: the same token file.
     let mut c = client(gw.endpoint()).await;
     let e = c.export(request("grpc", 0, 5, 2)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     let mut req = tonic::Request::new(request("grpc", 0, 5, 2));
-    req.metadata_mut().insert("authorization", "Bearer s3cret-token".parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret-token".parse().unwrap());
     c.export(req).await.unwrap();
     assert_eq!(
         gw.metric(
@@ -166,15 +239,27 @@ async fn the_http_receiver_takes_protobuf_and_json_and_refuses_what_it_must() {
     std::fs::write(dir.path().join("token"), "rotated-token").unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || {
-            post("application/x-protobuf", body.clone(), Some("rotated-token"), None)
-                .await
-                .unwrap()
-                .status()
+            post(
+                "application/x-protobuf",
+                body.clone(),
+                Some("rotated-token"),
+                None,
+            )
+            .await
+            .unwrap()
+            .status()
                 == 200
         })
         .await
     );
-    let r = post("application/x-protobuf", body.clone(), Some("s3cret-token"), None).await.unwrap();
+    let r = post(
+        "application/x-protobuf",
+        body.clone(),
+        Some("s3cret-token"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -189,7 +274,10 @@ async fn the_http_receiver_serves_tls() {
     );
     let gw = gateway(dir.path(), &extra);
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
-    let https = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
     let r = https
         .post(format!("https://localhost:{}{PATH}", gw.http.port()))
         .header("content-type", "application/x-protobuf")
@@ -200,7 +288,11 @@ async fn the_http_receiver_serves_tls() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // Plain HTTP to the TLS port gets no answer, and the failed handshake is counted.
-    assert!(reqwest::get(format!("http://{}{PATH}", gw.http)).await.is_err());
+    assert!(
+        reqwest::get(format!("http://{}{PATH}", gw.http))
+            .await
+            .is_err()
+    );
     assert!(
         eventually(Duration::from_secs(5), async || {
             gw.metric(
@@ -221,7 +313,10 @@ fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
     match s.read(&mut b) {
         Ok(0) => true,
         Ok(_) => true, // an error response counts as an answer that ends the connection
-        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
 
@@ -236,11 +331,17 @@ async fn http_listeners_cap_connections_and_close_silent_clients() {
     std::thread::sleep(Duration::from_millis(300));
     // A third is closed at once.
     let mut third = std::net::TcpStream::connect(gw.http).unwrap();
-    assert!(closed_within(&mut third, Duration::from_secs(1)), "the connection over the cap was kept");
+    assert!(
+        closed_within(&mut third, Duration::from_secs(1)),
+        "the connection over the cap was kept"
+    );
     assert!(
         gw.metric(
             "stackline_http_connections_refused_total",
-            &[("listener", "otlp/http"), ("reason", "too_many_connections")]
+            &[
+                ("listener", "otlp/http"),
+                ("reason", "too_many_connections")
+            ]
         )
         .await
             >= 1.0
@@ -248,7 +349,10 @@ async fn http_listeners_cap_connections_and_close_silent_clients() {
     // The silent ones are closed once the header-read time is over.
     let t = Instant::now();
     for q in &mut quiet {
-        assert!(closed_within(q, Duration::from_secs(6)), "a silent client kept its connection");
+        assert!(
+            closed_within(q, Duration::from_secs(6)),
+            "a silent client kept its connection"
+        );
     }
     assert!(t.elapsed() < Duration::from_secs(6));
     // And the listener serves again.
@@ -295,12 +399,16 @@ impl Scripted {
                 async move {
                     let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
                         let mut out = Vec::new();
-                        flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).unwrap();
+                        flate2::read::GzDecoder::new(&body[..])
+                            .read_to_end(&mut out)
+                            .unwrap();
                         out
                     } else {
                         body.to_vec()
                     };
-                    let json = headers.get("content-type").is_some_and(|v| v == "application/json");
+                    let json = headers
+                        .get("content-type")
+                        .is_some_and(|v| v == "application/json");
                     me.seen.lock().unwrap().push(Seen {
                         at: Instant::now(),
                         path: uri.path().to_owned(),
@@ -329,7 +437,8 @@ impl Scripted {
         let mut r = axum::response::Response::new(axum::body::Body::from(body));
         *r.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
         for (k, v) in headers {
-            r.headers_mut().insert(*k, axum::http::HeaderValue::from_static(v));
+            r.headers_mut()
+                .insert(*k, axum::http::HeaderValue::from_static(v));
         }
         self.script.lock().unwrap().push_back(r);
     }
@@ -378,16 +487,29 @@ service:
     c.export(sent.clone()).await.unwrap();
     assert!(
         eventually(Duration::from_secs(20), async || {
-            agent.metric("otelcol_exporter_sent_profile_samples_total", &[("exporter", "otlphttp")]).await == 30.0
+            agent
+                .metric(
+                    "otelcol_exporter_sent_profile_samples_total",
+                    &[("exporter", "otlphttp")],
+                )
+                .await
+                == 30.0
         })
         .await,
         "{}",
         agent.logs()
     );
-    let seen: Vec<Seen> = backend.seen().into_iter().filter(|s| s.path == PATH).collect();
+    let seen: Vec<Seen> = backend
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == PATH)
+        .collect();
     assert_eq!(seen.len(), 3, "503, 429, then 200");
     let gap = seen[1].at - seen[0].at;
-    assert!(gap >= Duration::from_millis(1900), "Retry-After: 2 was not honoured: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "Retry-After: 2 was not honoured: {gap:?}"
+    );
     assert!(seen[2].at - seen[1].at < Duration::from_secs(1));
     for s in &seen {
         assert_eq!(s.headers["content-type"], "application/x-protobuf");
@@ -400,9 +522,16 @@ service:
 
     // The JSON exporter used its own URL, and what it sent is read by the official parser.
     assert!(
-        eventually(Duration::from_secs(10), async || !json_backend.seen().is_empty()).await
+        eventually(Duration::from_secs(10), async || !json_backend
+            .seen()
+            .is_empty())
+        .await
     );
-    let json: Vec<Seen> = json_backend.seen().into_iter().filter(|s| s.path == "/custom/profiles").collect();
+    let json: Vec<Seen> = json_backend
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/custom/profiles")
+        .collect();
     assert!(!json.is_empty());
     assert_eq!(json[0].headers["content-type"], "application/json");
     assert!(json[0].headers.get("content-encoding").is_none());
@@ -413,16 +542,27 @@ service:
     }
 
     // A partial success: the rejected profiles are counted, not the whole request as sent.
-    let mut partial = ExportProfilesServiceResponse::default();
-    partial.partial_success = Some(stackline::otlp::collector::ExportProfilesPartialSuccess {
-        rejected_profiles: 1,
-        error_message: "profile too old".into(),
-    });
-    backend.push(200, &[("content-type", "application/x-protobuf")], partial.encode_to_vec());
+    let partial = ExportProfilesServiceResponse {
+        partial_success: Some(stackline::otlp::collector::ExportProfilesPartialSuccess {
+            rejected_profiles: 1,
+            error_message: "profile too old".into(),
+        }),
+    };
+    backend.push(
+        200,
+        &[("content-type", "application/x-protobuf")],
+        partial.encode_to_vec(),
+    );
     c.export(request("agent", 30, 10, 6)).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), async || {
-            agent.metric("stackline_exporter_rejected_profiles_total", &[("exporter", "otlphttp")]).await == 1.0
+            agent
+                .metric(
+                    "stackline_exporter_rejected_profiles_total",
+                    &[("exporter", "otlphttp")],
+                )
+                .await
+                == 1.0
         })
         .await
     );
@@ -433,14 +573,21 @@ service:
     assert!(
         eventually(Duration::from_secs(10), async || {
             agent
-                .metric("otelcol_exporter_send_failed_profile_samples_total", &[("exporter", "otlphttp")])
+                .metric(
+                    "otelcol_exporter_send_failed_profile_samples_total",
+                    &[("exporter", "otlphttp")],
+                )
                 .await
                 >= 5.0
         })
         .await
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after: Vec<Seen> = backend.seen()[before..].iter().filter(|s| s.path == PATH).cloned().collect();
+    let after: Vec<Seen> = backend.seen()[before..]
+        .iter()
+        .filter(|s| s.path == PATH)
+        .cloned()
+        .collect();
     assert_eq!(after.len(), 1, "a 400 must not be retried");
 
     // Every sample accounted for.
@@ -451,7 +598,11 @@ service:
     for name in ["exporter/otlphttp", "exporter/otlphttp/json"] {
         let s = &sums[name];
         assert_eq!(s["accepted"], 45, "{name}: {s:?}");
-        assert_eq!(s["accepted"], s["sent"] + s["failed"] + s["dropped"], "{name}: {s:?}");
+        assert_eq!(
+            s["accepted"],
+            s["sent"] + s["failed"] + s["dropped"],
+            "{name}: {s:?}"
+        );
     }
 }
 
@@ -485,14 +636,20 @@ service:
     // Three good copies arrive; the wrong token is refused and counted as failed at once.
     let out = gdir.path().join("out.jsonl");
     assert!(
-        eventually(Duration::from_secs(20), async || samples_in(&read_json_lines(&out)) == 60).await,
+        eventually(Duration::from_secs(20), async || samples_in(
+            &read_json_lines(&out)
+        ) == 60)
+        .await,
         "{}",
         agent.logs()
     );
     assert!(
         eventually(Duration::from_secs(10), async || {
             agent
-                .metric("otelcol_exporter_send_failed_profile_samples_total", &[("exporter", "otlp/wrong")])
+                .metric(
+                    "otelcol_exporter_send_failed_profile_samples_total",
+                    &[("exporter", "otlp/wrong")],
+                )
                 .await
                 == 20.0
         })

@@ -19,7 +19,10 @@ fn have(tool: &str, test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        stackline::testing::skip(test, &format!("{tool} is not installed (Debian package prometheus; .ci/run installs it)"));
+        stackline::testing::skip(
+            test,
+            &format!("{tool} is not installed (Debian package prometheus; .ci/run installs it)"),
+        );
     }
     ok
 }
@@ -65,7 +68,12 @@ service:
     let _ = c.export(bad).await;
     assert!(
         eventually(Duration::from_secs(20), async || {
-            s.metric("otelcol_exporter_send_failed_profile_samples_total", &[("exporter", "otlp/down")]).await > 0.0
+            s.metric(
+                "otelcol_exporter_send_failed_profile_samples_total",
+                &[("exporter", "otlp/down")],
+            )
+            .await
+                > 0.0
         })
         .await,
         "{}",
@@ -86,7 +94,10 @@ service:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
     // Every family shown has its help text, and every name in names.rs that appears is described.
     let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
@@ -99,7 +110,8 @@ service:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_fires_the_load_alert_for_an_agent_whose_program_is_rejected() {
-    if !bpf_available("load alert in Prometheus") || !have("prometheus", "load alert in Prometheus") {
+    if !bpf_available("load alert in Prometheus") || !have("prometheus", "load alert in Prometheus")
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -132,14 +144,18 @@ scrape_configs:
   - job_name: stackline-agent
     static_configs: [{{ targets: ["{}"] }}]
 "#,
-            root.join("deploy/prometheus/stackline-rules.yaml").display(),
+            root.join("deploy/prometheus/stackline-rules.yaml")
+                .display(),
             agent.metrics
         ),
     )
     .unwrap();
     let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
@@ -156,7 +172,11 @@ scrape_configs:
     let http = reqwest::Client::new();
     let mut last = String::new();
     let firing = eventually(Duration::from_secs(90), async || {
-        let Ok(r) = http.get(format!("http://127.0.0.1:{port}/api/v1/alerts")).send().await else {
+        let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/api/v1/alerts"))
+            .send()
+            .await
+        else {
             return false;
         };
         last = r.text().await.unwrap_or_default();
@@ -178,7 +198,12 @@ scrape_configs:
     );
     // The receiver is unhealthy meanwhile, which the health gauge shows too.
     assert_eq!(
-        agent.metric("stackline_component_healthy", &[("component", "receiver/ebpf_profiler")]).await,
+        agent
+            .metric(
+                "stackline_component_healthy",
+                &[("component", "receiver/ebpf_profiler")]
+            )
+            .await,
         0.0
     );
 }

@@ -76,7 +76,8 @@ impl TokenFile {
         if c.checked.elapsed() >= CHECK_EVERY {
             c.checked = Instant::now();
             let now = stamp(&self.path);
-            if now.is_some() && now != c.stamp
+            if now.is_some()
+                && now != c.stamp
                 && let Ok(t) = read_token(&self.path)
                 && !t.is_empty()
             {

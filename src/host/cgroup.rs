@@ -74,10 +74,16 @@ fn container_id(part: &str) -> Option<String> {
     if part.starts_with("crio-conmon-") {
         return None;
     }
-    let id = ["cri-containerd-", "crio-", "docker-", "libpod-", "containerd-"]
-        .iter()
-        .find_map(|p| part.strip_prefix(p))
-        .unwrap_or(part);
+    let id = [
+        "cri-containerd-",
+        "crio-",
+        "docker-",
+        "libpod-",
+        "containerd-",
+    ]
+    .iter()
+    .find_map(|p| part.strip_prefix(p))
+    .unwrap_or(part);
     is_id(id).then(|| id.to_ascii_lowercase())
 }
 
@@ -124,9 +130,13 @@ mod tests {
     fn recognizes_every_runtime_and_driver() {
         let uid_ = UID.replace('-', "_");
         let k8s = [
-            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{ID}.scope"
+            ),
             format!("0::/kubepods.slice/kubepods-pod{uid_}.slice/crio-{ID}.scope"),
-            format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/docker-{ID}.scope"),
+            format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/docker-{ID}.scope"
+            ),
             format!("12:pids:/kubepods/burstable/pod{UID}/{ID}\n0::/"),
             format!("4:memory:/kubepods/besteffort/pod{UID}/crio-{ID}"),
             format!("0::/kubepods/pod{UID}/{ID}"),
@@ -138,7 +148,9 @@ mod tests {
             format!("0::/system.slice/docker-{ID}.scope"),
             format!("0::/system.slice/docker-{ID}.scope/init.scope"),
             format!("11:cpu,cpuacct:/docker/{ID}"),
-            format!("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"),
+            format!(
+                "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+            ),
             format!("0::/default/{ID}"),
         ];
         for cg in &plain {
@@ -152,7 +164,10 @@ mod tests {
             "0::/user.slice/user-0.slice/session-3.scope".to_owned(),
             "0::/".to_owned(),
             "garbage".to_owned(),
-            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-conmon-{ID}.scope", UID.replace('-', "_")),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/crio-conmon-{ID}.scope",
+                UID.replace('-', "_")
+            ),
             format!("0::/system.slice/docker-{}.scope", &ID[..63]),
             "0::/system.slice/podman.service".to_owned(),
             "0::/kubepods.slice/kubepods-podnotauuid.slice".to_owned(),
@@ -160,11 +175,18 @@ mod tests {
             assert_eq!(Attribution::parse(&cg).container_id, None, "{cg}");
         }
         // The conmon process still belongs to its pod.
-        let conmon = format!("0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{ID}.scope", UID.replace('-', "_"));
+        let conmon = format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/crio-conmon-{ID}.scope",
+            UID.replace('-', "_")
+        );
         assert_eq!(both(&conmon), (None, Some(UID.into())));
         // Upper case is normalized.
         assert_eq!(
-            both(&format!("0::/kubepods/pod{}/{}", UID.to_uppercase(), ID.to_uppercase())),
+            both(&format!(
+                "0::/kubepods/pod{}/{}",
+                UID.to_uppercase(),
+                ID.to_uppercase()
+            )),
             (Some(ID.into()), Some(UID.into()))
         );
     }

@@ -56,7 +56,7 @@ impl BuildId {
         if let Some(i) = s.bytes().position(|b| !b.is_ascii_hexdigit()) {
             return Err(BuildIdError::NotHex(i));
         }
-        if s.len() % 2 != 0 {
+        if !s.len().is_multiple_of(2) {
             return Err(BuildIdError::OddLength);
         }
         Ok(BuildId(s.to_ascii_lowercase().into()))
@@ -161,9 +161,22 @@ mod tests {
     fn build_ids_are_hex_and_nothing_else() {
         let id = BuildId::parse("ABCDEF0123456789abcdef0123456789abcdef01").unwrap();
         assert_eq!(id.as_str(), "abcdef0123456789abcdef0123456789abcdef01");
-        assert_eq!(id.build_id_dir(), Some(("ab", "cdef0123456789abcdef0123456789abcdef01")));
-        assert_eq!(id, BuildId::from_bytes(&[0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01]).unwrap());
-        assert_eq!(id.prefix_u64(), u64::from_le_bytes([0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89]));
+        assert_eq!(
+            id.build_id_dir(),
+            Some(("ab", "cdef0123456789abcdef0123456789abcdef01"))
+        );
+        assert_eq!(
+            id,
+            BuildId::from_bytes(&[
+                0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45,
+                0x67, 0x89, 0xab, 0xcd, 0xef, 0x01
+            ])
+            .unwrap()
+        );
+        assert_eq!(
+            id.prefix_u64(),
+            u64::from_le_bytes([0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89])
+        );
         for (bad, why) in [
             ("", BuildIdError::Empty),
             ("ab/../../etc", BuildIdError::NotHex(2)),
@@ -173,7 +186,10 @@ mod tests {
         ] {
             assert_eq!(BuildId::parse(bad).unwrap_err(), why, "{bad}");
         }
-        assert!(matches!(BuildId::parse(&"a".repeat(130)), Err(BuildIdError::TooLong(130))));
+        assert!(matches!(
+            BuildId::parse(&"a".repeat(130)),
+            Err(BuildIdError::TooLong(130))
+        ));
         assert_eq!(BuildId::parse("ab").unwrap().build_id_dir(), None);
         assert!(BuildId::from_bytes(&[]).is_none());
         assert!(BuildId::from_bytes(&[0; 65]).is_none());

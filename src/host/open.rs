@@ -72,7 +72,10 @@ pub fn open_in_root(pid: u32, path: &str) -> io::Result<File> {
     if fd < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ENOSYS) {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "openat2 is not available"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "openat2 is not available",
+            ));
         }
         return Err(e);
     }
@@ -84,10 +87,15 @@ pub fn open_in_root(pid: u32, path: &str) -> io::Result<File> {
 /// The file behind mapping `start..end` of process `pid`: `/proc/PID/map_files` first
 /// (the very file mapped, across mount namespaces), else `path` inside the process's root.
 pub fn open_mapped(pid: u32, start: u64, end: u64, path: &str) -> io::Result<File> {
-    match open_regular(Path::new(&format!("/proc/{pid}/map_files/{start:x}-{end:x}"))) {
+    match open_regular(Path::new(&format!(
+        "/proc/{pid}/map_files/{start:x}-{end:x}"
+    ))) {
         Ok(f) => Ok(f),
         Err(e) if path.starts_with('/') => open_in_root(pid, path).map_err(|e2| {
-            io::Error::new(e2.kind(), format!("map_files: {e}; {path} in its root: {e2}"))
+            io::Error::new(
+                e2.kind(),
+                format!("map_files: {e}; {path} in its root: {e2}"),
+            )
         }),
         Err(e) => Err(e),
     }
@@ -155,8 +163,15 @@ mod tests {
         let pid = child as u32;
         // Wait until the child is chrooted.
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::fs::read_link(format!("/proc/{pid}/root")).ok().as_deref() != Some(root.path()) {
-            assert!(std::time::Instant::now() < until, "the child did not chroot");
+        while std::fs::read_link(format!("/proc/{pid}/root"))
+            .ok()
+            .as_deref()
+            != Some(root.path())
+        {
+            assert!(
+                std::time::Instant::now() < until,
+                "the child did not chroot"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let read = |p: &str| -> io::Result<String> {
@@ -168,7 +183,10 @@ mod tests {
         let via_up = format!("/usr/bin/up{}", secret.display());
         assert_eq!(read(&via_up).unwrap(), "inside!");
         // Following the same path through /proc/PID/root the usual way leaks the host file.
-        assert_eq!(std::fs::read_to_string(format!("/proc/{pid}/root/usr/bin/app")).unwrap(), "host");
+        assert_eq!(
+            std::fs::read_to_string(format!("/proc/{pid}/root/usr/bin/app")).unwrap(),
+            "host"
+        );
         unsafe {
             libc::kill(child, libc::SIGKILL);
             libc::waitpid(child, std::ptr::null_mut(), 0);

@@ -53,9 +53,7 @@ pub async fn serve_http(
     grace: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refused = |reason: &'static str| {
-        metrics::counter!(names::HTTP_CONNECTIONS_REFUSED, "listener" => name, "reason" => reason)
-    };
+    let refused = |reason: &'static str| metrics::counter!(names::HTTP_CONNECTIONS_REFUSED, "listener" => name, "reason" => reason);
     let too_many = refused("too_many_connections");
     // Only a TLS listener has handshakes to fail.
     let handshake_failed = if tls.is_some() {
@@ -83,8 +81,11 @@ pub async fn serve_http(
             too_many.increment(1);
             if !warned {
                 warned = true;
-                tracing::warn!(listener = name, max = limits.max_connections,
-                    "connection limit reached; closing new connections (counted in stackline_http_connections_refused_total)");
+                tracing::warn!(
+                    listener = name,
+                    max = limits.max_connections,
+                    "connection limit reached; closing new connections (counted in stackline_http_connections_refused_total)"
+                );
             }
             drop(stream);
             continue;
@@ -116,7 +117,9 @@ pub async fn serve_http(
                     // The version sniffing below waits for the first bytes with no time
                     // limit of its own: a client that connects and says nothing is cut off here.
                     let mut first = [0u8; 1];
-                    match tokio::time::timeout(limits.read_header_timeout, stream.peek(&mut first)).await {
+                    match tokio::time::timeout(limits.read_header_timeout, stream.peek(&mut first))
+                        .await
+                    {
                         Ok(Ok(n)) if n > 0 => {
                             let _ = watcher
                                 .watch(b.serve_connection(TokioIo::new(stream), svc))
@@ -126,12 +129,16 @@ pub async fn serve_http(
                     }
                 }
                 Some(acceptor) => {
-                    match tokio::time::timeout(limits.read_header_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(limits.read_header_timeout, acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(s)) => {
                             // ALPN already chose the protocol: no sniffing.
                             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
                             let b = if h2 { b.http2_only() } else { b.http1_only() };
-                            let _ = watcher.watch(b.serve_connection(TokioIo::new(s), svc)).await;
+                            let _ = watcher
+                                .watch(b.serve_connection(TokioIo::new(s), svc))
+                                .await;
                         }
                         Ok(Err(e)) => {
                             handshake_failed.increment(1);
@@ -148,7 +155,13 @@ pub async fn serve_http(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = name, "connections still open after {grace:?}; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            "connections still open after {grace:?}; closing them"
+        );
     }
 }

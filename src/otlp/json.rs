@@ -16,7 +16,9 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::ProfilesRequest;
-use super::common::{AnyValue, ArrayValue, EntityRef, InstrumentationScope, KeyValue, KeyValueList, any_value};
+use super::common::{
+    AnyValue, ArrayValue, EntityRef, InstrumentationScope, KeyValue, KeyValueList, any_value,
+};
 use super::profiles::{
     Function, KeyValueAndUnit, Line, Link, Location, Mapping, Profile, ProfilesDictionary,
     ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
@@ -83,7 +85,10 @@ fn i32s(v: &[i32]) -> Option<Value> {
 
 fn request(r: &ProfilesRequest) -> Value {
     obj([
-        ("resourceProfiles", list(&r.resource_profiles, resource_profiles)),
+        (
+            "resourceProfiles",
+            list(&r.resource_profiles, resource_profiles),
+        ),
         ("dictionary", r.dictionary.as_ref().map(dictionary)),
     ])
 }
@@ -173,7 +178,10 @@ fn dictionary(d: &ProfilesDictionary) -> Value {
         ("functionTable", list(&d.function_table, function)),
         ("linkTable", list(&d.link_table, link)),
         ("stringTable", list(&d.string_table, |s| json!(s))),
-        ("attributeTable", list(&d.attribute_table, key_value_and_unit)),
+        (
+            "attributeTable",
+            list(&d.attribute_table, key_value_and_unit),
+        ),
         ("stackTable", list(&d.stack_table, stack)),
     ])
 }
@@ -313,7 +321,11 @@ impl Parser {
         match v {
             Value::Number(n) => n
                 .as_u64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                        .map(|f| f as u64)
+                })
                 .ok_or_else(|| self.err(format!("{n} is not an unsigned 64-bit integer"))),
             Value::String(s) => s
                 .parse()
@@ -457,9 +469,8 @@ impl Parser {
             schema_url: self.scalar(o, "schemaUrl", "schema_url", Self::string)?,
             r#type: self.scalar(o, "type", "type", Self::string)?,
             id_keys: self.list(o, "idKeys", "id_keys", |p, v| p.string(v))?,
-            description_keys: self.list(o, "descriptionKeys", "description_keys", |p, v| {
-                p.string(v)
-            })?,
+            description_keys: self
+                .list(o, "descriptionKeys", "description_keys", |p, v| p.string(v))?,
         })
     }
 
@@ -523,9 +534,8 @@ impl Parser {
                 "original_payload",
                 Self::bytes_b64,
             )?,
-            attribute_indices: self.list(o, "attributeIndices", "attribute_indices", |p, v| {
-                p.i32(v)
-            })?,
+            attribute_indices: self
+                .list(o, "attributeIndices", "attribute_indices", |p, v| p.i32(v))?,
         })
     }
 
@@ -533,9 +543,8 @@ impl Parser {
         let o = self.object(v)?;
         Ok(Sample {
             stack_index: self.scalar(o, "stackIndex", "stack_index", Self::i32)?,
-            attribute_indices: self.list(o, "attributeIndices", "attribute_indices", |p, v| {
-                p.i32(v)
-            })?,
+            attribute_indices: self
+                .list(o, "attributeIndices", "attribute_indices", |p, v| p.i32(v))?,
             link_index: self.scalar(o, "linkIndex", "link_index", Self::i32)?,
             values: self.list(o, "values", "values", |p, v| p.i64(v))?,
             timestamps_unix_nano: self.list(
@@ -551,12 +560,10 @@ impl Parser {
         let o = self.object(v)?;
         Ok(ProfilesDictionary {
             mapping_table: self.list(o, "mappingTable", "mapping_table", |p, v| p.mapping(v))?,
-            location_table: self.list(o, "locationTable", "location_table", |p, v| {
-                p.location(v)
-            })?,
-            function_table: self.list(o, "functionTable", "function_table", |p, v| {
-                p.function(v)
-            })?,
+            location_table: self
+                .list(o, "locationTable", "location_table", |p, v| p.location(v))?,
+            function_table: self
+                .list(o, "functionTable", "function_table", |p, v| p.function(v))?,
             link_table: self.list(o, "linkTable", "link_table", |p, v| p.link(v))?,
             string_table: self.list(o, "stringTable", "string_table", |p, v| p.string(v))?,
             attribute_table: self.list(o, "attributeTable", "attribute_table", |p, v| {
@@ -572,10 +579,14 @@ impl Parser {
             memory_start: self.scalar(o, "memoryStart", "memory_start", Self::u64)?,
             memory_limit: self.scalar(o, "memoryLimit", "memory_limit", Self::u64)?,
             file_offset: self.scalar(o, "fileOffset", "file_offset", Self::u64)?,
-            filename_strindex: self.scalar(o, "filenameStrindex", "filename_strindex", Self::i32)?,
-            attribute_indices: self.list(o, "attributeIndices", "attribute_indices", |p, v| {
-                p.i32(v)
-            })?,
+            filename_strindex: self.scalar(
+                o,
+                "filenameStrindex",
+                "filename_strindex",
+                Self::i32,
+            )?,
+            attribute_indices: self
+                .list(o, "attributeIndices", "attribute_indices", |p, v| p.i32(v))?,
         })
     }
 
@@ -585,9 +596,8 @@ impl Parser {
             mapping_index: self.scalar(o, "mappingIndex", "mapping_index", Self::i32)?,
             address: self.scalar(o, "address", "address", Self::u64)?,
             lines: self.list(o, "lines", "lines", |p, v| p.line(v))?,
-            attribute_indices: self.list(o, "attributeIndices", "attribute_indices", |p, v| {
-                p.i32(v)
-            })?,
+            attribute_indices: self
+                .list(o, "attributeIndices", "attribute_indices", |p, v| p.i32(v))?,
         })
     }
 
@@ -610,7 +620,12 @@ impl Parser {
                 "system_name_strindex",
                 Self::i32,
             )?,
-            filename_strindex: self.scalar(o, "filenameStrindex", "filename_strindex", Self::i32)?,
+            filename_strindex: self.scalar(
+                o,
+                "filenameStrindex",
+                "filename_strindex",
+                Self::i32,
+            )?,
             start_line: self.scalar(o, "startLine", "start_line", Self::i64)?,
         })
     }
@@ -626,9 +641,8 @@ impl Parser {
     fn stack(&mut self, v: &Value) -> Result<Stack, JsonError> {
         let o = self.object(v)?;
         Ok(Stack {
-            location_indices: self.list(o, "locationIndices", "location_indices", |p, v| {
-                p.i32(v)
-            })?,
+            location_indices: self
+                .list(o, "locationIndices", "location_indices", |p, v| p.i32(v))?,
         })
     }
 
@@ -656,7 +670,9 @@ impl Parser {
         let value = if let Some(s) = self.field(o, "stringValue", "string_value") {
             Some(V::StringValue(self.at("stringValue", |p| p.string(s))?))
         } else if let Some(b) = self.field(o, "boolValue", "bool_value") {
-            Some(V::BoolValue(b.as_bool().ok_or_else(|| self.err("boolValue: expected true or false"))?))
+            Some(V::BoolValue(b.as_bool().ok_or_else(|| {
+                self.err("boolValue: expected true or false")
+            })?))
         } else if let Some(i) = self.field(o, "intValue", "int_value") {
             Some(V::IntValue(self.at("intValue", |p| p.i64(i))?))
         } else if let Some(d) = self.field(o, "doubleValue", "double_value") {
@@ -670,7 +686,9 @@ impl Parser {
                 },
                 _ => None,
             };
-            Some(V::DoubleValue(f.ok_or_else(|| self.err("doubleValue: expected a number"))?))
+            Some(V::DoubleValue(
+                f.ok_or_else(|| self.err("doubleValue: expected a number"))?,
+            ))
         } else if let Some(a) = self.field(o, "arrayValue", "array_value") {
             let values = self.at("arrayValue", |p| {
                 let a = p.object(a)?;
@@ -686,7 +704,9 @@ impl Parser {
         } else if let Some(b) = self.field(o, "bytesValue", "bytes_value") {
             Some(V::BytesValue(self.at("bytesValue", |p| p.bytes_b64(b))?))
         } else if let Some(i) = self.field(o, "stringValueStrindex", "string_value_strindex") {
-            Some(V::StringValueStrindex(self.at("stringValueStrindex", |p| p.i32(i))?))
+            Some(V::StringValueStrindex(
+                self.at("stringValueStrindex", |p| p.i32(i))?,
+            ))
         } else {
             None
         };
@@ -727,11 +747,19 @@ mod tests {
         )
         .unwrap();
         let p = &r.resource_profiles[0].scope_profiles[0].profiles[0];
-        assert_eq!((p.time_unix_nano, p.period, p.profile_id.clone()), (5, 10, vec![10, 11]));
-        let e = from_slice(br#"{"resourceProfiles":[{"scopeProfiles":[{"profiles":[{"period":"ten"}]}]}]}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("resourceProfiles[0].scopeProfiles[0].profiles[0].period"), "{e}");
+        assert_eq!(
+            (p.time_unix_nano, p.period, p.profile_id.clone()),
+            (5, 10, vec![10, 11])
+        );
+        let e = from_slice(
+            br#"{"resourceProfiles":[{"scopeProfiles":[{"profiles":[{"period":"ten"}]}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("resourceProfiles[0].scopeProfiles[0].profiles[0].period"),
+            "{e}"
+        );
         assert!(from_slice(b"[1, 2]").is_err());
     }
 }

@@ -314,11 +314,17 @@ pub fn every_field() -> ProfilesRequest {
         key_strindex: 0,
     };
     let values = vec![
-        kv("s", any_value::Value::StringValue("text ü \"quoted\"".into())),
+        kv(
+            "s",
+            any_value::Value::StringValue("text ü \"quoted\"".into()),
+        ),
         kv("b", any_value::Value::BoolValue(true)),
         kv("i", any_value::Value::IntValue(-9_007_199_254_740_993)),
         kv("d", any_value::Value::DoubleValue(1.5)),
-        kv("bytes", any_value::Value::BytesValue(vec![0, 1, 2, 250, 255])),
+        kv(
+            "bytes",
+            any_value::Value::BytesValue(vec![0, 1, 2, 250, 255]),
+        ),
         kv(
             "a",
             any_value::Value::ArrayValue(ArrayValue {

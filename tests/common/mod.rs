@@ -638,4 +638,3 @@ for n, line in enumerate(open(sys.argv[1], encoding="utf-8")):
     }
     Some(reqs)
 }
-

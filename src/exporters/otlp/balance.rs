@@ -114,7 +114,10 @@ impl Balancer {
     }
 
     fn list(&self) -> Arc<Vec<Arc<Backend>>> {
-        self.backends.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Looks the name up and reconciles the list: addresses that stay keep their
@@ -244,7 +247,8 @@ impl Balancer {
 }
 
 fn is_up(b: &Backend, now: Instant) -> bool {
-    b.down_since().is_none_or(|t| now.duration_since(t) >= DOWN_FOR)
+    b.down_since()
+        .is_none_or(|t| now.duration_since(t) >= DOWN_FOR)
 }
 
 #[cfg(test)]
@@ -258,7 +262,10 @@ mod tests {
             parse_dns("dns:///gw-headless.ns.svc:4317"),
             Some(Ok(("gw-headless.ns.svc".into(), 4317)))
         );
-        assert_eq!(parse_dns("dns:///[::1]:4317"), Some(Ok(("::1".into(), 4317))));
+        assert_eq!(
+            parse_dns("dns:///[::1]:4317"),
+            Some(Ok(("::1".into(), 4317)))
+        );
         assert!(matches!(parse_dns("dns://8.8.8.8/gw:4317"), Some(Err(_))));
         assert!(matches!(parse_dns("dns:///gw"), Some(Err(_))));
         assert!(matches!(parse_dns("dns:///gw:0"), Some(Err(_))));
@@ -303,13 +310,27 @@ mod tests {
         while b.list().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        *b.backends.write().unwrap() = Arc::new(vec![mk("127.0.0.1:1"), mk("127.0.0.2:1"), mk("127.0.0.3:1")]);
+        *b.backends.write().unwrap() = Arc::new(vec![
+            mk("127.0.0.1:1"),
+            mk("127.0.0.2:1"),
+            mk("127.0.0.3:1"),
+        ]);
         let mut seen = Vec::new();
         for _ in 0..6 {
             seen.push(b.pick().await.unwrap().addr.ip().to_string());
         }
         seen.sort();
-        assert_eq!(seen, ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]);
+        assert_eq!(
+            seen,
+            [
+                "127.0.0.1",
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.3"
+            ]
+        );
         let two = b.list()[1].clone();
         b.mark_down(&two);
         for _ in 0..6 {

@@ -18,7 +18,10 @@ pub struct OtlpExporterConfig {
     pub endpoint: String,
     /// With a `dns:///` endpoint: how often the name is looked up again (also soon after an
     /// address fails). Default `30s`.
-    #[serde(default = "default_resolve_interval", with = "crate::config::units::duration")]
+    #[serde(
+        default = "default_resolve_interval",
+        with = "crate::config::units::duration"
+    )]
     pub resolve_interval: Duration,
     /// `authorization: Bearer <token>` metadata from a file, re-read when it changes.
     #[serde(default)]

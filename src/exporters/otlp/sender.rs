@@ -13,9 +13,9 @@ use tonic::{Code, Status};
 use super::balance::{self, Balancer};
 use super::{Compression, OtlpExporterConfig};
 use crate::auth::TokenFile;
-use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::exporters::shell::{Delivered, Encoded, SendError, Sender};
 use crate::otlp::collector::ExportProfilesServiceResponse;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 const PATH: &str = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
 
@@ -89,7 +89,10 @@ fn grpc_over(channel: Channel, compression: Compression) -> tonic::client::Grpc<
 impl GrpcSender {
     /// `exporter` names the exporter in logs and metrics. Must be called inside a
     /// Tokio runtime (a `dns:///` endpoint starts its resolver task).
-    pub fn new(cfg: &OtlpExporterConfig, exporter: &str) -> Result<Self, crate::pipeline::StartError> {
+    pub fn new(
+        cfg: &OtlpExporterConfig,
+        exporter: &str,
+    ) -> Result<Self, crate::pipeline::StartError> {
         let tls = if cfg.tls.insecure {
             None
         } else {
@@ -259,7 +262,10 @@ impl Sender for GrpcSender {
                             b.mark_down(&backend);
                         }
                         Err(match e {
-                            SendError::Retryable { message, retry_after } => SendError::Retryable {
+                            SendError::Retryable {
+                                message,
+                                retry_after,
+                            } => SendError::Retryable {
                                 message: format!("{}: {message}", backend.addr),
                                 retry_after,
                             },

@@ -103,7 +103,9 @@ impl Validate for OtlpHttpExporterConfig {
         }
         let url = self.url();
         match url.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {
+            }
             _ => errs.push(ConfigError::new(
                 if self.profiles_endpoint.is_some() {
                     "profiles_endpoint"
@@ -114,13 +116,22 @@ impl Validate for OtlpHttpExporterConfig {
             )),
         }
         if self.timeout.is_zero() {
-            errs.push(ConfigError::new("timeout", "must be greater than 0, e.g. `30s`"));
+            errs.push(ConfigError::new(
+                "timeout",
+                "must be greater than 0, e.g. `30s`",
+            ));
         }
         for (k, v) in &self.headers {
             if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                errs.push(ConfigError::new(format!("headers.{k}"), "is not a valid header name"));
+                errs.push(ConfigError::new(
+                    format!("headers.{k}"),
+                    "is not a valid header name",
+                ));
             } else if http::HeaderValue::from_str(v).is_err() {
-                errs.push(ConfigError::new(format!("headers.{k}"), "the value must be visible ASCII"));
+                errs.push(ConfigError::new(
+                    format!("headers.{k}"),
+                    "the value must be visible ASCII",
+                ));
             }
         }
         let t = &self.tls;
@@ -130,11 +141,18 @@ impl Validate for OtlpHttpExporterConfig {
                 "cert_file and key_file go together (mutual TLS needs both)",
             ));
         }
-        for (name, f) in [("ca_file", &t.ca_file), ("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+        for (name, f) in [
+            ("ca_file", &t.ca_file),
+            ("cert_file", &t.cert_file),
+            ("key_file", &t.key_file),
+        ] {
             if let Some(f) = f
                 && std::fs::metadata(f).is_err()
             {
-                errs.push(ConfigError::new(format!("tls.{name}"), format!("cannot read {}", f.display())));
+                errs.push(ConfigError::new(
+                    format!("tls.{name}"),
+                    format!("cannot read {}", f.display()),
+                ));
             }
         }
         if let Some(a) = &self.auth {

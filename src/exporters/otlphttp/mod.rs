@@ -38,8 +38,8 @@ impl Exporter for OtlpHttpExporter {
         input: Input,
     ) -> Result<JoinHandle<()>, StartError> {
         let cfg = self.cfg;
-        let sender = sender::HttpSender::new(&cfg)
-            .map_err(|e| format!("exporters.{}: {e}", ctx.id))?;
+        let sender =
+            sender::HttpSender::new(&cfg).map_err(|e| format!("exporters.{}: {e}", ctx.id))?;
         tracing::info!(exporter = %ctx.id, url = %sender.url(), "OTLP/HTTP exporter ready");
         shell::start_sender(
             ctx,

@@ -35,10 +35,13 @@ impl HttpSender {
             let mut pem = read("cert_file", c)?;
             pem.extend(read("key_file", k)?);
             b = b.identity(
-                reqwest::Identity::from_pem(&pem).map_err(|e| format!("tls.cert_file/key_file: {e}"))?,
+                reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| format!("tls.cert_file/key_file: {e}"))?,
             );
         }
-        let client = b.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = b
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &cfg.headers {
             if let (Ok(k), Ok(v)) = (
@@ -49,7 +52,9 @@ impl HttpSender {
             }
         }
         let auth = match &cfg.auth {
-            Some(a) => Some(TokenFile::open(a).map_err(|e| format!("auth.bearer_token_file: {e}"))?),
+            Some(a) => {
+                Some(TokenFile::open(a).map_err(|e| format!("auth.bearer_token_file: {e}"))?)
+            }
             None => None,
         };
         Ok(HttpSender {
@@ -70,9 +75,9 @@ impl HttpSender {
         let raw = match self.encoding {
             HttpEncoding::Proto => item.bytes.to_vec(),
             HttpEncoding::Json => {
-                let req = item
-                    .decode()
-                    .map_err(|e| SendError::Permanent(format!("cannot re-read a queued request: {e}")))?;
+                let req = item.decode().map_err(|e| {
+                    SendError::Permanent(format!("cannot re-read a queued request: {e}"))
+                })?;
                 crate::otlp::json::to_vec(&req)
             }
         };
@@ -95,7 +100,11 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs.min(3600)));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default().min(Duration::from_secs(3600)))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600)),
+    )
 }
 
 /// The partial-success part of a response body, in either encoding.
@@ -111,7 +120,9 @@ fn partial(encoding: HttpEncoding, body: &[u8]) -> Option<(u64, String)> {
         }
         HttpEncoding::Json => {
             let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-            let p = v.get("partialSuccess").or_else(|| v.get("partial_success"))?;
+            let p = v
+                .get("partialSuccess")
+                .or_else(|| v.get("partial_success"))?;
             let n = p
                 .get("rejectedProfiles")
                 .or_else(|| p.get("rejected_profiles"))

@@ -25,11 +25,11 @@ use metrics::{Counter, Histogram};
 
 use super::SymbolizerConfig;
 use super::files::{BuildIdIndex, ElfFile, has_dwarf, host_candidates};
+use crate::host::elf::{BuildId, build_id_at};
 use crate::otlp::ProfilesRequest;
 use crate::otlp::common::any_value;
 use crate::otlp::profiles::{Function, Line, ProfilesDictionary};
 use crate::otlp::view::Dict;
-use crate::host::elf::{BuildId, build_id_at};
 use crate::telemetry::names;
 
 /// A function as it goes into the dictionary. Interned per worker, so lines of the
@@ -348,7 +348,13 @@ impl Worker {
             Some(Err(_)) => return Plan::Skip("invalid_build_id"),
         };
         let pid = pids.get(&(mapping_index as usize)).copied();
-        match self.choose_file(build_id.as_ref(), pid, filename, m.memory_start, m.memory_limit) {
+        match self.choose_file(
+            build_id.as_ref(),
+            pid,
+            filename,
+            m.memory_start,
+            m.memory_limit,
+        ) {
             FileChoice::Found { id, file } => Plan::File {
                 id,
                 file,

@@ -32,6 +32,10 @@ pub struct EbpfProfilerConfig {
     /// Load this eBPF object file instead of the one built into the binary (for
     /// developing the eBPF program and for tests). Default: the built-in object.
     pub object_path: Option<PathBuf>,
+    /// `host.name` of the profiles. Default (empty): the hostname the agent sees. In a
+    /// Kubernetes pod that is the pod's name, so the DaemonSet sets the node's name here
+    /// (`host_name: ${env:NODE_NAME:-}` with NODE_NAME from `spec.nodeName`).
+    pub host_name: String,
 }
 
 impl Default for EbpfProfilerConfig {
@@ -46,6 +50,7 @@ impl Default for EbpfProfilerConfig {
             load_retry: LoadRetryConfig::default(),
             unwind: UnwindConfig::default(),
             object_path: None,
+            host_name: String::new(),
         }
     }
 }

@@ -334,7 +334,11 @@ fn reader_loop(
     tx: &tokio::sync::mpsc::Sender<crate::otlp::ProfilesRequest>,
 ) -> std::io::Result<()> {
     let mut offset = sys::monotonic_to_unix_offset_ns();
-    let host = hostname();
+    let host = if cfg.host_name.trim().is_empty() {
+        hostname()
+    } else {
+        cfg.host_name.trim().to_owned()
+    };
     let mut resolver = Resolver::new();
     if let Some(tables) = p.tables.take() {
         resolver.set_tables(manager::spawn(tables, cfg.unwind.max_memory.as_u64())?);

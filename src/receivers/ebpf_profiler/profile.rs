@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use metrics::Counter;
 
-use crate::host::proc::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
 use super::shared::{COMM_LEN, FRAME_BY_FP, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, RecordHeader};
 use super::unwind::manager::{self, Msg};
 use super::unwind::rules::stop;
+use crate::host::proc::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
 use crate::otlp::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use crate::otlp::profiles::{
     KeyValueAndUnit, Location, Mapping, Profile, Sample, Stack, ValueType,

@@ -69,7 +69,11 @@ fn reply(enc: Encoding, status: StatusCode, message: &str) -> Response {
 }
 
 /// Inflates `body` per Content-Encoding, never past `max` bytes.
-fn decompress(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, (StatusCode, String)> {
+fn decompress(
+    headers: &HeaderMap,
+    body: &[u8],
+    max: usize,
+) -> Result<Vec<u8>, (StatusCode, String)> {
     let enc = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -78,13 +82,18 @@ fn decompress(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, (
         .to_ascii_lowercase();
     let mut out = Vec::new();
     let limited = |r: &mut dyn Read, out: &mut Vec<u8>| -> Result<(), (StatusCode, String)> {
-        r.take(max as u64 + 1)
-            .read_to_end(out)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot decompress the body: {e}")))?;
+        r.take(max as u64 + 1).read_to_end(out).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("cannot decompress the body: {e}"),
+            )
+        })?;
         if out.len() > max {
             return Err((
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is larger than {max} bytes once decompressed (max_request_body_size_mib)"),
+                format!(
+                    "the body is larger than {max} bytes once decompressed (max_request_body_size_mib)"
+                ),
             ));
         }
         Ok(())
@@ -104,8 +113,12 @@ fn decompress(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, (
             Ok(out)
         }
         "zstd" => {
-            let mut d = zstd::stream::read::Decoder::new(body)
-                .map_err(|e| (StatusCode::BAD_REQUEST, format!("cannot decompress the body: {e}")))?;
+            let mut d = zstd::stream::read::Decoder::new(body).map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot decompress the body: {e}"),
+                )
+            })?;
             limited(&mut d, &mut out)?;
             Ok(out)
         }
@@ -116,7 +129,11 @@ fn decompress(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, (
     }
 }
 
-async fn export(State(s): State<Arc<Server>>, headers: HeaderMap, body: axum::body::Body) -> Response {
+async fn export(
+    State(s): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -124,7 +141,9 @@ async fn export(State(s): State<Arc<Server>>, headers: HeaderMap, body: axum::bo
         .to_ascii_lowercase();
     let enc = if ctype.starts_with("application/json") {
         Encoding::Json
-    } else if ctype.starts_with("application/x-protobuf") || ctype.starts_with("application/protobuf") {
+    } else if ctype.starts_with("application/x-protobuf")
+        || ctype.starts_with("application/protobuf")
+    {
         Encoding::Proto
     } else {
         return reply(
@@ -134,10 +153,16 @@ async fn export(State(s): State<Arc<Server>>, headers: HeaderMap, body: axum::bo
         );
     };
     if let Some(auth) = &s.auth {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if !auth.allows(given) {
             s.intake.refused_unauthenticated();
-            return reply(enc, StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            return reply(
+                enc,
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required",
+            );
         }
     }
     // Read no more than the limit off the wire (a compressed body may not exceed the
@@ -153,11 +178,18 @@ async fn export(State(s): State<Arc<Server>>, headers: HeaderMap, body: axum::bo
                 reply(
                     enc,
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("the body is larger than {} bytes (max_request_body_size_mib)", s.max_bytes),
+                    &format!(
+                        "the body is larger than {} bytes (max_request_body_size_mib)",
+                        s.max_bytes
+                    ),
                 )
             } else {
                 s.intake.refused_undecodable();
-                reply(enc, StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))
+                reply(
+                    enc,
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the body: {e}"),
+                )
             };
         }
     };
@@ -180,7 +212,11 @@ async fn export(State(s): State<Arc<Server>>, headers: HeaderMap, body: axum::bo
         Ok(r) => r,
         Err(e) => {
             s.intake.refused_undecodable();
-            return reply(enc, StatusCode::BAD_REQUEST, &format!("cannot decode the request: {e}"));
+            return reply(
+                enc,
+                StatusCode::BAD_REQUEST,
+                &format!("cannot decode the request: {e}"),
+            );
         }
     };
     match s.intake.export(req).await {
@@ -188,14 +224,20 @@ async fn export(State(s): State<Arc<Server>>, headers: HeaderMap, body: axum::bo
         Err(Refusal::Invalid(m)) => reply(enc, StatusCode::BAD_REQUEST, &m),
         Err(Refusal::Unavailable(m)) => {
             let mut r = reply(enc, StatusCode::SERVICE_UNAVAILABLE, &m);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
             r
         }
     }
 }
 
-pub(super) async fn serve(cfg: HttpConfig, ctx: Context, out: Fanout) -> Result<JoinHandle<()>, StartError> {
+pub(super) async fn serve(
+    cfg: HttpConfig,
+    ctx: Context,
+    out: Fanout,
+) -> Result<JoinHandle<()>, StartError> {
     let listener = TcpListener::bind(&cfg.endpoint).await.map_err(|e| {
         format!(
             "cannot listen on {} (receivers.{}.protocols.http.endpoint): {e}",

@@ -79,7 +79,12 @@ pub(super) async fn serve(
         })?)),
         None => None,
     };
-    crate::auth::warn_if_open("otlp/grpc", &cfg.endpoint, cfg.tls.is_some(), auth.is_some());
+    crate::auth::warn_if_open(
+        "otlp/grpc",
+        &cfg.endpoint,
+        cfg.tls.is_some(),
+        auth.is_some(),
+    );
     let svc = Service {
         intake: Intake::new(out, &id, "grpc"),
     };

@@ -20,9 +20,9 @@ use metrics::{Counter, Gauge, Histogram};
 
 use super::rules::{Chunk, MappingInfo};
 use super::table::{Table, bias, build};
-use crate::receivers::ebpf_profiler::loader::TableMaps;
 use crate::host::elf::{Segment, segments, segments_in};
 use crate::host::proc::MapEntry;
+use crate::receivers::ebpf_profiler::loader::TableMaps;
 use crate::receivers::ebpf_profiler::shared::{MAPPING_KEY_BITS, MappingKeyData};
 use crate::receivers::ebpf_profiler::sys;
 use crate::telemetry::names;
@@ -174,11 +174,10 @@ fn build_loop(jobs: Receiver<(u64, Source)>, done: SyncSender<Msg>) {
         };
         let (id, f) = waiting.swap_remove(i);
         let t0 = Instant::now();
-        let table =
-            crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || f.build())
-                .unwrap_or(Err(super::table::TableError::Frames(
-                    "the table build panicked".into(),
-                )));
+        let table = crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || f.build())
+            .unwrap_or(Err(super::table::TableError::Frames(
+                "the table build panicked".into(),
+            )));
         let msg = Msg::Built {
             id,
             table,
@@ -199,7 +198,9 @@ fn exe_id<'d, R: object::ReadRef<'d>>(data: R) -> u64 {
     let id = from_id.unwrap_or_else(|| {
         let len = data.len().unwrap_or(0);
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        data.read_bytes_at(0, len.min(4096)).unwrap_or(&[]).hash(&mut h);
+        data.read_bytes_at(0, len.min(4096))
+            .unwrap_or(&[])
+            .hash(&mut h);
         data.read_bytes_at(len.saturating_sub(4096), len.min(4096))
             .unwrap_or(&[])
             .hash(&mut h);
@@ -232,11 +233,7 @@ pub fn prefixes(start: u64, end: u64) -> Vec<(u64, u32)> {
 }
 
 impl Manager {
-    fn new(
-        maps: TableMaps,
-        max_memory: u64,
-        jobs: std::sync::mpsc::Sender<(u64, Source)>,
-    ) -> Self {
+    fn new(maps: TableMaps, max_memory: u64, jobs: std::sync::mpsc::Sender<(u64, Source)>) -> Self {
         Manager {
             maps,
             max_memory,
@@ -312,7 +309,12 @@ impl Manager {
     /// builder if need be (until it is loaded, the program falls back to frame pointers
     /// and asks again); 0 if it can have none. `open` gives the file when the table
     /// must be built (it was just opened, or is opened again).
-    fn table_id(&mut self, f: &FileInfo, source: Option<Source>, open: impl FnOnce() -> Option<Source>) -> u64 {
+    fn table_id(
+        &mut self,
+        f: &FileInfo,
+        source: Option<Source>,
+        open: impl FnOnce() -> Option<Source>,
+    ) -> u64 {
         let id = f.exe_id;
         if let Some(l) = self.loaded.get_mut(&id) {
             l.last_used = self.interval;

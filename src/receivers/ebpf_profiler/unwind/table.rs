@@ -517,8 +517,10 @@ fn paginate(changes: Vec<(u64, Rule)>, mut stats: TableStats) -> Table {
 /// mid-page (the mapping then starts at the page below it, sharing that page with the
 /// segment before).
 pub fn bias(segs: &[crate::host::elf::Segment], start: u64, offset: u64) -> Option<u64> {
-    let segs: Vec<(u64, u64, u64, bool)> =
-        segs.iter().map(|s| (s.offset, s.filesz, s.vaddr, s.executable)).collect();
+    let segs: Vec<(u64, u64, u64, bool)> = segs
+        .iter()
+        .map(|s| (s.offset, s.filesz, s.vaddr, s.executable))
+        .collect();
     let page = |o: u64| o & !(PAGE_SIZE - 1);
     let holds = |&&(off, size, _, _): &&(u64, u64, u64, bool)| {
         offset >= page(off) && offset < off + size.max(1)

@@ -374,7 +374,11 @@ fn mappings(files: &[CoreFile]) -> Vec<super::walk::Mapping> {
         let entry = tables
             .entry(path.clone())
             .or_insert((data, std::sync::Arc::new(t)));
-        let Some(bias) = super::table::bias(&crate::host::elf::segments_in(&entry.0[..]).unwrap_or_default(), *start, *offset) else {
+        let Some(bias) = super::table::bias(
+            &crate::host::elf::segments_in(&entry.0[..]).unwrap_or_default(),
+            *start,
+            *offset,
+        ) else {
             continue;
         };
         out.push(super::walk::Mapping {
