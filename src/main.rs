@@ -44,6 +44,10 @@ enum Command {
         /// frame_pointer loads the entry program only.
         #[arg(long, default_value = "auto")]
         unwind_mode: String,
+        /// Write each program's verifier log to DIR/PROGRAM.log, also for a program
+        /// the kernel refused.
+        #[arg(long, value_name = "DIR", default_value = "")]
+        output: String,
     },
 }
 
@@ -85,10 +89,12 @@ fn main() -> ExitCode {
             size,
             max_size,
             unwind_mode,
+            output,
         }) => {
             // The same parsing and checks as the YAML settings.
+            let output = serde_json::to_string(&output).unwrap_or_default();
             let yaml = format!(
-                "receivers: {{ ebpf_profiler: {{ unwind: {{ mode: \"{unwind_mode}\" }}, verifier_log: {{ level: \"{level}\", stats: {stats}, size: \"{size}\", max_size: \"{max_size}\" }} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [ebpf_profiler], exporters: [debug] }} }} }}\n"
+                "receivers: {{ ebpf_profiler: {{ unwind: {{ mode: \"{unwind_mode}\" }}, verifier_log: {{ level: \"{level}\", stats: {stats}, size: \"{size}\", max_size: \"{max_size}\", output: {output} }} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [ebpf_profiler], exporters: [debug] }} }} }}\n"
             );
             let parsed = stackline::config::Config::from_yaml("ebpf-check", &yaml).and_then(|c| {
                 let v = c

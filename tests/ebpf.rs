@@ -795,9 +795,9 @@ async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again(
         ours.iter().any(|o| o.starts_with("prog ")) && ours.iter().any(|o| o.ends_with(" SAMPLES")),
         "the programs and maps are loaded: {ours:?}"
     );
-    // A workload running across the kill.
+    // A workload running across the kill and the restart.
     let mut workload = Command::new(&exe)
-        .arg("4")
+        .arg("10")
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();

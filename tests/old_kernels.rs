@@ -213,6 +213,7 @@ fn the_log_buffer_grows_to_fit_on_kernels_with_and_without_log_true_size() {
                 .iter()
                 .find(|p| p["name"] == name)
                 .unwrap_or_else(|| panic!("{release}: {name} did not load: {r}"));
+            assert_eq!(p["loaded"], true, "{release}: {name}: {r}");
             let insns = p["insns_processed"].as_u64().unwrap();
             eprintln!(
                 "{release}: {name} verified in {insns} instructions ({:.1}% of the 1M limit)",

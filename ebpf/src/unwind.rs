@@ -87,7 +87,10 @@ pub fn lookup<'a>(mut chunk: impl FnMut(u32) -> Option<&'a Chunk>, vaddr: u64) -
     if idx >= hdr.pages as u64 {
         return Err(stop::INVALID_RULE);
     }
-    let e = DIR_HEADER + idx;
+    // Opaque, so the compiler compares `e` itself and does not rewrite the test as
+    // `idx < CHUNK_ROWS - 2` on another register: verifiers before 6.8 or so do not
+    // carry that bound over to `e`, and refuse the indexing below.
+    let e = core::hint::black_box(DIR_HEADER + idx);
     let info = if e < CHUNK_ROWS as u64 {
         entries(dir0)[(e as u32 & CHUNK_MASK) as usize]
     } else {

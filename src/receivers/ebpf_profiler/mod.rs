@@ -479,6 +479,8 @@ pub struct CheckReport {
 #[derive(Debug, serde::Serialize)]
 pub struct ProgramReport {
     pub name: String,
+    /// False for the program the kernel refused (its log is the one that says why).
+    pub loaded: bool,
     pub attempts: u32,
     pub log_bytes: usize,
     pub truncated: bool,
@@ -493,7 +495,7 @@ pub fn check(log: &VerifierLogConfig, unwind: &UnwindConfig) -> CheckReport {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
-    let mut seen: Vec<(String, VerifierLog)> = Vec::new();
+    let mut seen: Vec<(String, VerifierLog, bool)> = Vec::new();
     let r = loader::load(
         &LoadRequest {
             object: loader::OBJECT,
@@ -510,13 +512,21 @@ pub fn check(log: &VerifierLogConfig, unwind: &UnwindConfig) -> CheckReport {
             frequency: 1,
             offsets: None,
         },
-        &mut |name, l| seen.push((name.to_owned(), l.clone())),
+        &mut |name, l| {
+            record_log(log, name, l);
+            seen.push((name.to_owned(), l.clone(), true))
+        },
     );
+    // The program the kernel refused, with its log (written where the user asked).
+    if let Err(LoadError::Program { failure, program }) = &r {
+        record_log(log, program, &failure.log);
+        seen.push((program.to_string(), failure.log.clone(), false));
+    }
     let error = r.as_ref().err().map(|e| e.to_string());
     let entry = seen
         .iter()
-        .find(|(n, _)| n == PROGRAM)
-        .map(|(_, l)| l.clone());
+        .find(|(n, _, _)| n == PROGRAM)
+        .map(|(_, l, _)| l.clone());
     let log = match (&r, entry) {
         (Err(LoadError::Program { failure, program }), _) if program == PROGRAM => {
             Some(failure.log.clone())
@@ -536,8 +546,9 @@ pub fn check(log: &VerifierLogConfig, unwind: &UnwindConfig) -> CheckReport {
         insns_processed: log.stats().map(|s| s.insns_processed),
         programs: seen
             .iter()
-            .map(|(name, l)| ProgramReport {
+            .map(|(name, l, loaded)| ProgramReport {
                 name: name.clone(),
+                loaded: *loaded,
                 attempts: l.attempts,
                 log_bytes: l.text.len(),
                 truncated: l.truncated,
