@@ -415,6 +415,41 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
         "{e}"
     );
 
+    // A few KB of gzip that would decode to 1,500,000 empty samples (3 MB of protobuf,
+    // within max_recv_msg_size_mib; over 100 MB decoded): refused on the wire, naming
+    // the limit and its setting.
+    let mut profile = Vec::with_capacity(3_000_000);
+    for _ in 0..1_500_000 {
+        profile.extend_from_slice(&[0x12, 0x00]);
+    }
+    let wrap = |tag: u8, inner: &[u8]| {
+        let mut v = vec![tag];
+        prost::encoding::encode_varint(inner.len() as u64, &mut v);
+        v.extend_from_slice(inner);
+        v
+    };
+    let bomb = wrap(0x0a, &wrap(0x12, &wrap(0x12, &profile)));
+    let cfg: OtlpExporterConfig = serde_json::from_value(serde_json::json!({
+        "endpoint": s.otlp.to_string(), "tls": {"insecure": true}, "compression": "gzip"
+    }))
+    .unwrap();
+    let gz = GrpcSender::new(&cfg, "otlp").unwrap();
+    let e = gz
+        .send(&Encoded {
+            bytes: bomb.into(),
+            samples: 1_500_000,
+            profiles: 1,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ResourceExhausted")
+            && e.contains("1500000 samples")
+            && e.contains("limits.max_samples"),
+        "{e}"
+    );
+
     // Over max_recv_msg_size_mib (4 MiB).
     let big = request("svc", 0, 40_000, 40_000);
     assert!(prost::Message::encoded_len(&big) > 4 << 20);
@@ -429,14 +464,18 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
             == 10)
         .await
     );
+    // 6 requests of 3 bad samples, the garbage (1, its samples unknown), the bomb.
     assert_eq!(
         s.metric(
             "otelcol_receiver_refused_profile_samples_total",
             &[("receiver", "otlp")]
         )
         .await,
-        18.0
+        18.0 + 1.0 + 1_500_000.0
     );
+    let peak = s.peak_rss_mib();
+    eprintln!("gateway peak RSS after the hostile requests: {peak} MiB");
+    assert!(peak < 200, "peak RSS {peak} MiB");
     assert_eq!(
         s.metric(
             "otelcol_receiver_accepted_profile_samples_total",

@@ -33,6 +33,7 @@ fn gateway(dir: &std::path::Path, http_extra: &str) -> Stackline {
         r#"
 receivers:
   otlp:
+    limits: {{ max_samples: 100000 }}
     protocols:
       grpc: {{ endpoint: "{{OTLP}}", auth: {{ bearer_token_file: "{{DIR}}/token" }} }}
       http: {{ endpoint: "{{HTTP}}", auth: {{ bearer_token_file: "{{DIR}}/token" }}, max_request_body_size_mib: 1 {http_extra} }}
@@ -193,6 +194,27 @@ async fn the_http_receiver_takes_protobuf_and_json_and_refuses_what_it_must() {
             .contains("max_request_body_size_mib")
     );
     assert_eq!(refused("too_large").await, 2.0);
+
+    // Within the body limit but over a decode limit (receivers.otlp.limits, set to
+    // 100,000 samples here): 200,000 empty samples, in protobuf and in JSON.
+    let mut many = request("many", 0, 1, 1);
+    many.resource_profiles[0].scope_profiles[0].profiles[0].samples =
+        vec![Default::default(); 200_000];
+    for (ctype, body) in [
+        ("application/x-protobuf", many.encode_to_vec()),
+        ("application/json", stackline::otlp::json::to_vec(&many)),
+    ] {
+        let r = post(ctype, gzip(&body), Some("s3cret-token"), Some("gzip"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{ctype}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("200000 samples") && text.contains("limits.max_samples"),
+            "{text}"
+        );
+    }
+    assert_eq!(refused("over_limit").await, 400_000.0);
 
     let r = post("text/plain", body.clone(), Some("s3cret-token"), None)
         .await

@@ -1,7 +1,6 @@
 //! Re-interning dictionaries: the engine behind [`merge`] and [`split`].
 
 use std::collections::HashMap;
-use std::ops::Range;
 
 use prost::Message;
 
@@ -48,41 +47,52 @@ impl<T: Message + Default> Table<T> {
     }
 }
 
-/// Per-import memo from a source dictionary's indices to the builder's (-1 = not yet seen).
+/// Memo from a source dictionary's indices to the builder's. A slot is valid only when
+/// its generation is the memo's: [`Memo::reset`] (one per output of a split) is then
+/// O(1) instead of a pass over every table of the source.
 struct Memo<'a> {
     src: &'a ProfilesDictionary,
-    strings: Vec<i32>,
-    attributes: Vec<i32>,
-    mappings: Vec<i32>,
-    functions: Vec<i32>,
-    locations: Vec<i32>,
-    stacks: Vec<i32>,
-    links: Vec<i32>,
+    generation: u32,
+    strings: Vec<(u32, i32)>,
+    attributes: Vec<(u32, i32)>,
+    mappings: Vec<(u32, i32)>,
+    functions: Vec<(u32, i32)>,
+    locations: Vec<(u32, i32)>,
+    stacks: Vec<(u32, i32)>,
+    links: Vec<(u32, i32)>,
 }
 
 impl<'a> Memo<'a> {
     fn new(src: &'a ProfilesDictionary) -> Self {
+        let slots = |n: usize| vec![(0, 0); n];
         Memo {
             src,
-            strings: vec![-1; src.string_table.len()],
-            attributes: vec![-1; src.attribute_table.len()],
-            mappings: vec![-1; src.mapping_table.len()],
-            functions: vec![-1; src.function_table.len()],
-            locations: vec![-1; src.location_table.len()],
-            stacks: vec![-1; src.stack_table.len()],
-            links: vec![-1; src.link_table.len()],
+            generation: 1,
+            strings: slots(src.string_table.len()),
+            attributes: slots(src.attribute_table.len()),
+            mappings: slots(src.mapping_table.len()),
+            functions: slots(src.function_table.len()),
+            locations: slots(src.location_table.len()),
+            stacks: slots(src.stack_table.len()),
+            links: slots(src.link_table.len()),
         }
+    }
+    /// Forgets every mapping (the next output has a dictionary of its own).
+    fn reset(&mut self) {
+        self.generation += 1;
     }
 }
 
-/// Looks up a memoized index. Index 0 always maps to 0 (the zero value); an index the
-/// memo does not cover (only possible for unchecked input) also maps to 0.
-fn memo_slot(memo: &[i32], i: i32) -> Option<(usize, i32)> {
+/// Looks up a memoized index: `None` for index 0 (always the zero value) and for an
+/// index the memo does not cover (only possible for unchecked input, mapped to 0);
+/// otherwise the slot and its value, -1 when not yet mapped in this generation.
+fn memo_slot(memo: &[(u32, i32)], generation: u32, i: i32) -> Option<(usize, i32)> {
     if i <= 0 {
         return None;
     }
     let u = i as usize;
-    memo.get(u).map(|&v| (u, v))
+    memo.get(u)
+        .map(|&(g, v)| (u, if g == generation { v } else { -1 }))
 }
 
 /// Builds one request with one deduplicated dictionary out of parts of other requests.
@@ -98,6 +108,9 @@ pub struct DictionaryBuilder {
     resources: Vec<ResourceProfiles>,
     /// (resource, schema_url) encoding → index in `resources`, so equal resources merge.
     resource_index: HashMap<Vec<u8>, usize>,
+    /// (resource index, scope and schema_url encoding) → index in its `scope_profiles`,
+    /// so equal scopes merge without a scan.
+    scope_index: HashMap<(usize, Vec<u8>), usize>,
     samples: u64,
 }
 
@@ -109,14 +122,14 @@ impl Default for DictionaryBuilder {
 
 macro_rules! remap {
     ($self:ident, $memo:ident, $field:ident, $i:expr, $make:expr) => {{
-        match memo_slot(&$memo.$field, $i) {
+        match memo_slot(&$memo.$field, $memo.generation, $i) {
             None => 0,
             Some((_, v)) if v >= 0 => v,
             Some((u, _)) => {
                 let src = $memo.src;
                 let entry = $make(src, u);
                 let v = $self.$field.intern(entry);
-                $memo.$field[u] = v;
+                $memo.$field[u] = ($memo.generation, v);
                 v
             }
         }
@@ -138,6 +151,7 @@ impl DictionaryBuilder {
             links: Table::new(),
             resources: Vec::new(),
             resource_index: HashMap::new(),
+            scope_index: HashMap::new(),
             samples: 0,
         }
     }
@@ -190,23 +204,22 @@ impl DictionaryBuilder {
             scope_profiles: Vec::new(),
             schema_url: String::new(),
         };
-        self.add_resource(
-            &rp,
-            vec![ScopeProfiles {
-                scope,
-                profiles: vec![profile],
-                schema_url: String::new(),
-            }],
-        );
+        let sp = ScopeProfiles {
+            scope,
+            profiles: Vec::new(),
+            schema_url: String::new(),
+        };
+        let keys = (resource_key(&rp), scope_key(&sp));
+        self.add_profiles(&keys, &rp, &sp, vec![profile]);
     }
 
     fn string(&mut self, m: &mut Memo, i: i32) -> i32 {
-        match memo_slot(&m.strings, i) {
+        match memo_slot(&m.strings, m.generation, i) {
             None => 0,
             Some((_, v)) if v >= 0 => v,
             Some((u, _)) => {
                 let v = self.intern_string(&m.src.string_table[u]);
-                m.strings[u] = v;
+                m.strings[u] = (m.generation, v);
                 v
             }
         }
@@ -322,103 +335,87 @@ impl DictionaryBuilder {
         })
     }
 
-    /// Adds all of `req` to the output.
+    /// Adds all of `req` to the output. The request is checked first, so bad input is
+    /// an error rather than a wrong result.
     pub fn import(&mut self, req: &ProfilesRequest) -> Result<(), IndexError> {
-        self.import_range(req, None)
-    }
-
-    /// Adds `req` to the output, keeping only the samples whose ordinal (counted across
-    /// the whole request in order) lies in `range`; profiles left without samples are
-    /// dropped when a range is given. The request is checked first, so bad input is an
-    /// error rather than a wrong result.
-    fn import_range(
-        &mut self,
-        req: &ProfilesRequest,
-        range: Option<Range<u64>>,
-    ) -> Result<(), IndexError> {
         check(req)?;
         let mut m = Memo::new(super::view::Dict::of(req).0);
-        let mut ordinal = 0u64;
         for rp in &req.resource_profiles {
-            let mut scopes = Vec::with_capacity(rp.scope_profiles.len());
+            let rkey = resource_key(rp);
             for sp in &rp.scope_profiles {
-                let mut profiles = Vec::with_capacity(sp.profiles.len());
-                for p in &sp.profiles {
-                    let mut samples = Vec::new();
-                    for s in &p.samples {
-                        let keep = range.as_ref().is_none_or(|r| r.contains(&ordinal));
-                        ordinal += 1;
-                        if !keep {
-                            continue;
-                        }
-                        samples.push(Sample {
-                            stack_index: self.stack(&mut m, s.stack_index),
-                            attribute_indices: self.attribute_list(&mut m, &s.attribute_indices),
-                            link_index: self.link(&mut m, s.link_index),
-                            values: s.values.clone(),
-                            timestamps_unix_nano: s.timestamps_unix_nano.clone(),
-                        });
-                    }
-                    if range.is_some() && samples.is_empty() {
-                        continue;
-                    }
-                    self.samples += samples.len() as u64;
-                    profiles.push(Profile {
-                        sample_type: self.value_type(&mut m, &p.sample_type),
-                        samples,
-                        time_unix_nano: p.time_unix_nano,
-                        duration_nano: p.duration_nano,
-                        period_type: self.value_type(&mut m, &p.period_type),
-                        period: p.period,
-                        profile_id: p.profile_id.clone(),
-                        dropped_attributes_count: p.dropped_attributes_count,
-                        original_payload_format: p.original_payload_format.clone(),
-                        original_payload: p.original_payload.clone(),
-                        attribute_indices: self.attribute_list(&mut m, &p.attribute_indices),
-                    });
-                }
-                if range.is_some() && profiles.is_empty() {
-                    continue;
-                }
+                let keys = (rkey.clone(), scope_key(sp));
+                let profiles = sp
+                    .profiles
+                    .iter()
+                    .map(|p| self.profile(&mut m, p, &p.samples))
+                    .collect();
+                self.add_profiles(&keys, rp, sp, profiles);
+            }
+        }
+        Ok(())
+    }
+
+    /// `p` with only `samples` (a run of its samples), re-indexed into this builder.
+    fn profile(&mut self, m: &mut Memo, p: &Profile, samples: &[Sample]) -> Profile {
+        let samples: Vec<Sample> = samples
+            .iter()
+            .map(|s| Sample {
+                stack_index: self.stack(m, s.stack_index),
+                attribute_indices: self.attribute_list(m, &s.attribute_indices),
+                link_index: self.link(m, s.link_index),
+                values: s.values.clone(),
+                timestamps_unix_nano: s.timestamps_unix_nano.clone(),
+            })
+            .collect();
+        self.samples += samples.len() as u64;
+        Profile {
+            sample_type: self.value_type(m, &p.sample_type),
+            samples,
+            time_unix_nano: p.time_unix_nano,
+            duration_nano: p.duration_nano,
+            period_type: self.value_type(m, &p.period_type),
+            period: p.period,
+            profile_id: p.profile_id.clone(),
+            dropped_attributes_count: p.dropped_attributes_count,
+            original_payload_format: p.original_payload_format.clone(),
+            original_payload: p.original_payload.clone(),
+            attribute_indices: self.attribute_list(m, &p.attribute_indices),
+        }
+    }
+
+    /// Appends `profiles` under the output resource and scope equal to `rp`'s and
+    /// `sp`'s (found by their `keys`), creating them if needed.
+    fn add_profiles(
+        &mut self,
+        keys: &(Vec<u8>, Vec<u8>),
+        rp: &ResourceProfiles,
+        sp: &ScopeProfiles,
+        profiles: Vec<Profile>,
+    ) {
+        let r = match self.resource_index.get(&keys.0) {
+            Some(&r) => r,
+            None => {
+                self.resources.push(ResourceProfiles {
+                    resource: rp.resource.clone(),
+                    scope_profiles: Vec::new(),
+                    schema_url: rp.schema_url.clone(),
+                });
+                let r = self.resources.len() - 1;
+                self.resource_index.insert(keys.0.clone(), r);
+                r
+            }
+        };
+        let scopes = &mut self.resources[r].scope_profiles;
+        match self.scope_index.get(&(r, keys.1.clone())) {
+            Some(&i) => scopes[i].profiles.extend(profiles),
+            None => {
                 scopes.push(ScopeProfiles {
                     scope: sp.scope.clone(),
                     profiles,
                     schema_url: sp.schema_url.clone(),
                 });
-            }
-            if range.is_some() && scopes.is_empty() {
-                continue;
-            }
-            self.add_resource(rp, scopes);
-        }
-        Ok(())
-    }
-
-    /// Appends scopes to the output resource equal to `rp`'s, creating it if needed;
-    /// scopes equal to one already there are merged into it.
-    fn add_resource(&mut self, rp: &ResourceProfiles, scopes: Vec<ScopeProfiles>) {
-        let mut key = rp
-            .resource
-            .as_ref()
-            .map(Message::encode_to_vec)
-            .unwrap_or_default();
-        key.extend_from_slice(rp.schema_url.as_bytes());
-        let idx = *self.resource_index.entry(key).or_insert_with(|| {
-            self.resources.push(ResourceProfiles {
-                resource: rp.resource.clone(),
-                scope_profiles: Vec::new(),
-                schema_url: rp.schema_url.clone(),
-            });
-            self.resources.len() - 1
-        });
-        let out = &mut self.resources[idx].scope_profiles;
-        for sp in scopes {
-            match out
-                .iter_mut()
-                .find(|o| o.scope == sp.scope && o.schema_url == sp.schema_url)
-            {
-                Some(o) => o.profiles.extend(sp.profiles),
-                None => out.push(sp),
+                self.scope_index
+                    .insert((r, keys.1.clone()), scopes.len() - 1);
             }
         }
     }
@@ -452,21 +449,65 @@ pub fn merge<'a>(
     Ok(b.finish())
 }
 
+/// The key equal resources share: the resource's encoding, then its schema URL.
+fn resource_key(rp: &ResourceProfiles) -> Vec<u8> {
+    let mut key = rp
+        .resource
+        .as_ref()
+        .map(Message::encode_to_vec)
+        .unwrap_or_default();
+    key.extend_from_slice(rp.schema_url.as_bytes());
+    key
+}
+
+/// The key equal scopes (within one resource) share.
+fn scope_key(sp: &ScopeProfiles) -> Vec<u8> {
+    let mut key = sp
+        .scope
+        .as_ref()
+        .map(Message::encode_to_vec)
+        .unwrap_or_default();
+    // A scope's encoding never starts with 0xff, so this separates "no scope" from any.
+    key.push(0xff);
+    key.extend_from_slice(sp.schema_url.as_bytes());
+    key
+}
+
 /// Splits a request into requests of at most `max_samples` samples each (0 = no limit),
 /// in sample order, each with a dictionary that holds only what its samples reference.
+/// One pass over the request: each part re-interns only what its own samples use.
+/// Profiles without samples are left out of the parts.
 pub fn split(req: ProfilesRequest, max_samples: u64) -> Result<Vec<ProfilesRequest>, IndexError> {
     let total = sample_count(&req);
     if max_samples == 0 || total <= max_samples {
         return Ok(vec![req]);
     }
+    check(&req)?;
     let mut out = Vec::with_capacity(total.div_ceil(max_samples) as usize);
-    let mut start = 0;
-    while start < total {
-        let end = (start + max_samples).min(total);
-        let mut b = DictionaryBuilder::new();
-        b.import_range(&req, Some(start..end))?;
+    let mut m = Memo::new(super::view::Dict::of(&req).0);
+    let mut b = DictionaryBuilder::new();
+    for rp in &req.resource_profiles {
+        let rkey = resource_key(rp);
+        for sp in &rp.scope_profiles {
+            let keys = (rkey.clone(), scope_key(sp));
+            for p in &sp.profiles {
+                let mut rest = p.samples.as_slice();
+                while !rest.is_empty() {
+                    let room = (max_samples - b.samples).min(rest.len() as u64) as usize;
+                    let (run, after) = rest.split_at(room);
+                    let part = b.profile(&mut m, p, run);
+                    b.add_profiles(&keys, rp, sp, vec![part]);
+                    rest = after;
+                    if b.samples == max_samples {
+                        out.push(std::mem::take(&mut b).finish());
+                        m.reset();
+                    }
+                }
+            }
+        }
+    }
+    if b.samples > 0 {
         out.push(b.finish());
-        start = end;
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@
 mod builder;
 mod check;
 pub mod json;
+pub mod limits;
 pub mod synth;
 pub mod view;
 

@@ -148,3 +148,20 @@ fn index_zero_is_valid_even_without_a_dictionary() {
     let m = merge([&r]).unwrap();
     assert_eq!(sample_count(&m), 1);
 }
+
+/// Not a timed assertion: prints how long splitting a request of 3,000,000 empty
+/// samples takes (`cargo test --release --lib split_of_millions -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn split_of_millions_of_samples_prints_its_time() {
+    let mut req = crate::otlp::synth::request("big", 0, 1, 1);
+    let p = &mut req.resource_profiles[0].scope_profiles[0].profiles[0];
+    p.samples = vec![Default::default(); 3_000_000];
+    let t = std::time::Instant::now();
+    let parts = split(req, 8192).unwrap();
+    eprintln!(
+        "split 3,000,000 samples into {} parts in {:?}",
+        parts.len(),
+        t.elapsed()
+    );
+}

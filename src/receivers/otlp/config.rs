@@ -13,12 +13,18 @@ pub struct OtlpReceiverConfig {
     /// The protocols served; each one listed is on. Default: gRPC only.
     #[serde(default = "default_protocols")]
     pub protocols: Protocols,
+    /// What one request may expand to once decoded (both protocols): `max_samples`,
+    /// `max_stacks`, `max_locations`, `max_decoded_size_mib`. A request over a limit is
+    /// refused before it is decoded (gRPC RESOURCE_EXHAUSTED, HTTP 413).
+    #[serde(default)]
+    pub limits: crate::otlp::limits::DecodeLimits,
 }
 
 impl Default for OtlpReceiverConfig {
     fn default() -> Self {
         OtlpReceiverConfig {
             protocols: default_protocols(),
+            limits: Default::default(),
         }
     }
 }
@@ -152,6 +158,20 @@ impl Validate for OtlpReceiverConfig {
                 "protocols",
                 "no protocol is on; list `grpc:` and/or `http:`",
             ));
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("max_samples", l.max_samples),
+            ("max_stacks", l.max_stacks),
+            ("max_locations", l.max_locations),
+            ("max_decoded_size_mib", l.max_decoded_size_mib),
+        ] {
+            if v == 0 {
+                errs.push(ConfigError::new(
+                    format!("limits.{name}"),
+                    "must be at least 1 (it bounds what one request may hold)",
+                ));
+            }
         }
         if let Some(g) = &p.grpc {
             if crate::config::units::parse_endpoint(&g.endpoint).is_none() {

@@ -204,6 +204,13 @@ async fn export(
             return reply(enc, code, &msg);
         }
     };
+    // Protobuf is measured on the wire before it is decoded; JSON (which expands less)
+    // once decoded.
+    if enc == Encoding::Proto
+        && let Err(r) = s.intake.prescan(&raw)
+    {
+        return refusal(enc, r);
+    }
     let req = match enc {
         Encoding::Proto => ProfilesRequest::decode(raw.as_slice()).map_err(|e| e.to_string()),
         Encoding::Json => crate::otlp::json::from_slice(&raw).map_err(|e| e.to_string()),
@@ -219,10 +226,26 @@ async fn export(
             );
         }
     };
+    if enc == Encoding::Json
+        && let Err(r) = s
+            .intake
+            .within_limits(&crate::otlp::limits::footprint_of(&req))
+    {
+        return refusal(enc, r);
+    }
     match s.intake.export(req).await {
         Ok(()) => reply(enc, StatusCode::OK, ""),
-        Err(Refusal::Invalid(m)) => reply(enc, StatusCode::BAD_REQUEST, &m),
-        Err(Refusal::Unavailable(m)) => {
+        Err(r) => refusal(enc, r),
+    }
+}
+
+/// The HTTP answer to a refusal.
+fn refusal(enc: Encoding, r: Refusal) -> Response {
+    match r {
+        Refusal::Invalid(m) => reply(enc, StatusCode::BAD_REQUEST, &m),
+        // Not 429: the same request would be refused again, so clients must not retry it.
+        Refusal::TooLarge(m) => reply(enc, StatusCode::PAYLOAD_TOO_LARGE, &m),
+        Refusal::Unavailable(m) => {
             let mut r = reply(enc, StatusCode::SERVICE_UNAVAILABLE, &m);
             r.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -235,6 +258,7 @@ async fn export(
 
 pub(super) async fn serve(
     cfg: HttpConfig,
+    limits: crate::otlp::limits::DecodeLimits,
     ctx: Context,
     out: Fanout,
 ) -> Result<JoinHandle<()>, StartError> {
@@ -264,7 +288,7 @@ pub(super) async fn serve(
     crate::auth::warn_if_open("otlp/http", &cfg.endpoint, tls.is_some(), auth.is_some());
     let max_bytes = (cfg.max_request_body_size_mib as usize) << 20;
     let server = Arc::new(Server {
-        intake: Intake::new(out, &ctx.id.to_string(), "http"),
+        intake: Intake::new(out, &ctx.id.to_string(), "http", limits),
         auth,
         max_bytes,
     });

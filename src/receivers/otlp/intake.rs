@@ -4,6 +4,7 @@
 
 use metrics::Counter;
 
+use crate::otlp::limits::{DecodeLimits, Footprint};
 use crate::otlp::{ProfilesRequest, check, sample_count};
 use crate::pipeline::{Ack, Acks, Envelope, Fanout};
 use crate::telemetry::names;
@@ -18,6 +19,9 @@ pub enum Refusal {
     /// The pipeline cannot take it, or did not keep all of it (UNAVAILABLE, 503).
     #[error("{0}")]
     Unavailable(String),
+    /// Over a decode limit (RESOURCE_EXHAUSTED, 413); the message names the setting.
+    #[error("request refused, nothing was accepted: {0}")]
+    TooLarge(String),
 }
 
 /// The receiver's accepted and refused counters, by transport.
@@ -29,10 +33,12 @@ pub struct Intake {
     stopped: Counter,
     unauthenticated: Counter,
     too_large: Counter,
+    over_limit: Counter,
+    limits: DecodeLimits,
 }
 
 impl Intake {
-    pub fn new(out: Fanout, receiver: &str, transport: &'static str) -> Self {
+    pub fn new(out: Fanout, receiver: &str, transport: &'static str, limits: DecodeLimits) -> Self {
         let labels = [
             ("receiver", receiver.to_owned()),
             ("transport", transport.to_owned()),
@@ -50,6 +56,8 @@ impl Intake {
             stopped: refused("pipeline_stopped"),
             unauthenticated: refused("unauthenticated"),
             too_large: refused("too_large"),
+            over_limit: refused("over_limit"),
+            limits,
         }
     }
 
@@ -60,6 +68,27 @@ impl Intake {
 
     pub fn refused_too_large(&self) {
         self.too_large.increment(1);
+    }
+
+    /// Measures an encoded request against the decode limits before it is decoded;
+    /// one over them is counted (its samples, as the wire says) and refused.
+    pub fn prescan(&self, raw: &[u8]) -> Result<(), Refusal> {
+        match crate::otlp::limits::footprint(raw) {
+            Err(e) => {
+                self.invalid.increment(1);
+                Err(Refusal::Invalid(e.to_string()))
+            }
+            Ok(fp) => self.within_limits(&fp),
+        }
+    }
+
+    /// Refuses (and counts) a request whose footprint is over the limits.
+    pub fn within_limits(&self, fp: &Footprint) -> Result<(), Refusal> {
+        self.limits.allow(fp).map_err(|e| {
+            self.over_limit.increment(fp.samples);
+            tracing::warn!(error = %e, "request over a decode limit refused (counted in otelcol_receiver_refused_profile_samples_total{{reason=\"over_limit\"}})");
+            Refusal::TooLarge(e.to_string())
+        })
     }
 
     pub fn refused_undecodable(&self) {

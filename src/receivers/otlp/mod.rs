@@ -38,13 +38,13 @@ impl Receiver for OtlpReceiver {
         ctx: Context,
         out: Fanout,
     ) -> Result<JoinHandle<()>, StartError> {
-        let p = self.cfg.protocols;
+        let p = self.cfg.protocols.clone();
         let mut tasks = Vec::new();
         if let Some(g) = p.grpc {
-            tasks.push(service::serve(g, ctx.clone(), out.clone()).await?);
+            tasks.push(service::serve(g, self.cfg.limits.clone(), ctx.clone(), out.clone()).await?);
         }
         if let Some(h) = p.http {
-            match http::serve(h, ctx.clone(), out.clone()).await {
+            match http::serve(h, self.cfg.limits.clone(), ctx.clone(), out.clone()).await {
                 Ok(t) => tasks.push(t),
                 Err(e) => {
                     for t in &tasks {

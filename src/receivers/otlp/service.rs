@@ -1,16 +1,18 @@
 //! The gRPC `ProfilesService/Export` server.
 
+use bytes::Buf;
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings};
+use tonic::codegen::{BoxFuture, http};
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
 use super::GrpcConfig;
 use super::intake::{Intake, Refusal};
-use crate::otlp::collector::profiles_service_server::{ProfilesService, ProfilesServiceServer};
 use crate::otlp::collector::{ExportProfilesServiceRequest, ExportProfilesServiceResponse};
 use crate::pipeline::{Context, Fanout, StartError};
 use crate::telemetry::names;
@@ -19,19 +21,129 @@ struct Service {
     intake: Intake,
 }
 
-#[tonic::async_trait]
-impl ProfilesService for Service {
+impl Service {
     async fn export(
         &self,
-        request: Request<ExportProfilesServiceRequest>,
+        request: ExportProfilesServiceRequest,
     ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
-        match self.intake.export(request.into_inner()).await {
+        match self.intake.export(request).await {
             Ok(()) => Ok(Response::new(ExportProfilesServiceResponse::default())),
-            Err(Refusal::Invalid(m)) => Err(Status::invalid_argument(m)),
-            Err(Refusal::Unavailable(m)) => Err(Status::unavailable(m)),
+            Err(r) => Err(status(r)),
         }
     }
 }
+
+fn status(r: Refusal) -> Status {
+    match r {
+        Refusal::Invalid(m) => Status::invalid_argument(m),
+        Refusal::Unavailable(m) => Status::unavailable(m),
+        Refusal::TooLarge(m) => Status::resource_exhausted(m),
+    }
+}
+
+/// The decoder of the Export method: the request is measured against the decode
+/// limits on the wire, and only then decoded.
+struct LimitedDecoder(Arc<Service>);
+
+impl Decoder for LimitedDecoder {
+    type Item = ExportProfilesServiceRequest;
+    type Error = Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        let raw = buf.copy_to_bytes(buf.remaining());
+        self.0.intake.prescan(&raw).map_err(status)?;
+        match ExportProfilesServiceRequest::decode(raw) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                self.0.intake.refused_undecodable();
+                Err(Status::invalid_argument(format!(
+                    "cannot decode the request: {e}"
+                )))
+            }
+        }
+    }
+}
+
+struct ExportCodec(Arc<Service>);
+
+impl Codec for ExportCodec {
+    type Encode = ExportProfilesServiceResponse;
+    type Decode = ExportProfilesServiceRequest;
+    type Encoder = tonic_prost::ProstEncoder<ExportProfilesServiceResponse>;
+    type Decoder = LimitedDecoder;
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(Default::default())
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        LimitedDecoder(self.0.clone())
+    }
+}
+
+struct ExportMethod(Arc<Service>);
+
+impl tonic::server::UnaryService<ExportProfilesServiceRequest> for ExportMethod {
+    type Response = ExportProfilesServiceResponse;
+    type Future = BoxFuture<Response<Self::Response>, Status>;
+    fn call(&mut self, request: Request<ExportProfilesServiceRequest>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move { svc.export(request.into_inner()).await })
+    }
+}
+
+/// `ProfilesService` served with [`ExportCodec`]: what tonic's generated server does,
+/// with a decoder that refuses a request over the limits before decoding it.
+#[derive(Clone)]
+struct ExportServer {
+    svc: Arc<Service>,
+    max_decoding: usize,
+}
+
+impl tonic::server::NamedService for ExportServer {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> tower::Service<http::Request<B>> for ExportServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let svc = self.svc.clone();
+        let max = self.max_decoding;
+        Box::pin(async move {
+            if req.uri().path() != EXPORT_PATH {
+                return Ok(Status::unimplemented(format!(
+                    "{} is not served here; only {EXPORT_PATH}",
+                    req.uri().path()
+                ))
+                .into_http());
+            }
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            accept.enable(CompressionEncoding::Zstd);
+            let mut send = EnabledCompressionEncodings::default();
+            send.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(ExportCodec(svc.clone()))
+                .apply_compression_config(accept, send)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(ExportMethod(svc), req).await)
+        })
+    }
+}
+
+const SERVICE_NAME: &str = "opentelemetry.proto.collector.profiles.v1development.ProfilesService";
+const EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
 
 fn server_tls(
     t: &super::ServerTlsConfig,
@@ -59,6 +171,7 @@ fn server_tls(
 
 pub(super) async fn serve(
     cfg: GrpcConfig,
+    limits: crate::otlp::limits::DecodeLimits,
     ctx: Context,
     out: Fanout,
 ) -> Result<JoinHandle<()>, StartError> {
@@ -85,16 +198,15 @@ pub(super) async fn serve(
         cfg.tls.is_some(),
         auth.is_some(),
     );
-    let svc = Service {
-        intake: Intake::new(out, &id, "grpc"),
-    };
+    let svc = Arc::new(Service {
+        intake: Intake::new(out, &id, "grpc", limits),
+    });
     let unauthenticated = metrics::counter!(names::RECEIVER_REFUSED, "receiver" => id.clone(), "transport" => "grpc", "reason" => "unauthenticated");
     let max = (cfg.max_recv_msg_size_mib as usize) << 20;
-    let server = ProfilesServiceServer::new(svc)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max);
+    let server = ExportServer {
+        svc,
+        max_decoding: max,
+    };
     // Checked before the body is decoded: nothing of a refused request is read.
     let check_token = move |req: Request<()>| -> Result<Request<()>, Status> {
         match &auth {
