@@ -9,13 +9,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigError;
 
-/// How many files, or how old, to keep (the exporters' `max_files` and `max_age`).
+/// How files are named, created and kept (the exporters' `max_files`, `max_age` and
+/// `file_mode`).
 #[derive(Debug, Clone, Copy)]
 pub struct RetentionConfig {
     /// Files of each kind kept; the oldest are deleted first. 0 = no limit.
     pub max_files: usize,
     /// Files older than this are deleted.
     pub max_age: Option<Duration>,
+    /// What the exporter's file names start with (`profile-`): retention deletes only
+    /// regular files named `PREFIX` + timestamp + … + suffix, never other files that
+    /// happen to share the directory.
+    pub prefix: &'static str,
+    /// Permissions of the files created (`file_mode`).
+    pub mode: u32,
+}
+
+/// Creates `path` for writing: never through a symlink, never over an existing file.
+fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 impl RetentionConfig {
@@ -35,8 +53,9 @@ impl OutputDir {
     /// Creates the directory if needed and checks it is writable.
     pub fn open(dir: &Path, retention: RetentionConfig) -> io::Result<OutputDir> {
         fs::create_dir_all(dir)?;
-        let probe = dir.join(".stackline-write-probe");
-        fs::write(&probe, b"")?;
+        let probe = dir.join(format!(".stackline-write-probe-{}", std::process::id()));
+        let _ = fs::remove_file(&probe);
+        create_new(&probe, retention.mode)?;
         fs::remove_file(&probe)?;
         Ok(OutputDir {
             dir: dir.to_path_buf(),
@@ -56,7 +75,8 @@ impl OutputDir {
         let stem = name.strip_suffix(suffix).unwrap_or(name);
         let mut path = self.dir.join(name);
         let mut n = 0;
-        while path.exists() {
+        // symlink_metadata: a name taken by a symlink (dangling or not) is taken too.
+        while fs::symlink_metadata(&path).is_ok() {
             n += 1;
             path = self.dir.join(format!("{stem}-{n}{suffix}"));
         }
@@ -65,21 +85,41 @@ impl OutputDir {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, bytes)?;
+        // A leftover of a crash (ours: the name is private to this exporter).
+        let _ = fs::remove_file(&tmp);
+        let written = create_new(&tmp, self.retention.mode)
+            .and_then(|mut f| io::Write::write_all(&mut f, bytes));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, &path)?;
         self.retain(suffix)?;
         Ok(path)
     }
 
+    /// Whether `name` is one this exporter writes: prefix, a [`timestamp`], suffix.
+    fn ours(&self, name: &str, suffix: &str) -> bool {
+        let Some(rest) = name.strip_prefix(self.retention.prefix) else {
+            return false;
+        };
+        let b = rest.as_bytes();
+        name.ends_with(suffix)
+            && b.len() > 9
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'T'
+    }
+
     fn retain(&self, suffix: &str) -> io::Result<()> {
         let mut files: Vec<(SystemTime, PathBuf)> = fs::read_dir(&self.dir)?
             .flatten()
-            .filter(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.ends_with(suffix) && !n.starts_with('.')
+            .filter(|e| self.ours(&e.file_name().to_string_lossy(), suffix))
+            // DirEntry::metadata does not follow symlinks: only regular files are ours.
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                m.is_file().then_some(())?;
+                Some((m.modified().ok()?, e.path()))
             })
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         files.sort();
         let now = SystemTime::now();
@@ -135,60 +175,99 @@ mod tests {
         v
     }
 
+    fn policy(max_files: usize, max_age: Option<Duration>) -> RetentionConfig {
+        RetentionConfig {
+            max_files,
+            max_age,
+            prefix: "p-",
+            mode: 0o640,
+        }
+    }
+
+    /// A name of ours: prefix, timestamp, suffix.
+    fn n(i: u32, suffix: &str) -> String {
+        format!("p-20261126T00000{i}.000Z{suffix}")
+    }
+
     #[test]
     fn keeps_max_files_per_kind_oldest_deleted_first_and_never_overwrites() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = OutputDir::open(
-            &tmp.path().join("out"),
-            RetentionConfig {
-                max_files: 3,
-                max_age: None,
-            },
-        )
-        .unwrap();
+        let d = OutputDir::open(&tmp.path().join("out"), policy(3, None)).unwrap();
         for i in 0..5 {
-            d.write(&format!("p-{i}.pb.gz"), ".pb.gz", b"x").unwrap();
+            d.write(&n(i, ".pb.gz"), ".pb.gz", b"x").unwrap();
             // Distinct modification times, oldest first.
             std::thread::sleep(Duration::from_millis(15));
         }
-        d.write("f-0.svg", ".svg", b"<svg/>").unwrap();
+        d.write(&n(0, ".svg"), ".svg", b"<svg/>").unwrap();
         assert_eq!(
             names(d.path()),
-            vec!["f-0.svg", "p-2.pb.gz", "p-3.pb.gz", "p-4.pb.gz"]
+            vec![n(0, ".svg"), n(2, ".pb.gz"), n(3, ".pb.gz"), n(4, ".pb.gz")]
         );
         // The same name again gets a suffix instead of replacing the file.
         std::thread::sleep(Duration::from_millis(15));
-        let second = d.write("p-4.pb.gz", ".pb.gz", b"y").unwrap();
-        assert_eq!(second.file_name().unwrap(), "p-4-1.pb.gz");
-        assert_eq!(fs::read(d.path().join("p-4.pb.gz")).unwrap(), b"x");
+        let second = d.write(&n(4, ".pb.gz"), ".pb.gz", b"y").unwrap();
+        assert_eq!(
+            second.file_name().unwrap().to_string_lossy(),
+            "p-20261126T000004.000Z-1.pb.gz"
+        );
+        assert_eq!(fs::read(d.path().join(n(4, ".pb.gz"))).unwrap(), b"x");
         assert_eq!(
             names(d.path()),
-            vec!["f-0.svg", "p-3.pb.gz", "p-4-1.pb.gz", "p-4.pb.gz"]
+            vec![
+                n(0, ".svg"),
+                n(3, ".pb.gz"),
+                "p-20261126T000004.000Z-1.pb.gz".into(),
+                n(4, ".pb.gz"),
+            ]
         );
     }
 
     #[test]
     fn deletes_files_of_the_same_kind_older_than_max_age() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = OutputDir::open(
-            tmp.path(),
-            RetentionConfig {
-                max_files: 0,
-                max_age: Some(Duration::from_millis(100)),
-            },
-        )
-        .unwrap();
-        d.write("a.svg", ".svg", b"1").unwrap();
+        let d = OutputDir::open(tmp.path(), policy(0, Some(Duration::from_millis(100)))).unwrap();
+        d.write(&n(1, ".svg"), ".svg", b"1").unwrap();
         std::thread::sleep(Duration::from_millis(250));
-        d.write("b.svg", ".svg", b"2").unwrap();
-        assert_eq!(names(tmp.path()), vec!["b.svg"]);
+        d.write(&n(2, ".svg"), ".svg", b"2").unwrap();
+        assert_eq!(names(tmp.path()), vec![n(2, ".svg")]);
         std::thread::sleep(Duration::from_millis(250));
         // Retention is per kind: a .pb.gz write leaves the old .svg alone…
-        d.write("c.pb.gz", ".pb.gz", b"3").unwrap();
-        assert_eq!(names(tmp.path()), vec!["b.svg", "c.pb.gz"]);
+        d.write(&n(3, ".pb.gz"), ".pb.gz", b"3").unwrap();
+        assert_eq!(names(tmp.path()), vec![n(2, ".svg"), n(3, ".pb.gz")]);
         // …and the next .svg write removes it.
-        d.write("d.svg", ".svg", b"4").unwrap();
-        assert_eq!(names(tmp.path()), vec!["c.pb.gz", "d.svg"]);
+        d.write(&n(4, ".svg"), ".svg", b"4").unwrap();
+        assert_eq!(names(tmp.path()), vec![n(3, ".pb.gz"), n(4, ".svg")]);
+    }
+
+    #[test]
+    fn writes_no_file_through_a_symlink_and_deletes_only_its_own() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, b"precious").unwrap();
+        let out = tmp.path().join("out");
+        let d = OutputDir::open(&out, policy(1, None)).unwrap();
+        // Someone else's files, and links planted at the names the exporter would use.
+        fs::write(out.join("notes.svg"), b"mine").unwrap();
+        fs::write(out.join("p-draft.svg"), b"mine too").unwrap();
+        symlink(&outside, out.join(n(1, ".svg"))).unwrap();
+        symlink(&outside, out.join(format!(".{}.tmp", n(2, ".svg")))).unwrap();
+        d.write(&n(1, ".svg"), ".svg", b"a").unwrap();
+        d.write(&n(2, ".svg"), ".svg", b"b").unwrap();
+        d.write(&n(3, ".svg"), ".svg", b"c").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        let left = names(&out);
+        for keep in ["notes.svg", "p-draft.svg"] {
+            assert!(left.contains(&keep.to_string()), "{left:?}");
+        }
+        // The link at n(1) is not a file of ours: kept; our own older files went.
+        assert!(left.contains(&n(1, ".svg")), "{left:?}");
+        assert!(!left.contains(&n(2, ".svg")), "{left:?}");
+        let mode = fs::metadata(out.join(n(3, ".svg")))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
 
     #[test]

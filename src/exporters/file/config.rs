@@ -75,6 +75,21 @@ impl Default for FileMode {
     }
 }
 
+impl FileMode {
+    /// The owner must be able to read and write what the exporter writes.
+    pub fn validate(&self, errs: &mut Vec<ConfigError>) {
+        if self.0 & 0o600 != 0o600 {
+            errs.push(ConfigError::new(
+                "file_mode",
+                format!(
+                    "{:04o} does not let the owner read and write the file",
+                    self.0
+                ),
+            ));
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for FileMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -116,15 +131,7 @@ impl Validate for FileExporterConfig {
         if self.flush_interval.is_zero() {
             errs.push(ConfigError::new("flush_interval", "must be greater than 0"));
         }
-        if self.file_mode.0 & 0o600 != 0o600 {
-            errs.push(ConfigError::new(
-                "file_mode",
-                format!(
-                    "{:04o} does not let the owner read and write the file",
-                    self.file_mode.0
-                ),
-            ));
-        }
+        self.file_mode.validate(&mut errs);
         errs
     }
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 pub use folded::{FoldedStacks, fold};
 
 use crate::config::{ConfigError, Validate, display_path, parse_component};
+use crate::exporters::file::FileMode;
 use crate::exporters::output_dir::{OutputDir, RetentionConfig, timestamp};
 use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
 use crate::otlp::{ProfilesRequest, sample_count};
@@ -34,6 +35,8 @@ pub struct FlamegraphExporterConfig {
     /// Files older than this are deleted. Default: no age limit.
     #[serde(with = "crate::config::units::duration::option")]
     pub max_age: Option<Duration>,
+    /// Permissions of the files written, in octal. Default `"0640"`.
+    pub file_mode: FileMode,
 }
 
 impl Default for FlamegraphExporterConfig {
@@ -44,6 +47,7 @@ impl Default for FlamegraphExporterConfig {
             per_process: false,
             max_files: 100,
             max_age: None,
+            file_mode: FileMode::default(),
         }
     }
 }
@@ -52,6 +56,7 @@ impl Validate for FlamegraphExporterConfig {
     fn validate(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
         self.retention().validate(&mut errs);
+        self.file_mode.validate(&mut errs);
         if self.directory.as_os_str().is_empty() {
             errs.push(ConfigError::new("directory", "must name a directory"));
         }
@@ -64,6 +69,8 @@ impl FlamegraphExporterConfig {
         RetentionConfig {
             max_files: self.max_files,
             max_age: self.max_age,
+            prefix: "flamegraph-",
+            mode: self.file_mode.0,
         }
     }
 }

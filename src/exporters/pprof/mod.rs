@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Validate, display_path, parse_component};
+use crate::exporters::file::FileMode;
 use crate::exporters::output_dir::{OutputDir, RetentionConfig, safe_name, timestamp};
 use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
 use crate::otlp::view::profiles;
@@ -41,6 +42,11 @@ pub struct PprofExporterConfig {
     /// `host:port` to serve `GET /debug/pprof/profile?seconds=N` on: a pprof of the
     /// samples that arrive in the next N seconds (default 30, at most 300). Default: off.
     pub endpoint: Option<String>,
+    /// Permissions of the files written, in octal. Default `"0640"`.
+    pub file_mode: FileMode,
+    /// `endpoint` requests collecting at once; more get 503 with `Retry-After` (each
+    /// holds what arrives for up to 300 s). Default 4.
+    pub max_subscribers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -58,6 +64,19 @@ impl Default for PprofExporterConfig {
             max_files: 100,
             max_age: None,
             endpoint: None,
+            file_mode: FileMode::default(),
+            max_subscribers: 4,
+        }
+    }
+}
+
+impl PprofExporterConfig {
+    fn retention(&self) -> RetentionConfig {
+        RetentionConfig {
+            max_files: self.max_files,
+            max_age: self.max_age,
+            prefix: "profile-",
+            mode: self.file_mode.0,
         }
     }
 }
@@ -65,11 +84,14 @@ impl Default for PprofExporterConfig {
 impl Validate for PprofExporterConfig {
     fn validate(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
-        RetentionConfig {
-            max_files: self.max_files,
-            max_age: self.max_age,
+        self.retention().validate(&mut errs);
+        self.file_mode.validate(&mut errs);
+        if self.max_subscribers == 0 {
+            errs.push(ConfigError::new(
+                "max_subscribers",
+                "must be at least 1 (or leave `endpoint` unset)",
+            ));
         }
-        .validate(&mut errs);
         if let Some(e) = &self.endpoint
             && crate::config::units::parse_endpoint(e).is_none()
         {
@@ -121,8 +143,15 @@ impl Subscribers {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
     }
-    fn add(&self, tx: mpsc::Sender<ProfilesRequest>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+    /// Adds a subscriber unless `max` are already collecting.
+    fn add(&self, tx: mpsc::Sender<ProfilesRequest>, max: usize) -> bool {
+        let mut subs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|t| !t.is_closed());
+        if subs.len() >= max {
+            return false;
+        }
+        subs.push(tx);
+        true
     }
 }
 
@@ -137,11 +166,7 @@ impl Exporter for PprofExporter {
         let dir = if cfg.directory.as_os_str().is_empty() {
             None
         } else {
-            let retention = RetentionConfig {
-                max_files: cfg.max_files,
-                max_age: cfg.max_age,
-            };
-            Some(OutputDir::open(&cfg.directory, retention).map_err(|e| {
+            Some(OutputDir::open(&cfg.directory, cfg.retention()).map_err(|e| {
                 format!(
                     "cannot write pprof files to {} (exporters.{}.directory): {e}; choose a writable directory",
                     display_path(&cfg.directory),
@@ -159,7 +184,12 @@ impl Exporter for PprofExporter {
                 )
             })?;
             tracing::info!(exporter = %ctx.id, endpoint = %listener.local_addr()?, "serving /debug/pprof/profile");
-            tokio::spawn(serve(listener, subs.clone(), stop.clone()));
+            tokio::spawn(serve(
+                listener,
+                subs.clone(),
+                cfg.max_subscribers,
+                stop.clone(),
+            ));
         }
         if let Some(d) = &dir {
             tracing::info!(exporter = %ctx.id, directory = %display_path(d.path()), "pprof exporter writing");
@@ -250,7 +280,13 @@ struct ProfileQuery {
     seconds: Option<u64>,
 }
 
-async fn serve(listener: tokio::net::TcpListener, subs: Subscribers, stop: CancellationToken) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    subs: Subscribers,
+    max_subscribers: usize,
+    stop: CancellationToken,
+) {
+    let refused = metrics::counter!(names::HTTP_CONNECTIONS_REFUSED, "listener" => "pprof", "reason" => "max_subscribers");
     use axum::extract::Query;
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
@@ -264,11 +300,19 @@ async fn serve(listener: tokio::net::TcpListener, subs: Subscribers, stop: Cance
         .route(
             "/debug/pprof/profile",
             get(move |Query(q): Query<ProfileQuery>| {
-                let (subs, stop) = (subs.clone(), stop2.clone());
+                let (subs, stop, refused) = (subs.clone(), stop2.clone(), refused.clone());
                 async move {
                     let secs = q.seconds.unwrap_or(30).clamp(1, 300);
                     let (tx, mut rx) = mpsc::channel(4096);
-                    subs.add(tx);
+                    if !subs.add(tx, max_subscribers) {
+                        refused.increment(1);
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [("retry-after", secs.to_string())],
+                            format!("{max_subscribers} profiles are being collected already (max_subscribers); try again when one ends\n"),
+                        )
+                            .into_response();
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
                         _ = stop.cancelled() => {}

@@ -258,3 +258,53 @@ async fn a_directory_that_cannot_be_created_is_a_clear_start_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_endpoint_serves_at_most_max_subscribers_at_once() {
+    use crate::config::ComponentId;
+    use crate::pipeline::{Context, Exporter, Input};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_tx, rx) = crate::pipeline::channel::channel();
+    let ctx = Context::standalone("exporter", ComponentId::parse("pprof").unwrap());
+    let cfg = super::PprofExporterConfig {
+        directory: "".into(),
+        endpoint: Some(format!("127.0.0.1:{port}")),
+        max_subscribers: 2,
+        ..Default::default()
+    };
+    let _task = Box::new(super::PprofExporter { cfg })
+        .start(ctx, Input::new(rx, None))
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/debug/pprof/profile?seconds=3");
+    let pulls: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(reqwest::get(url.clone())))
+        .collect();
+    // The third, while both collect, is refused with a time to come back.
+    let mut third = None;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let r = reqwest::get(url.replace("seconds=3", "seconds=1"))
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            third = Some(r);
+            break;
+        }
+    }
+    let third = third.expect("a third subscriber was never refused");
+    assert_eq!(third.headers()["retry-after"], "1");
+    assert!(third.text().await.unwrap().contains("max_subscribers"));
+    for p in pulls {
+        assert_eq!(p.await.unwrap().unwrap().status(), 200);
+    }
+    // Once they are done, a new one is served.
+    let r = reqwest::get(url.replace("seconds=3", "seconds=1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
