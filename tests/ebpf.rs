@@ -726,8 +726,7 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
         })
         .map(|l| l.rsplit_once(' ').unwrap().1.parse::<i64>().unwrap())
         .sum();
-    // Identical stacks of one interval share a sample (one timestamp per hit), so
-    // compare weights, not sample records.
+    // Folded counts are weights (summed values), so compare with the exported weight.
     let exported: i64 = read_json_lines(&dir.path().join("profiles.jsonl"))
         .iter()
         .flat_map(|r| {

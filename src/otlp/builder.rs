@@ -449,28 +449,27 @@ pub fn merge<'a>(
     Ok(b.finish())
 }
 
-/// The key equal resources share: the resource's encoding, then its schema URL.
-fn resource_key(rp: &ResourceProfiles) -> Vec<u8> {
-    let mut key = rp
-        .resource
-        .as_ref()
-        .map(Message::encode_to_vec)
-        .unwrap_or_default();
-    key.extend_from_slice(rp.schema_url.as_bytes());
+/// A key for (optional message, schema URL) that no other pair shares: presence, the
+/// encoding's length, the encoding, then the URL.
+fn key_of<M: Message>(m: Option<&M>, schema_url: &str) -> Vec<u8> {
+    let enc = m.map(Message::encode_to_vec);
+    let mut key = Vec::with_capacity(9 + enc.as_ref().map_or(0, Vec::len) + schema_url.len());
+    key.push(enc.is_some() as u8);
+    let enc = enc.unwrap_or_default();
+    key.extend_from_slice(&(enc.len() as u64).to_le_bytes());
+    key.extend_from_slice(&enc);
+    key.extend_from_slice(schema_url.as_bytes());
     key
+}
+
+/// The key equal resources share.
+fn resource_key(rp: &ResourceProfiles) -> Vec<u8> {
+    key_of(rp.resource.as_ref(), &rp.schema_url)
 }
 
 /// The key equal scopes (within one resource) share.
 fn scope_key(sp: &ScopeProfiles) -> Vec<u8> {
-    let mut key = sp
-        .scope
-        .as_ref()
-        .map(Message::encode_to_vec)
-        .unwrap_or_default();
-    // A scope's encoding never starts with 0xff, so this separates "no scope" from any.
-    key.push(0xff);
-    key.extend_from_slice(sp.schema_url.as_bytes());
-    key
+    key_of(sp.scope.as_ref(), &sp.schema_url)
 }
 
 /// Splits a request into requests of at most `max_samples` samples each (0 = no limit),

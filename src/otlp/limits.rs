@@ -11,7 +11,8 @@ use prost::encoding::{WireType, decode_key, decode_varint};
 use serde::Deserialize;
 
 use super::profiles::{
-    Function, KeyValueAndUnit, Line, Link, Location, Mapping, Profile, Sample, Stack,
+    Function, KeyValueAndUnit, Line, Link, Location, Mapping, Profile, ResourceProfiles, Sample,
+    ScopeProfiles, Stack,
 };
 
 /// `receivers.otlp.limits`: per request, applied to both protocols.
@@ -159,6 +160,10 @@ fn size<T>() -> u64 {
 /// Packed integers take at least one byte each on the wire and at most 8 in memory.
 const PACKED: u64 = 8;
 
+/// Attribute values nest (arrays, key-value lists): an empty `KeyValue` is 2 bytes on
+/// the wire and about 60 in memory.
+const NESTED: u64 = 32;
+
 /// Walks an `ExportProfilesServiceRequest` and measures what it decodes to.
 pub fn footprint(req: &[u8]) -> Result<Footprint, PrescanError> {
     let mut fp = Footprint {
@@ -168,24 +173,37 @@ pub fn footprint(req: &[u8]) -> Result<Footprint, PrescanError> {
     fields(req, |tag, _, rp| {
         match tag {
             // resource_profiles → scope_profiles → profiles → samples
-            1 => fields(rp, |tag, _, sp| {
-                if tag == 2 {
-                    fields(sp, |tag, _, p| {
-                        if tag == 2 {
-                            fp.decoded_bytes += size::<Profile>();
-                            fields(p, |tag, _, s| {
+            1 => {
+                fp.decoded_bytes += size::<ResourceProfiles>();
+                fields(rp, |tag, _, sp| {
+                    match tag {
+                        // The resource: attributes nest values of their own.
+                        1 => fp.decoded_bytes += sp.len() as u64 * NESTED,
+                        2 => {
+                            fp.decoded_bytes += size::<ScopeProfiles>();
+                            fields(sp, |tag, _, p| {
+                                if tag == 1 {
+                                    fp.decoded_bytes += p.len() as u64 * NESTED;
+                                }
                                 if tag == 2 {
-                                    fp.samples += 1;
-                                    fp.decoded_bytes += size::<Sample>() + s.len() as u64 * PACKED;
+                                    fp.decoded_bytes += size::<Profile>();
+                                    fields(p, |tag, _, s| {
+                                        if tag == 2 {
+                                            fp.samples += 1;
+                                            fp.decoded_bytes +=
+                                                size::<Sample>() + s.len() as u64 * PACKED;
+                                        }
+                                        Ok(())
+                                    })?;
                                 }
                                 Ok(())
                             })?;
                         }
-                        Ok(())
-                    })?;
-                }
-                Ok(())
-            })?,
+                        _ => {}
+                    }
+                    Ok(())
+                })?
+            }
             // dictionary
             2 => fields(rp, |tag, _, e| {
                 let len = e.len() as u64;
@@ -203,8 +221,7 @@ pub fn footprint(req: &[u8]) -> Result<Footprint, PrescanError> {
                     3 => size::<Function>(),
                     4 => size::<Link>() + len,
                     5 => size::<String>() + len,
-                    // Values nest (arrays, key-value lists): a generous factor.
-                    6 => size::<KeyValueAndUnit>() + len * PACKED,
+                    6 => size::<KeyValueAndUnit>() + len * NESTED,
                     7 => {
                         fp.stacks += 1;
                         size::<Stack>() + len * PACKED / 2
@@ -280,6 +297,20 @@ mod tests {
             ..DecodeLimits::default()
         };
         let e = prescan(&req, &loose).unwrap_err();
+        assert!(e.to_string().contains("limits.max_decoded_size_mib"), "{e}");
+    }
+
+    #[test]
+    fn empty_scopes_count_toward_the_decoded_size() {
+        // 16 MB of empty ScopeProfiles in one resource: no sample, but gigabytes decoded.
+        let mut scopes = Vec::with_capacity(16 << 20);
+        for _ in 0..(8 << 20) {
+            scopes.extend_from_slice(&[0x12, 0x00]);
+        }
+        let mut req = vec![0x0a];
+        prost::encoding::encode_varint(scopes.len() as u64, &mut req);
+        req.extend_from_slice(&scopes);
+        let e = prescan(&req, &DecodeLimits::default()).unwrap_err();
         assert!(e.to_string().contains("limits.max_decoded_size_mib"), "{e}");
     }
 

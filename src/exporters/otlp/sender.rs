@@ -234,9 +234,11 @@ fn client_tls(
 fn classify(status: &Status) -> SendError {
     let msg = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
+        // As the collector: only with details (RetryInfo) saying when to come back; a
+        // request over a receiver's decode limits would be refused again.
+        Code::ResourceExhausted if !status.details().is_empty() => SendError::retryable(msg),
         Code::Cancelled
         | Code::DeadlineExceeded
-        | Code::ResourceExhausted
         | Code::Aborted
         | Code::OutOfRange
         | Code::Unavailable
