@@ -67,15 +67,17 @@ fn is(name: &str, want: &str) -> bool {
 }
 
 fn analyze(all: &[FlatSample], pid: &str, root: &str) -> Seen {
+    let has = |x: &FlatSample, f: &str| x.frames.iter().any(|fr| names(fr).any(|n| is(n, f)));
+    // Start-up calibration (before "ready") is not what a case measures.
     let mine: Vec<&FlatSample> = all
         .iter()
         .filter(|x| x.attrs.get("process.pid").map(String::as_str) == Some(pid))
+        .filter(|x| !has(x, "calibrate"))
         .collect();
     let mut s = Seen {
         samples: mine.len(),
         ..Default::default()
     };
-    let has = |x: &FlatSample, f: &str| x.frames.iter().any(|fr| names(fr).any(|n| is(n, f)));
     let (mut a, mut b, mut r) = (0, 0, 0);
     for x in &mine {
         let reached = has(x, root);
