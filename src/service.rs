@@ -24,15 +24,21 @@ pub fn load_config(files: &[PathBuf]) -> Result<Config, ConfigErrors> {
 /// Loads and validates everything `run` would, without starting anything.
 pub fn validate(files: &[PathBuf]) -> Result<Vec<String>, ConfigErrors> {
     let cfg = load_config(files)?;
-    Graph::build(&cfg, &Factories::builtin()).map(|g| g.warnings)
+    Graph::build(&cfg, &Factories::builtin()).map(|g| warnings(&cfg, g.warnings))
+}
+
+/// The graph's warnings and those about how components are combined.
+fn warnings(cfg: &crate::config::Config, mut w: Vec<String>) -> Vec<String> {
+    w.extend(crate::processors::symbolizer::network_fed_warnings(cfg));
+    w
 }
 
 /// Runs until SIGINT or SIGTERM, then drains.
 pub async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
     let cfg = load_config(files)?;
     telemetry::init_logs(&cfg.service.telemetry.logs.level);
-    let graph = Graph::build(&cfg, &Factories::builtin())?;
-    for w in &graph.warnings {
+    let mut graph = Graph::build(&cfg, &Factories::builtin())?;
+    for w in warnings(&cfg, std::mem::take(&mut graph.warnings)) {
         tracing::warn!("{w}");
     }
     let health = Health::default();

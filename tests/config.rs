@@ -415,3 +415,31 @@ service: { pipelines: { profiles: { receivers: [ebpf_profiler], exporters: [debu
         "receivers.ebpf_profiler.verifier_log.max_size: 2.0 GiB is above the kernel's limit of 1073741823 bytes (UINT_MAX >> 2)",
     );
 }
+
+#[test]
+fn a_symbolizer_fed_from_the_network_with_host_sources_is_warned_about() {
+    let warnings = |sources: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "gw.yaml",
+            &format!(
+                "receivers: {{ otlp: {{}} }}\nprocessors: {{ symbolizer: {{ {sources} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [otlp], processors: [symbolizer], exporters: [debug] }} }} }}\n"
+            ),
+        );
+        stackline::service::validate(&[p]).unwrap()
+    };
+    let w = warnings("");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("processors.symbolizer")
+            && w[0].contains("[\"host\", \"kernel\"]")
+            && w[0].contains("sources: [debug_dirs]"),
+        "{w:?}"
+    );
+    assert!(warnings("sources: [debug_dirs]").is_empty());
+    // The shipped gateway configuration follows its own advice.
+    let gw = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.yaml");
+    let w = stackline::service::validate(&[gw]).unwrap();
+    assert!(!w.iter().any(|x| x.contains("symbolizer")), "{w:?}");
+}

@@ -540,3 +540,63 @@ service:
         "debug exporter printed no stacks:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limiter_refuses_with_a_retryable_status_and_counts_what_it_refused() {
+    // Two gateways: one allowed far more than it uses, one allowed less than it has.
+    for (limit, refuse) in [(4096, false), (2, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let backend_addr = format!("127.0.0.1:{}", free_port());
+        let backend = Backend::default();
+        let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+        let cfg = gateway_config(&backend_addr, "")
+            .replace(
+                "processors:\n",
+                &format!(
+                    "processors:\n  memory_limiter: {{ check_interval: 50ms, limit_mib: {limit}, spike_limit_mib: 1 }}\n"
+                ),
+            )
+            .replace("processors: [batch]", "processors: [memory_limiter, batch]");
+        let s = Stackline::start(dir.path(), &cfg);
+        let mut c = client(s.endpoint()).await;
+        // The limiter measures on its own timer; give it a first measurement.
+        assert!(
+            eventually(Duration::from_secs(10), async || s
+                .metric("stackline_memory_limiter_rss_bytes", &[])
+                .await
+                > 0.0)
+            .await
+        );
+        let r = c.export(request("svc", 0, 10, POOL)).await;
+        if refuse {
+            let e = r.unwrap_err();
+            // UNAVAILABLE: the collector's exporters (and ours) retry it.
+            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            assert!(e.message().contains("memory limiter"), "{}", e.message());
+            assert_eq!(
+                s.metric("stackline_memory_limiter_refusing", &[]).await,
+                1.0
+            );
+            assert_eq!(
+                s.metric(
+                    "stackline_pipeline_dropped_samples_total",
+                    &[("reason", "memory_limit")]
+                )
+                .await,
+                10.0
+            );
+            assert!(backend.samples().is_empty());
+        } else {
+            r.unwrap();
+            assert!(
+                eventually(Duration::from_secs(10), async || backend.samples().len()
+                    == 10)
+                .await
+            );
+            assert_eq!(
+                s.metric("stackline_memory_limiter_refusing", &[]).await,
+                0.0
+            );
+        }
+    }
+}

@@ -78,6 +78,7 @@ impl Factories {
             ],
             processors: vec![
                 crate::processors::batch::factory(),
+                crate::processors::memory_limiter::factory(),
                 crate::processors::symbolizer::factory(),
             ],
             exporters: vec![

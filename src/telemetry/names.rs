@@ -65,6 +65,10 @@ metric_names! {
 
     /// Samples dropped inside the pipeline itself. Labels: `component`, `reason`.
     counter PIPELINE_DROPPED = "stackline_pipeline_dropped_samples_total";
+    /// 1 while a memory_limiter refuses data (resident memory above its soft limit), else 0. Label: `component`.
+    gauge MEMORY_LIMITER_REFUSING = "stackline_memory_limiter_refusing";
+    /// Resident memory of the process as the memory_limiter last measured it, in bytes. Label: `component`.
+    gauge MEMORY_LIMITER_RSS = "stackline_memory_limiter_rss_bytes";
     /// Panics caught in a component; the request it held is counted as dropped and the component keeps serving. Label: `component`.
     counter COMPONENT_PANICS = "stackline_component_panics_total";
     /// 1 while a component is running, 0 while it is starting, unhealthy, stopping or dead. Label: `component`.

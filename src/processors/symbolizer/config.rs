@@ -34,6 +34,31 @@ pub struct SymbolizerConfig {
     /// How often flat `debug_dirs` are checked for changes. Default `30s`.
     #[serde(with = "crate::config::units::duration")]
     pub rescan_interval: Duration,
+    /// Where symbols may come from: `host` (the sampled process's files on this
+    /// machine, through `/proc/PID` or the mapped path), `debug_dirs` (by build ID),
+    /// `kernel` (this machine's kallsyms). Default all three, for an agent. A gateway
+    /// lists only `debug_dirs`: requests come from other machines, so their paths and
+    /// pids name nothing here (or something a sender chose) and the kernel is not theirs.
+    pub sources: Vec<SymbolSource>,
+}
+
+/// One place symbols come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SymbolSource {
+    Host,
+    DebugDirs,
+    Kernel,
+}
+
+impl SymbolizerConfig {
+    pub fn uses(&self, s: SymbolSource) -> bool {
+        self.sources.contains(&s)
+    }
+    /// Kernel frames are symbolized: the `kernel` source is listed and not switched off.
+    pub fn kernel_on(&self) -> bool {
+        self.kernel && self.uses(SymbolSource::Kernel)
+    }
 }
 
 impl Default for SymbolizerConfig {
@@ -48,6 +73,11 @@ impl Default for SymbolizerConfig {
             kernel: true,
             vmlinux: None,
             rescan_interval: Duration::from_secs(30),
+            sources: vec![
+                SymbolSource::Host,
+                SymbolSource::DebugDirs,
+                SymbolSource::Kernel,
+            ],
         }
     }
 }
@@ -63,6 +93,12 @@ impl Validate for SymbolizerConfig {
         }
         if self.cache_size == 0 {
             errs.push(ConfigError::new("cache_size", "must be at least 1 entry"));
+        }
+        if self.sources.is_empty() {
+            errs.push(ConfigError::new(
+                "sources",
+                "lists nothing to symbolize from; use host, debug_dirs and/or kernel",
+            ));
         }
         if self.rescan_interval.is_zero() {
             errs.push(ConfigError::new(

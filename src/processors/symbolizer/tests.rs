@@ -393,3 +393,40 @@ fn kernel_addresses_from_kallsyms_resolve_to_their_names() {
         }
     }
 }
+
+#[test]
+fn with_only_debug_dirs_no_host_file_named_by_a_request_is_read() {
+    use super::SymbolSource;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let vaddrs = c_addresses(&bin);
+    let debug_root = dir.path().join("debug");
+    let (stripped, id) = strip_with_debug_by_build_id(&bin, &debug_root);
+    let gateway = |debug_dirs: Vec<PathBuf>| SymbolizerConfig {
+        sources: vec![SymbolSource::DebugDirs],
+        ..cfg(debug_dirs)
+    };
+    // A request naming a real file on this machine (with its build ID, and as our own
+    // pid) gets nothing from it when `host` is not a source...
+    let mut named = request_for(
+        bin.to_str().unwrap(),
+        Some(&id),
+        &bin,
+        &vaddrs,
+        Some(std::process::id() as i64),
+    );
+    Worker::new(gateway(vec![])).symbolize(&mut named);
+    assert!(lines_of(&named).iter().all(Vec::is_empty));
+    // ...while the same build ID in a debug directory symbolizes it.
+    let mut want = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    Worker::new(cfg(vec![])).symbolize(&mut want);
+    let mut by_id = request_for(
+        stripped.to_str().unwrap(),
+        Some(&id),
+        &bin,
+        &vaddrs,
+        Some(std::process::id() as i64),
+    );
+    Worker::new(gateway(vec![debug_root])).symbolize(&mut by_id);
+    assert_eq!(lines_of(&by_id), lines_of(&want));
+}

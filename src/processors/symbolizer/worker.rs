@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::config::SymbolSource;
+
 use blazesym::MaybeDefault;
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Reason, Symbolized, Symbolizer};
@@ -131,7 +133,14 @@ impl Worker {
             .build();
         let cap = NonZeroUsize::new(cfg.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Worker {
-            index: BuildIdIndex::new(cfg.debug_dirs.clone(), cfg.rescan_interval),
+            index: BuildIdIndex::new(
+                if cfg.uses(SymbolSource::DebugDirs) {
+                    cfg.debug_dirs.clone()
+                } else {
+                    Vec::new()
+                },
+                cfg.rescan_interval,
+            ),
             cache: LruCache::with_hasher(cap, Fast::default()),
             files: HashMap::new(),
             sym,
@@ -175,10 +184,17 @@ impl Worker {
         if self.files.len() > 65_536 {
             self.files.clear();
         }
-        let by_id = build_id.and_then(|id| self.index.find(id));
+        let by_id = build_id
+            .filter(|_| self.cfg.uses(SymbolSource::DebugDirs))
+            .and_then(|id| self.index.find(id));
         let mut host = None;
-        let mut candidates = host_candidates(pid, path, start, limit);
-        if build_id.is_some() {
+        // Without the host source no path or pid from the request reaches the filesystem.
+        let mut candidates = if self.cfg.uses(SymbolSource::Host) {
+            host_candidates(pid, path, start, limit)
+        } else {
+            Vec::new()
+        };
+        if build_id.is_some() && !candidates.is_empty() {
             // With a build ID to check against, the host path goes first: unlike the
             // /proc/PID paths it outlives the process, and many processes share it.
             candidates.rotate_right(1);
@@ -335,7 +351,7 @@ impl Worker {
             .map_or("", String::as_str);
         // Kernel text and modules live in the upper half of the address space.
         if filename == "[kernel.kallsyms]" || m.memory_start >= 0xffff_8000_0000_0000 {
-            return if self.cfg.kernel {
+            return if self.cfg.kernel_on() {
                 Plan::Kernel
             } else {
                 Plan::Skip("kernel_disabled")
@@ -413,7 +429,7 @@ impl Worker {
             let kernel_frame = matches!(plan, Plan::Kernel)
                 || frame_type_key.is_some_and(|k| is_kernel_frame(dict, &loc.attribute_indices, k));
             let key = match &plan {
-                _ if kernel_frame && !self.cfg.kernel => continue,
+                _ if kernel_frame && !self.cfg.kernel_on() => continue,
                 Plan::Kernel => Key::Kernel(addr),
                 _ if kernel_frame => Key::Kernel(addr),
                 Plan::Skip(reason) => {

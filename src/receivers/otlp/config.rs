@@ -105,6 +105,47 @@ pub struct GrpcConfig {
     pub tls: Option<ServerTlsConfig>,
     /// Require `authorization: Bearer <token>` metadata; others get UNAUTHENTICATED.
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Requests in flight on one connection (HTTP/2 streams). Default 100.
+    pub max_concurrent_streams: u32,
+    /// As the collector's `keepalive.server_parameters`.
+    pub keepalive: Keepalive,
+}
+
+/// `protocols.grpc.keepalive`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keepalive {
+    pub server_parameters: ServerParameters,
+}
+
+/// `protocols.grpc.keepalive.server_parameters`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerParameters {
+    /// Close a connection after this long (clients reconnect, and spread over replicas
+    /// that were added since). Default: never.
+    #[serde(with = "crate::config::units::duration::option")]
+    pub max_connection_age: Option<std::time::Duration>,
+    /// Time requests on a closing connection get to finish. Default: unlimited.
+    #[serde(with = "crate::config::units::duration::option")]
+    pub max_connection_age_grace: Option<std::time::Duration>,
+    /// Ping an idle client after this long. Default `2h`.
+    #[serde(with = "crate::config::units::duration")]
+    pub time: std::time::Duration,
+    /// Close the connection when a ping is not answered within this. Default `20s`.
+    #[serde(with = "crate::config::units::duration")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ServerParameters {
+    fn default() -> Self {
+        ServerParameters {
+            max_connection_age: None,
+            max_connection_age_grace: None,
+            time: std::time::Duration::from_secs(2 * 3600),
+            timeout: std::time::Duration::from_secs(20),
+        }
+    }
 }
 
 /// `tls` of a receiver protocol.
@@ -145,6 +186,8 @@ impl Default for GrpcConfig {
             max_recv_msg_size_mib: 32,
             tls: None,
             auth: None,
+            max_concurrent_streams: 100,
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -174,6 +217,25 @@ impl Validate for OtlpReceiverConfig {
             }
         }
         if let Some(g) = &p.grpc {
+            if g.max_concurrent_streams == 0 {
+                errs.push(ConfigError::new(
+                    "protocols.grpc.max_concurrent_streams",
+                    "must be at least 1",
+                ));
+            }
+            let sp = &g.keepalive.server_parameters;
+            for (name, d) in [
+                ("max_connection_age", sp.max_connection_age),
+                ("time", Some(sp.time)),
+                ("timeout", Some(sp.timeout)),
+            ] {
+                if d.is_some_and(|d| d.is_zero()) {
+                    errs.push(ConfigError::new(
+                        format!("protocols.grpc.keepalive.server_parameters.{name}"),
+                        "must be greater than 0",
+                    ));
+                }
+            }
             if crate::config::units::parse_endpoint(&g.endpoint).is_none() {
                 errs.push(ConfigError::new(
                     "protocols.grpc.endpoint",

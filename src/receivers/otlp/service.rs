@@ -226,7 +226,17 @@ pub(super) async fn serve(
         }
     };
     let server = tonic::service::interceptor::InterceptedService::new(server, check_token);
-    let mut builder = tonic::transport::Server::builder();
+    let sp = &cfg.keepalive.server_parameters;
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .http2_keepalive_interval(Some(sp.time))
+        .http2_keepalive_timeout(Some(sp.timeout));
+    if let Some(age) = sp.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(grace) = sp.max_connection_age_grace {
+        builder = builder.max_connection_age_grace(grace);
+    }
     if let Some(t) = &cfg.tls {
         builder = builder
             .tls_config(server_tls(t, &ctx)?)
