@@ -83,7 +83,7 @@ fn frames(d: Dict, l: &Location, kernel: bool, out: &mut Vec<String>) {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| f.to_owned());
             let off = if m.memory_start <= l.address && l.address < m.memory_limit {
-                l.address - m.memory_start + m.file_offset
+                (l.address - m.memory_start).saturating_add(m.file_offset)
             } else {
                 l.address
             };
@@ -124,7 +124,7 @@ pub fn fold(req: &ProfilesRequest, per_process: bool) -> FoldedStacks {
     for p in view::profiles(req) {
         if p.time_unix_nano > 0 {
             start = start.min(p.time_unix_nano);
-            end = end.max(p.time_unix_nano + p.duration_nano);
+            end = end.max(p.time_unix_nano.saturating_add(p.duration_nano));
         }
         for s in &p.samples {
             let mut parts: Vec<String> = Vec::new();

@@ -168,7 +168,9 @@ impl Builder {
                 self.start
                     .map_or(p.time_unix_nano, |s| s.min(p.time_unix_nano)),
             );
-            self.end = self.end.max(p.time_unix_nano + p.duration_nano);
+            self.end = self
+                .end
+                .max(p.time_unix_nano.saturating_add(p.duration_nano));
         }
     }
 

@@ -308,3 +308,20 @@ async fn the_pull_endpoint_serves_at_most_max_subscribers_at_once() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Found by `cargo fuzz run otlp_path`: a profile whose time plus duration passes
+/// u64::MAX overflowed in the conversion (and in folding).
+#[test]
+fn times_and_offsets_at_the_end_of_their_range_convert_without_overflow() {
+    let mut req = crate::otlp::synth::request("overflow", 0, 5, 3);
+    let p = &mut req.resource_profiles[0].scope_profiles[0].profiles[0];
+    p.time_unix_nano = u64::MAX - 1;
+    p.duration_nano = u64::MAX;
+    for m in &mut req.dictionary.as_mut().unwrap().mapping_table[1..] {
+        m.file_offset = u64::MAX;
+    }
+    crate::otlp::check(&req).unwrap();
+    assert!(!super::convert::convert(&req, false).is_empty());
+    let folded = crate::exporters::flamegraph::fold(&req, true);
+    assert!(folded.total > 0);
+}

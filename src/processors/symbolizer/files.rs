@@ -51,15 +51,17 @@ impl ElfFile {
         if let Some(s) = self
             .segments
             .iter()
-            .find(|s| s.filesz > 0 && s.offset <= file_offset && file_offset < s.offset + s.filesz)
+            .find(|s| s.filesz > 0 && s.offset <= file_offset && file_offset - s.offset < s.filesz)
         {
-            return Some(file_offset - s.offset + s.vaddr);
+            return (file_offset - s.offset).checked_add(s.vaddr);
         }
         // Only a debug file's headers: the kernel mapped the executable segment from its
         // page-aligned offset at its page-aligned address, so count from there.
         let mut exec = self.segments.iter().filter(|s| s.executable);
         match (exec.next(), exec.next()) {
-            (Some(s), None) => Some(file_offset - mapping_offset + (s.vaddr & !(PAGE - 1))),
+            (Some(s), None) => file_offset
+                .checked_sub(mapping_offset)?
+                .checked_add(s.vaddr & !(PAGE - 1)),
             _ => None,
         }
     }

@@ -447,7 +447,12 @@ impl Worker {
                         *unresolved.entry("address_outside_mapping").or_default() += 1;
                         continue;
                     }
-                    match file.vaddr(addr - memory_start + file_offset, file_offset) {
+                    // Offsets come from the request: an offset past the end of the
+                    // address space is one no file has.
+                    let vaddr = (addr - memory_start)
+                        .checked_add(file_offset)
+                        .and_then(|off| file.vaddr(off, file_offset));
+                    match vaddr {
                         Some(vaddr) => Key::File(id, vaddr),
                         None => {
                             *unresolved

@@ -1,0 +1,36 @@
+//! Bytes as a gateway receives them, through everything a request meets: the wire
+//! prescan, decoding, the index checks, merge and split, pprof and folded stacks, and
+//! OTLP/JSON out and back in. Nothing may panic; what the checks accept must convert.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use stackline::otlp::{ProfilesRequest, check, limits, merge, split};
+
+fuzz_target!(|data: &[u8]| {
+    let strict = limits::DecodeLimits {
+        max_samples: 100_000,
+        max_stacks: 100_000,
+        max_locations: 100_000,
+        max_decoded_size_mib: 64,
+    };
+    if limits::prescan(data, &strict).is_err() {
+        return;
+    }
+    let Ok(req) = ProfilesRequest::decode(data) else {
+        return;
+    };
+    if check(&req).is_err() {
+        return;
+    }
+    let merged = merge([&req, &req]).expect("a checked request merges");
+    for part in split(merged, 3).expect("a merged request splits") {
+        check(&part).expect("split parts are valid");
+    }
+    let _ = stackline::exporters::pprof::convert::convert(&req, true);
+    let _ = stackline::exporters::flamegraph::fold(&req, true);
+    let json = stackline::otlp::json::to_vec(&req);
+    let _ = stackline::otlp::json::from_slice(&json);
+    // JSON as a client may send it.
+    let _ = stackline::otlp::json::from_slice(data);
+});
