@@ -1,0 +1,206 @@
+//! The gateway's own CPU per sample, with the client and the sink in another process
+//! (this one) and the gateway the real release binary: otlp receiver (checks and
+//! decode limits) → batch → otlp exporter, no compression either way. Beside it, in
+//! the same run, the CPU of a bare prost decode + encode of the same requests: the
+//! least any gateway must spend. Prints both and their ratio (the goal is ≤ 3).
+//!
+//! `cargo bench --bench gateway_cpu`. Two sizes are sent and the marginal cost is
+//! taken between them, so the gateway's start-up and idle CPU cancel out.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use stackline::otlp::collector::profiles_service_client::ProfilesServiceClient;
+use stackline::otlp::collector::profiles_service_server::{ProfilesService, ProfilesServiceServer};
+use stackline::otlp::collector::{ExportProfilesServiceRequest, ExportProfilesServiceResponse};
+use stackline::otlp::{ProfilesRequest, sample_count, synth};
+
+const PER_REQUEST: u64 = 50;
+const POOL: u64 = 200;
+
+#[derive(Clone, Default)]
+struct Sink(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl ProfilesService for Sink {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportProfilesServiceRequest>,
+    ) -> Result<tonic::Response<ExportProfilesServiceResponse>, tonic::Status> {
+        self.0
+            .fetch_add(sample_count(r.get_ref()), Ordering::SeqCst);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after ") ".
+    let rest = &stat[stat.rfind(") ").unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f[11] + f[12];
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// CPU time of this thread so far.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn requests(first: u64, n: u64) -> Vec<ProfilesRequest> {
+    (0..n)
+        .map(|i| synth::request("svc", (first + i) * PER_REQUEST, PER_REQUEST, POOL))
+        .collect()
+}
+
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = Sink::default();
+    let sink_addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let recv_port = port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{recv_port}" }} }} }} }}
+processors: {{ batch: {{ send_batch_size: 5000, send_batch_max_size: 10000, timeout: 50ms }} }}
+exporters: {{ otlp: {{ endpoint: "{sink_addr}", tls: {{ insecure: true }}, compression: none }} }}
+service:
+  pipelines: {{ profiles: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }} }}
+  telemetry: {{ metrics: {{ address: "127.0.0.1:{}" }}, logs: {{ level: warn }} }}
+"#,
+            port()
+        ),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind(sink_addr).await.unwrap();
+        let svc = ProfilesServiceServer::new(sink.clone()).max_decoding_message_size(256 << 20);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+    });
+    let gw = Gateway(
+        Command::new(env!("CARGO_BIN_EXE_stackline"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the stackline binary"),
+    );
+    let pid = gw.0.id();
+    let client = rt.block_on(async {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            match ProfilesServiceClient::connect(format!("http://127.0.0.1:{recv_port}")).await {
+                Ok(c) => break c.max_encoding_message_size(256 << 20),
+                Err(_) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("the gateway did not start: {e}"),
+            }
+        }
+    });
+    // Sends `reqs` from 40 concurrent streams and waits until the sink has them all;
+    // returns the gateway's CPU time meanwhile.
+    let run = |reqs: Vec<ProfilesRequest>| -> (Duration, u64) {
+        let samples: u64 = reqs.iter().map(sample_count).sum();
+        rt.block_on(async {
+            let before = sink.0.load(Ordering::SeqCst);
+            let cpu0 = cpu_of(pid);
+            let mut tasks = Vec::new();
+            let per = reqs.len().div_ceil(40);
+            for chunk in reqs.chunks(per) {
+                let mut c = client.clone();
+                let chunk = chunk.to_vec();
+                tasks.push(tokio::spawn(async move {
+                    for r in chunk {
+                        c.export(r).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            while sink.0.load(Ordering::SeqCst) < before + samples {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            // Let the exporter finish its bookkeeping.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (cpu_of(pid) - cpu0, samples)
+        })
+    };
+    // Warm up (connections, allocator), then a short and a long run.
+    run(requests(0, 200));
+    let (short_cpu, short_n) = run(requests(1_000, 400));
+    let (long_cpu, long_n) = run(requests(10_000, 2_000));
+    let gateway_ns =
+        (long_cpu.as_nanos() as f64 - short_cpu.as_nanos() as f64) / (long_n - short_n) as f64;
+
+    // The ceiling: decode and re-encode the same requests, measured the same way.
+    let ceiling = |reqs: &[ProfilesRequest]| -> Duration {
+        let wire: Vec<Vec<u8>> = reqs.iter().map(Message::encode_to_vec).collect();
+        let t0 = thread_cpu();
+        let mut bytes = 0usize;
+        for w in &wire {
+            let r = ExportProfilesServiceRequest::decode(w.as_slice()).unwrap();
+            bytes += r.encode_to_vec().len();
+        }
+        std::hint::black_box(bytes);
+        thread_cpu() - t0
+    };
+    let c_short = ceiling(&requests(1_000, 400));
+    let c_long = ceiling(&requests(10_000, 2_000));
+    let prost_ns =
+        (c_long.as_nanos() as f64 - c_short.as_nanos() as f64) / (long_n - short_n) as f64;
+    drop(gw);
+    println!("gateway (separate process): receiver → batch → otlp exporter, no compression");
+    println!("  gateway CPU per sample:          {:>8.0} ns", gateway_ns);
+    println!("  prost decode + encode per sample:{:>8.0} ns", prost_ns);
+    println!(
+        "  ratio gateway / prost:           {:>8.2}  (goal ≤ 3)",
+        gateway_ns / prost_ns
+    );
+    println!(
+        "  (marginal between {short_n} and {long_n} samples; gateway CPU {:?} and {:?})",
+        short_cpu, long_cpu
+    );
+}
