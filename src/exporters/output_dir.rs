@@ -25,15 +25,18 @@ pub struct RetentionConfig {
     pub mode: u32,
 }
 
-/// Creates `path` for writing: never through a symlink, never over an existing file.
-fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
+/// Creates `path` for writing: never through a symlink, never over an existing file,
+/// with exactly `mode` (the process umask would otherwise narrow it).
+pub fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(f)
 }
 
 impl RetentionConfig {

@@ -128,7 +128,20 @@ pub struct PprofExporter {
 
 /// Live `/debug/pprof/profile` requests, each collecting what arrives while it waits.
 #[derive(Clone, Default)]
-struct Subscribers(Arc<Mutex<Vec<mpsc::Sender<ProfilesRequest>>>>);
+struct Subscribers(
+    Arc<Mutex<Vec<mpsc::Sender<ProfilesRequest>>>>,
+    /// Requests admitted and not yet answered (collecting, merging or encoding).
+    Arc<std::sync::atomic::AtomicUsize>,
+);
+
+/// One admitted `/debug/pprof/profile` request; its slot is free once this is dropped.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 impl Subscribers {
     fn publish(&self, req: &ProfilesRequest, dropped: &metrics::Counter) {
@@ -143,15 +156,17 @@ impl Subscribers {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
     }
-    /// Adds a subscriber unless `max` are already collecting.
-    fn add(&self, tx: mpsc::Sender<ProfilesRequest>, max: usize) -> bool {
+    /// Adds a subscriber unless `max` requests are already being served.
+    fn add(&self, tx: mpsc::Sender<ProfilesRequest>, max: usize) -> Option<Slot> {
+        use std::sync::atomic::Ordering::SeqCst;
         let mut subs = self.0.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|t| !t.is_closed());
-        if subs.len() >= max {
-            return false;
+        if self.1.load(SeqCst) >= max {
+            return None;
         }
+        self.1.fetch_add(1, SeqCst);
         subs.push(tx);
-        true
+        Some(Slot(self.1.clone()))
     }
 }
 
@@ -304,7 +319,7 @@ async fn serve(
                 async move {
                     let secs = q.seconds.unwrap_or(30).clamp(1, 300);
                     let (tx, mut rx) = mpsc::channel(4096);
-                    if !subs.add(tx, max_subscribers) {
+                    let Some(_slot) = subs.add(tx, max_subscribers) else {
                         refused.increment(1);
                         return (
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -312,7 +327,7 @@ async fn serve(
                             format!("{max_subscribers} profiles are being collected already (max_subscribers); try again when one ends\n"),
                         )
                             .into_response();
-                    }
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
                         _ = stop.cancelled() => {}

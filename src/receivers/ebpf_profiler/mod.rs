@@ -147,8 +147,12 @@ fn record_log(cfg: &VerifierLogConfig, program: &str, log: &VerifierLog) {
     let path = dir.join(format!("{program}.log"));
     // Written aside and renamed, so a reader never sees half a log.
     let tmp = dir.join(format!(".{program}.log.tmp"));
+    // Created afresh without following links: the agent runs as root, and the
+    // directory may be one others can write to.
+    let _ = std::fs::remove_file(&tmp);
     let written = std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&tmp, &log.text))
+        .and_then(|_| crate::exporters::output_dir::create_new(&tmp, 0o640))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, log.text.as_bytes()))
         .and_then(|_| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::error!(path = %path.display(), error = %e, "cannot write the verifier log (verifier_log.output)");
