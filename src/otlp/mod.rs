@@ -16,6 +16,7 @@ mod builder;
 mod check;
 pub mod json;
 pub mod limits;
+pub mod semconv;
 pub mod synth;
 pub mod view;
 

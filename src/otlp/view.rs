@@ -4,6 +4,7 @@
 use super::ProfilesRequest;
 use super::common::{AnyValue, any_value};
 use super::profiles::{Function, Location, Mapping, Profile, ProfilesDictionary, Sample};
+use super::semconv;
 
 static EMPTY_DICT: std::sync::LazyLock<ProfilesDictionary> =
     std::sync::LazyLock::new(ProfilesDictionary::default);
@@ -57,15 +58,22 @@ impl<'a> Dict<'a> {
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
     }
+    /// Whether a location's attributes mark it a kernel frame
+    /// (`profile.frame.type = kernel`): the one test every stage uses.
+    pub fn is_kernel_frame(&self, location_attrs: &[i32]) -> bool {
+        self.find_attribute(location_attrs, semconv::PROFILE_FRAME_TYPE)
+            .and_then(as_text)
+            .is_some_and(|t| t == semconv::FRAME_TYPE_KERNEL)
+    }
     /// The process a sample came from: its `process.pid` (0 if absent) and
     /// `process.executable.name`.
     pub fn process(&self, sample_attrs: &[i32]) -> (i64, Option<String>) {
         let pid = self
-            .find_attribute(sample_attrs, "process.pid")
+            .find_attribute(sample_attrs, semconv::PROCESS_PID)
             .and_then(as_int)
             .unwrap_or(0);
         let exe = self
-            .find_attribute(sample_attrs, "process.executable.name")
+            .find_attribute(sample_attrs, semconv::PROCESS_EXECUTABLE_NAME)
             .and_then(as_text);
         (pid, exe)
     }
@@ -77,7 +85,10 @@ impl<'a> Dict<'a> {
         m: &Mapping,
     ) -> Option<Result<crate::host::elf::BuildId, crate::host::elf::BuildIdError>> {
         match self
-            .find_attribute(&m.attribute_indices, "process.executable.build_id.gnu")?
+            .find_attribute(
+                &m.attribute_indices,
+                semconv::PROCESS_EXECUTABLE_BUILD_ID_GNU,
+            )?
             .value
             .as_ref()?
         {

@@ -2,6 +2,7 @@
 //! A frame reads `function (file:line)` when symbolized, `module+0xoffset` otherwise;
 //! inlined functions are frames of their own; kernel frames end in `_[k]`.
 
+use crate::otlp::semconv;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -106,17 +107,13 @@ fn frames(d: Dict, l: &Location, kernel: bool, out: &mut Vec<String>) {
 pub fn fold(req: &ProfilesRequest, per_process: bool) -> FoldedStacks {
     let d = Dict::of(req);
     let mut out = FoldedStacks::default();
-    let frame_type = |l: &Location| {
-        d.find_attribute(&l.attribute_indices, "profile.frame.type")
-            .and_then(as_text)
-            .is_some_and(|t| t == "kernel")
-    };
+    let frame_type = |l: &Location| d.is_kernel_frame(&l.attribute_indices);
     out.host = req
         .resource_profiles
         .iter()
         .filter_map(|r| r.resource.as_ref())
         .flat_map(|r| &r.attributes)
-        .find(|kv| kv.key == "host.name")
+        .find(|kv| kv.key == semconv::HOST_NAME)
         .and_then(|kv| kv.value.as_ref().and_then(as_text))
         .unwrap_or_default();
     let mut start = u64::MAX;
@@ -132,7 +129,7 @@ pub fn fold(req: &ProfilesRequest, per_process: bool) -> FoldedStacks {
                 let (pid, exe) = d.process(&s.attribute_indices);
                 let name = exe
                     .or_else(|| {
-                        d.find_attribute(&s.attribute_indices, "thread.name")
+                        d.find_attribute(&s.attribute_indices, semconv::THREAD_NAME)
                             .and_then(as_text)
                     })
                     .unwrap_or_else(|| "[unknown]".into());

@@ -2,6 +2,7 @@
 //! locations with their lines (inlined frames in order) and mappings (with build ID and
 //! what symbol information they carry), a deduplicated string table, and sample labels.
 
+use crate::otlp::semconv;
 use std::collections::HashMap;
 
 use super::proto;
@@ -12,11 +13,11 @@ use crate::otlp::view::{self, Dict, as_text, weight};
 /// pprof label keys for well-known OTLP sample attributes.
 fn label_key(otlp: &str) -> &str {
     match otlp {
-        "process.pid" => "pid",
-        "thread.id" => "tid",
-        "thread.name" => "thread_name",
-        "container.id" => "container_id",
-        "process.executable.name" => "process_name",
+        semconv::PROCESS_PID => "pid",
+        semconv::THREAD_ID => "tid",
+        semconv::THREAD_NAME => "thread_name",
+        semconv::CONTAINER_ID => "container_id",
+        semconv::PROCESS_EXECUTABLE_NAME => "process_name",
         other => other,
     }
 }

@@ -7,6 +7,7 @@
 //! mangled name as the function's `system_name`. A frame that cannot be resolved keeps
 //! its address and mapping and is counted with a reason; it is never dropped.
 
+use crate::otlp::semconv;
 use std::collections::{HashMap, HashSet};
 
 use std::hash::BuildHasher;
@@ -391,10 +392,6 @@ impl Worker {
             return;
         };
         let leaves = leaf_locations(dict);
-        let frame_type_key = dict
-            .string_table
-            .iter()
-            .position(|s| s == "profile.frame.type");
         let mut plans: Vec<Option<Plan>> = vec![None; dict.mapping_table.len()];
         let mut unresolved: HashMap<&'static str, u64> = HashMap::new();
 
@@ -426,8 +423,8 @@ impl Worker {
             } else {
                 loc.address.saturating_sub(1)
             };
-            let kernel_frame = matches!(plan, Plan::Kernel)
-                || frame_type_key.is_some_and(|k| is_kernel_frame(dict, &loc.attribute_indices, k));
+            let kernel_frame =
+                matches!(plan, Plan::Kernel) || Dict(dict).is_kernel_frame(&loc.attribute_indices);
             let key = match &plan {
                 _ if kernel_frame && !self.cfg.kernel_on() => continue,
                 Plan::Kernel => Key::Kernel(addr),
@@ -540,16 +537,6 @@ enum Plan {
         file_offset: u64,
     },
     Skip(&'static str),
-}
-
-/// Whether a location carries `profile.frame.type = kernel`.
-fn is_kernel_frame(dict: &ProfilesDictionary, attrs: &[i32], key: usize) -> bool {
-    attrs.iter().any(|&a| {
-        dict.attribute_table.get(a as usize).is_some_and(|kv| {
-            kv.key_strindex as usize == key
-                && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::StringValue(s)) if s == "kernel")
-        })
-    })
 }
 
 /// Appends strings and functions to a dictionary without duplicating entries.
@@ -681,7 +668,7 @@ fn mapping_pids(req: &ProfilesRequest) -> HashMap<usize, u32> {
     let mut out = HashMap::new();
     for s in crate::otlp::view::profiles(req).flat_map(|p| &p.samples) {
         let pid = match d
-            .find_attribute(&s.attribute_indices, "process.pid")
+            .find_attribute(&s.attribute_indices, semconv::PROCESS_PID)
             .and_then(|v| v.value.as_ref())
         {
             Some(any_value::Value::IntValue(v)) => u32::try_from(*v).ok(),

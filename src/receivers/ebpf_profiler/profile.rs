@@ -6,6 +6,7 @@
 //! `[kernel.kallsyms]` or their module. Processes are read at first sight and cached,
 //! so short-lived ones still resolve after they exit.
 
+use crate::otlp::semconv;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -316,9 +317,9 @@ pub struct IntervalProfile {
 impl IntervalProfile {
     pub fn new(start_unix_ns: u64, frequency: u64) -> Self {
         let mut b = DictionaryBuilder::new();
-        let frame_native = str_attr(&mut b, "profile.frame.type", "native");
-        let frame_kernel = str_attr(&mut b, "profile.frame.type", "kernel");
-        let by_fp = str_attr(&mut b, "stackline.unwind.method", "frame_pointer");
+        let frame_native = str_attr(&mut b, semconv::PROFILE_FRAME_TYPE, "native");
+        let frame_kernel = str_attr(&mut b, semconv::PROFILE_FRAME_TYPE, "kernel");
+        let by_fp = str_attr(&mut b, semconv::STACKLINE_UNWIND_METHOD, "frame_pointer");
         IntervalProfile {
             b,
             samples: Vec::new(),
@@ -370,7 +371,7 @@ impl IntervalProfile {
         if let Some(id) = r.build_ids.get(pid, m) {
             attrs.push(str_attr(
                 &mut self.b,
-                "process.executable.build_id.gnu",
+                semconv::PROCESS_EXECUTABLE_BUILD_ID_GNU,
                 id.as_str(),
             ));
         }
@@ -420,9 +421,9 @@ impl IntervalProfile {
         }
         // Process attributes first, borrowing the cached process (no copy per sample).
         let mut attrs = vec![
-            int_attr(&mut self.b, "process.pid", s.tgid as i64),
-            int_attr(&mut self.b, "thread.id", s.tid as i64),
-            str_attr(&mut self.b, "thread.name", &s.comm),
+            int_attr(&mut self.b, semconv::PROCESS_PID, s.tgid as i64),
+            int_attr(&mut self.b, semconv::THREAD_ID, s.tid as i64),
+            str_attr(&mut self.b, semconv::THREAD_NAME, &s.comm),
         ];
         let idle = s.tgid == 0;
         let info = if idle {
@@ -436,20 +437,20 @@ impl IntervalProfile {
                 if !info.exe_name.is_empty() {
                     attrs.push(str_attr(
                         &mut self.b,
-                        "process.executable.name",
+                        semconv::PROCESS_EXECUTABLE_NAME,
                         &info.exe_name,
                     ));
                     attrs.push(str_attr(
                         &mut self.b,
-                        "process.executable.path",
+                        semconv::PROCESS_EXECUTABLE_PATH,
                         &info.exe_path,
                     ));
                 }
                 if let Some(c) = &info.cgroup.container_id {
-                    attrs.push(str_attr(&mut self.b, "container.id", c));
+                    attrs.push(str_attr(&mut self.b, semconv::CONTAINER_ID, c));
                 }
                 if let Some(u) = &info.cgroup.pod_uid {
-                    attrs.push(str_attr(&mut self.b, "k8s.pod.uid", u));
+                    attrs.push(str_attr(&mut self.b, semconv::K8S_POD_UID, u));
                 }
                 (true, !info.exe_path.is_empty())
             }
@@ -477,7 +478,8 @@ impl IntervalProfile {
         if s.stop > stop::COMPLETE && (s.stop as usize) < self.stops.len() {
             let i = s.stop as usize;
             if self.stops[i] == 0 {
-                self.stops[i] = str_attr(&mut self.b, "stackline.unwind.stop", stop::NAMES[i]);
+                self.stops[i] =
+                    str_attr(&mut self.b, semconv::STACKLINE_UNWIND_STOP, stop::NAMES[i]);
             }
             attrs.push(self.stops[i]);
         }
@@ -507,7 +509,7 @@ impl IntervalProfile {
         };
         let resource = Resource {
             attributes: vec![KeyValue {
-                key: "host.name".into(),
+                key: semconv::HOST_NAME.into(),
                 value: Some(AnyValue {
                     value: Some(any_value::Value::StringValue(host.to_owned())),
                 }),
