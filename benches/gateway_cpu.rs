@@ -7,6 +7,9 @@
 //! `cargo bench --bench gateway_cpu`. Two sizes are sent and the marginal cost is
 //! taken between them, so the gateway's start-up and idle CPU cancel out.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -35,14 +38,6 @@ impl ProfilesService for Sink {
             .fetch_add(sample_count(r.get_ref()), Ordering::SeqCst);
         Ok(tonic::Response::new(Default::default()))
     }
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// CPU time (user + system) a process has used so far.
@@ -89,8 +84,10 @@ fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sink = Sink::default();
-    let sink_addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
-    let recv_port = port();
+    let sink_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let recv_port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
     std::fs::write(
@@ -104,7 +101,7 @@ service:
   pipelines: {{ profiles: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }} }}
   telemetry: {{ metrics: {{ address: "127.0.0.1:{}" }}, logs: {{ level: warn }} }}
 "#,
-            port()
+            common::free_port()
         ),
     )
     .unwrap();

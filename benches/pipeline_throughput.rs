@@ -50,14 +50,6 @@ impl ProfilesService for Sink {
     }
 }
 
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn workload() -> Vec<ProfilesRequest> {
     (0..REQUESTS)
         .map(|i| synth::request("svc", i * PER_REQUEST, PER_REQUEST, 200))
@@ -74,8 +66,10 @@ fn bench(c: &mut Criterion) {
 
     // The pipeline: a real graph built from config, a real gRPC sink.
     let sink = Sink::default();
-    let sink_addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
-    let recv_port = port();
+    let sink_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let recv_port = common::free_port();
     let (running, mut client) = rt.block_on(async {
         let l = tokio::net::TcpListener::bind(sink_addr).await.unwrap();
         let svc = ProfilesServiceServer::new(sink.clone()).max_decoding_message_size(256 << 20);

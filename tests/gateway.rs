@@ -418,17 +418,7 @@ async fn bad_requests_are_refused_and_the_process_keeps_serving() {
     // A few KB of gzip that would decode to 1,500,000 empty samples (3 MB of protobuf,
     // within max_recv_msg_size_mib; over 100 MB decoded): refused on the wire, naming
     // the limit and its setting.
-    let mut profile = Vec::with_capacity(3_000_000);
-    for _ in 0..1_500_000 {
-        profile.extend_from_slice(&[0x12, 0x00]);
-    }
-    let wrap = |tag: u8, inner: &[u8]| {
-        let mut v = vec![tag];
-        prost::encoding::encode_varint(inner.len() as u64, &mut v);
-        v.extend_from_slice(inner);
-        v
-    };
-    let bomb = wrap(0x0a, &wrap(0x12, &wrap(0x12, &profile)));
+    let bomb = stackline::otlp::synth::empty_samples_wire(1_500_000);
     let cfg: OtlpExporterConfig = serde_json::from_value(serde_json::json!({
         "endpoint": s.otlp.to_string(), "tls": {"insecure": true}, "compression": "gzip"
     }))

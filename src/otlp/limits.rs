@@ -278,17 +278,7 @@ mod tests {
     #[test]
     fn millions_of_empty_samples_are_refused_by_count_and_by_size() {
         // One profile with 3,000,000 empty samples: 6 MB on the wire.
-        let mut p = Vec::new();
-        for _ in 0..3_000_000 {
-            p.extend_from_slice(&[0x12, 0x00]);
-        }
-        let wrap = |tag: u8, inner: &[u8]| {
-            let mut v = vec![tag];
-            prost::encoding::encode_varint(inner.len() as u64, &mut v);
-            v.extend_from_slice(inner);
-            v
-        };
-        let req = wrap(0x0a, &wrap(0x12, &wrap(0x12, &p)));
+        let req = crate::otlp::synth::empty_samples_wire(3_000_000);
         let e = prescan(&req, &DecodeLimits::default()).unwrap_err();
         assert!(e.to_string().contains("limits.max_samples"), "{e}");
         let loose = DecodeLimits {

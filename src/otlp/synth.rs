@@ -42,6 +42,21 @@ fn zero_dictionary(strings: Vec<String>) -> ProfilesDictionary {
     }
 }
 
+/// The protobuf encoding of a request whose one profile holds `n` empty samples: two
+/// bytes each on the wire and far more once decoded (tests of the decode limits).
+pub fn empty_samples_wire(n: usize) -> Vec<u8> {
+    let wrap = |tag: u8, inner: &[u8]| {
+        let mut v = vec![tag];
+        prost::encoding::encode_varint(inner.len() as u64, &mut v);
+        v.extend_from_slice(inner);
+        v
+    };
+    // Profile.samples (field 2), each empty.
+    let samples = [0x12u8, 0x00].repeat(n);
+    // request.resource_profiles (1) → scope_profiles (2) → profiles (2).
+    wrap(0x0a, &wrap(0x12, &wrap(0x12, &samples)))
+}
+
 /// A request with samples `first..first + n`, from a service named `service`.
 pub fn request(service: &str, first: u64, n: u64, pool: u64) -> ProfilesRequest {
     let mut d = zero_dictionary(vec![String::new()]);

@@ -61,9 +61,12 @@ impl<'a> Dict<'a> {
     /// Whether a location's attributes mark it a kernel frame
     /// (`profile.frame.type = kernel`): the one test every stage uses.
     pub fn is_kernel_frame(&self, location_attrs: &[i32]) -> bool {
-        self.find_attribute(location_attrs, semconv::PROFILE_FRAME_TYPE)
-            .and_then(as_text)
-            .is_some_and(|t| t == semconv::FRAME_TYPE_KERNEL)
+        // Compared in place: the symbolizer asks once per location.
+        matches!(
+            self.find_attribute(location_attrs, semconv::PROFILE_FRAME_TYPE)
+                .and_then(|v| v.value.as_ref()),
+            Some(any_value::Value::StringValue(t)) if t == semconv::FRAME_TYPE_KERNEL
+        )
     }
     /// The process a sample came from: its `process.pid` (0 if absent) and
     /// `process.executable.name`.
