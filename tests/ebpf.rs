@@ -774,6 +774,37 @@ fn profiler_objects() -> Vec<String> {
     out
 }
 
+/// Processes holding a file descriptor on any of `objects` ("prog ID NAME" / "map ID NAME"),
+/// from /proc/PID/fdinfo: says who keeps a leftover object alive.
+fn bpf_fd_holders(objects: &[String]) -> Vec<String> {
+    let wanted: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            let mut w = o.split(' ');
+            let kind = w.next()?;
+            let id = w.next()?;
+            Some(format!("{kind}_id:\t{id}\n"))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let fds = p.path().join("fdinfo");
+        for fd in std::fs::read_dir(&fds).into_iter().flatten().flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            if wanted.iter().any(|w| info.contains(w.as_str())) {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                out.push(format!(
+                    "{} ({}) fd {:?}",
+                    p.file_name().to_string_lossy(),
+                    comm.trim(),
+                    fd.file_name()
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again() {
     if !bpf_available("after_sigkill") {
@@ -813,8 +844,21 @@ async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again(
             .filter(|o| ours.contains(o))
             .collect()
     };
-    let freed = eventually(Duration::from_secs(10), async || left().is_empty()).await;
-    assert!(freed, "left in the kernel: {:?}", left());
+    // The kernel frees a program array only after its last user reference is gone, then the
+    // programs after an RCU grace period and a work item, then the maps they used: on a busy
+    // machine that chain has taken over 10 s. A leak is what outlives a minute.
+    let t0 = std::time::Instant::now();
+    let freed = eventually(Duration::from_secs(60), async || left().is_empty()).await;
+    let still = left();
+    assert!(
+        freed,
+        "left in the kernel after 60 s: {still:?}; held by: {:?}",
+        bpf_fd_holders(&still)
+    );
+    eprintln!(
+        "the kernel freed the profiler's objects {:?} after the kill",
+        t0.elapsed()
+    );
     let pinned: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
