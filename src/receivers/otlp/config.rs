@@ -126,7 +126,9 @@ pub struct ServerParameters {
     /// that were added since). Default: never.
     #[serde(with = "crate::config::units::duration::option")]
     pub max_connection_age: Option<std::time::Duration>,
-    /// Time requests on a closing connection get to finish. Default: unlimited.
+    /// Time requests on a closing connection get to finish, counted from
+    /// `max_connection_age`; then the connection is closed with whatever is still in flight
+    /// (the clients retry it). Needs `max_connection_age`. Default: unlimited.
     #[serde(with = "crate::config::units::duration::option")]
     pub max_connection_age_grace: Option<std::time::Duration>,
     /// Ping an idle client after this long. Default `2h`.
@@ -235,6 +237,12 @@ impl Validate for OtlpReceiverConfig {
                         "must be greater than 0",
                     ));
                 }
+            }
+            if sp.max_connection_age_grace.is_some() && sp.max_connection_age.is_none() {
+                errs.push(ConfigError::new(
+                    "protocols.grpc.keepalive.server_parameters.max_connection_age_grace",
+                    "counts from max_connection_age, which is not set: set both, or neither",
+                ));
             }
             if crate::config::units::parse_endpoint(&g.endpoint).is_none() {
                 errs.push(ConfigError::new(

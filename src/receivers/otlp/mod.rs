@@ -2,6 +2,7 @@
 //! agents, SDKs and other collectors send them. Both protocols share [`intake`]: the
 //! same checks, the same pipeline, the same answer once the data is safe.
 
+mod aged;
 mod config;
 pub mod http;
 mod intake;

@@ -4,6 +4,7 @@ use bytes::Buf;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings};
 use tonic::codegen::{BoxFuture, http};
@@ -234,9 +235,11 @@ pub(super) async fn serve(
     if let Some(age) = sp.max_connection_age {
         builder = builder.max_connection_age(age);
     }
-    if let Some(grace) = sp.max_connection_age_grace {
-        builder = builder.max_connection_age_grace(grace);
-    }
+    // Not tonic's max_connection_age_grace: see aged.rs.
+    let lifetime = sp
+        .max_connection_age
+        .zip(sp.max_connection_age_grace)
+        .map(|(age, grace)| age.saturating_add(grace));
     if let Some(t) = &cfg.tls {
         builder = builder
             .tls_config(server_tls(t, &ctx)?)
@@ -248,7 +251,11 @@ pub(super) async fn serve(
     Ok(tokio::spawn(async move {
         let result = builder
             .add_service(server)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener)
+                    .map(move |conn| conn.map(|c| super::aged::Aged::new(c, lifetime))),
+                shutdown.cancelled(),
+            )
             .await;
         if let Err(e) = result {
             ctx.health.unhealthy(format!("gRPC server failed: {e}"));
