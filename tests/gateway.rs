@@ -568,12 +568,18 @@ async fn the_memory_limiter_refuses_with_a_retryable_status_and_counts_what_it_r
                 1.0
             );
             assert_eq!(
+                s.metric("otelcol_processor_refused_profile_samples_total", &[])
+                    .await,
+                10.0
+            );
+            // Refused to a client that retries: not lost, so not counted as dropped.
+            assert_eq!(
                 s.metric(
                     "stackline_pipeline_dropped_samples_total",
                     &[("reason", "memory_limit")]
                 )
                 .await,
-                10.0
+                0.0
             );
             assert!(backend.samples().is_empty());
         } else {

@@ -28,6 +28,8 @@ metric_names! {
     counter RECEIVER_ACCEPTED = "otelcol_receiver_accepted_profile_samples_total";
     /// Samples a receiver refused (bad request, limits, pipeline gone, shutting down). Labels: `receiver`, `transport`, `reason`.
     counter RECEIVER_REFUSED = "otelcol_receiver_refused_profile_samples_total";
+    /// Samples a processor refused to a client that was told to retry (the memory_limiter's, for the OTLP receiver). Label: `processor`.
+    counter PROCESSOR_REFUSED = "otelcol_processor_refused_profile_samples_total";
     /// Samples into a processor. Label: `processor`.
     counter PROCESSOR_INCOMING = "otelcol_processor_incoming_items_total";
     /// Samples out of a processor. Label: `processor`.
