@@ -140,12 +140,11 @@ fn cgroup_limit(own: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64>
         let mut dir = path.trim_end_matches('/').to_owned();
         loop {
             // A `..` in a cgroup path is not followed.
-            if !dir.split('/').any(|c| c == "..") {
-                if let Some(v) =
+            if !dir.split('/').any(|c| c == "..")
+                && let Some(v) =
                     read(&format!("{base}{dir}/{file}")).and_then(|t| t.trim().parse::<u64>().ok())
-                {
-                    best = Some(best.map_or(v, |b| b.min(v)));
-                }
+            {
+                best = Some(best.map_or(v, |b| b.min(v)));
             }
             match dir.rfind('/') {
                 Some(i) => dir.truncate(i),
