@@ -45,11 +45,11 @@ pub fn network_fed_warnings(cfg: &crate::config::Config) -> Vec<String> {
                 continue;
             };
             let local: Vec<&str> = [
-                (SymbolSource::Host, "host"),
-                (SymbolSource::Kernel, "kernel"),
+                (c.uses(SymbolSource::Host), "host"),
+                (c.kernel_on(), "kernel"),
             ]
             .into_iter()
-            .filter(|(s, _)| c.uses(*s))
+            .filter(|(on, _)| *on)
             .map(|(_, n)| n)
             .collect();
             if !local.is_empty() {

@@ -130,7 +130,14 @@ impl Worker {
             .enable_inlined_fns(cfg.inlines)
             // Names are demangled here, so the mangled name stays available as system_name.
             .enable_demangling(false)
-            .set_debug_dirs(Some(cfg.debug_dirs.clone()))
+            // Host binaries' .gnu_debuglink targets are looked for in debug_dirs only when
+            // that source is listed (an empty list: nowhere; None would mean blazesym's
+            // defaults).
+            .set_debug_dirs(Some(if cfg.uses(SymbolSource::DebugDirs) {
+                cfg.debug_dirs.clone()
+            } else {
+                Vec::new()
+            }))
             .build();
         let cap = NonZeroUsize::new(cfg.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Worker {
