@@ -60,7 +60,7 @@ fn run(
         let mut waits = Vec::new();
         for r in reqs {
             let (ack, done) = Ack::new();
-            tx.send(Envelope::new(r.clone(), Acks::one(ack)))
+            tx.send(Envelope::new(synth::valid(r.clone()), Acks::one(ack)))
                 .await
                 .unwrap();
             waits.push(done);

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use stackline::otlp::{ProfilesRequest, check, limits, merge, split};
+use stackline::otlp::{Checked, ProfilesRequest, check, limits, merge, split};
 
 fuzz_target!(|data: &[u8]| {
     let strict = limits::DecodeLimits {
@@ -20,11 +20,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = ProfilesRequest::decode(data) else {
         return;
     };
-    if check(&req).is_err() {
+    let Ok(req) = Checked::new(req) else {
         return;
-    }
-    let merged = merge([&req, &req]).expect("a checked request merges");
-    for part in split(merged, 3).expect("a merged request splits") {
+    };
+    let merged = merge([&req, &req]);
+    check(&merged).expect("a merge of checked requests is valid");
+    for part in split(merged, 3) {
         check(&part).expect("split parts are valid");
     }
     let _ = stackline::exporters::pprof::convert::convert(&req, true);

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 
 use prost::Message;
 
-use super::check::check;
+use super::check::Checked;
 use super::profiles::{
     Function, KeyValueAndUnit, Link, Location, Mapping, Profile, ProfilesDictionary,
     ResourceProfiles, Sample, ScopeProfiles, Stack, ValueType,
 };
-use super::{IndexError, ProfilesRequest, sample_count};
+use super::{ProfilesRequest, sample_count};
 
 /// Interns table entries by their protobuf encoding: prost encodes deterministically,
 /// and several entry types hold floats (in `AnyValue`) so they cannot derive `Hash`.
@@ -335,10 +335,9 @@ impl DictionaryBuilder {
         })
     }
 
-    /// Adds all of `req` to the output. The request is checked first, so bad input is
-    /// an error rather than a wrong result.
-    pub fn import(&mut self, req: &ProfilesRequest) -> Result<(), IndexError> {
-        check(req)?;
+    /// Adds all of `req` to the output. Checked input is what makes this infallible (and
+    /// the output valid by construction): it is checked once, where it entered.
+    pub fn import(&mut self, req: &Checked) {
         let mut m = Memo::new(super::view::Dict::of(req).0);
         for rp in &req.resource_profiles {
             let rkey = resource_key(rp);
@@ -352,7 +351,6 @@ impl DictionaryBuilder {
                 self.add_profiles(&keys, rp, sp, profiles);
             }
         }
-        Ok(())
     }
 
     /// `p` with only `samples` (a run of its samples), re-indexed into this builder.
@@ -420,6 +418,12 @@ impl DictionaryBuilder {
         }
     }
 
+    /// The merged request of a builder fed only through [`import`](Self::import): valid
+    /// by construction.
+    pub(crate) fn finish_imported(self) -> Checked {
+        Checked::by_construction(self.finish())
+    }
+
     /// The merged request.
     pub fn finish(self) -> ProfilesRequest {
         ProfilesRequest {
@@ -438,15 +442,12 @@ impl DictionaryBuilder {
 }
 
 /// Merges requests into one whose dictionary has no duplicate entries.
-/// Fails on the first request whose indices are out of range.
-pub fn merge<'a>(
-    reqs: impl IntoIterator<Item = &'a ProfilesRequest>,
-) -> Result<ProfilesRequest, IndexError> {
+pub fn merge<'a>(reqs: impl IntoIterator<Item = &'a Checked>) -> Checked {
     let mut b = DictionaryBuilder::new();
     for r in reqs {
-        b.import(r)?;
+        b.import(r);
     }
-    Ok(b.finish())
+    b.finish_imported()
 }
 
 /// A key for (optional message, schema URL) that no other pair shares: presence, the
@@ -476,12 +477,11 @@ fn scope_key(sp: &ScopeProfiles) -> Vec<u8> {
 /// in sample order, each with a dictionary that holds only what its samples reference.
 /// One pass over the request: each part re-interns only what its own samples use.
 /// Profiles without samples are left out of the parts.
-pub fn split(req: ProfilesRequest, max_samples: u64) -> Result<Vec<ProfilesRequest>, IndexError> {
+pub fn split(req: Checked, max_samples: u64) -> Vec<Checked> {
     let total = sample_count(&req);
     if max_samples == 0 || total <= max_samples {
-        return Ok(vec![req]);
+        return vec![req];
     }
-    check(&req)?;
     let mut out = Vec::with_capacity(total.div_ceil(max_samples) as usize);
     let mut m = Memo::new(super::view::Dict::of(&req).0);
     let mut b = DictionaryBuilder::new();
@@ -498,7 +498,7 @@ pub fn split(req: ProfilesRequest, max_samples: u64) -> Result<Vec<ProfilesReque
                     b.add_profiles(&keys, rp, sp, vec![part]);
                     rest = after;
                     if b.samples == max_samples {
-                        out.push(std::mem::take(&mut b).finish());
+                        out.push(std::mem::take(&mut b).finish_imported());
                         m.reset();
                     }
                 }
@@ -506,7 +506,7 @@ pub fn split(req: ProfilesRequest, max_samples: u64) -> Result<Vec<ProfilesReque
         }
     }
     if b.samples > 0 {
-        out.push(b.finish());
+        out.push(b.finish_imported());
     }
-    Ok(out)
+    out
 }

@@ -157,3 +157,51 @@ pub fn check(req: &ProfilesRequest) -> Result<(), IndexError> {
     }
     Ok(())
 }
+
+/// A request whose every index resolves: it passed [`check`] where it entered Stackline
+/// (a receiver), or it is the output of [`merge`](super::merge) / [`split`](super::split)
+/// over such requests, valid by construction. The pipeline carries this type, so later
+/// stages (batch, exporters) neither check again nor meet an index out of range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked(ProfilesRequest);
+
+impl Checked {
+    /// Checks `req` (see [`check`]).
+    pub fn new(req: ProfilesRequest) -> Result<Self, IndexError> {
+        check(&req)?;
+        Ok(Checked(req))
+    }
+
+    /// For outputs that only re-index checked inputs. Asserted in debug builds, so tests
+    /// and fuzzing catch a builder that breaks the promise.
+    pub(crate) fn by_construction(req: ProfilesRequest) -> Self {
+        debug_assert_eq!(check(&req), Ok(()), "a builder produced an invalid request");
+        Checked(req)
+    }
+
+    /// Changes the request in place. `f` must keep every index valid (the symbolizer adds
+    /// entries and re-points locations); asserted in debug builds.
+    pub fn modify<R>(&mut self, f: impl FnOnce(&mut ProfilesRequest) -> R) -> R {
+        let r = f(&mut self.0);
+        debug_assert_eq!(check(&self.0), Ok(()), "a stage made a request invalid");
+        r
+    }
+
+    pub fn into_inner(self) -> ProfilesRequest {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = ProfilesRequest;
+    fn deref(&self) -> &ProfilesRequest {
+        &self.0
+    }
+}
+
+impl TryFrom<ProfilesRequest> for Checked {
+    type Error = IndexError;
+    fn try_from(req: ProfilesRequest) -> Result<Self, IndexError> {
+        Checked::new(req)
+    }
+}

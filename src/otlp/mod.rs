@@ -21,7 +21,7 @@ pub mod synth;
 pub mod view;
 
 pub use builder::{DictionaryBuilder, merge, split};
-pub use check::{IndexError, check};
+pub use check::{Checked, IndexError, check};
 
 pub use opentelemetry_proto::tonic::collector::profiles::v1development as collector;
 pub use opentelemetry_proto::tonic::common::v1 as common;

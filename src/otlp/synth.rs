@@ -453,3 +453,8 @@ pub fn every_field() -> ProfilesRequest {
         dictionary: Some(d),
     }
 }
+
+/// `req` as the pipeline carries it; for tests and benches, whose requests are valid.
+pub fn valid(req: ProfilesRequest) -> super::Checked {
+    super::Checked::new(req).expect("a synthetic request is valid")
+}

@@ -1,5 +1,5 @@
 use super::profiles::Sample;
-use super::synth::{decode_samples, duplicate_entries, expected_stack, request};
+use super::synth::{decode_samples, duplicate_entries, expected_stack, request, valid};
 use super::*;
 
 fn all_samples(reqs: &[ProfilesRequest]) -> Vec<(u64, Vec<String>, String)> {
@@ -24,12 +24,13 @@ fn merge_keeps_every_sample_and_leaves_no_duplicate_entries() {
     let inputs: Vec<_> = (0..8)
         .map(|i| request(if i % 2 == 0 { "a" } else { "b" }, i * 50, 50, 12))
         .collect();
-    let merged = merge(&inputs).unwrap();
+    let checked: Vec<Checked> = inputs.iter().cloned().map(valid).collect();
+    let merged = merge(&checked);
     check(&merged).unwrap();
     assert_eq!(sample_count(&merged), 400);
     assert_eq!(duplicate_entries(&merged), Vec::<String>::new());
     assert_eq!(
-        all_samples(std::slice::from_ref(&merged)),
+        all_samples(std::slice::from_ref(&*merged)),
         all_samples(&inputs)
     );
     // Equal resources merge: two services, one scope each.
@@ -48,10 +49,13 @@ fn merge_keeps_every_sample_and_leaves_no_duplicate_entries() {
 
 #[test]
 fn split_respects_the_limit_and_keeps_order_and_content() {
-    let merged = merge(&[request("a", 0, 333, 9), request("b", 333, 100, 9)]).unwrap();
-    let parts = split(merged.clone(), 100).unwrap();
+    let merged = merge(&[
+        valid(request("a", 0, 333, 9)),
+        valid(request("b", 333, 100, 9)),
+    ]);
+    let parts = split(merged.clone(), 100);
     assert_eq!(parts.len(), 5);
-    let sizes: Vec<u64> = parts.iter().map(sample_count).collect();
+    let sizes: Vec<u64> = parts.iter().map(|p| sample_count(p)).collect();
     assert_eq!(sizes, vec![100, 100, 100, 100, 33]);
     for p in &parts {
         check(p).unwrap();
@@ -60,13 +64,14 @@ fn split_respects_the_limit_and_keeps_order_and_content() {
         let d = p.dictionary.as_ref().unwrap();
         assert!(d.attribute_table.len() as u64 <= sample_count(p) + 1);
     }
+    let parts: Vec<ProfilesRequest> = parts.into_iter().map(Checked::into_inner).collect();
     assert_eq!(
         all_samples(&parts),
-        all_samples(std::slice::from_ref(&merged))
+        all_samples(std::slice::from_ref(&*merged))
     );
     // No limit, or a limit above the count: unchanged.
-    assert_eq!(split(merged.clone(), 0).unwrap(), vec![merged.clone()]);
-    assert_eq!(split(merged.clone(), 10_000).unwrap(), vec![merged]);
+    assert_eq!(split(merged.clone(), 0), vec![merged.clone()]);
+    assert_eq!(split(merged.clone(), 10_000), vec![merged]);
 }
 
 #[test]
@@ -128,8 +133,8 @@ fn check_names_the_table_index_and_place() {
         mutate(&mut r);
         let e = check(&r).unwrap_err();
         assert_eq!(e.table, table, "{e}");
-        // Merging refuses the same input rather than producing a wrong result.
-        assert_eq!(merge([&r]).unwrap_err(), e);
+        // The pipeline's type refuses the same input: merge never sees it.
+        assert_eq!(Checked::new(r).unwrap_err(), e);
     }
 }
 
@@ -144,8 +149,7 @@ fn index_zero_is_valid_even_without_a_dictionary() {
         values: vec![4],
         ..Default::default()
     }];
-    check(&r).unwrap();
-    let m = merge([&r]).unwrap();
+    let m = merge([&valid(r)]);
     assert_eq!(sample_count(&m), 1);
 }
 
@@ -158,7 +162,7 @@ fn split_of_millions_of_samples_prints_its_time() {
     let p = &mut req.resource_profiles[0].scope_profiles[0].profiles[0];
     p.samples = vec![Default::default(); 3_000_000];
     let t = std::time::Instant::now();
-    let parts = split(req, 8192).unwrap();
+    let parts = split(valid(req), 8192);
     eprintln!(
         "split 3,000,000 samples into {} parts in {:?}",
         parts.len(),

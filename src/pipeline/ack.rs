@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::otlp::ProfilesRequest;
+use crate::otlp::Checked;
 
 struct Inner {
     failure: Mutex<Option<String>>,
@@ -100,16 +100,16 @@ impl Acks {
 
 /// A request with the acks of the receiver requests its data came from.
 pub struct Envelope {
-    pub req: ProfilesRequest,
+    pub req: Checked,
     pub acks: Acks,
 }
 
 impl Envelope {
-    pub fn new(req: ProfilesRequest, acks: Acks) -> Self {
+    pub fn new(req: Checked, acks: Acks) -> Self {
         Envelope { req, acks }
     }
     /// Data nobody waits on (e.g. from the eBPF receiver).
-    pub fn unacked(req: ProfilesRequest) -> Self {
+    pub fn unacked(req: Checked) -> Self {
         Envelope {
             req,
             acks: Acks::none(),
@@ -117,8 +117,8 @@ impl Envelope {
     }
 }
 
-impl From<ProfilesRequest> for Envelope {
-    fn from(req: ProfilesRequest) -> Self {
+impl From<Checked> for Envelope {
+    fn from(req: Checked) -> Self {
         Envelope::unacked(req)
     }
 }

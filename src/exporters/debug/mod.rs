@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Validate, parse_component};
 use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
 use crate::otlp::view::{self, Dict};
-use crate::otlp::{ProfilesRequest, sample_count};
+use crate::otlp::{Checked, ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
 
 /// `exporters.debug`.
@@ -90,7 +90,7 @@ struct DebugWriter {
 }
 
 impl Writer for DebugWriter {
-    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+    fn write(&mut self, req: Checked) -> Outcome {
         let n = sample_count(&req);
         tracing::info!(
             exporter = %self.id,

@@ -6,7 +6,7 @@ use super::writer::Writer;
 use super::*;
 use crate::config::ComponentId;
 use crate::otlp::ProfilesRequest;
-use crate::otlp::synth::request;
+use crate::otlp::synth::{request, valid};
 use crate::pipeline::channel::channel;
 
 fn cfg(
@@ -46,7 +46,7 @@ async fn export(cfg: FileExporterConfig, reqs: Vec<ProfilesRequest>) {
         .await
         .unwrap();
     for r in reqs {
-        tx.send(r.into()).await.unwrap();
+        tx.send(valid(r).into()).await.unwrap();
     }
     drop(tx);
     h.await.unwrap();
@@ -152,7 +152,7 @@ fn a_failed_reopen_is_retried_with_the_next_record_and_symlinks_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.binpb");
     let mut w = Writer::open(&cfg(path.clone(), FileFormat::Proto, None)).unwrap();
-    assert_eq!(w.write(request("a", 0, 10, 5)).sent, 10);
+    assert_eq!(w.write(valid(request("a", 0, 10, 5))).sent, 10);
     // As after a rotation whose reopen failed: the file is closed and its name is
     // taken, here by a symlink to a file the exporter must not write through.
     w.close_file();
@@ -160,7 +160,7 @@ fn a_failed_reopen_is_retried_with_the_next_record_and_symlinks_are_refused() {
     let target = dir.path().join("elsewhere");
     std::fs::write(&target, b"").unwrap();
     std::os::unix::fs::symlink(&target, &path).unwrap();
-    let o = w.write(request("a", 100, 10, 5));
+    let o = w.write(valid(request("a", 100, 10, 5)));
     assert_eq!(o.failed, 10, "{o:?}");
     assert!(o.error.is_some());
     assert_eq!(
@@ -170,7 +170,7 @@ fn a_failed_reopen_is_retried_with_the_next_record_and_symlinks_are_refused() {
     );
     // The name is free again: the next record reopens the file and is written.
     std::fs::remove_file(&path).unwrap();
-    let o = w.write(request("a", 200, 10, 5));
+    let o = w.write(valid(request("a", 200, 10, 5)));
     assert_eq!(o.sent, 10, "{o:?}");
     assert_eq!(read_proto(&std::fs::read(&path).unwrap()).len(), 1);
     use std::os::unix::fs::PermissionsExt;

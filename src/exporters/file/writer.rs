@@ -16,7 +16,7 @@ use prost::Message;
 
 use super::{FileExporterConfig, FileFormat};
 use crate::exporters::shell::{Outcome, Writer as ShellWriter};
-use crate::otlp::{ProfilesRequest, sample_count};
+use crate::otlp::{Checked, ProfilesRequest, sample_count};
 
 pub(super) struct Writer {
     path: PathBuf,
@@ -224,7 +224,7 @@ impl Writer {
 }
 
 impl ShellWriter for Writer {
-    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+    fn write(&mut self, req: Checked) -> Outcome {
         let n = sample_count(&req);
         let written = self.encode(&req).and_then(|rec| self.append(&rec));
         match written {

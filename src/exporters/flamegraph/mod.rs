@@ -17,7 +17,7 @@ use crate::config::{ConfigError, Validate, display_path, parse_component};
 use crate::exporters::file::FileMode;
 use crate::exporters::output_dir::{OutputDir, RetentionConfig, timestamp};
 use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
-use crate::otlp::{ProfilesRequest, sample_count};
+use crate::otlp::{Checked, ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
 
 /// `exporters.flamegraph[/name]`.
@@ -131,7 +131,7 @@ struct FlameWriter {
 }
 
 impl Writer for FlameWriter {
-    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+    fn write(&mut self, req: Checked) -> Outcome {
         let n = sample_count(&req);
         match write(&self.dir, &req, &self.cfg) {
             Ok(()) => Outcome::sent(n),

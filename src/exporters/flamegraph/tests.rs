@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::ComponentId;
-use crate::otlp::synth::{expected_stack, request};
+use crate::otlp::synth::{expected_stack, request, valid};
 use crate::pipeline::channel::channel;
 
 #[test]
@@ -56,7 +56,9 @@ async fn writes_an_svg_that_parses_as_xml_and_names_the_functions() {
         .start(ctx, Input::new(rx, None))
         .await
         .unwrap();
-    tx.send(request("svc", 0, 60, 5).into()).await.unwrap();
+    tx.send(valid(request("svc", 0, 60, 5)).into())
+        .await
+        .unwrap();
     drop(tx);
     h.await.unwrap();
     let files: Vec<_> = std::fs::read_dir(dir.path().join("fg"))

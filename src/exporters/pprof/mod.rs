@@ -20,7 +20,7 @@ use crate::exporters::file::FileMode;
 use crate::exporters::output_dir::{OutputDir, RetentionConfig, safe_name, timestamp};
 use crate::exporters::shell::{self, Outcome, Writer, WriterSettings};
 use crate::otlp::view::profiles;
-use crate::otlp::{ProfilesRequest, sample_count};
+use crate::otlp::{Checked, ProfilesRequest, sample_count};
 use crate::pipeline::{Context, Exporter, ExporterFactory, Input, StartError};
 use crate::telemetry::names;
 
@@ -129,7 +129,7 @@ pub struct PprofExporter {
 /// Live `/debug/pprof/profile` requests, each collecting what arrives while it waits.
 #[derive(Clone, Default)]
 struct Subscribers(
-    Arc<Mutex<Vec<mpsc::Sender<ProfilesRequest>>>>,
+    Arc<Mutex<Vec<mpsc::Sender<Checked>>>>,
     /// Requests admitted and not yet answered (collecting, merging or encoding).
     Arc<std::sync::atomic::AtomicUsize>,
 );
@@ -144,7 +144,7 @@ impl Drop for Slot {
 }
 
 impl Subscribers {
-    fn publish(&self, req: &ProfilesRequest, dropped: &metrics::Counter) {
+    fn publish(&self, req: &Checked, dropped: &metrics::Counter) {
         let mut subs = self.0.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|tx| match tx.try_send(req.clone()) {
             Ok(()) => true,
@@ -157,7 +157,7 @@ impl Subscribers {
         });
     }
     /// Adds a subscriber unless `max` requests are already being served.
-    fn add(&self, tx: mpsc::Sender<ProfilesRequest>, max: usize) -> Option<Slot> {
+    fn add(&self, tx: mpsc::Sender<Checked>, max: usize) -> Option<Slot> {
         use std::sync::atomic::Ordering::SeqCst;
         let mut subs = self.0.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|t| !t.is_closed());
@@ -243,7 +243,7 @@ struct PprofWriter {
 }
 
 impl Writer for PprofWriter {
-    fn write(&mut self, req: ProfilesRequest) -> Outcome {
+    fn write(&mut self, req: Checked) -> Outcome {
         let n = sample_count(&req);
         self.subs.publish(&req, &self.dropped);
         match &self.dir {
@@ -337,16 +337,7 @@ async fn serve(
                     while let Some(r) = rx.recv().await {
                         got.push(r);
                     }
-                    let merged = match crate::otlp::merge(&got) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            return (
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                format!("cannot merge profiles: {e}"),
-                            )
-                                .into_response();
-                        }
-                    };
+                    let merged = crate::otlp::merge(&got);
                     let profile = convert::convert(&merged, false)
                         .into_iter()
                         .next()

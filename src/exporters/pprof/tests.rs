@@ -7,7 +7,7 @@ use super::proto;
 use crate::otlp::ProfilesRequest;
 use crate::otlp::common::{AnyValue, any_value};
 use crate::otlp::profiles::{KeyValueAndUnit, Line};
-use crate::otlp::synth::{decode_samples, request};
+use crate::otlp::synth::{decode_samples, request, valid};
 use crate::otlp::{merge, sample_count};
 
 /// Adds pid, tid, thread name and container attributes to every sample: pid 100 for
@@ -115,10 +115,9 @@ fn pprof_samples(p: &proto::Profile) -> Vec<FlatSample> {
 #[test]
 fn round_trip_keeps_every_sample_value_stack_line_and_label() {
     let req = merge(&[
-        with_process_attrs(request("svc", 0, 40, 9)),
-        with_process_attrs(request("svc", 40, 40, 9)),
-    ])
-    .unwrap();
+        valid(with_process_attrs(request("svc", 0, 40, 9))),
+        valid(with_process_attrs(request("svc", 40, 40, 9))),
+    ]);
     let converted = convert(&req, false);
     assert_eq!(converted.len(), 1);
     let p = gunzip_decode(&encode_gzip(&converted[0].profile).unwrap());

@@ -37,7 +37,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 pub use config::{QueueConfig, RetryConfig, StorageConfig};
 pub use retry::BackoffPolicy;
 
-use crate::otlp::{ProfilesRequest, sample_count, view};
+use crate::otlp::{Checked, ProfilesRequest, sample_count, view};
 use crate::pipeline::{Acks, Context, Envelope, Input, StartError, catch, catch_async};
 use crate::telemetry::names;
 use queue::{PushError, Queue, Settled};
@@ -147,7 +147,7 @@ impl Outcome {
 /// A local exporter's own part. Runs on a blocking thread, one call at a time.
 pub trait Writer: Send + 'static {
     /// Handles one request; its samples are settled now or by a later [`flush`](Writer::flush).
-    fn write(&mut self, req: ProfilesRequest) -> Outcome;
+    fn write(&mut self, req: Checked) -> Outcome;
     /// Settles what earlier writes left pending. Called every `flush_every` and at the end.
     fn flush(&mut self) -> Outcome {
         Outcome::default()
@@ -430,7 +430,7 @@ async fn next(ctx: &Context, input: &mut Input, acct: &Accounting) -> Option<Env
 }
 
 /// Encodes on a blocking thread; a panic costs the request (counted).
-async fn encode(ctx: &Context, req: ProfilesRequest, acct: &Accounting) -> Option<Encoded> {
+async fn encode(ctx: &Context, req: Checked, acct: &Accounting) -> Option<Encoded> {
     let n = sample_count(&req);
     let component = ctx.component.clone();
     match tokio::task::spawn_blocking(move || catch(&component, || Encoded::protobuf(&req))).await {
@@ -539,7 +539,7 @@ async fn run_writer<W: Writer>(
     tick.reset();
     ctx.health.running();
     enum Job {
-        Write(ProfilesRequest),
+        Write(Checked),
         Flush,
     }
     loop {

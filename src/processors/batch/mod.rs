@@ -43,8 +43,6 @@ impl Processor for BatchProcessor {
 
 /// What the batch processor gives up, by reason.
 struct Meters {
-    invalid: Counter,
-    split_failed: Counter,
     panic: Counter,
     deadline: Counter,
 }
@@ -53,8 +51,6 @@ impl Meters {
     fn new(component: &str) -> Self {
         let c = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => component.to_owned(), "reason" => reason);
         Meters {
-            invalid: c("invalid_index"),
-            split_failed: c("split_failed"),
             panic: c("panic"),
             deadline: c("shutdown_deadline"),
         }
@@ -97,15 +93,9 @@ async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, m: M
             item = input.recv() => match item {
                 Some(Envelope { req, acks }) => {
                     let n = sample_count(&req);
+                    // Checked where it entered: importing cannot fail on an index.
                     match catch(&ctx.component, || pending.builder.import(&req)) {
-                        Ok(Ok(())) => pending.acks.extend(acks),
-                        Ok(Err(e)) => {
-                            // Receivers check indices, so only a faulty internal producer gets here.
-                            tracing::error!(processor = %ctx.id, error = %e, "dropping a request with a bad index");
-                            m.invalid.increment(n);
-                            acks.reject("invalid index");
-                            continue;
-                        }
+                        Ok(()) => pending.acks.extend(acks),
                         Err(_) => {
                             // The builder may be half-updated: what it held goes with the request.
                             acks.reject("the batch processor panicked");
@@ -160,22 +150,15 @@ async fn flush(
     } else {
         held
     };
-    let parts = match catch(&ctx.component, || split(builder.finish(), chunk)) {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            // The builder only emits valid indices; this would be a bug in it.
-            tracing::error!(processor = %ctx.id, error = %e, samples = held, "batch split failed; the batch is dropped (counted)");
-            m.split_failed.increment(held);
-            acks.reject("batch split failed");
-            return;
-        }
+    let parts = match catch(&ctx.component, || split(builder.finish_imported(), chunk)) {
+        Ok(p) => p,
         Err(_) => {
             m.panic.increment(held);
             acks.reject("the batch processor panicked");
             return;
         }
     };
-    let total: u64 = parts.iter().map(sample_count).sum();
+    let total: u64 = parts.iter().map(|p| sample_count(p)).sum();
     // A remainder waits for more samples only if no client waits on it: acks are never
     // held back by later data (a stream of oversized requests could do so forever).
     let keep_remainder = by_size && acks.is_empty();
@@ -185,11 +168,7 @@ async fn flush(
         if keep_remainder && total - sent < cfg.send_batch_size {
             // Remainder below the batch size keeps waiting for more samples.
             match catch(&ctx.component, || pending.builder.import(&part)) {
-                Ok(Ok(())) => pending.since = Some(Instant::now()),
-                Ok(Err(e)) => {
-                    tracing::error!(processor = %ctx.id, error = %e, "batch remainder could not be kept; dropped (counted)");
-                    m.split_failed.increment(n);
-                }
+                Ok(()) => pending.since = Some(Instant::now()),
                 Err(_) => {
                     m.panic
                         .increment(n + pending.reject("the batch processor panicked"));

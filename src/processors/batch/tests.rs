@@ -4,7 +4,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::config::ComponentId;
-use crate::otlp::synth::{decode_samples, request};
+use crate::otlp::synth::{decode_samples, request, valid};
 use crate::pipeline::channel::channel;
 
 struct Harness {
@@ -39,7 +39,9 @@ async fn sends_a_batch_as_soon_as_it_is_full() {
     let mut h = start(cfg(100, 0, 60_000));
     let tx = h.tx.as_ref().unwrap();
     for i in 0..4 {
-        tx.send(request("a", i * 30, 30, 5).into()).await.unwrap();
+        tx.send(valid(request("a", i * 30, 30, 5)).into())
+            .await
+            .unwrap();
     }
     // 120 samples >= 100: sent at once, long before the 60s timeout.
     let b = tokio::time::timeout(Duration::from_secs(5), async {
@@ -57,7 +59,7 @@ async fn sends_what_is_waiting_after_the_timeout() {
     let mut h = start(cfg(1000, 0, 100));
     h.tx.as_ref()
         .unwrap()
-        .send(request("a", 0, 7, 5).into())
+        .send(valid(request("a", 0, 7, 5)).into())
         .await
         .unwrap();
     let t = std::time::Instant::now();
@@ -79,7 +81,7 @@ async fn splits_above_the_max_size_and_keeps_the_remainder_waiting() {
     let mut h = start(cfg(100, 150, 60_000));
     h.tx.as_ref()
         .unwrap()
-        .send(request("a", 0, 420, 5).into())
+        .send(valid(request("a", 0, 420, 5)).into())
         .await
         .unwrap();
     let mut sizes = Vec::new();
@@ -109,7 +111,7 @@ async fn flushes_everything_when_the_input_ends() {
     for i in 0..5 {
         h.tx.as_ref()
             .unwrap()
-            .send(request("a", i * 10, 10, 5).into())
+            .send(valid(request("a", i * 10, 10, 5)).into())
             .await
             .unwrap();
     }

@@ -110,7 +110,7 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
                 let mut w = worker::Worker::new(cfg.clone());
                 while let Ok(mut env) = rx.recv_blocking() {
                     let busy = ctx.health.busy();
-                    if catch(&ctx.component, || w.symbolize(&mut env.req)).is_err() {
+                    if catch(&ctx.component, || env.req.modify(|r| w.symbolize(r))).is_err() {
                         // The worker may be half-updated: start a fresh one (its cache is lost).
                         panicked.increment(sample_count(&env.req));
                         env.acks.reject("the symbolizer panicked on this request");

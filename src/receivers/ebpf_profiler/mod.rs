@@ -37,7 +37,7 @@ pub use config::{
 };
 
 use crate::config::parse_component;
-use crate::pipeline::{Context, Fanout, Receiver, ReceiverFactory, StartError};
+use crate::pipeline::{Context, Envelope, Fanout, Receiver, ReceiverFactory, StartError};
 use crate::telemetry::names;
 use loader::{LoadError, LoadRequest, PROGRAM, Profiler};
 use profile::{DecodedSample, IntervalProfile, Resolver};
@@ -307,14 +307,14 @@ async fn read_samples(
     out: &Fanout,
 ) -> std::io::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::otlp::ProfilesRequest>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::otlp::Checked>(2);
     let (cfg2, stop2) = (cfg.clone(), stop.clone());
     let mut reader = tokio::task::spawn_blocking(move || reader_loop(profiler, &cfg2, &stop2, &tx));
     let mut stopping = false;
     loop {
         tokio::select! {
             req = rx.recv() => match req {
-                Some(req) => { let _ = out.send(req.into()).await; }
+                Some(req) => { let _ = out.send(Envelope::unacked(req)).await; }
                 None => break,
             },
             _ = ctx.shutdown.cancelled(), if !stopping => {
@@ -335,7 +335,7 @@ fn reader_loop(
     mut p: Profiler,
     cfg: &EbpfProfilerConfig,
     stop: &AtomicBool,
-    tx: &tokio::sync::mpsc::Sender<crate::otlp::ProfilesRequest>,
+    tx: &tokio::sync::mpsc::Sender<crate::otlp::Checked>,
 ) -> std::io::Result<()> {
     let mut offset = sys::monotonic_to_unix_offset_ns();
     let host = if cfg.host_name.trim().is_empty() {
@@ -351,6 +351,7 @@ fn reader_loop(
     let samples_total = metrics::counter!(names::EBPF_SAMPLES);
     let ringbuf_lost = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "ring_buffer_full");
     let undecodable = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "undecodable");
+    let invalid = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "invalid_profile");
     let run_seconds = metrics::gauge!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => PROGRAM);
     let runs = metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => PROGRAM);
     let mut last_lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
@@ -401,8 +402,22 @@ fn reader_loop(
                 &mut interval,
                 IntervalProfile::new(end, cfg.sampling_frequency),
             );
-            if !done.is_empty() && tx.blocking_send(done.finish(end, &host)).is_err() {
-                break;
+            if !done.is_empty() {
+                // Checked like any input, here on the reader's thread: an invalid profile
+                // would be a bug in building it, and is counted rather than sent.
+                let req = done.finish(end, &host);
+                let n = crate::otlp::sample_count(&req);
+                match crate::otlp::Checked::new(req) {
+                    Ok(req) => {
+                        if tx.blocking_send(req).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        invalid.increment(n);
+                        tracing::error!(error = %e, samples = n, "the interval's profile has a bad index (a bug); dropped (counted)");
+                    }
+                }
             }
             resolver.next_interval(now);
             // The wall clock may be stepped or slewed: re-read its offset each interval.

@@ -5,7 +5,7 @@
 use metrics::Counter;
 
 use crate::otlp::limits::{DecodeLimits, Footprint};
-use crate::otlp::{ProfilesRequest, check, sample_count};
+use crate::otlp::{Checked, ProfilesRequest, sample_count};
 use crate::pipeline::{Ack, Acks, Envelope, Fanout};
 use crate::telemetry::names;
 
@@ -98,10 +98,13 @@ impl Intake {
     /// Checks `req`, sends it on and waits until every exporter has it safe.
     pub async fn export(&self, req: ProfilesRequest) -> Result<(), Refusal> {
         let samples = sample_count(&req);
-        if let Err(e) = check(&req) {
-            self.invalid.increment(samples);
-            return Err(Refusal::Invalid(e.to_string()));
-        }
+        let req = match Checked::new(req) {
+            Ok(req) => req,
+            Err(e) => {
+                self.invalid.increment(samples);
+                return Err(Refusal::Invalid(e.to_string()));
+            }
+        };
         if samples == 0 {
             return Ok(());
         }
