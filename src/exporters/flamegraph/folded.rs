@@ -3,7 +3,7 @@
 //! inlined functions are frames of their own; kernel frames end in `_[k]`.
 
 use crate::otlp::semconv;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::otlp::ProfilesRequest;
@@ -118,35 +118,48 @@ pub fn fold(req: &ProfilesRequest, per_process: bool) -> FoldedStacks {
         .unwrap_or_default();
     let mut start = u64::MAX;
     let mut end = 0;
+    // Weights by (stack, attributes when per process) first; each distinct one is then
+    // folded into a line once, so the work is linear in samples plus distinct stacks.
+    let mut weights: HashMap<(i32, &[i32]), i64> = HashMap::new();
     for p in view::profiles(req) {
         if p.time_unix_nano > 0 {
             start = start.min(p.time_unix_nano);
             end = end.max(p.time_unix_nano.saturating_add(p.duration_nano));
         }
         for s in &p.samples {
-            let mut parts: Vec<String> = Vec::new();
-            if per_process {
-                let (pid, exe) = d.process(&s.attribute_indices);
-                let name = exe
-                    .or_else(|| {
-                        d.find_attribute(&s.attribute_indices, semconv::THREAD_NAME)
-                            .and_then(as_text)
-                    })
-                    .unwrap_or_else(|| "[unknown]".into());
-                parts.push(format!("{} [{pid}]", clean(&name)));
-            }
-            for &li in d.stack(s.stack_index).iter().rev() {
-                if let Some(l) = d.location(li) {
-                    frames(d, l, frame_type(l), &mut parts);
-                }
-            }
-            if parts.is_empty() {
-                parts.push("[no stack]".into());
-            }
-            let w = weight(s);
-            *out.lines.entry(parts.join(";")).or_default() += w;
-            out.total += w;
+            let attrs: &[i32] = if per_process {
+                &s.attribute_indices
+            } else {
+                &[]
+            };
+            let w = weights.entry((s.stack_index, attrs)).or_default();
+            *w = w.saturating_add(weight(s));
         }
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for ((stack, attrs), w) in weights {
+        parts.clear();
+        if per_process {
+            let (pid, exe) = d.process(attrs);
+            let name = exe
+                .or_else(|| {
+                    d.find_attribute(attrs, semconv::THREAD_NAME)
+                        .and_then(as_text)
+                })
+                .unwrap_or_else(|| "[unknown]".into());
+            parts.push(format!("{} [{pid}]", clean(&name)));
+        }
+        for &li in d.stack(stack).iter().rev() {
+            if let Some(l) = d.location(li) {
+                frames(d, l, frame_type(l), &mut parts);
+            }
+        }
+        if parts.is_empty() {
+            parts.push("[no stack]".into());
+        }
+        let line = out.lines.entry(parts.join(";")).or_default();
+        *line = line.saturating_add(w);
+        out.total = out.total.saturating_add(w);
     }
     if start != u64::MAX {
         out.start_unix_nano = start;

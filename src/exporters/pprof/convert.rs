@@ -209,65 +209,68 @@ impl Builder {
 }
 
 /// Converts a request: one profile per sample type, and per process with `split`.
+///
+/// Linear in samples plus distinct stacks: samples with the same stack and attributes
+/// become one pprof sample carrying their summed weight (pprof readers sum them anyway),
+/// so a stack's location list is built once, not once per sample.
 pub fn convert(req: &ProfilesRequest, split: bool) -> Vec<Converted> {
+    use std::collections::hash_map::Entry;
     let d = Dict::of(req);
     // (sample type, process when split) → its profile under construction.
     type Key = (String, Option<(i64, String)>);
     let mut builders: Vec<(Key, Builder)> = Vec::new();
+    let mut by_key: HashMap<Key, usize> = HashMap::new();
+    // (builder, stack, attributes) → that builder's pprof sample for them.
+    let mut merged: HashMap<(usize, i32, &[i32]), usize> = HashMap::new();
     for p in view::profiles(req) {
         let sample_type = p
             .sample_type
-            .map_or("samples", |vt| d.string(vt.type_strindex))
-            .to_owned();
+            .map_or("samples", |vt| d.string(vt.type_strindex));
+        // Within a profile, equal attributes mean the same process: looked up once.
+        let mut builder_of: HashMap<&[i32], usize> = HashMap::new();
         for s in &p.samples {
-            let process = split.then(|| {
-                let (pid, exe) = d.process(&s.attribute_indices);
-                (pid, exe.unwrap_or_default())
-            });
-            let key = (sample_type.clone(), process);
-            let idx = match builders.iter().position(|(k, _)| *k == key) {
-                Some(i) => i,
+            let attrs = s.attribute_indices.as_slice();
+            let idx = match builder_of.get(attrs) {
+                Some(&i) => i,
                 None => {
-                    builders.push((key, Builder::new()));
-                    builders.len() - 1
+                    let process = split.then(|| {
+                        let (pid, exe) = d.process(attrs);
+                        (pid, exe.unwrap_or_default())
+                    });
+                    let i = *by_key
+                        .entry((sample_type.to_owned(), process))
+                        .or_insert_with_key(|k| {
+                            builders.push((k.clone(), Builder::new()));
+                            builders.len() - 1
+                        });
+                    builders[i].1.header(d, p);
+                    builder_of.insert(attrs, i);
+                    i
                 }
             };
             let b = &mut builders[idx].1;
-            b.header(d, p);
-            let location_id = d
-                .stack(s.stack_index)
-                .iter()
-                .map(|&l| b.location(d, l))
-                .filter(|&id| id > 0)
-                .collect();
-            let label = s
-                .attribute_indices
-                .iter()
-                .filter_map(|&a| d.attribute(a))
-                .filter_map(|(k, v)| {
-                    let key = b.string(label_key(k));
-                    match v.value.as_ref()? {
-                        crate::otlp::common::any_value::Value::IntValue(n) => Some(proto::Label {
-                            key,
-                            num: *n,
-                            ..Default::default()
-                        }),
-                        _ => {
-                            let text = as_text(v)?;
-                            Some(proto::Label {
-                                key,
-                                str: b.string(&text),
-                                ..Default::default()
-                            })
-                        }
-                    }
-                })
-                .collect();
-            b.p.sample.push(proto::Sample {
-                location_id,
-                value: vec![weight(s)],
-                label,
-            });
+            let w = weight(s);
+            match merged.entry((idx, s.stack_index, attrs)) {
+                Entry::Occupied(e) => {
+                    let v = &mut b.p.sample[*e.get()].value[0];
+                    *v = v.saturating_add(w);
+                }
+                Entry::Vacant(e) => {
+                    let location_id = d
+                        .stack(s.stack_index)
+                        .iter()
+                        .map(|&l| b.location(d, l))
+                        .filter(|&id| id > 0)
+                        .collect();
+                    let label = labels(b, d, attrs);
+                    e.insert(b.p.sample.len());
+                    b.p.sample.push(proto::Sample {
+                        location_id,
+                        value: vec![w],
+                        label,
+                    });
+                }
+            }
         }
     }
     builders
@@ -276,6 +279,32 @@ pub fn convert(req: &ProfilesRequest, split: bool) -> Vec<Converted> {
             process,
             sample_type,
             profile: b.finish(),
+        })
+        .collect()
+}
+
+/// A sample's attributes as pprof labels: integers as `num`, the rest as text.
+fn labels(b: &mut Builder, d: Dict, attrs: &[i32]) -> Vec<proto::Label> {
+    attrs
+        .iter()
+        .filter_map(|&a| d.attribute(a))
+        .filter_map(|(k, v)| {
+            let key = b.string(label_key(k));
+            match v.value.as_ref()? {
+                crate::otlp::common::any_value::Value::IntValue(n) => Some(proto::Label {
+                    key,
+                    num: *n,
+                    ..Default::default()
+                }),
+                _ => {
+                    let text = as_text(v)?;
+                    Some(proto::Label {
+                        key,
+                        str: b.string(&text),
+                        ..Default::default()
+                    })
+                }
+            }
         })
         .collect()
 }

@@ -324,3 +324,24 @@ fn times_and_offsets_at_the_end_of_their_range_convert_without_overflow() {
     let folded = crate::exporters::flamegraph::fold(&req, true);
     assert!(folded.total > 0);
 }
+
+#[test]
+fn equal_samples_become_one_pprof_sample_and_one_folded_line() {
+    // 10,000 samples of one stack and one attribute set, plus one of another stack.
+    let mut req = request("svc", 0, 2, 3);
+    let p = &mut req.resource_profiles[0].scope_profiles[0].profiles[0];
+    let (first, other) = (p.samples[0].clone(), p.samples[1].clone());
+    assert_ne!(first.stack_index, other.stack_index);
+    let w = crate::otlp::view::weight(&first);
+    p.samples = vec![first; 10_000];
+    p.samples.push(other.clone());
+    crate::otlp::check(&req).unwrap();
+    let converted = convert(&req, false);
+    let samples = &converted[0].profile.sample;
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[0].value, vec![w * 10_000]);
+    assert_eq!(samples[1].value, vec![crate::otlp::view::weight(&other)]);
+    let folded = crate::exporters::flamegraph::fold(&req, false);
+    assert_eq!(folded.lines.len(), 2);
+    assert_eq!(folded.total, w * 10_000 + crate::otlp::view::weight(&other));
+}
