@@ -108,6 +108,56 @@ pub fn may_map(f: &File) -> bool {
         .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0 && m.file_type().is_file())
 }
 
+/// `f` in a form safe to memory-map, and how many bytes were copied to get it: `f` itself
+/// when only root can shrink it ([`may_map`]), else a copy of it in a sealed memfd, which
+/// no one can shrink or change. The copy is read with `pread`, so a file truncated
+/// meanwhile gives a short copy (symbols missing), never a signal. Files over
+/// `max_copy` bytes are refused rather than copied.
+pub fn mappable(f: File, max_copy: u64) -> io::Result<(File, u64)> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    if may_map(&f) {
+        return Ok((f, 0));
+    }
+    let len = f.metadata()?.len();
+    if len > max_copy {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("{len} bytes, over the {max_copy} a copy may take"),
+        ));
+    }
+    // SAFETY: the name is NUL-terminated; memfd_create returns a new fd or -1.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"stackline-elf-copy".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let mut copy = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = match f.read_at(&mut buf, at) {
+            Ok(0) => break,
+            Ok(n) => n.min((len - at) as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        copy.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on our own fd with an integer argument.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((copy, at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +241,28 @@ mod tests {
             libc::kill(child, libc::SIGKILL);
             libc::waitpid(child, std::ptr::null_mut(), 0);
         }
+    }
+
+    #[test]
+    fn a_file_others_can_shrink_is_copied_into_a_sealed_memfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bin");
+        std::fs::write(&f, vec![7u8; 3 << 20]).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (copy, copied) = mappable(File::open(&f).unwrap(), 64 << 20).unwrap();
+        assert_eq!(copied, 3 << 20);
+        // The owner truncates the original: the copy keeps its size, and cannot be shrunk.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&f)
+            .unwrap();
+        assert_eq!(copy.metadata().unwrap().len(), 3 << 20);
+        assert!(copy.set_len(0).is_err());
+        // Too large to copy: refused.
+        std::fs::write(&f, vec![1u8; 4096]).unwrap();
+        let e = mappable(File::open(&f).unwrap(), 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
     }
 
     #[test]

@@ -128,6 +128,8 @@ metric_names! {
     counter SYMBOLIZER_CACHE_HITS = "stackline_symbolizer_cache_hits_total";
     /// Locations the symbolizer had to resolve.
     counter SYMBOLIZER_CACHE_MISSES = "stackline_symbolizer_cache_misses_total";
+    /// Bytes of binaries the symbolizer copied into sealed memory before reading them, because their owner could shrink them under a memory mapping.
+    counter SYMBOLIZER_COPIED_BYTES = "stackline_symbolizer_copied_bytes_total";
     /// Time to symbolize one request, in seconds.
     histogram SYMBOLIZER_DURATION = "stackline_symbolizer_duration_seconds";
 }

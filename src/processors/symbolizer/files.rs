@@ -4,26 +4,28 @@
 //! directory indexed by the build IDs of the files in it).
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::host::elf::BuildId;
 use crate::host::open::open_regular;
 
-/// Whether the ELF file at `path` carries DWARF (a stripped binary does not; its debug file does).
-pub fn has_dwarf(path: &Path) -> bool {
-    open_regular(path).is_ok_and(|f| crate::host::elf::has_dwarf(&f))
-}
-
 pub use crate::host::elf::Segment;
 
-/// An ELF file chosen to symbolize a mapping with, and the segments that turn the
+/// An ELF file chosen to symbolize a mapping with, open, and the segments that turn the
 /// mapping's file offsets into the file's virtual addresses.
-#[derive(Debug, Clone)]
+///
+/// blazesym is given `path`, `/proc/self/fd/N` of the file held here, never the path a
+/// process named: what it opens is what was checked, however the process changes its
+/// files afterwards. And the file is one safe to memory-map (see
+/// [`mappable`](crate::host::open::mappable)).
+#[derive(Debug)]
 pub struct ElfFile {
     pub path: PathBuf,
     pub segments: Vec<Segment>,
+    _file: File,
 }
 
 const PAGE: u64 = 4096;
@@ -34,14 +36,15 @@ pub fn segments(path: &Path) -> Option<Vec<Segment>> {
 }
 
 impl ElfFile {
-    /// `path` is symbolized; `layout` (the binary the process ran, when on this host)
+    /// `file` is symbolized; `layout` (the binary the process ran, when on this host)
     /// gives the segments. Separate debug files keep segment addresses but zero their
     /// file offsets and sizes, so they cannot translate offsets on their own.
-    pub fn open(path: &Path, layout: Option<&Path>) -> Option<ElfFile> {
-        let segments = segments(layout.unwrap_or(path))?;
+    pub fn new(file: File, layout: Option<&File>) -> Option<ElfFile> {
+        let segments = crate::host::elf::segments(layout.unwrap_or(&file))?;
         Some(ElfFile {
-            path: path.to_path_buf(),
+            path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
             segments,
+            _file: file,
         })
     }
 
@@ -147,19 +150,45 @@ impl BuildIdIndex {
     }
 }
 
-/// Candidate paths of a mapped file on this host, most specific first.
-pub fn host_candidates(pid: Option<u32>, path: &str, start: u64, limit: u64) -> Vec<PathBuf> {
+/// Where a mapped file may be found on this host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Candidate {
+    /// `/proc/PID/map_files/START-LIMIT`: the very file mapped, across mount namespaces.
+    MapFiles { pid: u32, start: u64, limit: u64 },
+    /// The mapping's path inside the process's root (symlinks cannot leave it).
+    InRoot { pid: u32, path: String },
+    /// The mapping's path on the host.
+    Host(PathBuf),
+}
+
+impl Candidate {
+    /// Opens the candidate without following it out of its root, without blocking, and
+    /// only if it is a regular file (see [`crate::host::open`]).
+    pub fn open(&self) -> std::io::Result<File> {
+        match self {
+            Candidate::MapFiles { pid, start, limit } => open_regular(Path::new(&format!(
+                "/proc/{pid}/map_files/{start:x}-{limit:x}"
+            ))),
+            Candidate::InRoot { pid, path } => crate::host::open::open_in_root(*pid, path),
+            Candidate::Host(p) => open_regular(p),
+        }
+    }
+}
+
+/// Candidate places of a mapped file on this host, most specific first.
+pub fn host_candidates(pid: Option<u32>, path: &str, start: u64, limit: u64) -> Vec<Candidate> {
     let mut v = Vec::new();
     if let Some(pid) = pid {
-        v.push(PathBuf::from(format!(
-            "/proc/{pid}/map_files/{start:x}-{limit:x}"
-        )));
+        v.push(Candidate::MapFiles { pid, start, limit });
         if path.starts_with('/') {
-            v.push(PathBuf::from(format!("/proc/{pid}/root{path}")));
+            v.push(Candidate::InRoot {
+                pid,
+                path: path.to_owned(),
+            });
         }
     }
     if path.starts_with('/') {
-        v.push(PathBuf::from(path));
+        v.push(Candidate::Host(PathBuf::from(path)));
     }
     v
 }

@@ -14,7 +14,6 @@ use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState as Fast;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -27,8 +26,9 @@ use lru::LruCache;
 use metrics::{Counter, Histogram};
 
 use super::SymbolizerConfig;
-use super::files::{BuildIdIndex, ElfFile, has_dwarf, host_candidates};
-use crate::host::elf::{BuildId, build_id_at};
+use super::files::{BuildIdIndex, ElfFile, host_candidates};
+use crate::host::elf::BuildId;
+use crate::host::open::open_regular;
 use crate::otlp::ProfilesRequest;
 use crate::otlp::common::any_value;
 use crate::otlp::profiles::{Function, Line, ProfilesDictionary};
@@ -78,11 +78,16 @@ struct Meters {
     hits: Counter,
     misses: Counter,
     duration: Histogram,
+    copied: Counter,
 }
 
 pub struct Worker {
     cfg: SymbolizerConfig,
     sym: Symbolizer,
+    /// Files handed to `sym` since it was made, and the bytes of those that had to be
+    /// copied: blazesym keeps every file it opened, so past a bound it is made anew.
+    handed: usize,
+    copied: u64,
     cache: LruCache<Key, Rc<Resolved>, Fast>,
     files: HashMap<(Option<BuildId>, Option<u32>, String, u64), FileChoice>,
     /// Build ID (or path) → the id cache keys use, stable for the worker's life.
@@ -125,20 +130,6 @@ pub fn demangle(raw: &str) -> String {
 
 impl Worker {
     pub fn new(cfg: SymbolizerConfig) -> Self {
-        let sym = Symbolizer::builder()
-            .enable_code_info(cfg.code_info)
-            .enable_inlined_fns(cfg.inlines)
-            // Names are demangled here, so the mangled name stays available as system_name.
-            .enable_demangling(false)
-            // Host binaries' .gnu_debuglink targets are looked for in debug_dirs only when
-            // that source is listed (an empty list: nowhere; None would mean blazesym's
-            // defaults).
-            .set_debug_dirs(Some(if cfg.uses(SymbolSource::DebugDirs) {
-                cfg.debug_dirs.clone()
-            } else {
-                Vec::new()
-            }))
-            .build();
         let cap = NonZeroUsize::new(cfg.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Worker {
             index: BuildIdIndex::new(
@@ -151,7 +142,9 @@ impl Worker {
             ),
             cache: LruCache::with_hasher(cap, Fast::default()),
             files: HashMap::new(),
-            sym,
+            sym: make_symbolizer(&cfg),
+            handed: 0,
+            copied: 0,
             file_ids: HashMap::new(),
             funcs: Default::default(),
             meters: Meters {
@@ -159,11 +152,39 @@ impl Worker {
                 hits: metrics::counter!(names::SYMBOLIZER_CACHE_HITS),
                 misses: metrics::counter!(names::SYMBOLIZER_CACHE_MISSES),
                 duration: metrics::histogram!(names::SYMBOLIZER_DURATION),
+                copied: metrics::counter!(names::SYMBOLIZER_COPIED_BYTES),
             },
             cfg,
         }
     }
+}
 
+/// Files blazesym may hold open, and bytes of copies it may keep mapped, before the
+/// symbolizer is made anew (which closes them; resolved frames stay cached).
+const MAX_HANDED_FILES: usize = 256;
+const MAX_COPIED_BYTES: u64 = 256 << 20;
+/// A file larger than this that has to be copied (see `host::open::mappable`) is not
+/// symbolized.
+const MAX_COPY: u64 = 1 << 30;
+
+fn make_symbolizer(cfg: &SymbolizerConfig) -> Symbolizer {
+    Symbolizer::builder()
+        .enable_code_info(cfg.code_info)
+        .enable_inlined_fns(cfg.inlines)
+        // Names are demangled here, so the mangled name stays available as system_name.
+        .enable_demangling(false)
+        // Host binaries' .gnu_debuglink targets are looked for in debug_dirs only when
+        // that source is listed (an empty list: nowhere; None would mean blazesym's
+        // defaults).
+        .set_debug_dirs(Some(if cfg.uses(SymbolSource::DebugDirs) {
+            cfg.debug_dirs.clone()
+        } else {
+            Vec::new()
+        }))
+        .build()
+}
+
+impl Worker {
     fn choose_file(
         &mut self,
         build_id: Option<&BuildId>,
@@ -179,23 +200,22 @@ impl Worker {
             if build_id.is_some() { 0 } else { start },
         );
         if let Some(c) = self.files.get(&key) {
-            // A file found through /proc/PID of a process that has since exited cannot be
-            // read again: choose anew (another process, or the host path, may have it).
-            let gone = matches!(c, FileChoice::Found { file, .. }
-                if file.path.starts_with("/proc/") && !file.path.exists());
-            if !gone {
-                return c.clone();
-            }
-            self.files.remove(&key);
+            // The file is held open: it stays readable after its process exits.
+            return c.clone();
         }
-        // Bound the table: mappings come and go with processes.
-        if self.files.len() > 65_536 {
+        // Bound the table (mappings come and go with processes), and what blazesym holds.
+        if self.files.len() > 65_536
+            || self.handed >= MAX_HANDED_FILES
+            || self.copied >= MAX_COPIED_BYTES
+        {
             self.files.clear();
+            self.sym = make_symbolizer(&self.cfg);
+            self.handed = 0;
+            self.copied = 0;
         }
         let by_id = build_id
             .filter(|_| self.cfg.uses(SymbolSource::DebugDirs))
             .and_then(|id| self.index.find(id));
-        let mut host = None;
         // Without the host source no path or pid from the request reaches the filesystem.
         let mut candidates = if self.cfg.uses(SymbolSource::Host) {
             host_candidates(pid, path, start, limit)
@@ -207,45 +227,51 @@ impl Worker {
             // /proc/PID paths it outlives the process, and many processes share it.
             candidates.rotate_right(1);
         }
+        let mut host = None;
         for c in candidates {
-            if !c.is_file() {
-                continue;
-            }
+            let Ok(f) = c.open() else { continue };
             match build_id {
                 // Only the file the samples came from: an upgraded binary at the same path would give wrong names.
                 Some(id) => {
-                    if build_id_at(&c).ok().flatten().as_ref() == Some(id) {
-                        host = Some(c);
+                    if crate::host::elf::build_id(&f).as_ref() == Some(id) {
+                        host = Some(f);
                         break;
                     }
                 }
                 None => {
-                    host = Some(c);
+                    host = Some(f);
                     break;
                 }
             }
         }
-        // The host file first; a stripped one yields to a debug file with the same build ID.
-        let chosen: Option<PathBuf> = match (&host, by_id) {
-            (Some(h), Some(d)) => Some(if has_dwarf(h) { h.clone() } else { d }),
-            (Some(h), None) => Some(h.clone()),
-            (None, Some(d)) => Some(d),
-            (None, None) => None,
+        let debug = by_id.and_then(|p| open_regular(&p).ok());
+        // The host file first; a stripped one yields to a debug file with the same build
+        // ID, and then gives the layout.
+        let (chosen, layout) = match (host, debug) {
+            (Some(h), Some(d)) if !crate::host::elf::has_dwarf(&h) => (Some(d), Some(h)),
+            (Some(h), _) => (Some(h), None),
+            (None, d) => (d, None),
         };
-        let choice = match chosen
-            .as_deref()
-            .and_then(|c| ElfFile::open(c, host.as_deref()))
-        {
-            Some(f) => {
-                let name: Rc<str> = Rc::from(build_id.map_or(path, BuildId::as_str));
-                let next = self.file_ids.len() as u32;
-                let id = *self.file_ids.entry(name).or_insert(next);
-                FileChoice::Found {
-                    id,
-                    file: Rc::new(f),
+        let choice = match chosen.map(|f| crate::host::open::mappable(f, MAX_COPY)) {
+            Some(Ok((f, copied))) => match ElfFile::new(f, layout.as_ref()) {
+                Some(f) => {
+                    self.handed += 1;
+                    self.copied += copied;
+                    self.meters.copied.increment(copied);
+                    let name: Rc<str> = Rc::from(build_id.map_or(path, BuildId::as_str));
+                    let next = self.file_ids.len() as u32;
+                    let id = *self.file_ids.entry(name).or_insert(next);
+                    FileChoice::Found {
+                        id,
+                        file: Rc::new(f),
+                    }
                 }
+                None => FileChoice::Missing("unreadable_file"),
+            },
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                FileChoice::Missing("file_too_large_to_copy")
             }
-            None if chosen.is_some() => FileChoice::Missing("unreadable_file"),
+            Some(Err(_)) => FileChoice::Missing("unreadable_file"),
             None => FileChoice::Missing("file_not_found"),
         };
         self.files.insert(key, choice.clone());
