@@ -172,6 +172,7 @@ fn report(exe: &Path, addrs: &[u64]) {
         "  processor, warm           {pw:>12.0} addresses/s   warm/cold speed-up {:.0}x (target >= 50x)",
         pw / pc
     );
+    copy_cost(exe);
     match a2l {
         Some(r) => println!(
             "  addr2line -f -i -C, cold  {r:>12.0} addresses/s   processor cold is {:.1}x faster",
@@ -186,6 +187,40 @@ fn report(exe: &Path, addrs: &[u64]) {
         ),
         None => println!("  llvm-symbolizer: not available (apt-get install llvm)"),
     }
+}
+
+/// What the symbolizer pays for a binary its owner could shrink (copied into a sealed
+/// memfd before blazesym maps it), against reading the same file into memory.
+fn copy_cost(exe: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bin");
+    std::fs::copy(exe, &f).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let best = |run: &dyn Fn() -> u64| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                assert!(run() > 0);
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let read = best(&|| std::fs::read(&f).unwrap().len() as u64);
+    let copy = best(&|| {
+        let (_copy, n) =
+            stackline::host::open::mappable(std::fs::File::open(&f).unwrap(), 1 << 40).unwrap();
+        n
+    });
+    let mib = std::fs::metadata(&f).unwrap().len() as f64 / (1 << 20) as f64;
+    println!(
+        "  sealed memfd copy of it   {:>12.1} ms ({:.0} MiB/s)   std::fs::read {:.1} ms   copy/read time ratio {:.2}",
+        copy.as_secs_f64() * 1e3,
+        mib / copy.as_secs_f64(),
+        read.as_secs_f64() * 1e3,
+        copy.as_secs_f64() / read.as_secs_f64()
+    );
 }
 
 criterion_group!(benches, bench);
