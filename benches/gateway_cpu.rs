@@ -40,19 +40,22 @@ impl ProfilesService for Sink {
     }
 }
 
-/// CPU time (user + system) a process has used so far.
+/// CPU time (user + system) a process has used so far, to the nanosecond (the
+/// scheduler's runtime through the process's CPU clock, not /proc's 10 ms ticks).
 fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start after ") ".
-    let rest = &stat[stat.rfind(") ").unwrap() + 2..];
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks = f[11] + f[12];
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes the clock id of `pid` into `clock`.
+    assert_eq!(
+        unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) },
+        0
+    );
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the clock's time into `ts`.
+    assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// CPU time of this thread so far.
@@ -165,12 +168,25 @@ service:
             (cpu_of(pid) - cpu0, samples)
         })
     };
-    // Warm up (connections, allocator), then a short and a long run.
+    // Warm up (connections, allocator), then short and long runs in turn, five times;
+    // the marginal cost per sample of each pair, and their median.
     run(requests(0, 200));
-    let (short_cpu, short_n) = run(requests(1_000, 400));
-    let (long_cpu, long_n) = run(requests(10_000, 2_000));
-    let gateway_ns =
-        (long_cpu.as_nanos() as f64 - short_cpu.as_nanos() as f64) / (long_n - short_n) as f64;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (short_len, long_len) = (400u64, 2_000u64);
+    let mut gateway = Vec::new();
+    let mut cpus = Vec::new();
+    for round in 0..5u64 {
+        let base = 100_000 * (round + 1);
+        let (short_cpu, short_n) = run(requests(base, short_len));
+        let (long_cpu, long_n) = run(requests(base + 10_000, long_len));
+        gateway.push(
+            (long_cpu.as_nanos() as f64 - short_cpu.as_nanos() as f64) / (long_n - short_n) as f64,
+        );
+        cpus.push((short_cpu, long_cpu));
+    }
 
     // The ceiling: decode and re-encode the same requests, measured the same way.
     let ceiling = |reqs: &[ProfilesRequest]| -> Duration {
@@ -184,20 +200,33 @@ service:
         std::hint::black_box(bytes);
         thread_cpu() - t0
     };
-    let c_short = ceiling(&requests(1_000, 400));
-    let c_long = ceiling(&requests(10_000, 2_000));
-    let prost_ns =
-        (c_long.as_nanos() as f64 - c_short.as_nanos() as f64) / (long_n - short_n) as f64;
+    let mut prost = Vec::new();
+    for round in 0..5u64 {
+        let base = 100_000 * (round + 1);
+        let c_short = ceiling(&requests(base, short_len));
+        let c_long = ceiling(&requests(base + 10_000, long_len));
+        prost.push(
+            (c_long.as_nanos() as f64 - c_short.as_nanos() as f64)
+                / ((long_len - short_len) * PER_REQUEST) as f64,
+        );
+    }
+    let ratios: Vec<f64> = gateway.iter().zip(&prost).map(|(g, p)| g / p).collect();
+    let (gateway_ns, prost_ns) = (median(gateway.clone()), median(prost.clone()));
+    let (short_n, long_n) = (short_len * PER_REQUEST, long_len * PER_REQUEST);
     drop(gw);
     println!("gateway (separate process): receiver → batch → otlp exporter, no compression");
     println!("  gateway CPU per sample:          {:>8.0} ns", gateway_ns);
     println!("  prost decode + encode per sample:{:>8.0} ns", prost_ns);
     println!(
-        "  ratio gateway / prost:           {:>8.2}  (goal ≤ 3)",
+        "  ratio gateway / prost:           {:>8.2}  (goal ≤ 3; medians of 5 rounds)",
         gateway_ns / prost_ns
     );
     println!(
-        "  (marginal between {short_n} and {long_n} samples; gateway CPU {:?} and {:?})",
-        short_cpu, long_cpu
+        "  per round: gateway {:.0?} ns, prost {:.0?} ns, ratios {:.2?}",
+        gateway, prost, ratios
+    );
+    println!(
+        "  (marginal between {short_n} and {long_n} samples; gateway CPU per round {:?})",
+        cpus
     );
 }
