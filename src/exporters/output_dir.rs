@@ -76,17 +76,6 @@ impl OutputDir {
         // Re-created if someone removed it meanwhile.
         fs::create_dir_all(&self.dir)?;
         let stem = name.strip_suffix(suffix).unwrap_or(name);
-        let mut path = self.dir.join(name);
-        let mut n = 0;
-        // symlink_metadata: a name taken by a symlink (dangling or not) is taken too.
-        while fs::symlink_metadata(&path).is_ok() {
-            n += 1;
-            path = self.dir.join(format!("{stem}-{n}{suffix}"));
-        }
-        let name = path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let tmp = self.dir.join(format!(".{name}.tmp"));
         // A leftover of a crash (ours: the name is private to this exporter).
         let _ = fs::remove_file(&tmp);
@@ -96,9 +85,51 @@ impl OutputDir {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, &path)?;
+        // Renamed without replacing anything: a name taken meanwhile, by a file or a
+        // symlink, is left alone and the next `-N` is tried.
+        let mut n = 0;
+        let path = loop {
+            let path = if n == 0 {
+                self.dir.join(name)
+            } else {
+                self.dir.join(format!("{stem}-{n}{suffix}"))
+            };
+            match Self::rename_noreplace(&tmp, &path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+        };
         self.retain(suffix)?;
         Ok(path)
+    }
+
+    /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
+    fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+        };
+        let (from, to) = (c(from)?, c(to)?);
+        // SAFETY: both paths are NUL-terminated; renameat2 only reads them.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// Whether `name` is one this exporter writes: prefix, a [`timestamp`], suffix.
