@@ -519,8 +519,17 @@ async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
 /// `go tool pprof` with a temporary home for what it saves.
 fn go_pprof(args: &[&str], tmp: &Path) -> Option<String> {
     let t0 = std::time::Instant::now();
+    // Names come from the profiles. Without this pprof would symbolize the agent's own
+    // frames (left unnamed, `symbolize_self: false`) from this 200+ MB debug binary,
+    // minutes of CPU.
+    let own = if args.iter().any(|a| a.starts_with("-symbolize")) {
+        None
+    } else {
+        Some("-symbolize=none")
+    };
     let o = Command::new("go")
         .args(["tool", "pprof"])
+        .args(own)
         .args(args)
         .env("PPROF_TMPDIR", tmp)
         .env("HOME", tmp)

@@ -29,6 +29,11 @@ pub struct SymbolizerConfig {
     pub demangle: bool,
     /// Symbolize kernel frames with `/proc/kallsyms` (or `vmlinux`). Default true.
     pub kernel: bool,
+    /// Symbolize the agent's own user frames (with the `host` source). Default false:
+    /// its binary is large and its stacks vary, so naming them costs the agent more
+    /// than the rest of its work; they keep their addresses and build ID, and a
+    /// gateway (or `symbolize_self: true`) can name them.
+    pub symbolize_self: bool,
     /// A vmlinux with symbols for kernel frames; default: `/proc/kallsyms` only.
     pub vmlinux: Option<PathBuf>,
     /// How often flat `debug_dirs` are checked for changes. Default `30s`.
@@ -71,6 +76,7 @@ impl Default for SymbolizerConfig {
             code_info: true,
             demangle: true,
             kernel: true,
+            symbolize_self: false,
             vmlinux: None,
             rescan_interval: Duration::from_secs(30),
             sources: vec![

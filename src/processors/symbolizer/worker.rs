@@ -398,6 +398,12 @@ impl Worker {
             Some(Err(_)) => return Plan::Skip("invalid_build_id"),
         };
         let pid = pids.get(&(mapping_index as usize)).copied();
+        if pid == Some(std::process::id())
+            && self.cfg.uses(SymbolSource::Host)
+            && !self.cfg.symbolize_self
+        {
+            return Plan::Skip("own_process");
+        }
         match self.choose_file(
             build_id.as_ref(),
             pid,

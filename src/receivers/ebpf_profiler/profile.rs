@@ -312,6 +312,38 @@ pub struct IntervalProfile {
     by_fp: i32,
     /// `stackline.unwind.stop` attributes by stop reason, made on first use.
     stops: [i32; stop::COUNT as usize],
+    /// Raw stacks seen this interval → their stack: a repeated stack (the common case
+    /// for a busy thread) skips all per-frame work. Keyed by a hash of the raw words,
+    /// compared in full on a hit.
+    raw_stacks: FastMap<u64, Vec<RawStack>>,
+    /// The raw words of the sample being added (reused, no allocation per sample).
+    scratch: Vec<u64>,
+    /// (pid, tid, comm) → the sample attributes of that thread this interval.
+    threads: FastMap<(u32, u32, [u8; COMM_LEN]), ThreadAttrs>,
+    /// (pid, address, reached by frame pointer) → location, for user frames.
+    user_frames: FastMap<(u32, u64, bool), UserFrame>,
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+struct RawStack {
+    words: Box<[u64]>,
+    stack_index: i32,
+    /// User frames in no mapping (counted again on every repeat).
+    unmapped: u64,
+}
+
+#[derive(Clone)]
+struct ThreadAttrs {
+    attrs: Vec<i32>,
+    known: bool,
+    user_process: bool,
+}
+
+#[derive(Clone, Copy)]
+struct UserFrame {
+    location: i32,
+    mapped: bool,
 }
 
 impl IntervalProfile {
@@ -334,6 +366,10 @@ impl IntervalProfile {
             frame_kernel,
             by_fp,
             stops: [0; stop::COUNT as usize],
+            raw_stacks: FastMap::default(),
+            scratch: Vec::new(),
+            threads: FastMap::default(),
+            user_frames: FastMap::default(),
         }
     }
 
@@ -411,13 +447,50 @@ impl IntervalProfile {
 
     /// Adds one sample taken at `unix_ns`.
     pub fn add(&mut self, s: &DecodedSample, unix_ns: u64, r: &mut Resolver, now: Instant) {
-        let mut locations = Vec::with_capacity(s.kernel.len() + s.user.len());
-        for &addr in &s.kernel {
-            let m = self.kernel_mapping(addr, r);
-            locations.push(self.location(m, addr, self.frame_kernel, false));
-        }
         if s.kernel_error.is_some() {
             r.meters.kernel_stack.increment(1);
+        }
+        let t = self.thread_attrs(s, r, now);
+        if s.tgid != 0 && !t.known {
+            r.meters.process_gone.increment(1);
+        }
+        // Kernel threads have no user stack; only a user process's failure is a loss.
+        if s.user_error.is_some() && t.user_process {
+            r.meters.user_stack.increment(1);
+        }
+        let mut attrs = t.attrs;
+        let (stack_index, unmapped) = self.stack(s, t.known, r, now);
+        if unmapped > 0 {
+            r.meters.no_mapping.increment(unmapped);
+        }
+        if s.stop > stop::COMPLETE && (s.stop as usize) < self.stops.len() {
+            let i = s.stop as usize;
+            if self.stops[i] == 0 {
+                self.stops[i] =
+                    str_attr(&mut self.b, semconv::STACKLINE_UNWIND_STOP, stop::NAMES[i]);
+            }
+            attrs.push(self.stops[i]);
+        }
+        self.first_ts = self.first_ts.min(unix_ns);
+        self.last_ts = self.last_ts.max(unix_ns);
+        self.samples.push(Sample {
+            stack_index,
+            attribute_indices: attrs,
+            link_index: 0,
+            values: vec![1],
+            timestamps_unix_nano: vec![unix_ns],
+        });
+    }
+
+    /// The attributes of the sample's thread, made once per thread and interval. The
+    /// process is looked up (and told it was sampled) only then: within an interval a
+    /// thread's process is the same, unless it exec'd under a new comm (a new key).
+    fn thread_attrs(&mut self, s: &DecodedSample, r: &mut Resolver, now: Instant) -> ThreadAttrs {
+        let mut comm = [0u8; COMM_LEN];
+        let n = s.comm.len().min(COMM_LEN);
+        comm[..n].copy_from_slice(&s.comm.as_bytes()[..n]);
+        if let Some(t) = self.threads.get(&(s.tgid, s.tid, comm)) {
+            return t.clone();
         }
         // Process attributes first, borrowing the cached process (no copy per sample).
         let mut attrs = vec![
@@ -455,46 +528,93 @@ impl IntervalProfile {
                 (true, !info.exe_path.is_empty())
             }
         };
-        if !idle && !known {
-            r.meters.process_gone.increment(1);
+        let t = ThreadAttrs {
+            attrs,
+            known,
+            user_process,
+        };
+        self.threads.insert((s.tgid, s.tid, comm), t.clone());
+        t
+    }
+
+    /// The sample's stack, and how many of its user frames are in no mapping. A raw
+    /// stack seen before this interval is found by its hash, with no per-frame work.
+    fn stack(
+        &mut self,
+        s: &DecodedSample,
+        known: bool,
+        r: &mut Resolver,
+        now: Instant,
+    ) -> (i32, u64) {
+        use std::hash::BuildHasher;
+        let mut words = std::mem::take(&mut self.scratch);
+        words.clear();
+        words.extend([
+            s.tgid as u64,
+            s.user_by_fp as u64,
+            (s.user_by_fp >> 64) as u64,
+            s.kernel.len() as u64,
+        ]);
+        words.extend_from_slice(&s.kernel);
+        words.extend_from_slice(&s.user);
+        let h = self.raw_stacks.hasher().hash_one(&words[..]);
+        if let Some(hit) = self
+            .raw_stacks
+            .get(&h)
+            .and_then(|v| v.iter().find(|x| *x.words == words[..]))
+        {
+            let found = (hit.stack_index, hit.unmapped);
+            self.scratch = words;
+            return found;
         }
-        // Kernel threads have no user stack; only a user process's failure is a loss.
-        if s.user_error.is_some() && user_process {
-            r.meters.user_stack.increment(1);
+        let mut locations = Vec::with_capacity(s.kernel.len() + s.user.len());
+        for &addr in &s.kernel {
+            let m = self.kernel_mapping(addr, r);
+            locations.push(self.location(m, addr, self.frame_kernel, false));
         }
+        let mut unmapped = 0;
         for (i, &addr) in s.user.iter().enumerate() {
             let fp = i < 128 && s.user_by_fp & (1 << i) != 0;
-            let mapping = match r.user_mapping(s.tgid, addr, now) {
-                Some(m) => self.user_mapping(s.tgid, &m, r),
-                None => {
-                    if known {
-                        r.meters.no_mapping.increment(1);
-                    }
-                    0
-                }
-            };
-            locations.push(self.location(mapping, addr, self.frame_native, fp));
-        }
-        if s.stop > stop::COMPLETE && (s.stop as usize) < self.stops.len() {
-            let i = s.stop as usize;
-            if self.stops[i] == 0 {
-                self.stops[i] =
-                    str_attr(&mut self.b, semconv::STACKLINE_UNWIND_STOP, stop::NAMES[i]);
+            let f = self.user_frame(s.tgid, addr, fp, r, now);
+            if !f.mapped && known {
+                unmapped += 1;
             }
-            attrs.push(self.stops[i]);
+            locations.push(f.location);
         }
         let stack_index = self.b.intern_stack(Stack {
             location_indices: locations,
         });
-        self.first_ts = self.first_ts.min(unix_ns);
-        self.last_ts = self.last_ts.max(unix_ns);
-        self.samples.push(Sample {
+        self.raw_stacks.entry(h).or_default().push(RawStack {
+            words: words[..].into(),
             stack_index,
-            attribute_indices: attrs,
-            link_index: 0,
-            values: vec![1],
-            timestamps_unix_nano: vec![unix_ns],
+            unmapped,
         });
+        self.scratch = words;
+        (stack_index, unmapped)
+    }
+
+    /// The location of a user frame, made once per (pid, address) and interval.
+    fn user_frame(
+        &mut self,
+        pid: u32,
+        addr: u64,
+        fp: bool,
+        r: &mut Resolver,
+        now: Instant,
+    ) -> UserFrame {
+        if let Some(&f) = self.user_frames.get(&(pid, addr, fp)) {
+            return f;
+        }
+        let (mapping, mapped) = match r.user_mapping(pid, addr, now) {
+            Some(m) => (self.user_mapping(pid, &m, r), true),
+            None => (0, false),
+        };
+        let f = UserFrame {
+            location: self.location(mapping, addr, self.frame_native, fp),
+            mapped,
+        };
+        self.user_frames.insert((pid, addr, fp), f);
+        f
     }
 
     /// The interval's request: one profile of `samples/count` sampled on `cpu/nanoseconds`.
