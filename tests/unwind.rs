@@ -365,7 +365,9 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
         }
         if c.shares {
             let (a, b, r) = seen.shares;
-            if (a - 0.6).abs() > 0.05 || (b - 0.3).abs() > 0.05 || (r - 0.1).abs() > 0.05 {
+            // read_zero's 10% is time in a syscall, calibrated at start: on a loaded
+            // machine it has come out at 4-5%. A walk that lost its frames gives ~0.
+            if (a - 0.6).abs() > 0.05 || (b - 0.3).abs() > 0.05 || (r - 0.1).abs() > 0.07 {
                 failures.push(format!(
                     "{}: shares {a:.3}/{b:.3}/{r:.3}, want 0.6/0.3/0.1",
                     c.name
