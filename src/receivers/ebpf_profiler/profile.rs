@@ -584,11 +584,16 @@ impl IntervalProfile {
         let stack_index = self.b.intern_stack(Stack {
             location_indices: locations,
         });
-        self.raw_stacks.entry(h).or_default().push(RawStack {
-            words: words[..].into(),
-            stack_index,
-            unmapped,
-        });
+        // A stack with a frame in no known mapping is not remembered: the lookup below
+        // re-reads the process's maps (rate-limited), which also tells the unwinder about
+        // a library mapped since, and must keep happening.
+        if unmapped == 0 {
+            self.raw_stacks.entry(h).or_default().push(RawStack {
+                words: words[..].into(),
+                stack_index,
+                unmapped,
+            });
+        }
         self.scratch = words;
         (stack_index, unmapped)
     }
@@ -613,7 +618,9 @@ impl IntervalProfile {
             location: self.location(mapping, addr, self.frame_native, fp),
             mapped,
         };
-        self.user_frames.insert((pid, addr, fp), f);
+        if mapped {
+            self.user_frames.insert((pid, addr, fp), f);
+        }
         f
     }
 
