@@ -45,6 +45,19 @@ fn with_otlp(cfg: &str) -> String {
     )
 }
 
+/// The agent with the symbolizer and a batch before its file exporter.
+fn symbolized_agent_config() -> String {
+    with_otlp(&agent_config(""))
+        .replace(
+            "exporters:\n",
+            "processors:\n  symbolizer: {}\n  batch: { timeout: 200ms }\nexporters:\n",
+        )
+        .replace(
+            "exporters: [file]",
+            "processors: [symbolizer, batch], exporters: [file]",
+        )
+}
+
 /// Starts stackline with `cfg` and waits until the profiler's program has loaded.
 async fn start_loaded(dir: &Path, cfg: &str) -> Stackline {
     let s = Stackline::start(dir, cfg);
@@ -452,15 +465,7 @@ async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
     let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
-    let cfg = with_otlp(&agent_config(""))
-        .replace(
-            "exporters:\n",
-            "processors:\n  symbolizer: {}\n  batch: { timeout: 200ms }\nexporters:\n",
-        )
-        .replace(
-            "exporters: [file]",
-            "processors: [symbolizer, batch], exporters: [file]",
-        );
+    let cfg = symbolized_agent_config();
     let mut s = start_loaded(dir.path(), &cfg).await;
     let pid = run_workload(&exe, "5");
     assert!(
@@ -1140,15 +1145,7 @@ async fn a_fifo_a_symlink_and_a_truncated_file_in_mappings_neither_hang_nor_kill
         std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
         p
     };
-    let cfg = with_otlp(&agent_config(""))
-        .replace(
-            "exporters:\n",
-            "processors:\n  symbolizer: {}\n  batch: { timeout: 200ms }\nexporters:\n",
-        )
-        .replace(
-            "exporters: [file]",
-            "processors: [symbolizer, batch], exporters: [file]",
-        );
+    let cfg = symbolized_agent_config();
     let mut s = start_loaded(dir.path(), &cfg).await;
     let profiles = dir.path().join("profiles.jsonl");
     let named_in = |pid: &str| {
