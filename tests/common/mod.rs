@@ -383,7 +383,7 @@ pub fn flatten(req: &ProfilesRequest) -> Vec<FlatSample> {
             let st = p.sample_type.unwrap_or_default();
             let pt = p.period_type.unwrap_or_default();
             for smp in &p.samples {
-                let frames = d
+                let frames: Vec<Frame> = d
                     .stack_table
                     .get(smp.stack_index as usize)
                     .map(|s| s.location_indices.clone())
@@ -426,21 +426,31 @@ pub fn flatten(req: &ProfilesRequest) -> Vec<FlatSample> {
                         }
                     })
                     .collect();
-                out.push(FlatSample {
-                    attrs: smp.attribute_indices.iter().map(|&a| attr(a)).collect(),
-                    frames,
-                    timestamps: smp.timestamps_unix_nano.clone(),
-                    profile_time: p.time_unix_nano,
-                    profile_duration: p.duration_nano,
-                    period: p.period,
-                    types: (
-                        s(st.type_strindex),
-                        s(st.unit_strindex),
-                        s(pt.type_strindex),
-                        s(pt.unit_strindex),
-                    ),
-                    host: host.clone(),
-                });
+                // A Sample with a timestamp per event (and no values) stands for as many
+                // events: one FlatSample each, so tests count events.
+                let events: Vec<Vec<u64>> =
+                    if smp.values.is_empty() && smp.timestamps_unix_nano.len() > 1 {
+                        smp.timestamps_unix_nano.iter().map(|&t| vec![t]).collect()
+                    } else {
+                        vec![smp.timestamps_unix_nano.clone()]
+                    };
+                for timestamps in events {
+                    out.push(FlatSample {
+                        attrs: smp.attribute_indices.iter().map(|&a| attr(a)).collect(),
+                        frames: frames.clone(),
+                        timestamps,
+                        profile_time: p.time_unix_nano,
+                        profile_duration: p.duration_nano,
+                        period: p.period,
+                        types: (
+                            s(st.type_strindex),
+                            s(st.unit_strindex),
+                            s(pt.type_strindex),
+                            s(pt.unit_strindex),
+                        ),
+                        host: host.clone(),
+                    });
+                }
             }
         }
     }

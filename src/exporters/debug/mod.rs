@@ -130,12 +130,12 @@ fn describe_profiles(req: &ProfilesRequest) -> Vec<String> {
     out
 }
 
-/// The heaviest stacks of a request, leaf first, by summed first value (1 per sample if none).
+/// The heaviest stacks of a request, leaf first, by summed weight (values, else one per timestamp).
 pub fn top_stacks(req: &ProfilesRequest, n: usize) -> Vec<String> {
     let d = Dict::of(req);
     let mut weight: HashMap<i32, i64> = HashMap::new();
     for s in view::profiles(req).flat_map(|p| &p.samples) {
-        *weight.entry(s.stack_index).or_default() += s.values.first().copied().unwrap_or(1);
+        *weight.entry(s.stack_index).or_default() += view::weight(s);
     }
     let mut stacks: Vec<_> = weight.into_iter().collect();
     stacks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -357,6 +357,7 @@ fn reader_loop(
     let mut last_lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
     let mut interval = IntervalProfile::new(unix_now_ns(), cfg.sampling_frequency);
     let mut next_report = Instant::now() + cfg.report_interval;
+    let mut sample = DecodedSample::default();
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let until = next_report.saturating_duration_since(Instant::now());
@@ -378,16 +379,17 @@ fn reader_loop(
                 }
             }
         }
+        let mut read = 0;
         while let Some(item) = p.samples.next() {
-            match DecodedSample::decode(&item) {
-                Some(s) => {
-                    let unix = (s.ktime_ns as i128 + offset).max(0) as u64;
-                    interval.add(&s, unix, &mut resolver, now);
-                    samples_total.increment(1);
-                }
-                None => undecodable.increment(1),
+            if sample.decode_from(&item) {
+                let unix = (sample.ktime_ns as i128 + offset).max(0) as u64;
+                interval.add(&sample, unix, &mut resolver, now);
+                read += 1;
+            } else {
+                undecodable.increment(1);
             }
         }
+        samples_total.increment(read);
         if stopping || now >= next_report {
             let lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
             ringbuf_lost.increment(lost.saturating_sub(last_lost));

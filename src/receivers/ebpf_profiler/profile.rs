@@ -24,14 +24,17 @@ use crate::otlp::resource::Resource;
 use crate::otlp::{DictionaryBuilder, ProfilesRequest};
 use crate::telemetry::names;
 
-/// A sample decoded from the ring buffer.
-#[derive(Debug, Clone)]
+/// A sample decoded from the ring buffer. The reader keeps one and decodes every
+/// record into it, so its buffers are reused rather than allocated per sample.
+#[derive(Debug, Clone, Default)]
 pub struct DecodedSample {
     pub tgid: u32,
     pub tid: u32,
     pub cpu: u32,
     pub ktime_ns: u64,
     pub comm: String,
+    /// The raw `comm` bytes, NUL-padded (a cheap key for the thread).
+    pub comm_raw: [u8; COMM_LEN],
     /// User frames, leaf first (return addresses after the first).
     pub user: Vec<u64>,
     /// Bit i set: user frame i was reached by frame pointer (its code had no table).
@@ -48,8 +51,15 @@ const HEADER: usize = std::mem::size_of::<RecordHeader>();
 impl DecodedSample {
     /// Decodes one ring-buffer record (a header, then its frames); `None` if it is cut short.
     pub fn decode(bytes: &[u8]) -> Option<DecodedSample> {
+        let mut s = DecodedSample::default();
+        s.decode_from(bytes).then_some(s)
+    }
+
+    /// Decodes one record into `self`, reusing its buffers; false (and `self` left
+    /// unspecified) if the record is cut short.
+    pub fn decode_from(&mut self, bytes: &[u8]) -> bool {
         if bytes.len() < HEADER {
-            return None;
+            return false;
         }
         // SAFETY: the length is checked; RecordHeader is #[repr(C)] plain integers,
         // valid for any bit pattern; the read is unaligned-safe.
@@ -57,38 +67,43 @@ impl DecodedSample {
             unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RecordHeader) };
         let (k, u) = (h.kernel_len as usize, h.user_len as usize);
         if k > MAX_KERNEL_FRAMES || u > MAX_USER_FRAMES {
-            return None;
+            return false;
         }
-        let frames = bytes.get(HEADER..HEADER + (k + u) * 8)?;
-        let word =
-            |i: usize| u64::from_ne_bytes(frames[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-        let comm_end = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        let kernel = (0..k).map(word).filter(|&a| a != 0).collect();
-        let mut user = Vec::with_capacity(u);
-        let mut user_by_fp = 0u128;
-        for i in 0..u {
-            let a = word(k + i);
-            if a & FRAME_BY_FP != 0 {
-                user_by_fp |= 1 << user.len();
+        let Some(frames) = bytes.get(HEADER..HEADER + (k + u) * 8) else {
+            return false;
+        };
+        let mut words = frames
+            .chunks_exact(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().unwrap_or_default()));
+        self.kernel.clear();
+        self.kernel
+            .extend(words.by_ref().take(k).filter(|&a| a != 0));
+        self.user.clear();
+        self.user_by_fp = 0;
+        for a in words {
+            if a & FRAME_BY_FP != 0 && self.user.len() < 128 {
+                self.user_by_fp |= 1 << self.user.len();
             }
             let a = a & !FRAME_BY_FP;
             if a != 0 {
-                user.push(a);
+                self.user.push(a);
             }
         }
-        Some(DecodedSample {
-            tgid: h.tgid,
-            tid: h.tid,
-            cpu: h.cpu,
-            ktime_ns: h.ktime_ns,
-            comm: String::from_utf8_lossy(&h.comm[..comm_end]).into_owned(),
-            user,
-            user_by_fp,
-            user_error: (h.user_error < 0).then_some(h.user_error as i64),
-            kernel,
-            kernel_error: (h.kernel_error < 0).then_some(h.kernel_error as i64),
-            stop: h.stop,
-        })
+        let comm_end = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        if self.comm_raw != h.comm {
+            self.comm_raw = h.comm;
+            self.comm.clear();
+            self.comm
+                .push_str(&String::from_utf8_lossy(&h.comm[..comm_end]));
+        }
+        self.tgid = h.tgid;
+        self.tid = h.tid;
+        self.cpu = h.cpu;
+        self.ktime_ns = h.ktime_ns;
+        self.user_error = (h.user_error < 0).then_some(h.user_error as i64);
+        self.kernel_error = (h.kernel_error < 0).then_some(h.kernel_error as i64);
+        self.stop = h.stop;
+        true
     }
 }
 
@@ -318,8 +333,13 @@ pub struct IntervalProfile {
     raw_stacks: FastMap<u64, Vec<RawStack>>,
     /// The raw words of the sample being added (reused, no allocation per sample).
     scratch: Vec<u64>,
-    /// (pid, tid, comm) → the sample attributes of that thread this interval.
-    threads: FastMap<(u32, u32, [u8; COMM_LEN]), ThreadAttrs>,
+    /// (pid, tid, comm) → index in `thread_list` of that thread's attributes this interval.
+    threads: FastMap<(u32, u32, [u8; COMM_LEN]), u32>,
+    thread_list: Vec<ThreadAttrs>,
+    /// (thread, stack, stop reason) → index in `samples`: a thread's samples with the same
+    /// stack are one Sample with a timestamp each, the shape the OTLP profiles spec asks
+    /// for, so everything downstream works per distinct stack rather than per event.
+    sample_idx: FastMap<(u32, i32, u8), u32>,
     /// (pid, address, reached by frame pointer) → location, for user frames.
     user_frames: FastMap<(u32, u64, bool), UserFrame>,
 }
@@ -333,7 +353,6 @@ struct RawStack {
     unmapped: u64,
 }
 
-#[derive(Clone)]
 struct ThreadAttrs {
     attrs: Vec<i32>,
     known: bool,
@@ -369,6 +388,8 @@ impl IntervalProfile {
             raw_stacks: FastMap::default(),
             scratch: Vec::new(),
             threads: FastMap::default(),
+            thread_list: Vec::new(),
+            sample_idx: FastMap::default(),
             user_frames: FastMap::default(),
         }
     }
@@ -450,47 +471,61 @@ impl IntervalProfile {
         if s.kernel_error.is_some() {
             r.meters.kernel_stack.increment(1);
         }
-        let t = self.thread_attrs(s, r, now);
-        if s.tgid != 0 && !t.known {
+        let thread = self.thread(s, r, now);
+        let t = &self.thread_list[thread as usize];
+        let (known, user_process) = (t.known, t.user_process);
+        if s.tgid != 0 && !known {
             r.meters.process_gone.increment(1);
         }
         // Kernel threads have no user stack; only a user process's failure is a loss.
-        if s.user_error.is_some() && t.user_process {
+        if s.user_error.is_some() && user_process {
             r.meters.user_stack.increment(1);
         }
-        let mut attrs = t.attrs;
-        let (stack_index, unmapped) = self.stack(s, t.known, r, now);
+        let (stack_index, unmapped) = self.stack(s, known, r, now);
         if unmapped > 0 {
             r.meters.no_mapping.increment(unmapped);
         }
-        if s.stop > stop::COMPLETE && (s.stop as usize) < self.stops.len() {
-            let i = s.stop as usize;
+        let stop = if s.stop > stop::COMPLETE && (s.stop as usize) < self.stops.len() {
+            s.stop
+        } else {
+            0
+        };
+        self.first_ts = self.first_ts.min(unix_ns);
+        self.last_ts = self.last_ts.max(unix_ns);
+        let next = self.samples.len() as u32;
+        let i = *self
+            .sample_idx
+            .entry((thread, stack_index, stop))
+            .or_insert(next);
+        if i != next {
+            self.samples[i as usize].timestamps_unix_nano.push(unix_ns);
+            return;
+        }
+        let mut attrs = self.thread_list[thread as usize].attrs.clone();
+        if stop != 0 {
+            let i = stop as usize;
             if self.stops[i] == 0 {
                 self.stops[i] =
                     str_attr(&mut self.b, semconv::STACKLINE_UNWIND_STOP, stop::NAMES[i]);
             }
             attrs.push(self.stops[i]);
         }
-        self.first_ts = self.first_ts.min(unix_ns);
-        self.last_ts = self.last_ts.max(unix_ns);
+        // No values: one event per timestamp, each of weight one.
         self.samples.push(Sample {
             stack_index,
             attribute_indices: attrs,
             link_index: 0,
-            values: vec![1],
+            values: Vec::new(),
             timestamps_unix_nano: vec![unix_ns],
         });
     }
 
-    /// The attributes of the sample's thread, made once per thread and interval. The
-    /// process is looked up (and told it was sampled) only then: within an interval a
+    /// The index of the sample's thread attributes, made once per thread and interval.
+    /// The process is looked up (and told it was sampled) only then: within an interval a
     /// thread's process is the same, unless it exec'd under a new comm (a new key).
-    fn thread_attrs(&mut self, s: &DecodedSample, r: &mut Resolver, now: Instant) -> ThreadAttrs {
-        let mut comm = [0u8; COMM_LEN];
-        let n = s.comm.len().min(COMM_LEN);
-        comm[..n].copy_from_slice(&s.comm.as_bytes()[..n]);
-        if let Some(t) = self.threads.get(&(s.tgid, s.tid, comm)) {
-            return t.clone();
+    fn thread(&mut self, s: &DecodedSample, r: &mut Resolver, now: Instant) -> u32 {
+        if let Some(&t) = self.threads.get(&(s.tgid, s.tid, s.comm_raw)) {
+            return t;
         }
         // Process attributes first, borrowing the cached process (no copy per sample).
         let mut attrs = vec![
@@ -528,12 +563,13 @@ impl IntervalProfile {
                 (true, !info.exe_path.is_empty())
             }
         };
-        let t = ThreadAttrs {
+        let t = self.thread_list.len() as u32;
+        self.thread_list.push(ThreadAttrs {
             attrs,
             known,
             user_process,
-        };
-        self.threads.insert((s.tgid, s.tid, comm), t.clone());
+        });
+        self.threads.insert((s.tgid, s.tid, s.comm_raw), t);
         t
     }
 

@@ -369,7 +369,9 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> io
             revents: 0,
         })
         .collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // Rounded up: a timeout under a millisecond rounded down to 0 would make the
+    // caller's wait for a deadline a busy loop of polls for that last millisecond.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     // SAFETY: `p` holds p.len() valid pollfds for the duration of the call.
     let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
     match r {
