@@ -235,7 +235,7 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
 
     // A process started before the agent.
     let mut before = Command::new(&gcc)
-        .args(["shares", "8"])
+        .args(["shares", "12"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

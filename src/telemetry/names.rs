@@ -102,6 +102,8 @@ metric_names! {
     gauge EBPF_PROGRAM_RUN_SECONDS = "stackline_ebpf_program_run_time_seconds";
     /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
     counter EBPF_PROGRAM_RUNS = "stackline_ebpf_program_runs_total";
+    /// CPU time the whole process had used when the receiver read its first sample (loading and verifying included), in seconds.
+    gauge EBPF_STARTUP_CPU_SECONDS = "stackline_ebpf_startup_cpu_seconds";
 
     /// Native stack walks that ended, by why: `complete`, `truncated` (max_frames), `no_mapping`, `no_table`, `invalid_rule`, `read_fault`. Label: `reason`.
     counter EBPF_UNWIND_STOPS = "stackline_ebpf_unwind_stops_total";

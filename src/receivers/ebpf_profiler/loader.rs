@@ -182,7 +182,10 @@ pub fn load(
         task_stack: 0,
         pt_regs: 0,
     });
+    // No kernel BTF for aya: the object has no CO-RE relocations (rustc emits none),
+    // and parsing /sys/kernel/btf/vmlinux cost tens of milliseconds of every start.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .map_max_entries("SAMPLES", ring)
         .override_global("TASK_STACK_OFFSET", &offsets.task_stack, false)
         .override_global("PT_REGS_OFFSET", &offsets.pt_regs, false)

@@ -358,6 +358,7 @@ fn reader_loop(
     let mut interval = IntervalProfile::new(unix_now_ns(), cfg.sampling_frequency);
     let mut next_report = Instant::now() + cfg.report_interval;
     let mut sample = DecodedSample::default();
+    let mut started = false;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let until = next_report.saturating_duration_since(Instant::now());
@@ -381,6 +382,12 @@ fn reader_loop(
         }
         let mut read = 0;
         while let Some(item) = p.samples.next() {
+            if !started {
+                started = true;
+                let cpu = sys::process_cpu_seconds();
+                metrics::gauge!(names::EBPF_STARTUP_CPU_SECONDS).set(cpu);
+                tracing::info!(cpu_ms = (cpu * 1e3).round(), "first sample read");
+            }
             if sample.decode_from(&item) {
                 let unix = (sample.ktime_ns as i128 + offset).max(0) as u64;
                 interval.add(&sample, unix, &mut resolver, now);

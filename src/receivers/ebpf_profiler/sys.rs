@@ -387,3 +387,16 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> io
         }
     }
 }
+
+/// CPU time this process has used (all threads, user and system), in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
