@@ -4,7 +4,7 @@
 # is (cost_long - cost_short) / (samples_long - samples_short), so start-up cancels out.
 #
 # Stackline runs the pipeline users run: ebpf_profiler -> symbolizer -> batch -> file
-# (proto), at 99 and 999 Hz, in frame-pointer and native (auto) unwinding mode, on one
+# (proto), default 5 s report interval, at 99 and 999 Hz, in frame-pointer and native (auto) unwinding mode, on one
 # busy CPU running a 20-frame-deep C workload built with frame pointers (so both modes
 # walk the same stacks). Peers: perf record -g, perf record --call-graph dwarf, and
 # bpftrace (profile probe aggregating user stacks in the kernel).
@@ -70,7 +70,7 @@ workload() { # MODE SECONDS on CPU 0, waits for it
 stackline_run() { # UNWIND_MODE HZ SECONDS [EXTRA_LOAD_CMD]
   local mode=$1 hz=$2 secs=$3 port=$((19000 + RANDOM % 900))
   cat > "$work/agent.yaml" <<YAML
-receivers: { ebpf_profiler: { sampling_frequency: $hz, report_interval: 1s, unwind: { mode: $mode } } }
+receivers: { ebpf_profiler: { sampling_frequency: $hz, unwind: { mode: $mode } } }
 processors: { symbolizer: {}, batch: {} }
 exporters: { file: { path: "$work/out.binpb", format: proto } }
 service:

@@ -34,7 +34,7 @@ use stackline_ebpf::{
 };
 
 /// Pending bytes above which a submit wakes the reader. Below it, the reader's own
-/// 100 ms poll picks samples up: waking it for every sample costs an irq_work each.
+/// periodic poll picks samples up: waking it for every sample costs an irq_work each.
 const WAKEUP_BYTES: u64 = 512 * 1024;
 /// Frames walked per run of the unwinder, which then tail-calls itself for more.
 /// Verification grows faster than linearly with it: at 8 the unwinder took 158k

@@ -358,7 +358,8 @@ pub fn load(
                 },
             }
         };
-        let ev = sys::perf_event_open_cpu_clock(cpu, req.frequency).map_err(attach_err)?;
+        let ev = sys::perf_event_open_cpu_clock(cpu, req.frequency, req.config.include_idle == 0)
+            .map_err(attach_err)?;
         sys::perf_event_attach(ev.as_fd(), loaded.fd.as_fd()).map_err(attach_err)?;
         events_fds.push(ev);
     }

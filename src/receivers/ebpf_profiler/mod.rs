@@ -331,6 +331,12 @@ async fn read_samples(
     }
 }
 
+/// Longest wait for samples. The program wakes the reader itself once 512 KiB are
+/// pending, and at once for unwind requests, so this only bounds how long a trickle
+/// of samples waits and how soon a stop is seen: each wake-up costs the agent CPU
+/// whether or not there is much to read (at 20 Hz they were most of its cost).
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
 fn reader_loop(
     mut p: Profiler,
     cfg: &EbpfProfilerConfig,
@@ -367,7 +373,7 @@ fn reader_loop(
             if let Some(e) = &p.events {
                 fds.push(e.as_fd());
             }
-            sys::poll_readable(&fds, until.min(Duration::from_millis(100)))?;
+            sys::poll_readable(&fds, until.min(POLL_EVERY))?;
         }
         let now = Instant::now();
         if let Some(events) = &mut p.events {

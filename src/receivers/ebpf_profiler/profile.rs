@@ -167,6 +167,8 @@ impl Default for Resolver {
 
 /// How long a process may go unsampled before its cache entry is dropped.
 const EVICT_AFTER: Duration = Duration::from_secs(120);
+/// How long an exited process's entry is kept after its last sample.
+const EXITED_AFTER: Duration = Duration::from_secs(1);
 /// Least time between two re-reads of one process's maps.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// The same, when the eBPF program asks (it asks at most every 200 ms per process).
@@ -293,7 +295,13 @@ impl Resolver {
         self.interval += 1;
         let tables = &self.reader.tables;
         self.procs.retain(|&pid, c| {
-            let keep = now.duration_since(c.seen) < EVICT_AFTER;
+            let idle = now.duration_since(c.seen);
+            // An exited process goes once its last samples are surely read (they were
+            // taken over a second ago, and the ring was drained just before this): on a
+            // node that starts many short-lived processes, keeping each for
+            // EVICT_AFTER held tens of MiB of maps.
+            let keep = idle < EVICT_AFTER
+                && (idle < EXITED_AFTER || std::fs::exists(format!("/proc/{pid}")).unwrap_or(true));
             if !keep && let Some(t) = tables {
                 t.send(Msg::Gone(pid));
             }

@@ -74,7 +74,9 @@ pub fn prog_load(p: &ProgLoad<'_>, log: Option<(&mut [u8], u32)>) -> (io::Result
 }
 
 /// Opens a cpu-clock software event on `cpu` for every process, sampling at `freq` Hz.
-pub fn perf_event_open_cpu_clock(cpu: u32, freq: u64) -> io::Result<OwnedFd> {
+/// With `exclude_idle`, the clock's ticks on an idle CPU run no program at all (the
+/// program would only skip them).
+pub fn perf_event_open_cpu_clock(cpu: u32, freq: u64, exclude_idle: bool) -> io::Result<OwnedFd> {
     // SAFETY: perf_event_attr is a plain C struct; all-zero is its documented initial state.
     let mut attr: perf_event_attr = unsafe { mem::zeroed() };
     attr.type_ = perf_type_id::PERF_TYPE_SOFTWARE as u32;
@@ -83,6 +85,7 @@ pub fn perf_event_open_cpu_clock(cpu: u32, freq: u64) -> io::Result<OwnedFd> {
     attr.__bindgen_anon_1.sample_freq = freq;
     attr.set_freq(1);
     attr.set_disabled(1);
+    attr.set_exclude_idle(exclude_idle as u64);
     attr.sample_type = perf_event_sample_format::PERF_SAMPLE_RAW as u64;
     // SAFETY: a valid attribute; pid -1 with a cpu means every process on that cpu.
     let fd = unsafe {
