@@ -102,6 +102,8 @@ metric_names! {
     gauge EBPF_PROGRAM_RUN_SECONDS = "stackline_ebpf_program_run_time_seconds";
     /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
     counter EBPF_PROGRAM_RUNS = "stackline_ebpf_program_runs_total";
+    /// Kernel memory of each BPF map the programs use (ring buffers, mapping index, per-CPU state; the unwind tables' own arrays are `stackline_ebpf_unwind_table_bytes`), in bytes. Label: `map`.
+    gauge EBPF_MAP_MEMORY = "stackline_ebpf_map_memory_bytes";
     /// CPU time the whole process had used when the receiver read its first sample (loading and verifying included), in seconds.
     gauge EBPF_STARTUP_CPU_SECONDS = "stackline_ebpf_startup_cpu_seconds";
 

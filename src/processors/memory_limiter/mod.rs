@@ -168,15 +168,10 @@ fn rss() -> u64 {
         .map_or(0, |pages| pages.saturating_mul(page))
 }
 
-/// Hands freed heap memory back to the kernel. The collector's limiter forces a garbage
-/// collection at this point; glibc's malloc keeps freed memory mapped otherwise, and the
-/// resident size would stay above the soft limit after the data behind it is gone.
+/// The collector's limiter forces a garbage collection at this point; here freed heap
+/// memory goes back to the kernel, so the resident size follows the data.
 fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::host::release_free_memory();
 }
 
 pub fn factory() -> ProcessorFactory {

@@ -331,6 +331,19 @@ async fn read_samples(
     }
 }
 
+/// Sets `stackline_ebpf_map_memory_bytes` for the maps of both programs.
+fn map_memory(p: &Profiler) {
+    let mut maps: std::collections::BTreeMap<String, u64> = Default::default();
+    for fd in std::iter::once(&p.program_fd).chain(&p.unwinder_fd) {
+        for (name, bytes) in sys::prog_map_memory(fd.as_fd()).unwrap_or_default() {
+            maps.insert(name, bytes);
+        }
+    }
+    for (name, bytes) in maps {
+        metrics::gauge!(names::EBPF_MAP_MEMORY, "map" => name).set(bytes as f64);
+    }
+}
+
 /// Longest wait for samples. The program wakes the reader itself once 512 KiB are
 /// pending, and at once for unwind requests, so this only bounds how long a trickle
 /// of samples waits and how soon a stop is seen: each wake-up costs the agent CPU
@@ -412,6 +425,7 @@ fn reader_loop(
                 run_seconds.set(run_ns as f64 / 1e9);
                 runs.absolute(run_cnt);
             }
+            map_memory(&p);
             let end = unix_now_ns();
             let done = std::mem::replace(
                 &mut interval,
@@ -435,6 +449,8 @@ fn reader_loop(
                 }
             }
             resolver.next_interval(now);
+            // The interval's profile and the work behind it are freed: give the pages back.
+            crate::host::release_free_memory();
             // The wall clock may be stepped or slewed: re-read its offset each interval.
             offset = sys::monotonic_to_unix_offset_ns();
             next_report = now + cfg.report_interval;

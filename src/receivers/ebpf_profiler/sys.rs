@@ -199,6 +199,51 @@ pub fn loaded_objects(prog: bool) -> io::Result<Vec<(u32, String)>> {
     }
 }
 
+/// Kernel memory of each map `prog` uses, as (map name, bytes): the `memlock` the kernel
+/// charges for the map (its `/proc/self/fdinfo` entry). Maps that close meanwhile are left out.
+pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
+    // SAFETY: plain C struct, zero-initialised.
+    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    obj_info(prog.as_raw_fd(), &mut info)?;
+    let mut ids = vec![0u32; info.nr_map_ids as usize];
+    // SAFETY: plain C struct, zero-initialised; map_ids points at room for nr_map_ids ids.
+    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    info.nr_map_ids = ids.len() as u32;
+    info.map_ids = ids.as_mut_ptr() as u64;
+    obj_info(prog.as_raw_fd(), &mut info)?;
+    ids.truncate(info.nr_map_ids as usize);
+    let mut out = Vec::new();
+    for id in ids {
+        // SAFETY: plain C union, zero is its initial state.
+        let mut attr: bpf_attr = unsafe { mem::zeroed() };
+        attr.__bindgen_anon_6.__bindgen_anon_1.map_id = id;
+        // SAFETY: `attr` is a valid bpf_attr for BPF_MAP_GET_FD_BY_ID, and its size is given.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_MAP_GET_FD_BY_ID as libc::c_long,
+                &mut attr as *mut bpf_attr,
+                mem::size_of::<bpf_attr>(),
+            )
+        };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: a new fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: plain C struct, zero-initialised.
+        let mut minfo: aya_obj::generated::bpf_map_info = unsafe { mem::zeroed() };
+        obj_info(fd.as_raw_fd(), &mut minfo)?;
+        let memlock = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        out.push((name_of(&minfo.name), memlock));
+    }
+    Ok(out)
+}
+
 fn name_of(raw: &[std::ffi::c_char]) -> String {
     let bytes: Vec<u8> = raw
         .iter()
