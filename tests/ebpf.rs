@@ -1226,7 +1226,12 @@ async fn a_fifo_a_symlink_and_a_truncated_file_in_mappings_neither_hang_nor_kill
     );
     assert!(s.is_running());
     assert_eq!(s.get("/health").await.0, 200);
-    assert_eq!(s.metric("stackline_component_panics_total", &[]).await, 0.0);
+    assert_eq!(
+        s.metric("stackline_component_panics_total", &[]).await,
+        0.0,
+        "{}",
+        s.logs()
+    );
     let peak = s.peak_rss_mib();
     eprintln!("agent peak RSS: {peak} MiB");
     // The agent's own binary (debug build) is most of it; copies are bounded by size.

@@ -484,9 +484,11 @@ impl Worker {
                         continue;
                     }
                     // Offsets come from the request: an offset past the end of the
-                    // address space is one no file has.
-                    let vaddr = (addr - memory_start)
-                        .checked_add(file_offset)
+                    // address space is one no file has. A return address at the very
+                    // start of a mapping called from below it: no byte of this file.
+                    let vaddr = addr
+                        .checked_sub(memory_start)
+                        .and_then(|a| a.checked_add(file_offset))
                         .and_then(|off| file.vaddr(off, file_offset));
                     match vaddr {
                         Some(vaddr) => Key::File(id, vaddr),
