@@ -49,14 +49,8 @@ pub struct DecodedSample {
 const HEADER: usize = std::mem::size_of::<RecordHeader>();
 
 impl DecodedSample {
-    /// Decodes one ring-buffer record (a header, then its frames); `None` if it is cut short.
-    pub fn decode(bytes: &[u8]) -> Option<DecodedSample> {
-        let mut s = DecodedSample::default();
-        s.decode_from(bytes).then_some(s)
-    }
-
-    /// Decodes one record into `self`, reusing its buffers; false (and `self` left
-    /// unspecified) if the record is cut short.
+    /// Decodes one ring-buffer record (a header, then its frames) into `self`, reusing
+    /// its buffers; false (and `self` left unspecified) if the record is cut short.
     pub fn decode_from(&mut self, bytes: &[u8]) -> bool {
         if bytes.len() < HEADER {
             return false;

@@ -173,17 +173,10 @@ pub fn loaded_objects(prog: bool) -> io::Result<Vec<(u32, String)>> {
         }
         // SAFETY: the kernel wrote next_id into the same member.
         id = unsafe { attr.__bindgen_anon_6.next_id };
-        // SAFETY: plain C union, zero is its initial state.
-        let mut attr: bpf_attr = unsafe { mem::zeroed() };
-        // GET_FD_BY_ID reads the id from this member (prog_id and map_id share it).
-        attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
-        let fd = bpf(fd_cmd, &mut attr);
-        if fd < 0 {
+        let Some(fd) = fd_by_id(fd_cmd, id) else {
             // Gone meanwhile.
             continue;
-        }
-        // SAFETY: a new fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        };
         let name = if prog {
             // SAFETY: plain C struct, zero-initialised.
             let mut info: bpf_prog_info = unsafe { mem::zeroed() };
@@ -214,23 +207,9 @@ pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
     ids.truncate(info.nr_map_ids as usize);
     let mut out = Vec::new();
     for id in ids {
-        // SAFETY: plain C union, zero is its initial state.
-        let mut attr: bpf_attr = unsafe { mem::zeroed() };
-        attr.__bindgen_anon_6.__bindgen_anon_1.map_id = id;
-        // SAFETY: `attr` is a valid bpf_attr for BPF_MAP_GET_FD_BY_ID, and its size is given.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_MAP_GET_FD_BY_ID as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                mem::size_of::<bpf_attr>(),
-            )
-        };
-        if fd < 0 {
+        let Some(fd) = fd_by_id(bpf_cmd::BPF_MAP_GET_FD_BY_ID, id) else {
             continue;
-        }
-        // SAFETY: a new fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        };
         // SAFETY: plain C struct, zero-initialised.
         let mut minfo: aya_obj::generated::bpf_map_info = unsafe { mem::zeroed() };
         obj_info(fd.as_raw_fd(), &mut minfo)?;
@@ -242,6 +221,26 @@ pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
         out.push((name_of(&minfo.name), memlock));
     }
     Ok(out)
+}
+
+/// A new fd for the program or map with this id (`BPF_PROG_GET_FD_BY_ID` or
+/// `BPF_MAP_GET_FD_BY_ID`); None if it is gone.
+fn fd_by_id(cmd: bpf_cmd, id: u32) -> Option<OwnedFd> {
+    // SAFETY: plain C union, zero is its initial state.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // GET_FD_BY_ID reads the id from this member (prog_id and map_id share it).
+    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
+    // SAFETY: `attr` is a valid bpf_attr for `cmd`, and its size is given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    // SAFETY: a new fd we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn name_of(raw: &[std::ffi::c_char]) -> String {
