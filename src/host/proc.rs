@@ -24,6 +24,12 @@ pub struct MapEntry {
 
 /// Parses `/proc/PID/maps` text; lines that do not parse are skipped.
 pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    parse_maps_where(text, false)
+}
+
+/// [`parse_maps`], keeping only executable mappings if `exec_only` (the others are
+/// skipped before anything is allocated for them).
+fn parse_maps_where(text: &str, exec_only: bool) -> Vec<MapEntry> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut f = line.splitn(6, ' ');
@@ -32,6 +38,10 @@ pub fn parse_maps(text: &str) -> Vec<MapEntry> {
         else {
             continue;
         };
+        let executable = perms.as_bytes().get(2) == Some(&b'x');
+        if exec_only && !executable {
+            continue;
+        }
         let path = f.next().unwrap_or("").trim().to_owned();
         let Some((s, e)) = range.split_once('-') else {
             continue;
@@ -48,13 +58,100 @@ pub fn parse_maps(text: &str) -> Vec<MapEntry> {
             start,
             end,
             offset,
-            executable: perms.as_bytes().get(2) == Some(&b'x'),
+            executable,
             dev: dev.to_owned(),
             inode,
             path,
         });
     }
     out
+}
+
+/// A process's executable mappings: asked of the kernel one by one with the
+/// `PROCMAP_QUERY` ioctl (Linux 6.11+), which skips the text rendering of every mapping
+/// (the text of a shell's 40 mappings took 90 µs to read and 24 µs to parse, on a node
+/// starting 100 processes a second); on older kernels, from the text.
+pub fn executable_maps(pid: u32) -> io::Result<Vec<MapEntry>> {
+    let file = fs::File::open(format!("/proc/{pid}/maps"))?;
+    match query_maps(&file) {
+        Some(maps) => Ok(maps),
+        None => {
+            let mut text = String::new();
+            io::Read::read_to_string(&mut &file, &mut text)?;
+            Ok(parse_maps_where(&text, true))
+        }
+    }
+}
+
+/// `struct procmap_query` of `include/uapi/linux/fs.h`.
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR('f', 17, struct procmap_query)`.
+const PROCMAP_QUERY: u64 =
+    (3 << 30) | ((std::mem::size_of::<ProcmapQuery>() as u64) << 16) | ((b'f' as u64) << 8) | 17;
+const PROCMAP_QUERY_VMA_EXECUTABLE: u64 = 0x04;
+const PROCMAP_QUERY_COVERING_OR_NEXT_VMA: u64 = 0x10;
+
+/// The executable mappings through `PROCMAP_QUERY`; `None` if the kernel lacks it (or
+/// refuses it for a reason the text read will report better).
+fn query_maps(maps: &fs::File) -> Option<Vec<MapEntry>> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut name = vec![0u8; 4096];
+    let mut addr = 0u64;
+    loop {
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: PROCMAP_QUERY_COVERING_OR_NEXT_VMA | PROCMAP_QUERY_VMA_EXECUTABLE,
+            query_addr: addr,
+            vma_name_size: name.len() as u32,
+            vma_name_addr: name.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: `q` is the kernel's struct, its size in `size`; the name buffer outlives
+        // the call and its length is in `vma_name_size`; no build ID is asked for.
+        let r = unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY as _, &mut q) };
+        if r < 0 {
+            // ENOENT: no mapping at or above `addr`. Anything else (ENOTTY before 6.11,
+            // ENAMETOOLONG, the process exiting): the text read decides.
+            return (io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT))
+                .then_some(out);
+        }
+        // The name's size counts its NUL; 0 for anonymous memory.
+        let len = (q.vma_name_size as usize).saturating_sub(1).min(name.len());
+        out.push(MapEntry {
+            start: q.vma_start,
+            end: q.vma_end,
+            offset: q.vma_offset,
+            executable: true,
+            // As the text shows it, so file keys agree whichever way a process was read.
+            dev: format!("{:02x}:{:02x}", q.dev_major, q.dev_minor),
+            inode: q.inode,
+            path: String::from_utf8_lossy(&name[..len]).into_owned(),
+        });
+        if q.vma_end <= addr {
+            return None;
+        }
+        addr = q.vma_end;
+    }
 }
 
 /// Process start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
@@ -79,13 +176,14 @@ pub struct ProcessInfo {
     pub exe_name: String,
     /// Container and pod, from the cgroup path.
     pub cgroup: super::cgroup::Attribution,
+    /// Its executable mappings (the only ones a stack's addresses can be in).
     pub maps: Vec<MapEntry>,
 }
 
 impl ProcessInfo {
     /// Reads a process. Fails only if its maps cannot be read (it exited, or no permission).
     pub fn read(pid: u32) -> io::Result<ProcessInfo> {
-        let maps = parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?);
+        let maps = executable_maps(pid)?;
         let exe_path = fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| {
                 p.to_string_lossy()
@@ -282,6 +380,43 @@ mod tests {
         assert_eq!(m[1].path, "/usr/bin/my app");
         assert_eq!(m[2].path, "[vdso]");
         assert_eq!(m[3].path, "");
+    }
+
+    #[test]
+    fn the_ioctl_and_the_text_give_the_same_executable_mappings() {
+        let me = std::process::id();
+        let file = fs::File::open(format!("/proc/{me}/maps")).unwrap();
+        let Some(queried) = query_maps(&file) else {
+            crate::testing::skip(
+                "PROCMAP_QUERY",
+                "the kernel has no PROCMAP_QUERY (before 6.11)",
+            );
+            return;
+        };
+        let text = parse_maps_where(
+            &fs::read_to_string(format!("/proc/{me}/maps")).unwrap(),
+            true,
+        );
+        assert!(queried.len() >= 2, "{queried:?}");
+        // The test's threads may map code between the two reads: compare what both saw.
+        let mut same = 0;
+        for m in &text {
+            if let Some(q) = queried.iter().find(|q| q.start == m.start) {
+                assert_eq!(q, m);
+                same += 1;
+            }
+        }
+        assert!(
+            same >= 2 && same + 2 >= text.len(),
+            "{same} of {} compared",
+            text.len()
+        );
+        assert!(queried.iter().any(|q| q.path == "[vdso]"), "{queried:?}");
+        assert!(text.iter().all(|m| m.executable));
+        assert_eq!(
+            parse_maps_where("7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n", true),
+            vec![]
+        );
     }
 
     #[test]

@@ -234,6 +234,31 @@ fn c_functions_lines_and_inline_chains_match_addr2line() {
 }
 
 #[test]
+fn the_frame_cache_stays_within_cache_size_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_rust(dir.path());
+    let id = read_build_id(&bin).unwrap().unwrap();
+    let (s, e) = symbol(&bin, "churn");
+    let vaddrs = instructions(&bin, s, e);
+    assert!(vaddrs.len() > 8, "{} instructions", vaddrs.len());
+    let req = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    let mut big = Worker::new(cfg(vec![]));
+    let mut want = req.clone();
+    big.symbolize(&mut want);
+    assert_eq!(big.cached_frames(), vaddrs.len());
+    let mut small = Worker::new(SymbolizerConfig {
+        cache_size: 4,
+        ..cfg(vec![])
+    });
+    for _ in 0..2 {
+        let mut got = req.clone();
+        small.symbolize(&mut got);
+        assert_eq!(lines_of(&got), lines_of(&want));
+        assert_eq!(small.cached_frames(), 4);
+    }
+}
+
+#[test]
 fn rust_names_are_demangled_with_the_mangled_name_kept() {
     let dir = tempfile::tempdir().unwrap();
     let bin = build_rust(dir.path());

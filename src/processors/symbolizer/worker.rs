@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState as Fast;
-use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -130,7 +129,6 @@ pub fn demangle(raw: &str) -> String {
 
 impl Worker {
     pub fn new(cfg: SymbolizerConfig) -> Self {
-        let cap = NonZeroUsize::new(cfg.cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Worker {
             index: BuildIdIndex::new(
                 if cfg.uses(SymbolSource::DebugDirs) {
@@ -140,7 +138,11 @@ impl Worker {
                 },
                 cfg.rescan_interval,
             ),
-            cache: LruCache::with_hasher(cap, Fast::default()),
+            // Grown as entries come and bounded by hand: a bounded LruCache allocates its
+            // whole table up front (9 MB at the default size), and as entries land in it
+            // at random they touch nearly every page of it (anon grew 9 MiB in a minute
+            // on a node with many short-lived processes).
+            cache: LruCache::unbounded_with_hasher(Fast::default()),
             files: HashMap::new(),
             sym: make_symbolizer(&cfg),
             handed: 0,
@@ -185,6 +187,12 @@ fn make_symbolizer(cfg: &SymbolizerConfig) -> Symbolizer {
 }
 
 impl Worker {
+    /// Resolved frames held in the cache.
+    #[cfg(test)]
+    pub(super) fn cached_frames(&self) -> usize {
+        self.cache.len()
+    }
+
     fn choose_file(
         &mut self,
         build_id: Option<&BuildId>,
@@ -537,6 +545,9 @@ impl Worker {
         }
         for (k, r) in &fresh {
             self.cache.put(k.clone(), r.clone());
+            if self.cache.len() > self.cfg.cache_size {
+                self.cache.pop_lru();
+            }
         }
         ready.extend(
             pending

@@ -340,17 +340,16 @@ pub fn fdes<'d, R: object::ReadRef<'d>>(data: R) -> Result<(Vec<Fde>, TableStats
     let file = object::File::parse(data).map_err(|e| TableError::Elf(e.to_string()))?;
     let mut stats = TableStats::default();
     let mut fdes = Vec::new();
+    // Only the bytes asked for: through a `ReadCache`, a segment's `data_range` reads and
+    // keeps the whole segment (12 MB for a large binary's text).
     let text_bytes = |addr: u64, len: usize| -> Option<Vec<u8>> {
         file.segments().find_map(|seg| {
-            let (a, s) = (seg.address(), seg.size());
-            (addr >= a && addr + len as u64 <= a + s)
-                .then(|| {
-                    seg.data_range(addr, len as u64)
-                        .ok()
-                        .flatten()
-                        .map(<[u8]>::to_vec)
-                })
+            let (a, (off, size)) = (seg.address(), seg.file_range());
+            let at = addr.checked_sub(a)?;
+            (at.checked_add(len as u64)? <= size)
+                .then(|| data.read_bytes_at(off.checked_add(at)?, len as u64).ok())
                 .flatten()
+                .map(<[u8]>::to_vec)
         })
     };
     let text_addr = file.section_by_name(".text").map_or(0, |s| s.address());

@@ -268,6 +268,12 @@ fn libc_table_builds() {
     let table = build(&data[..]).unwrap();
     eprintln!("libc table: {} bytes", table.bytes());
     assert!(table.bytes() > 10_000, "{} bytes", table.bytes());
+    // Read through a file cache as the manager reads it: the same table, and glibc's
+    // signal return trampoline found.
+    let file = std::fs::File::open("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    let (fdes, stats) = super::table::fdes(&object::ReadCache::new(&file)).unwrap();
+    assert!(stats.signal_fdes >= 1, "{stats:?}");
+    assert_eq!(fdes.len(), super::table::fdes(&data[..]).unwrap().0.len());
 }
 
 /// Memory of a core file: its PT_LOAD segments.
