@@ -35,12 +35,50 @@ use crate::otlp::view::Dict;
 use crate::telemetry::names;
 
 /// A function as it goes into the dictionary. Interned per worker, so lines of the
-/// same function share one `Rc` and writing them is a pointer lookup.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// same function share one `Rc`, and a request writes each function once: its index
+/// in the request being written is kept beside it.
+#[derive(Debug, Clone)]
 pub struct Func {
     pub name: String,
     pub system_name: String,
     pub file: String,
+    /// The three strings' hashes under the worker's hasher, so writing a function into
+    /// each request's string table does not hash its (often long, mangled) names again.
+    hashes: [u64; 3],
+    /// (request number, function index in that request's dictionary).
+    written: std::cell::Cell<(u64, i32)>,
+}
+
+impl PartialEq for Func {
+    fn eq(&self, other: &Func) -> bool {
+        (&self.name, &self.system_name, &self.file)
+            == (&other.name, &other.system_name, &other.file)
+    }
+}
+
+impl Eq for Func {}
+
+impl std::hash::Hash for Func {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.hashes.hash(state);
+    }
+}
+
+impl Func {
+    fn new(name: String, system_name: String, file: String, hasher: &Fast) -> Func {
+        let hashes = [
+            hasher.hash_one(name.as_str()),
+            hasher.hash_one(system_name.as_str()),
+            hasher.hash_one(file.as_str()),
+        ];
+        Func {
+            name,
+            system_name,
+            file,
+            hashes,
+            written: std::cell::Cell::new((0, 0)),
+        }
+    }
 }
 
 /// One resolved line of a location (innermost first).
@@ -92,6 +130,10 @@ pub struct Worker {
     /// Build ID (or path) → the id cache keys use, stable for the worker's life.
     file_ids: HashMap<Rc<str>, u32>,
     funcs: std::cell::RefCell<HashMap<Func, Rc<Func>>>,
+    /// Hashes the strings of `funcs` and of every request's string table alike.
+    hasher: Fast,
+    /// Requests written so far.
+    requests: u64,
     index: BuildIdIndex,
     meters: Meters,
 }
@@ -149,6 +191,8 @@ impl Worker {
             copied: 0,
             file_ids: HashMap::new(),
             funcs: Default::default(),
+            hasher: Fast::default(),
+            requests: 0,
             meters: Meters {
                 resolved: frame_counter("resolved", ""),
                 hits: metrics::counter!(names::SYMBOLIZER_CACHE_HITS),
@@ -316,22 +360,24 @@ impl Worker {
         for f in sym.inlined.iter().rev() {
             let (file, line, column) = code(f.code_info.as_ref());
             out.push(ResolvedLine {
-                func: intern(Func {
-                    name: name(&f.name),
-                    system_name: f.name.to_string(),
+                func: intern(Func::new(
+                    name(&f.name),
+                    f.name.to_string(),
                     file,
-                }),
+                    &self.hasher,
+                )),
                 line,
                 column,
             });
         }
         let (file, line, column) = code(sym.code_info.as_deref());
         out.push(ResolvedLine {
-            func: intern(Func {
-                name: name(&sym.name),
-                system_name: sym.name.to_string(),
+            func: intern(Func::new(
+                name(&sym.name),
+                sym.name.to_string(),
                 file,
-            }),
+                &self.hasher,
+            )),
             line,
             column,
         });
@@ -556,7 +602,8 @@ impl Worker {
         );
 
         // Pass 3: write the lines.
-        let mut writer = LineWriter::new(dict);
+        self.requests += 1;
+        let mut writer = LineWriter::new(dict, self.hasher.clone(), self.requests, ready.len());
         let mut resolved = 0u64;
         for (li, r) in ready {
             match &*r {
@@ -598,21 +645,22 @@ struct LineWriter<'a> {
     strings: hashbrown::HashTable<i32>,
     hasher: Fast,
     functions: HashMap<(i32, i32, i32, i64), i32, Fast>,
-    /// Function index by interned `Func`, so repeated functions cost a pointer lookup.
-    /// The `Rc` is kept so no address is reused while the map lives.
-    by_func: HashMap<*const Func, (Rc<Func>, i32), Fast>,
+    /// This request's number (from 1): a `Func` written under it knows its index.
+    request: u64,
 }
 
 impl<'a> LineWriter<'a> {
-    fn new(dict: &'a mut ProfilesDictionary) -> Self {
+    /// A writer for about `locations` locations (tables are sized for a new function
+    /// each, so they are not rehashed as they grow).
+    fn new(dict: &'a mut ProfilesDictionary, hasher: Fast, request: u64, locations: usize) -> Self {
         if dict.string_table.is_empty() {
             dict.string_table.push(String::new());
         }
         if dict.function_table.is_empty() {
             dict.function_table.push(Function::default());
         }
-        let hasher = Fast::default();
-        let mut strings = hashbrown::HashTable::with_capacity(dict.string_table.len());
+        let mut strings =
+            hashbrown::HashTable::with_capacity(dict.string_table.len() + 2 * locations);
         for (i, s) in dict.string_table.iter().enumerate() {
             let h = hasher.hash_one(s.as_str());
             // Keep the first of any duplicates the input already had.
@@ -625,33 +673,32 @@ impl<'a> LineWriter<'a> {
                 });
             }
         }
-        let functions = dict
-            .function_table
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
+        let mut functions = HashMap::with_capacity_and_hasher(
+            dict.function_table.len() + locations,
+            Fast::default(),
+        );
+        functions.extend(dict.function_table.iter().enumerate().map(|(i, f)| {
+            (
                 (
-                    (
-                        f.name_strindex,
-                        f.system_name_strindex,
-                        f.filename_strindex,
-                        f.start_line,
-                    ),
-                    i as i32,
-                )
-            })
-            .collect();
+                    f.name_strindex,
+                    f.system_name_strindex,
+                    f.filename_strindex,
+                    f.start_line,
+                ),
+                i as i32,
+            )
+        }));
         LineWriter {
             dict,
             strings,
             hasher,
             functions,
-            by_func: HashMap::default(),
+            request,
         }
     }
 
-    fn string(&mut self, s: &str) -> i32 {
-        let h = self.hasher.hash_one(s);
+    /// The index of `s`, whose hash under `self.hasher` is `h`.
+    fn string(&mut self, s: &str, h: u64) -> i32 {
         let table = &mut self.dict.string_table;
         if let Some(&i) = self.strings.find(h, |&j| table[j as usize] == s) {
             return i;
@@ -665,13 +712,14 @@ impl<'a> LineWriter<'a> {
     }
 
     fn function(&mut self, func: &Rc<Func>) -> i32 {
-        if let Some((_, f)) = self.by_func.get(&Rc::as_ptr(func)) {
-            return *f;
+        let (request, index) = func.written.get();
+        if request == self.request {
+            return index;
         }
         let key = (
-            self.string(&func.name),
-            self.string(&func.system_name),
-            self.string(&func.file),
+            self.string(&func.name, func.hashes[0]),
+            self.string(&func.system_name, func.hashes[1]),
+            self.string(&func.file, func.hashes[2]),
             0,
         );
         let f = match self.functions.get(&key) {
@@ -688,7 +736,7 @@ impl<'a> LineWriter<'a> {
                 f
             }
         };
-        self.by_func.insert(Rc::as_ptr(func), (func.clone(), f));
+        func.written.set((self.request, f));
         f
     }
 
