@@ -41,12 +41,22 @@ pub enum Msg {
         table: Result<Table, super::table::TableError>,
         took: std::time::Duration,
     },
+    /// The reader dropped its handle: stop (the builder holds a sender too, so the
+    /// channel alone would never close, and the two threads would keep the maps open).
+    Stop,
 }
 
 /// The manager's end the reader holds. Dropping it stops the manager.
 pub struct Handle {
     tx: SyncSender<Msg>,
     dropped: Counter,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Waits for room: the manager is draining, and must see this.
+        let _ = self.tx.send(Msg::Stop);
+    }
 }
 
 impl Handle {
@@ -71,7 +81,13 @@ pub fn spawn(maps: TableMaps, max_memory: u64) -> std::io::Result<Handle> {
     let mut m = Manager::new(maps, max_memory, jobs_tx);
     std::thread::Builder::new()
         .name("unwind-tables".into())
-        .spawn(move || m.run(rx))?;
+        .spawn(move || {
+            m.run(rx);
+            // The maps' fds close here, so a reloaded receiver does not keep the old
+            // programs' maps in the kernel.
+            drop(m);
+            tracing::debug!("unwind table manager stopped");
+        })?;
     Ok(Handle {
         tx,
         dropped: metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "unwind_request_dropped"),
@@ -258,8 +274,13 @@ impl Manager {
 
     fn run(&mut self, rx: Receiver<Msg>) {
         while let Ok(msg) = rx.recv() {
+            if matches!(msg, Msg::Stop) {
+                // Dropping `self.jobs` with the manager ends the builder after its build.
+                return;
+            }
             // A bug here must not take unwinding down for good: the message is dropped.
             let r = crate::pipeline::catch("receiver/ebpf_profiler/unwind-tables", || match msg {
+                Msg::Stop => {}
                 Msg::Process { pid, maps } => self.process(pid, &maps),
                 Msg::Gone(pid) => self.gone(pid),
                 Msg::Interval(pids) => self.next_interval(&pids),
