@@ -53,21 +53,10 @@ pub fn prog_load(p: &ProgLoad<'_>, log: Option<(&mut [u8], u32)>) -> (io::Result
         }
     }
     // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute whose pointers (instructions,
-    // license, log buffer) outlive the call; the size passed is that of `attr`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_PROG_LOAD as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            mem::size_of::<bpf_attr>(),
-        )
-    };
-    let result = if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
+    // license, log buffer) outlive the call.
+    let result = unsafe { bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) }
         // SAFETY: on success BPF_PROG_LOAD returns a new file descriptor we now own.
-        Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
-    };
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) });
     // SAFETY: same union member; the kernel wrote log_true_size into it.
     let true_size = unsafe { attr.__bindgen_anon_3.log_true_size };
     (result, true_size)
@@ -145,17 +134,6 @@ pub fn loaded_objects(prog: bool) -> io::Result<Vec<(u32, String)>> {
     } else {
         (bpf_cmd::BPF_MAP_GET_NEXT_ID, bpf_cmd::BPF_MAP_GET_FD_BY_ID)
     };
-    let bpf = |cmd: bpf_cmd, attr: &mut bpf_attr| -> libc::c_long {
-        // SAFETY: `attr` is a valid bpf_attr for `cmd`, and its size is given.
-        unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd as libc::c_long,
-                attr as *mut bpf_attr,
-                mem::size_of::<bpf_attr>(),
-            )
-        }
-    };
     let mut out = Vec::new();
     let mut id = 0u32;
     loop {
@@ -163,8 +141,8 @@ pub fn loaded_objects(prog: bool) -> io::Result<Vec<(u32, String)>> {
         let mut attr: bpf_attr = unsafe { mem::zeroed() };
         // The GET_NEXT_ID commands use this member (writing a union field is safe).
         attr.__bindgen_anon_6.__bindgen_anon_1.start_id = id;
-        if bpf(next_cmd, &mut attr) < 0 {
-            let e = io::Error::last_os_error();
+        // SAFETY: the GET_NEXT_ID commands carry no pointers.
+        if let Err(e) = unsafe { bpf(next_cmd, &mut attr) } {
             return if e.raw_os_error() == Some(libc::ENOENT) {
                 Ok(out)
             } else {
@@ -223,6 +201,28 @@ pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
+/// The `bpf()` system call with `attr`; its non-negative result, or the error.
+///
+/// # Safety
+/// `attr` must be valid for `cmd`: every pointer in it valid for the sizes it gives,
+/// for the length of the call.
+unsafe fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for `attr`; its size is that of `bpf_attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
 /// A new fd for the program or map with this id (`BPF_PROG_GET_FD_BY_ID` or
 /// `BPF_MAP_GET_FD_BY_ID`); None if it is gone.
 fn fd_by_id(cmd: bpf_cmd, id: u32) -> Option<OwnedFd> {
@@ -230,17 +230,10 @@ fn fd_by_id(cmd: bpf_cmd, id: u32) -> Option<OwnedFd> {
     let mut attr: bpf_attr = unsafe { mem::zeroed() };
     // GET_FD_BY_ID reads the id from this member (prog_id and map_id share it).
     attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
-    // SAFETY: `attr` is a valid bpf_attr for `cmd`, and its size is given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            mem::size_of::<bpf_attr>(),
-        )
-    };
+    // SAFETY: the GET_FD_BY_ID commands carry no pointers.
+    let fd = unsafe { bpf(cmd, &mut attr) }.ok()?;
     // SAFETY: a new fd we own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn name_of(raw: &[std::ffi::c_char]) -> String {
@@ -262,18 +255,7 @@ fn obj_info<T>(fd: i32, info: &mut T) -> io::Result<()> {
     u.info_len = mem::size_of::<T>() as u32;
     u.info = info as *mut T as u64;
     // SAFETY: `info` outlives the call and its size is given.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            mem::size_of::<bpf_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    unsafe { bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) }.map(drop)
 }
 
 /// `BPF_F_INNER_MAP`: inner maps of one outer map may differ in `max_entries` (5.10+).
@@ -307,20 +289,10 @@ pub fn map_create(
     for (dst, src) in u.map_name.iter_mut().zip(&name[..n]) {
         *dst = *src as _;
     }
-    // SAFETY: a valid BPF_MAP_CREATE attribute; the size passed is that of `attr`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_MAP_CREATE as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            mem::size_of::<bpf_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: a valid BPF_MAP_CREATE attribute, without pointers.
+    let fd = unsafe { bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr) }?;
     // SAFETY: BPF_MAP_CREATE returned a new file descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// `BPF_MAP_UPDATE_ELEM` (`value` None: `BPF_MAP_DELETE_ELEM`) with raw key and value bytes.
@@ -340,18 +312,7 @@ pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: Option<&[u8]>) -> io::
     };
     // SAFETY: `key` and `value` outlive the call and have the map's sizes (the kernel
     // reads exactly key_size and value_size bytes).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            &mut attr as *mut bpf_attr,
-            mem::size_of::<bpf_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    unsafe { bpf(cmd, &mut attr) }.map(drop)
 }
 
 /// Lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps and programs to.
