@@ -168,12 +168,6 @@ fn rss() -> u64 {
         .map_or(0, |pages| pages.saturating_mul(page))
 }
 
-/// The collector's limiter forces a garbage collection at this point; here freed heap
-/// memory goes back to the kernel, so the resident size follows the data.
-fn release_free_memory() {
-    crate::host::release_free_memory();
-}
-
 pub fn factory() -> ProcessorFactory {
     ProcessorFactory {
         type_name: "memory_limiter",
@@ -221,7 +215,9 @@ async fn run(cfg: MemoryLimiterConfig, ctx: Context, mut input: Input, out: Fano
                 tick.tick().await;
                 let mut used = rss();
                 if used > soft {
-                    let _ = tokio::task::spawn_blocking(release_free_memory).await;
+                    // Where the collector's limiter forces a garbage collection, freed heap
+                    // goes back to the kernel, so the resident size follows the data.
+                    let _ = tokio::task::spawn_blocking(crate::host::release_free_memory).await;
                     used = rss();
                 }
                 rss_gauge.set(used as f64);

@@ -233,15 +233,22 @@ fn c_functions_lines_and_inline_chains_match_addr2line() {
     crate::otlp::check(&req).unwrap();
 }
 
-#[test]
-fn the_frame_cache_stays_within_cache_size_and_answers_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let bin = build_rust(dir.path());
+/// A request with a leaf frame at every instruction of `churn` in the Rust test
+/// program (built in `dir`), and those addresses.
+fn churn_request(dir: &Path) -> (ProfilesRequest, Vec<u64>) {
+    let bin = build_rust(dir);
     let id = read_build_id(&bin).unwrap().unwrap();
     let (s, e) = symbol(&bin, "churn");
     let vaddrs = instructions(&bin, s, e);
-    assert!(vaddrs.len() > 8, "{} instructions", vaddrs.len());
     let req = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    (req, vaddrs)
+}
+
+#[test]
+fn the_frame_cache_stays_within_cache_size_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (req, vaddrs) = churn_request(dir.path());
+    assert!(vaddrs.len() > 8, "{} instructions", vaddrs.len());
     let mut big = Worker::new(cfg(vec![]));
     let mut want = req.clone();
     big.symbolize(&mut want);
@@ -261,11 +268,7 @@ fn the_frame_cache_stays_within_cache_size_and_answers_the_same() {
 #[test]
 fn rust_names_are_demangled_with_the_mangled_name_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = build_rust(dir.path());
-    let id = read_build_id(&bin).unwrap().unwrap();
-    let (s, e) = symbol(&bin, "churn");
-    let vaddrs = instructions(&bin, s, e);
-    let mut req = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    let (mut req, _) = churn_request(dir.path());
     Worker::new(cfg(vec![])).symbolize(&mut req);
     let d = req.dictionary.as_ref().unwrap();
     let churn = d

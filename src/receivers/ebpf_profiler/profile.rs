@@ -132,7 +132,7 @@ impl Reader {
         if let Some(t) = &self.tables {
             t.send(Msg::Process {
                 pid,
-                maps: info.maps.iter().filter(|m| m.executable).cloned().collect(),
+                maps: info.maps.clone(),
             });
         }
         Ok(info)
