@@ -757,35 +757,50 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
 }
 
 /// Programs and maps of the profiler loaded in the kernel right now.
-fn profiler_objects() -> Vec<String> {
-    use stackline::receivers::ebpf_profiler::sys::loaded_objects;
-    let mut out: Vec<String> = loaded_objects(true)
+/// The profiler's programs loaded now, and the maps they use, as "prog ID NAME" and
+/// "map ID NAME"; `except` leaves out programs by id (those of earlier tests).
+///
+/// Opens the maps by id, so call it only while their agent runs: polling a dying agent's
+/// program array this way can leak it in the kernel (see `sys::map_name`).
+fn profiler_objects(except: &[u32]) -> Vec<String> {
+    use stackline::receivers::ebpf_profiler::sys::{loaded_programs, map_name};
+    let progs: Vec<_> = loaded_programs()
         .unwrap()
         .into_iter()
-        .filter(|(_, n)| n.starts_with("stackline_"))
-        .map(|(id, n)| format!("prog {id} {n}"))
+        .filter(|p| p.name.starts_with("stackline_") && !except.contains(&p.id))
         .collect();
-    out.extend(
-        loaded_objects(false)
-            .unwrap()
-            .into_iter()
-            .filter(|(_, n)| {
-                matches!(
-                    n.as_str(),
-                    "SAMPLES"
-                        | "COUNTERS"
-                        | "CONFIG"
-                        | "STATE"
-                        | "PROGS"
-                        | "MAPPINGS"
-                        | "TABLES"
-                        | "EVENTS"
-                        | "EVENT_RATE"
-                )
-            })
-            .map(|(id, n)| format!("map {id} {n}")),
-    );
-    out
+    let mut maps: Vec<u32> = progs.iter().flat_map(|p| p.map_ids.clone()).collect();
+    maps.sort_unstable();
+    maps.dedup();
+    progs
+        .iter()
+        .map(|p| format!("prog {} {}", p.id, p.name))
+        .chain(maps.into_iter().filter_map(|id| {
+            let name = map_name(id)?;
+            Some(format!("map {id} {name}"))
+        }))
+        .collect()
+}
+
+/// Which of `objects` (as [`profiler_objects`] names them) the kernel still has, by id
+/// alone: opens nothing.
+fn still_loaded(objects: &[String]) -> Vec<String> {
+    use stackline::receivers::ebpf_profiler::sys::loaded_ids;
+    let (progs, maps) = (loaded_ids(true).unwrap(), loaded_ids(false).unwrap());
+    objects
+        .iter()
+        .filter(|o| {
+            let mut w = o.split(' ');
+            let kind = w.next().unwrap_or_default();
+            let id: u32 = w.next().and_then(|i| i.parse().ok()).unwrap_or(0);
+            if kind == "prog" {
+                progs.contains(&id)
+            } else {
+                maps.contains(&id)
+            }
+        })
+        .cloned()
+        .collect()
 }
 
 /// Processes holding a file descriptor on any of `objects` ("prog ID NAME" / "map ID NAME"),
@@ -825,16 +840,13 @@ async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again(
         return;
     }
     let _serial = SYSTEM_WIDE.lock().await;
-    let before = profiler_objects();
+    let before: Vec<u32> = stackline::receivers::ebpf_profiler::sys::loaded_ids(true).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
     let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
-    // Kernel object ids are not reused soon, so "ours" are the new ones (objects of an
-    // earlier test may still be on their way out when this one starts).
-    let ours: Vec<String> = profiler_objects()
-        .into_iter()
-        .filter(|o| !before.contains(o))
-        .collect();
+    // Kernel object ids are not reused soon, so "ours" are the new programs and their maps
+    // (objects of an earlier test may still be on their way out when this one starts).
+    let ours = profiler_objects(&before);
     assert!(
         ours.iter().any(|o| o.starts_with("prog ")) && ours.iter().any(|o| o.ends_with(" SAMPLES")),
         "the programs and maps are loaded: {ours:?}"
@@ -852,12 +864,7 @@ async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again(
         .as_nanos() as u64;
     s.sigkill();
     // The kernel frees everything with the process's file descriptors; nothing is pinned.
-    let left = || -> Vec<String> {
-        profiler_objects()
-            .into_iter()
-            .filter(|o| ours.contains(o))
-            .collect()
-    };
+    let left = || still_loaded(&ours);
     // The kernel frees a program array only after its last user reference is gone, then the
     // programs after an RCU grace period and a work item, then the maps they used: on a busy
     // machine that chain has taken over 10 s. A leak is what outlives a minute.

@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use aya_obj::generated::{
     PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF, bpf_attr, bpf_cmd, bpf_insn, bpf_prog_info,
@@ -123,16 +123,13 @@ pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((info.run_time_ns, info.run_cnt))
 }
 
-/// The name of every BPF program (`prog`) or map loaded in the kernel right now, by id
-/// (for operators and tests: a stopped or killed agent must leave none behind).
-pub fn loaded_objects(prog: bool) -> io::Result<Vec<(u32, String)>> {
-    let (next_cmd, fd_cmd) = if prog {
-        (
-            bpf_cmd::BPF_PROG_GET_NEXT_ID,
-            bpf_cmd::BPF_PROG_GET_FD_BY_ID,
-        )
+/// The id of every BPF program (`prog`) or map loaded in the kernel right now. Opens
+/// nothing, so it is safe to poll while an agent's objects are on their way out.
+pub fn loaded_ids(prog: bool) -> io::Result<Vec<u32>> {
+    let next_cmd = if prog {
+        bpf_cmd::BPF_PROG_GET_NEXT_ID
     } else {
-        (bpf_cmd::BPF_MAP_GET_NEXT_ID, bpf_cmd::BPF_MAP_GET_FD_BY_ID)
+        bpf_cmd::BPF_MAP_GET_NEXT_ID
     };
     let mut out = Vec::new();
     let mut id = 0u32;
@@ -151,28 +148,51 @@ pub fn loaded_objects(prog: bool) -> io::Result<Vec<(u32, String)>> {
         }
         // SAFETY: the kernel wrote next_id into the same member.
         id = unsafe { attr.__bindgen_anon_6.next_id };
-        let Some(fd) = fd_by_id(fd_cmd, id) else {
-            // Gone meanwhile.
-            continue;
-        };
-        let name = if prog {
-            // SAFETY: plain C struct, zero-initialised.
-            let mut info: bpf_prog_info = unsafe { mem::zeroed() };
-            obj_info(fd.as_raw_fd(), &mut info)?;
-            name_of(&info.name)
-        } else {
-            // SAFETY: plain C struct, zero-initialised.
-            let mut info: aya_obj::generated::bpf_map_info = unsafe { mem::zeroed() };
-            obj_info(fd.as_raw_fd(), &mut info)?;
-            name_of(&info.name)
-        };
-        out.push((id, name));
+        out.push(id);
     }
 }
 
-/// Kernel memory of each map `prog` uses, as (map name, bytes): the `memlock` the kernel
-/// charges for the map (its `/proc/self/fdinfo` entry). Maps that close meanwhile are left out.
-pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
+/// A BPF program loaded in the kernel, as [`loaded_programs`] lists it.
+#[derive(Debug, Clone)]
+pub struct LoadedProgram {
+    pub id: u32,
+    pub name: String,
+    /// The maps the program uses.
+    pub map_ids: Vec<u32>,
+}
+
+/// Every BPF program loaded in the kernel right now, with the ids of the maps it uses
+/// (for operators and tests: a stopped or killed agent must leave none behind).
+/// Programs that go away meanwhile are left out.
+pub fn loaded_programs() -> io::Result<Vec<LoadedProgram>> {
+    let mut out = Vec::new();
+    for id in loaded_ids(true)? {
+        let Some(fd) = fd_by_id(bpf_cmd::BPF_PROG_GET_FD_BY_ID, id) else {
+            continue;
+        };
+        let (name, map_ids) = prog_info(fd.as_fd())?;
+        out.push(LoadedProgram { id, name, map_ids });
+    }
+    Ok(out)
+}
+
+/// The name of the map with this id, or None if it is gone.
+///
+/// Only for a map its owner still holds open. Opening a program array by id after its
+/// last owner closed it, then closing it again, can leak the map in the kernel for good
+/// (seen on 6.18): each last close queues the array's clean-up work and takes a reference
+/// for it, and a second close while that work is still queued takes a reference nothing
+/// drops. So never poll maps of a dying process by id; poll [`loaded_ids`].
+pub fn map_name(id: u32) -> Option<String> {
+    let fd = fd_by_id(bpf_cmd::BPF_MAP_GET_FD_BY_ID, id)?;
+    // SAFETY: plain C struct, zero-initialised.
+    let mut info: aya_obj::generated::bpf_map_info = unsafe { mem::zeroed() };
+    obj_info(fd.as_raw_fd(), &mut info).ok()?;
+    Some(name_of(&info.name))
+}
+
+/// A program's name and the ids of the maps it uses.
+fn prog_info(prog: BorrowedFd<'_>) -> io::Result<(String, Vec<u32>)> {
     // SAFETY: plain C struct, zero-initialised.
     let mut info: bpf_prog_info = unsafe { mem::zeroed() };
     obj_info(prog.as_raw_fd(), &mut info)?;
@@ -183,6 +203,14 @@ pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
     info.map_ids = ids.as_mut_ptr() as u64;
     obj_info(prog.as_raw_fd(), &mut info)?;
     ids.truncate(info.nr_map_ids as usize);
+    Ok((name_of(&info.name), ids))
+}
+
+/// Kernel memory of each map `prog` uses, as (map name, bytes): the `memlock` the kernel
+/// charges for the map (its `/proc/self/fdinfo` entry). Maps that close meanwhile are left out.
+/// The maps are opened by id, so call this only while the agent holds them (see [`map_name`]).
+pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
+    let (_, ids) = prog_info(prog)?;
     let mut out = Vec::new();
     for id in ids {
         let Some(fd) = fd_by_id(bpf_cmd::BPF_MAP_GET_FD_BY_ID, id) else {
