@@ -1,6 +1,6 @@
-//! Loading the profiler's eBPF object: aya creates the maps (and fills the read-only
-//! globals), we create the one aya cannot (the unwind tables' map-of-maps), aya-obj
-//! relocates the programs' instructions against them, and
+//! Loading the profiler's eBPF object: aya-obj parses it and fills the read-only globals,
+//! aya creates its maps, we create the one aya cannot (the unwind tables' map-of-maps),
+//! aya-obj relocates the programs' instructions against them, and
 //! [`verifier_log`](super::verifier_log) loads each program (aya's own load path cannot
 //! size or keep the verifier log). The unwinder goes into the program array the entry
 //! program tail-calls; then one cpu-clock perf event per CPU gets the entry attached.
@@ -8,10 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+use aya::Pod;
 use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
-use aya::{Ebpf, EbpfLoader, Pod};
 use aya_obj::generated::{bpf_map_type, bpf_prog_type};
-use aya_obj::obj::ProgramSection;
+use aya_obj::obj::{EbpfSectionKind, ProgramSection};
 
 use super::kernel::TaskOffsets;
 use super::shared::{self, Config, MappingKeyData};
@@ -87,8 +87,8 @@ pub enum LoadError {
 
 /// A loaded, attached profiler.
 pub struct Profiler {
-    /// Keeps the maps (among them the program array) alive.
-    _ebpf: Ebpf,
+    /// Keeps the maps the reader does not use (among them the program array) alive.
+    _maps: Vec<MapData>,
     pub program_fd: OwnedFd,
     pub log: VerifierLog,
     /// The unwinder, in the native modes.
@@ -147,20 +147,6 @@ pub struct LoadRequest<'a> {
     pub offsets: Option<TaskOffsets>,
 }
 
-/// The map behind any of the kinds the profiler's object declares.
-fn map_data(m: &Map) -> Option<&MapData> {
-    match m {
-        Map::RingBuf(d)
-        | Map::PerCpuArray(d)
-        | Map::Array(d)
-        | Map::HashMap(d)
-        | Map::LruHashMap(d)
-        | Map::LpmTrie(d)
-        | Map::ProgramArray(d) => Some(d),
-        _ => None,
-    }
-}
-
 /// Checks privileges, loads and attaches. On failure the error says what to do;
 /// `on_loaded` sees the verifier log of each program that loaded, even if a later step fails.
 pub fn load(
@@ -182,18 +168,17 @@ pub fn load(
         task_stack: 0,
         pt_regs: 0,
     });
-    // No kernel BTF for aya: the object has no CO-RE relocations (rustc emits none),
-    // and parsing /sys/kernel/btf/vmlinux cost tens of milliseconds of every start.
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
-        .map_max_entries("SAMPLES", ring)
-        .override_global("TASK_STACK_OFFSET", &offsets.task_stack, false)
-        .override_global("PT_REGS_OFFSET", &offsets.pt_regs, false)
-        .load(req.object)
-        .map_err(|e| LoadError::Maps(e.to_string()))?;
-
     let mut obj =
         aya_obj::Object::parse(req.object).map_err(|e| LoadError::Object(e.to_string()))?;
+    let (task_stack, pt_regs) = (
+        offsets.task_stack.to_ne_bytes(),
+        offsets.pt_regs.to_ne_bytes(),
+    );
+    obj.patch_map_data(HashMap::from([
+        ("TASK_STACK_OFFSET", (&task_stack[..], false)),
+        ("PT_REGS_OFFSET", (&pt_regs[..], false)),
+    ]))
+    .map_err(|e| LoadError::Object(e.to_string()))?;
     // The tables' map-of-maps: arrays of chunks, each sized for its executable.
     let tables = if native && obj.maps.contains_key("TABLES") {
         let template = sys::map_create(
@@ -225,24 +210,47 @@ pub fn load(
     } else {
         None
     };
+    // The object's maps, created here rather than by aya's `EbpfLoader`: its constructor
+    // parses the kernel's whole BTF (about 30 ms of every start), which this object does
+    // not use (rustc emits no CO-RE relocations), and the maps need nothing else of it.
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
     let obj_maps: HashMap<String, aya_obj::Map> = obj.maps.drain().collect();
-    let mut fds = Vec::new();
-    for name in obj_maps.keys() {
-        if name == "TABLES"
-            && let Some(t) = &tables
-        {
-            fds.push((name.clone(), t.as_raw_fd()));
+    let mut maps: HashMap<String, MapData> = HashMap::new();
+    for (name, def) in &obj_maps {
+        if name == "TABLES" && tables.is_some() {
             continue;
         }
-        let data = match ebpf.map(name) {
-            Some(m) => map_data(m).ok_or_else(|| {
-                LoadError::Object(format!("map `{name}` has a type the profiler does not use"))
-            })?,
-            // Global-data sections aya skips on kernels without support.
-            None => continue,
-        };
-        fds.push((name.clone(), data.fd().as_fd().as_raw_fd()));
+        let mut def = def.clone();
+        if def.map_type() == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 {
+            // A ring buffer has no values; its size is its entry count.
+            def.set_value_size(0);
+            if name == "SAMPLES" {
+                def.set_max_entries(ring);
+            }
+        }
+        let data = def.data().to_vec();
+        let rodata = matches!(def.section_kind(), EbpfSectionKind::Rodata);
+        let map = MapData::create(def, name, None)
+            .map_err(|e| LoadError::Maps(format!("creating map `{name}`: {e}")))?;
+        // Global data (`.rodata`, `.data`, `.bss`) is one value at key 0; read-only data is
+        // frozen so that the verifier may treat it as constant.
+        if !data.is_empty() {
+            sys::map_update(map.fd().as_fd(), &0u32.to_ne_bytes(), Some(&data))
+                .map_err(|e| LoadError::Maps(format!("filling map `{name}`: {e}")))?;
+        }
+        if rodata {
+            sys::map_freeze(map.fd().as_fd())
+                .map_err(|e| LoadError::Maps(format!("freezing map `{name}`: {e}")))?;
+        }
+        maps.insert(name.clone(), map);
+    }
+    let mut fds = Vec::new();
+    for name in obj_maps.keys() {
+        match (&tables, maps.get(name)) {
+            (Some(t), _) if name == "TABLES" => fds.push((name.clone(), t.as_raw_fd())),
+            (_, Some(m)) => fds.push((name.clone(), m.fd().as_fd().as_raw_fd())),
+            (_, None) => {}
+        }
     }
     obj.relocate_maps(
         fds.iter().map(|(n, fd)| (n.as_str(), *fd, &obj_maps[n])),
@@ -288,9 +296,8 @@ pub fn load(
         let u = load_one(UNWINDER)?;
         on_loaded(UNWINDER, &u.log);
         // The entry program tail-calls PROGS[0].
-        let progs = ebpf
-            .map("PROGS")
-            .and_then(map_data)
+        let progs = maps
+            .get("PROGS")
             .ok_or_else(|| LoadError::Object("map `PROGS` missing".into()))?;
         sys::map_update(
             progs.fd().as_fd(),
@@ -303,24 +310,25 @@ pub fn load(
         None
     };
 
-    let take = |ebpf: &mut Ebpf, name: &str| {
-        ebpf.take_map(name)
+    let mut take = |name: &str, wrap: fn(MapData) -> Map| {
+        maps.remove(name)
+            .map(wrap)
             .ok_or_else(|| LoadError::Object(format!("map `{name}` missing")))
     };
-    let mut config: Array<MapData, PodConfig> = Array::try_from(take(&mut ebpf, "CONFIG")?)
+    let mut config: Array<MapData, PodConfig> = Array::try_from(take("CONFIG", Map::Array)?)
         .map_err(|e| LoadError::Object(e.to_string()))?;
     config
         .set(0, PodConfig(req.config), 0)
         .map_err(|e| LoadError::Maps(e.to_string()))?;
-    let samples = RingBuf::try_from(take(&mut ebpf, "SAMPLES")?)
+    let samples = RingBuf::try_from(take("SAMPLES", Map::RingBuf)?)
         .map_err(|e| LoadError::Object(e.to_string()))?;
-    let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
+    let counters = PerCpuArray::try_from(take("COUNTERS", Map::PerCpuArray)?)
         .map_err(|e| LoadError::Object(e.to_string()))?;
     let (events, table_maps) = match tables {
         Some(tables) => {
-            let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+            let events = RingBuf::try_from(take("EVENTS", Map::RingBuf)?)
                 .map_err(|e| LoadError::Object(e.to_string()))?;
-            let mappings = LpmTrie::try_from(take(&mut ebpf, "MAPPINGS")?)
+            let mappings = LpmTrie::try_from(take("MAPPINGS", Map::LpmTrie)?)
                 .map_err(|e| LoadError::Object(e.to_string()))?;
             (
                 Some(events),
@@ -364,7 +372,7 @@ pub fn load(
         events_fds.push(ev);
     }
     Ok(Profiler {
-        _ebpf: ebpf,
+        _maps: maps.into_values().collect(),
         program_fd: loaded.fd,
         log: loaded.log,
         unwinder_fd: unwinder,

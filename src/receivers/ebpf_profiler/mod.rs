@@ -268,6 +268,7 @@ async fn run(
                     frequency_hz = cfg.sampling_frequency,
                     verifier_log_bytes = profiler.log.text.len(),
                     load_attempts = profiler.log.attempts,
+                    cpu_ms = (sys::process_cpu_seconds() * 1e3).round(),
                     "eBPF profiler attached"
                 );
                 ctx.health.running();

@@ -229,6 +229,18 @@ pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
+/// `BPF_MAP_FREEZE`: no more writes from user space (the verifier may then treat a
+/// read-only global as the constant it holds).
+pub fn map_freeze(map: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain C union, zero is its initial state.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // BPF_MAP_FREEZE reads the fd from the element commands' member (writing a union
+    // field is safe).
+    attr.__bindgen_anon_2.map_fd = map.as_raw_fd() as u32;
+    // SAFETY: BPF_MAP_FREEZE carries no pointers.
+    unsafe { bpf(bpf_cmd::BPF_MAP_FREEZE, &mut attr) }.map(drop)
+}
+
 /// The `bpf()` system call with `attr`; its non-negative result, or the error.
 ///
 /// # Safety
