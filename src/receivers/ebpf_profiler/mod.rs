@@ -417,15 +417,17 @@ fn reader_loop(
             }
         }
         samples_total.increment(read);
+        // The program's run time, as fresh as the sample count (one system call per
+        // wake-up), so that the two can be set against each other at any scrape.
+        if let Ok((run_ns, run_cnt)) = sys::prog_run_stats(p.program_fd.as_fd()) {
+            run_seconds.set(run_ns as f64 / 1e9);
+            runs.absolute(run_cnt);
+        }
         if stopping || now >= next_report {
             let lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
             ringbuf_lost.increment(lost.saturating_sub(last_lost));
             last_lost = lost;
             unwind_meters.update(&p.counters);
-            if let Ok((run_ns, run_cnt)) = sys::prog_run_stats(p.program_fd.as_fd()) {
-                run_seconds.set(run_ns as f64 / 1e9);
-                runs.absolute(run_cnt);
-            }
             map_memory(&p);
             let end = unix_now_ns();
             let done = std::mem::replace(
