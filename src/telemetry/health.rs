@@ -116,6 +116,14 @@ impl Health {
             .unwrap_or_else(|p| p.into_inner()) = d;
     }
 
+    fn stuck_after(&self) -> Duration {
+        *self
+            .inner
+            .stuck_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         // A poisoned lock only means a reporter panicked mid-update; the map is still usable.
         self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
@@ -151,11 +159,7 @@ impl Health {
 
     /// Components that are dead or stuck (liveness). Empty = live.
     pub fn not_live(&self) -> Vec<NotLive> {
-        let stuck_after = *self
-            .inner
-            .stuck_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let stuck_after = self.stuck_after();
         let limit = stuck_after.as_millis() as u64;
         let now = self.now_ms();
         let mut out = Vec::new();
@@ -233,8 +237,11 @@ impl Drop for BusyGuard {
     }
 }
 
-/// How often a waiting stage beats.
-pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often a waiting stage beats at most: a quarter of `stuck_after`, so that a
+/// waiting stage is never taken for a stuck one, but no more often than this. Each beat
+/// is a timer that wakes the runtime; an idle agent at a low sampling rate spent a
+/// sizeable share of its CPU on once-a-second beats of every stage.
+pub const BEAT_EVERY: Duration = Duration::from_secs(10);
 
 impl HealthReporter {
     pub fn key(&self) -> &str {
@@ -280,18 +287,20 @@ impl HealthReporter {
             id,
         }
     }
-    /// Awaits `fut`, beating every [`BEAT_EVERY`] meanwhile: a stage waiting on
-    /// something slow (a full channel, a retry backoff) is waiting, not stuck.
+    /// Awaits `fut`, beating meanwhile (every quarter of `stuck_after`, at most every
+    /// [`BEAT_EVERY`]): a stage waiting on something slow (a full channel, a retry
+    /// backoff) is waiting, not stuck.
     pub async fn waiting<F: std::future::Future>(&self, fut: F) -> F::Output {
         self.beat();
         let mut fut = std::pin::pin!(fut);
         loop {
+            let every = self.health.stuck_after().div_f64(4.0).min(BEAT_EVERY);
             tokio::select! {
                 r = &mut fut => {
                     self.beat();
                     return r;
                 }
-                _ = tokio::time::sleep(BEAT_EVERY) => self.beat(),
+                _ = tokio::time::sleep(every) => self.beat(),
             }
         }
     }
@@ -335,5 +344,31 @@ mod tests {
         a.dead("task panicked");
         a.running();
         assert!(h.not_live()[0].reason.contains("task panicked"));
+    }
+
+    #[tokio::test]
+    async fn a_stage_waiting_longer_than_stuck_after_beats_and_stays_live() {
+        let h = Health::default();
+        h.set_stuck_after(Duration::from_millis(200));
+        let a = h.reporter("processor/a".into());
+        a.running();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let h2 = h.clone();
+        let watcher = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                seen.extend(h2.not_live());
+            }
+            let _ = tx.send(());
+            seen
+        });
+        // Waits 600 ms, three times the limit, for the watcher to finish.
+        a.waiting(rx).await.unwrap();
+        let seen = watcher.await.unwrap();
+        assert!(
+            seen.is_empty(),
+            "a waiting stage was taken for stuck: {seen:?}"
+        );
     }
 }
