@@ -237,10 +237,10 @@ impl Drop for BusyGuard {
     }
 }
 
-/// How often a waiting stage beats at most: a quarter of `stuck_after`, so that a
-/// waiting stage is never taken for a stuck one, but no more often than this. Each beat
-/// is a timer that wakes the runtime; an idle agent at a low sampling rate spent a
-/// sizeable share of its CPU on once-a-second beats of every stage.
+/// The longest gap between a waiting stage's beats. It beats every quarter of
+/// `stuck_after` (so a waiting stage is never taken for a stuck one), and at least this
+/// often. Each beat is a timer that wakes the runtime: an agent at a low sampling rate
+/// spent a sizeable share of its CPU on once-a-second beats of every stage.
 pub const BEAT_EVERY: Duration = Duration::from_secs(10);
 
 impl HealthReporter {
@@ -294,7 +294,11 @@ impl HealthReporter {
         self.beat();
         let mut fut = std::pin::pin!(fut);
         loop {
-            let every = self.health.stuck_after().div_f64(4.0).min(BEAT_EVERY);
+            let every = self
+                .health
+                .stuck_after()
+                .div_f64(4.0)
+                .clamp(Duration::from_millis(1), BEAT_EVERY);
             tokio::select! {
                 r = &mut fut => {
                     self.beat();
@@ -349,21 +353,22 @@ mod tests {
     #[tokio::test]
     async fn a_stage_waiting_longer_than_stuck_after_beats_and_stays_live() {
         let h = Health::default();
-        h.set_stuck_after(Duration::from_millis(200));
+        // Beats every 250 ms: a stall of the test's thread up to 750 ms is tolerated.
+        h.set_stuck_after(Duration::from_secs(1));
         let a = h.reporter("processor/a".into());
         a.running();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let h2 = h.clone();
         let watcher = tokio::spawn(async move {
             let mut seen = Vec::new();
-            for _ in 0..12 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            for _ in 0..25 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 seen.extend(h2.not_live());
             }
             let _ = tx.send(());
             seen
         });
-        // Waits 600 ms, three times the limit, for the watcher to finish.
+        // Waits 2.5 s, two and a half times the limit, for the watcher to finish.
         a.waiting(rx).await.unwrap();
         let seen = watcher.await.unwrap();
         assert!(

@@ -211,8 +211,9 @@ pub fn load(
         None
     };
     // The object's maps, created here rather than by aya's `EbpfLoader`: its constructor
-    // parses the kernel's whole BTF (about 30 ms of every start), which this object does
-    // not use (rustc emits no CO-RE relocations), and the maps need nothing else of it.
+    // parses the kernel's whole BTF (30-70 ms of every start), which this object does not
+    // use (rustc emits no CO-RE relocations, and the object carries no BTF of its own).
+    // What follows is what its `load` does for the kinds of maps this object declares.
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
     let obj_maps: HashMap<String, aya_obj::Map> = obj.maps.drain().collect();
     let mut maps: HashMap<String, MapData> = HashMap::new();
@@ -222,18 +223,38 @@ pub fn load(
         }
         let mut def = def.clone();
         if def.map_type() == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 {
-            // A ring buffer has no values; its size is its entry count.
+            // A ring buffer has no values; its size is its entry count, which the kernel
+            // wants a power-of-two multiple of the page size.
             def.set_value_size(0);
             if name == "SAMPLES" {
                 def.set_max_entries(ring);
             }
+            let size = def.max_entries();
+            if !size.is_power_of_two() || size < 4096 {
+                return Err(LoadError::Object(format!(
+                    "ring buffer `{name}` is {size} bytes; it must be a power of two of at least 4 KiB"
+                )));
+            }
         }
         let data = def.data().to_vec();
+        if !data.is_empty() && data.len() != def.value_size() as usize {
+            return Err(LoadError::Object(format!(
+                "global data map `{name}` holds {} bytes for a {}-byte value",
+                data.len(),
+                def.value_size()
+            )));
+        }
         let rodata = matches!(def.section_kind(), EbpfSectionKind::Rodata);
-        let map = MapData::create(def, name, None)
-            .map_err(|e| LoadError::Maps(format!("creating map `{name}`: {e}")))?;
+        let map = MapData::create(def, name, None).map_err(|e| {
+            let why = match &e {
+                aya::maps::MapError::CreateError { io_error, .. } => io_error.to_string(),
+                other => other.to_string(),
+            };
+            LoadError::Maps(format!("creating map `{name}`: {why}"))
+        })?;
         // Global data (`.rodata`, `.data`, `.bss`) is one value at key 0; read-only data is
-        // frozen so that the verifier may treat it as constant.
+        // frozen so that the verifier may treat it as constant (aya's `MapData::finalize`
+        // does the same, but is not public).
         if !data.is_empty() {
             sys::map_update(map.fd().as_fd(), &0u32.to_ne_bytes(), Some(&data))
                 .map_err(|e| LoadError::Maps(format!("filling map `{name}`: {e}")))?;
@@ -244,13 +265,12 @@ pub fn load(
         }
         maps.insert(name.clone(), map);
     }
-    let mut fds = Vec::new();
-    for name in obj_maps.keys() {
-        match (&tables, maps.get(name)) {
-            (Some(t), _) if name == "TABLES" => fds.push((name.clone(), t.as_raw_fd())),
-            (_, Some(m)) => fds.push((name.clone(), m.fd().as_fd().as_raw_fd())),
-            (_, None) => {}
-        }
+    let mut fds: Vec<(String, i32)> = maps
+        .iter()
+        .map(|(name, m)| (name.clone(), m.fd().as_fd().as_raw_fd()))
+        .collect();
+    if let Some(t) = &tables {
+        fds.push(("TABLES".to_owned(), t.as_raw_fd()));
     }
     obj.relocate_maps(
         fds.iter().map(|(n, fd)| (n.as_str(), *fd, &obj_maps[n])),
@@ -310,26 +330,54 @@ pub fn load(
         None
     };
 
-    let mut take = |name: &str, wrap: fn(MapData) -> Map| {
+    // A map the reader uses, wrapped as the kind the object must have declared.
+    let mut take = |name: &str, kind: bpf_map_type, wrap: fn(MapData) -> Map| {
+        let declared = obj_maps.get(name).map(|m| m.map_type());
+        if declared != Some(kind as u32) {
+            return Err(LoadError::Object(format!(
+                "map `{name}` is of type {declared:?}, expected {kind:?} ({})",
+                kind as u32
+            )));
+        }
         maps.remove(name)
             .map(wrap)
             .ok_or_else(|| LoadError::Object(format!("map `{name}` missing")))
     };
-    let mut config: Array<MapData, PodConfig> = Array::try_from(take("CONFIG", Map::Array)?)
-        .map_err(|e| LoadError::Object(e.to_string()))?;
+    let mut config: Array<MapData, PodConfig> = Array::try_from(take(
+        "CONFIG",
+        bpf_map_type::BPF_MAP_TYPE_ARRAY,
+        Map::Array,
+    )?)
+    .map_err(|e| LoadError::Object(e.to_string()))?;
     config
         .set(0, PodConfig(req.config), 0)
         .map_err(|e| LoadError::Maps(e.to_string()))?;
-    let samples = RingBuf::try_from(take("SAMPLES", Map::RingBuf)?)
-        .map_err(|e| LoadError::Object(e.to_string()))?;
-    let counters = PerCpuArray::try_from(take("COUNTERS", Map::PerCpuArray)?)
-        .map_err(|e| LoadError::Object(e.to_string()))?;
+    let samples = RingBuf::try_from(take(
+        "SAMPLES",
+        bpf_map_type::BPF_MAP_TYPE_RINGBUF,
+        Map::RingBuf,
+    )?)
+    .map_err(|e| LoadError::Object(e.to_string()))?;
+    let counters = PerCpuArray::try_from(take(
+        "COUNTERS",
+        bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
+        Map::PerCpuArray,
+    )?)
+    .map_err(|e| LoadError::Object(e.to_string()))?;
     let (events, table_maps) = match tables {
         Some(tables) => {
-            let events = RingBuf::try_from(take("EVENTS", Map::RingBuf)?)
-                .map_err(|e| LoadError::Object(e.to_string()))?;
-            let mappings = LpmTrie::try_from(take("MAPPINGS", Map::LpmTrie)?)
-                .map_err(|e| LoadError::Object(e.to_string()))?;
+            let events = RingBuf::try_from(take(
+                "EVENTS",
+                bpf_map_type::BPF_MAP_TYPE_RINGBUF,
+                Map::RingBuf,
+            )?)
+            .map_err(|e| LoadError::Object(e.to_string()))?;
+            let mappings = LpmTrie::try_from(take(
+                "MAPPINGS",
+                bpf_map_type::BPF_MAP_TYPE_LPM_TRIE,
+                Map::LpmTrie,
+            )?)
+            .map_err(|e| LoadError::Object(e.to_string()))?;
             (
                 Some(events),
                 Some(TableMaps {

@@ -184,11 +184,19 @@ pub fn loaded_programs() -> io::Result<Vec<LoadedProgram>> {
 /// for it, and a second close while that work is still queued takes a reference nothing
 /// drops. So never poll maps of a dying process by id; poll [`loaded_ids`].
 pub fn map_name(id: u32) -> Option<String> {
-    let fd = fd_by_id(bpf_cmd::BPF_MAP_GET_FD_BY_ID, id)?;
+    map_by_id(id).ok()?.map(|(_, name)| name)
+}
+
+/// A new fd on the map with this id and the map's name; None if it is gone. See
+/// [`map_name`] on when opening a map by id is safe.
+fn map_by_id(id: u32) -> io::Result<Option<(OwnedFd, String)>> {
+    let Some(fd) = fd_by_id(bpf_cmd::BPF_MAP_GET_FD_BY_ID, id) else {
+        return Ok(None);
+    };
     // SAFETY: plain C struct, zero-initialised.
     let mut info: aya_obj::generated::bpf_map_info = unsafe { mem::zeroed() };
-    obj_info(fd.as_raw_fd(), &mut info).ok()?;
-    Some(name_of(&info.name))
+    obj_info(fd.as_raw_fd(), &mut info)?;
+    Ok(Some((fd, name_of(&info.name))))
 }
 
 /// A program's name and the ids of the maps it uses.
@@ -213,18 +221,15 @@ pub fn prog_map_memory(prog: BorrowedFd<'_>) -> io::Result<Vec<(String, u64)>> {
     let (_, ids) = prog_info(prog)?;
     let mut out = Vec::new();
     for id in ids {
-        let Some(fd) = fd_by_id(bpf_cmd::BPF_MAP_GET_FD_BY_ID, id) else {
+        let Some((fd, name)) = map_by_id(id)? else {
             continue;
         };
-        // SAFETY: plain C struct, zero-initialised.
-        let mut minfo: aya_obj::generated::bpf_map_info = unsafe { mem::zeroed() };
-        obj_info(fd.as_raw_fd(), &mut minfo)?;
         let memlock = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?
             .lines()
             .find_map(|l| l.strip_prefix("memlock:"))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
-        out.push((name_of(&minfo.name), memlock));
+        out.push((name, memlock));
     }
     Ok(out)
 }
