@@ -147,6 +147,32 @@ pub struct LoadRequest<'a> {
     pub offsets: Option<TaskOffsets>,
 }
 
+/// Takes map `name` out of `maps` as the reader's wrapper `T`. The map is wrapped as the
+/// kind the object declared it, so `T::try_from` refuses a map of another kind (and, for
+/// arrays, of other key or value sizes).
+fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    maps: &mut HashMap<String, MapData>,
+    declared: &HashMap<String, aya_obj::Map>,
+    name: &str,
+) -> Result<T, LoadError> {
+    let data = maps
+        .remove(name)
+        .ok_or_else(|| LoadError::Object(format!("map `{name}` missing")))?;
+    let kind = declared.get(name).map_or(0, |m| m.map_type());
+    let map = match kind {
+        k if k == bpf_map_type::BPF_MAP_TYPE_ARRAY as u32 => Map::Array(data),
+        k if k == bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32 => Map::PerCpuArray(data),
+        k if k == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 => Map::RingBuf(data),
+        k if k == bpf_map_type::BPF_MAP_TYPE_LPM_TRIE as u32 => Map::LpmTrie(data),
+        _ => {
+            return Err(LoadError::Object(format!(
+                "map `{name}` is of type {kind}, which the reader does not use"
+            )));
+        }
+    };
+    T::try_from(map).map_err(|e| LoadError::Object(format!("map `{name}`: {e}")))
+}
+
 /// Checks privileges, loads and attaches. On failure the error says what to do;
 /// `on_loaded` sees the verifier log of each program that loaded, even if a later step fails.
 pub fn load(
@@ -330,54 +356,16 @@ pub fn load(
         None
     };
 
-    // A map the reader uses, wrapped as the kind the object must have declared.
-    let mut take = |name: &str, kind: bpf_map_type, wrap: fn(MapData) -> Map| {
-        let declared = obj_maps.get(name).map(|m| m.map_type());
-        if declared != Some(kind as u32) {
-            return Err(LoadError::Object(format!(
-                "map `{name}` is of type {declared:?}, expected {kind:?} ({})",
-                kind as u32
-            )));
-        }
-        maps.remove(name)
-            .map(wrap)
-            .ok_or_else(|| LoadError::Object(format!("map `{name}` missing")))
-    };
-    let mut config: Array<MapData, PodConfig> = Array::try_from(take(
-        "CONFIG",
-        bpf_map_type::BPF_MAP_TYPE_ARRAY,
-        Map::Array,
-    )?)
-    .map_err(|e| LoadError::Object(e.to_string()))?;
+    let mut config: Array<MapData, PodConfig> = take(&mut maps, &obj_maps, "CONFIG")?;
     config
         .set(0, PodConfig(req.config), 0)
         .map_err(|e| LoadError::Maps(e.to_string()))?;
-    let samples = RingBuf::try_from(take(
-        "SAMPLES",
-        bpf_map_type::BPF_MAP_TYPE_RINGBUF,
-        Map::RingBuf,
-    )?)
-    .map_err(|e| LoadError::Object(e.to_string()))?;
-    let counters = PerCpuArray::try_from(take(
-        "COUNTERS",
-        bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
-        Map::PerCpuArray,
-    )?)
-    .map_err(|e| LoadError::Object(e.to_string()))?;
+    let samples: RingBuf<MapData> = take(&mut maps, &obj_maps, "SAMPLES")?;
+    let counters: PerCpuArray<MapData, u64> = take(&mut maps, &obj_maps, "COUNTERS")?;
     let (events, table_maps) = match tables {
         Some(tables) => {
-            let events = RingBuf::try_from(take(
-                "EVENTS",
-                bpf_map_type::BPF_MAP_TYPE_RINGBUF,
-                Map::RingBuf,
-            )?)
-            .map_err(|e| LoadError::Object(e.to_string()))?;
-            let mappings = LpmTrie::try_from(take(
-                "MAPPINGS",
-                bpf_map_type::BPF_MAP_TYPE_LPM_TRIE,
-                Map::LpmTrie,
-            )?)
-            .map_err(|e| LoadError::Object(e.to_string()))?;
+            let events: RingBuf<MapData> = take(&mut maps, &obj_maps, "EVENTS")?;
+            let mappings = take(&mut maps, &obj_maps, "MAPPINGS")?;
             (
                 Some(events),
                 Some(TableMaps {
