@@ -82,9 +82,12 @@ impl Stackline {
     fn wait_listening(&mut self) {
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
+            // Open ports are not enough: a receiver bound after them can still fail and
+            // end the process. The log line comes once the whole pipeline has started.
             if std::net::TcpStream::connect(self.otlp).is_ok()
                 && std::net::TcpStream::connect(self.metrics).is_ok()
                 && (!self.uses_http || std::net::TcpStream::connect(self.http).is_ok())
+                && self.logs().contains("stackline is running")
             {
                 return;
             }
@@ -180,9 +183,19 @@ impl Stackline {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("http://{}{path}", self.metrics))
-            .await
-            .unwrap();
+        let r = match reqwest::get(format!("http://{}{path}", self.metrics)).await {
+            Ok(r) => r,
+            // Say whether the process is still there and what it logged, not only "refused".
+            Err(e) => panic!(
+                "GET {path} from stackline (pid {}, state {}): {e:?}\nits log:\n{}",
+                self.pid(),
+                std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r[..1].to_owned()))
+                    .unwrap_or_else(|| "gone".into()),
+                self.logs()
+            ),
+        };
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
