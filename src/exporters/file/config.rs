@@ -21,8 +21,9 @@ pub struct FileExporterConfig {
     /// (`max_megabytes` × (`max_backups` + 1), 1.1 GiB by default).
     #[serde(default)]
     pub rotation: RotationConfig,
-    /// How often the file is synced to disk (fsync). Records reach the file (and its
-    /// readers) as they are written; this bounds what a power loss can take. Default `1s`.
+    /// How long after a write the file is synced to disk (fsync), at most. Records reach
+    /// the file (and its readers) as they are written; this bounds what a power loss can
+    /// take. Default `1s`.
     #[serde(default = "default_flush", with = "crate::config::units::duration")]
     pub flush_interval: Duration,
     /// Permissions of files the exporter creates, in octal. Default `"0640"`.

@@ -148,7 +148,8 @@ impl Outcome {
 pub trait Writer: Send + 'static {
     /// Handles one request; its samples are settled now or by a later [`flush`](Writer::flush).
     fn write(&mut self, req: Checked) -> Outcome;
-    /// Settles what earlier writes left pending. Called every `flush_every` and at the end.
+    /// Settles what earlier writes left pending. Called `flush_every` after a write and at
+    /// the end.
     fn flush(&mut self) -> Outcome {
         Outcome::default()
     }
@@ -507,7 +508,8 @@ async fn deliver(
 /// Settings of a local exporter's shell.
 #[derive(Debug, Clone, Default)]
 pub struct WriterSettings {
-    /// How often [`Writer::flush`] is called (also at the end). None: only at the end.
+    /// How long after a write [`Writer::flush`] is called (also at the end). None: only
+    /// at the end.
     pub flush_every: Option<Duration>,
     /// Names the output in messages, e.g. "pprof files".
     pub what: &'static str,
@@ -534,9 +536,9 @@ async fn run_writer<W: Writer>(
     let acct = Arc::new(Accounting::new(&ctx));
     let make = Arc::new(make);
     let mut writer = Some(writer);
-    let mut tick = tokio::time::interval(settings.flush_every.unwrap_or(Duration::from_secs(3600)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.reset();
+    // Armed by a write, `flush_every` after it: an idle exporter has no timer to wake
+    // for (a tick every second was a sizeable share of an agent's CPU at 20 Hz).
+    let mut flush_at: Option<tokio::time::Instant> = None;
     ctx.health.running();
     enum Job {
         Write(Checked),
@@ -549,8 +551,14 @@ async fn run_writer<W: Writer>(
                 Some(Envelope { req, acks }) => (Job::Write(req), acks),
                 None => break,
             },
-            _ = tick.tick(), if settings.flush_every.is_some() => (Job::Flush, Acks::none()),
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                flush_at = None;
+                (Job::Flush, Acks::none())
+            }
         };
+        if let (Job::Write(_), Some(every), None) = (&job, settings.flush_every, flush_at) {
+            flush_at = Some(tokio::time::Instant::now() + every);
+        }
         let n = match &job {
             Job::Write(req) => sample_count(req),
             Job::Flush => 0,
@@ -621,5 +629,74 @@ fn settle(ctx: &Context, acct: &Accounting, o: &Outcome, what: &str) {
         }
         None if o.sent > 0 => ctx.health.running(),
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::ComponentId;
+    use crate::otlp::synth::{request, valid};
+    use crate::pipeline::channel::channel;
+
+    /// Records when each write and flush happened.
+    struct Log(Arc<Mutex<Vec<(&'static str, Instant)>>>);
+
+    impl Writer for Log {
+        fn write(&mut self, req: Checked) -> Outcome {
+            self.0.lock().unwrap().push(("write", Instant::now()));
+            Outcome {
+                sent: sample_count(&req),
+                ..Default::default()
+            }
+        }
+        fn flush(&mut self) -> Outcome {
+            self.0.lock().unwrap().push(("flush", Instant::now()));
+            Outcome::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn flush_follows_a_write_by_flush_every_and_an_idle_writer_never_flushes() {
+        let every = Duration::from_millis(100);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = channel();
+        let ctx = Context::standalone("exporter", ComponentId::parse("log").unwrap());
+        let made = log.clone();
+        let h = start_writer(
+            ctx,
+            Input::new(rx, None),
+            Log(log.clone()),
+            move || Ok(Log(made.clone())),
+            WriterSettings {
+                flush_every: Some(every),
+                what: "test records",
+            },
+        );
+        let kinds = |log: &Mutex<Vec<(&'static str, Instant)>>| {
+            log.lock().unwrap().iter().map(|e| e.0).collect::<Vec<_>>()
+        };
+        tokio::time::sleep(every * 4).await;
+        assert!(kinds(&log).is_empty(), "idle: {:?}", kinds(&log));
+
+        tx.send(valid(request("a", 0, 3, 2)).into()).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while kinds(&log).len() < 2 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let events = log.lock().unwrap().clone();
+        assert_eq!(kinds(&log), ["write", "flush"]);
+        assert!(events[1].1 - events[0].1 >= every, "{events:?}");
+        // Nothing written since: no more flushes.
+        tokio::time::sleep(every * 4).await;
+        assert_eq!(kinds(&log), ["write", "flush"]);
+
+        // The end flushes once more.
+        drop(tx);
+        h.await.unwrap();
+        assert_eq!(kinds(&log), ["write", "flush", "flush"]);
     }
 }
