@@ -36,6 +36,14 @@ pub struct SymbolizerConfig {
     pub symbolize_self: bool,
     /// A vmlinux with symbols for kernel frames; default: `/proc/kallsyms` only.
     pub vmlinux: Option<PathBuf>,
+    /// Where files with compressed debug sections (as Debian's debug packages ship them)
+    /// get a decompressed copy for blazesym to map, instead of decompressing them onto
+    /// the heap (10–15 MB for libc's debug file alone). The copies have no name
+    /// (`O_TMPFILE`) and are gone when closed. Must be on a disk, not tmpfs; when it cannot
+    /// be written (e.g. a read-only root filesystem) the sections are decompressed in
+    /// memory, with a warning and `stackline_symbolizer_unpacked_files_total{result="failed"}`.
+    /// `null`: always in memory. Default `/var/tmp`.
+    pub decompress_dir: Option<PathBuf>,
     /// How often flat `debug_dirs` are checked for changes. Default `30s`.
     #[serde(with = "crate::config::units::duration")]
     pub rescan_interval: Duration,
@@ -78,6 +86,7 @@ impl Default for SymbolizerConfig {
             kernel: true,
             symbolize_self: false,
             vmlinux: None,
+            decompress_dir: Some(PathBuf::from("/var/tmp")),
             rescan_interval: Duration::from_secs(30),
             sources: vec![
                 SymbolSource::Host,

@@ -8,6 +8,7 @@
 
 mod config;
 pub mod files;
+mod unpack;
 pub mod worker;
 
 use tokio::task::JoinHandle;

@@ -361,6 +361,56 @@ fn a_stripped_binary_with_its_debug_file_by_build_id_gives_the_same_result() {
 }
 
 #[test]
+fn a_debug_file_with_compressed_sections_gives_the_same_result_through_a_copy_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let vaddrs = c_addresses(&bin);
+    let debug_root = dir.path().join("debug");
+    let (stripped, id) = strip_with_debug_by_build_id(&bin, &debug_root);
+    // As Debian's debug packages ship them: the DWARF sections zlib-compressed.
+    let dbg = debug_root
+        .join(".build-id")
+        .join(&id[..2])
+        .join(format!("{}.debug", &id[2..]));
+    let plain = dir.path().join("plain.debug");
+    std::fs::rename(&dbg, &plain).unwrap();
+    run(
+        "objcopy",
+        &[
+            "--compress-debug-sections=zlib",
+            plain.to_str().unwrap(),
+            dbg.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        run("readelf", &["-SW", dbg.to_str().unwrap()])
+            .lines()
+            .any(|l| l.contains(".debug_info") && l.contains(" C "))
+    );
+
+    let mut want = request_for(bin.to_str().unwrap(), Some(&id), &bin, &vaddrs, None);
+    Worker::new(cfg(vec![])).symbolize(&mut want);
+    let copies = dir.path().join("copies");
+    std::fs::create_dir(&copies).unwrap();
+    for (decompress_dir, copies_made) in [(Some(copies), 1), (None, 0)] {
+        let mut w = Worker::new(SymbolizerConfig {
+            decompress_dir,
+            ..cfg(vec![debug_root.clone()])
+        });
+        let mut got = request_for(
+            stripped.to_str().unwrap(),
+            Some(&id),
+            &stripped,
+            &vaddrs,
+            None,
+        );
+        w.symbolize(&mut got);
+        assert_eq!(lines_of(&got), lines_of(&want));
+        assert_eq!(w.unpacked_files(), copies_made);
+    }
+}
+
+#[test]
 fn a_flat_debug_directory_is_indexed_by_build_id() {
     let dir = tempfile::tempdir().unwrap();
     let bin = build_c(dir.path());

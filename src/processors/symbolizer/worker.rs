@@ -9,6 +9,7 @@
 
 use crate::otlp::semconv;
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 
 use std::hash::BuildHasher;
 
@@ -116,6 +117,8 @@ struct Meters {
     misses: Counter,
     duration: Histogram,
     copied: Counter,
+    unpacked: Counter,
+    unpack_failed: Counter,
 }
 
 pub struct Worker {
@@ -136,6 +139,11 @@ pub struct Worker {
     requests: u64,
     index: BuildIdIndex,
     meters: Meters,
+    /// Decompressed copies (see [`super::unpack`]) by build ID: kept when blazesym is made
+    /// anew, so a file is decompressed once.
+    unpacked: HashMap<BuildId, File>,
+    /// A failed copy is logged once; later ones are only counted.
+    unpack_warned: bool,
 }
 
 fn reason_label(r: Reason) -> &'static str {
@@ -199,7 +207,11 @@ impl Worker {
                 misses: metrics::counter!(names::SYMBOLIZER_CACHE_MISSES),
                 duration: metrics::histogram!(names::SYMBOLIZER_DURATION),
                 copied: metrics::counter!(names::SYMBOLIZER_COPIED_BYTES),
+                unpacked: metrics::counter!(names::SYMBOLIZER_UNPACKED, "result" => "ok"),
+                unpack_failed: metrics::counter!(names::SYMBOLIZER_UNPACKED, "result" => "failed"),
             },
+            unpacked: HashMap::new(),
+            unpack_warned: false,
             cfg,
         }
     }
@@ -209,6 +221,8 @@ impl Worker {
 /// symbolizer is made anew (which closes them; resolved frames stay cached).
 const MAX_HANDED_FILES: usize = 256;
 const MAX_COPIED_BYTES: u64 = 256 << 20;
+/// Decompressed copies kept across symbolizer rebuilds (each holds disk, not memory).
+const MAX_UNPACKED: usize = 64;
 /// A file larger than this that has to be copied (see `host::open::mappable`) is not
 /// symbolized.
 const MAX_COPY: u64 = 1 << 30;
@@ -235,6 +249,12 @@ impl Worker {
     #[cfg(test)]
     pub(super) fn cached_frames(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Decompressed copies held.
+    #[cfg(test)]
+    pub(super) fn unpacked_files(&self) -> usize {
+        self.unpacked.len()
     }
 
     fn choose_file(
@@ -304,6 +324,7 @@ impl Worker {
             (Some(h), _) => (Some(h), None),
             (None, d) => (d, None),
         };
+        let chosen = chosen.map(|f| self.unpack(f, build_id));
         let choice = match chosen.map(|f| crate::host::open::mappable(f, MAX_COPY)) {
             Some(Ok((f, copied))) => match ElfFile::new(f, layout.as_ref()) {
                 Some(f) => {
@@ -328,6 +349,50 @@ impl Worker {
         };
         self.files.insert(key, choice.clone());
         choice
+    }
+
+    /// `f`, or a copy of it with its compressed sections decompressed when it has any
+    /// and line or inline information is wanted (only DWARF sections come compressed).
+    fn unpack(&mut self, f: File, build_id: Option<&BuildId>) -> File {
+        let Some(dir) = self.cfg.decompress_dir.as_deref() else {
+            return f;
+        };
+        if !(self.cfg.code_info || self.cfg.inlines) {
+            return f;
+        }
+        if let Some(c) = build_id
+            .and_then(|id| self.unpacked.get(id))
+            .and_then(|c| c.try_clone().ok())
+        {
+            return c;
+        }
+        match super::unpack::decompressed(&f, dir, MAX_COPY) {
+            Ok(None) => f,
+            Ok(Some(copy)) => {
+                self.meters.unpacked.increment(1);
+                if let Some(id) = build_id
+                    && let Ok(c) = copy.try_clone()
+                {
+                    if self.unpacked.len() >= MAX_UNPACKED {
+                        self.unpacked.clear();
+                    }
+                    self.unpacked.insert(id.clone(), c);
+                }
+                copy
+            }
+            Err(e) => {
+                self.meters.unpack_failed.increment(1);
+                if !std::mem::replace(&mut self.unpack_warned, true) {
+                    tracing::warn!(
+                        decompress_dir = %dir.display(),
+                        build_id = build_id.map_or("", BuildId::as_str),
+                        error = %e,
+                        "cannot write a decompressed copy of a file's debug sections; they are decompressed in memory instead (set processors.symbolizer.decompress_dir to a writable directory on disk; later failures are only counted)"
+                    );
+                }
+                f
+            }
+        }
     }
 
     fn lines_of(&self, sym: &blazesym::symbolize::Sym<'_>) -> Vec<ResolvedLine> {
