@@ -18,6 +18,8 @@
 # Last, the agent at 20 Hz for BENCH_20HZ_SECONDS (default 600) beside the same busy
 # workload: its CPU as a share of one core, start-up included.
 #
+# Each Stackline line is the median of BENCH_REPEAT (default 3) pairs of runs.
+#
 # Needs root.   Usage: scripts/bench-ebpf.sh [SHORT_SECONDS] [LONG_SECONDS]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,6 +27,8 @@ short="${1:-10}"
 long="${2:-40}"
 # The 20 Hz line's duration (the goal is stated over 10 minutes); 0 skips it.
 low_rate_secs="${BENCH_20HZ_SECONDS:-600}"
+# Pairs of runs per Stackline line (the median is printed).
+reps="${BENCH_REPEAT:-3}"
 work="$(mktemp -d)"
 old_stats="$(sysctl -n kernel.bpf_stats_enabled)"
 cleanup() {
@@ -130,15 +134,33 @@ per_sample() { # SHORT_LINE LONG_LINE FIELD: marginal cost of FIELD per sample, 
   awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN { split(a, x, " "); split(b, y, " ");
     ds = y[1] - x[1]; printf "%.2f", (ds > 0) ? (y[f] - x[f]) * 1000 / ds : 0 }'
 }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 }
+  END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+spread() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.1f-%.1f", lo, hi }'; }
+
+# One table line for Stackline: BENCH_REPEAT pairs of runs, the median of each column.
+# The agent's CPU per sample moves by about 2 µs between single pairs (its per-interval
+# work is not proportional to samples), hence the repeats and the range beside it.
+stackline_line() { # LABEL UNWIND_MODE HZ
+  local cs="" ks="" ts="" a b c k last=""
+  for _ in $(seq "$reps"); do
+    a=$(stackline_run "$2" "$3" "$short"); b=$(stackline_run "$2" "$3" "$long")
+    c=$(per_sample "$a" "$b" 2); k=$(per_sample "$a" "$b" 3)
+    cs="$cs $c"; ks="$ks $k"; ts="$ts $(echo "$c + $k" | bc -l)"; last=$b
+  done
+  local st an fi
+  read -r _ _ _ st an fi <<< "$last"
+  printf '%-6s %-34s %9s %9s %9s %11s %9.1f %9.1f %11s\n' "$3" "$1" "$(median <<< "$cs")" \
+    "$(median <<< "$ks")" "$(median <<< "$ts")" "$st" "$(echo "$an / 1024" | bc -l)" \
+    "$(echo "$fi / 1024" | bc -l)" "$(spread <<< "$cs")"
+}
 
 echo "Marginal cost per sample: a ${short}s and a ${long}s run of a 20-frame C workload on one busy CPU."
-printf '%-6s %-34s %9s %9s %9s %11s %9s %9s\n' Hz "profiler" "CPU µs" "BPF µs" "total µs" "startup ms" "anon MiB" "file MiB"
+echo "Stackline lines: median of $reps pairs (BENCH_REPEAT); CPU range: the pairs' lowest and highest agent CPU."
+printf '%-6s %-34s %9s %9s %9s %11s %9s %9s %11s\n' Hz "profiler" "CPU µs" "BPF µs" "total µs" "startup ms" "anon MiB" "file MiB" "CPU range"
 for hz in 99 999; do
   for mode in frame_pointer auto; do
-    a=$(stackline_run $mode $hz "$short"); b=$(stackline_run $mode $hz "$long")
-    c=$(per_sample "$a" "$b" 2); k=$(per_sample "$a" "$b" 3)
-    read -r _ _ _ st an fi <<< "$b"
-    printf '%-6s %-34s %9s %9s %9.2f %11s %9.1f %9.1f\n' "$hz" "stackline ($mode)" "$c" "$k" "$(echo "$c + $k" | bc -l)" "$st" "$(echo "$an / 1024" | bc -l)" "$(echo "$fi / 1024" | bc -l)"
+    stackline_line "stackline ($mode)" $mode $hz
   done
   for tool in perf-fp perf-dwarf bpftrace; do
     a=$(peer_run $tool $hz "$short"); b=$(peer_run $tool $hz "$long")
@@ -149,10 +171,7 @@ done
 # A node with many processes: 300 idle ones, and a short-lived one every 20 ms.
 for i in $(seq 300); do sleep 3600 & done
 ( while true; do /bin/true; sleep 0.02; done ) &
-a=$(stackline_run auto 999 "$short"); b=$(stackline_run auto 999 "$long")
-c=$(per_sample "$a" "$b" 2); k=$(per_sample "$a" "$b" 3)
-read -r _ _ _ st an fi <<< "$b"
-printf '%-6s %-34s %9s %9s %9.2f %11s %9.1f %9.1f\n' 999 "stackline (auto), 300+ processes" "$c" "$k" "$(echo "$c + $k" | bc -l)" "$st" "$(echo "$an / 1024" | bc -l)" "$(echo "$fi / 1024" | bc -l)"
+stackline_line "stackline (auto), 300+ processes" auto 999
 kill $(jobs -p) 2>/dev/null || true
 wait 2>/dev/null || true
 
