@@ -29,6 +29,7 @@ long="${2:-40}"
 low_rate_secs="${BENCH_20HZ_SECONDS:-600}"
 # Pairs of runs per Stackline line (the median is printed).
 reps="${BENCH_REPEAT:-3}"
+[[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_REPEAT must be a whole number of at least 1, not '$reps'" >&2; exit 2; }
 work="$(mktemp -d)"
 old_stats="$(sysctl -n kernel.bpf_stats_enabled)"
 cleanup() {
@@ -136,9 +137,10 @@ per_sample() { # SHORT_LINE LONG_LINE FIELD: marginal cost of FIELD per sample, 
 }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 }
   END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-spread() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.1f-%.1f", lo, hi }'; }
+spread() { tr ' ' '\n' | grep -v '^$' | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.1f..%.1f", lo, hi }'; }
 
-# One table line for Stackline: BENCH_REPEAT pairs of runs, the median of each column.
+# One table line for Stackline: BENCH_REPEAT pairs of runs; the CPU, BPF and total
+# columns are medians over the pairs, start-up and memory are the last long run's.
 # The agent's CPU per sample moves by about 2 µs between single pairs (its per-interval
 # work is not proportional to samples), hence the repeats and the range beside it.
 stackline_line() { # LABEL UNWIND_MODE HZ

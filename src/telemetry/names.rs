@@ -134,7 +134,7 @@ metric_names! {
     counter SYMBOLIZER_CACHE_MISSES = "stackline_symbolizer_cache_misses_total";
     /// Bytes of binaries the symbolizer copied into sealed memory before reading them, because their owner could shrink them under a memory mapping.
     counter SYMBOLIZER_COPIED_BYTES = "stackline_symbolizer_copied_bytes_total";
-    /// Files with compressed debug sections given a decompressed copy on disk (`result="ok"`), or decompressed in memory because the copy could not be made (`failed`).
+    /// Files with compressed debug sections given a decompressed copy on disk (`result="ok"`), or left to blazesym to decompress in memory because the copy could not be made: `unwritable` (decompress_dir), `too_large` (over 512 MiB), `invalid` (malformed sections).
     counter SYMBOLIZER_UNPACKED = "stackline_symbolizer_unpacked_files_total";
     /// Time to symbolize one request, in seconds.
     histogram SYMBOLIZER_DURATION = "stackline_symbolizer_duration_seconds";

@@ -188,9 +188,10 @@ impl Stackline {
             // Say whether the process is still there and what it logged, not only "refused".
             Err(e) => panic!(
                 "GET {path} from stackline (pid {}, state {}): {e:?}\nits log:\n{}",
-                self.pid(),
-                std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-                    .ok()
+                self.child.as_ref().map_or(0, |c| c.id()),
+                self.child
+                    .as_ref()
+                    .and_then(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
                     .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r[..1].to_owned()))
                     .unwrap_or_else(|| "gone".into()),
                 self.logs()

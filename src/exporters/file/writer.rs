@@ -29,8 +29,8 @@ pub(super) struct Writer {
     /// Bytes of whole records in the file.
     size: u64,
     sync_every: std::time::Duration,
-    last_sync: Instant,
-    dirty: bool,
+    /// When the oldest record not yet synced was written; None: all synced.
+    dirty_since: Option<Instant>,
 }
 
 /// Opens for appending, never through a symlink, creating with `mode`.
@@ -72,8 +72,7 @@ impl Writer {
             file: Some(file),
             size,
             sync_every: cfg.flush_interval,
-            last_sync: Instant::now(),
-            dirty: false,
+            dirty_since: None,
         })
     }
 
@@ -126,7 +125,7 @@ impl Writer {
             return Err(e);
         }
         self.size += record.len() as u64;
-        self.dirty = true;
+        self.dirty_since.get_or_insert_with(Instant::now);
         Ok(())
     }
 
@@ -138,11 +137,10 @@ impl Writer {
 
     /// Syncs the file to disk.
     pub(super) fn sync(&mut self) -> io::Result<()> {
-        if let (true, Some(f)) = (self.dirty, &self.file) {
+        if let (true, Some(f)) = (self.dirty_since.is_some(), &self.file) {
             f.sync_data()?;
         }
-        self.dirty = false;
-        self.last_sync = Instant::now();
+        self.dirty_since = None;
         Ok(())
     }
 
@@ -229,7 +227,12 @@ impl ShellWriter for Writer {
         let written = self.encode(&req).and_then(|rec| self.append(&rec));
         match written {
             Ok(()) => {
-                if self.last_sync.elapsed() >= self.sync_every {
+                // The exporter's flush comes `sync_every` after a write; this only
+                // catches a stream of writes that keeps it waiting.
+                if self
+                    .dirty_since
+                    .is_some_and(|t| t.elapsed() >= self.sync_every)
+                {
                     // A failed sync is reported; the record itself is in the file.
                     if let Err(e) = self.sync() {
                         return Outcome {

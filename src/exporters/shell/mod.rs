@@ -563,6 +563,7 @@ async fn run_writer<W: Writer>(
             Job::Write(req) => sample_count(req),
             Job::Flush => 0,
         };
+        let flushing = matches!(job, Job::Flush);
         let w = match writer.take() {
             Some(w) => w,
             None => match make() {
@@ -591,6 +592,12 @@ async fn run_writer<W: Writer>(
         match done {
             Ok((back, Ok(outcome))) => {
                 writer = back;
+                // A failed flush is tried again, as a tick would have.
+                if flushing && outcome.error.is_some() && flush_at.is_none() {
+                    flush_at = settings
+                        .flush_every
+                        .map(|e| tokio::time::Instant::now() + e);
+                }
                 if let Some(e) = &outcome.error
                     && outcome.failed > 0
                 {
@@ -682,6 +689,7 @@ mod writer_tests {
         tokio::time::sleep(every * 4).await;
         assert!(kinds(&log).is_empty(), "idle: {:?}", kinds(&log));
 
+        let sent = Instant::now();
         tx.send(valid(request("a", 0, 3, 2)).into()).await.unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         while kinds(&log).len() < 2 && Instant::now() < until {
@@ -689,7 +697,7 @@ mod writer_tests {
         }
         let events = log.lock().unwrap().clone();
         assert_eq!(kinds(&log), ["write", "flush"]);
-        assert!(events[1].1 - events[0].1 >= every, "{events:?}");
+        assert!(events[1].1 - sent >= every, "{events:?}");
         // Nothing written since: no more flushes.
         tokio::time::sleep(every * 4).await;
         assert_eq!(kinds(&log), ["write", "flush"]);

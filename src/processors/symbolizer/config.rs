@@ -41,8 +41,9 @@ pub struct SymbolizerConfig {
     /// the heap (10–15 MB for libc's debug file alone). The copies have no name
     /// (`O_TMPFILE`) and are gone when closed. Must be on a disk, not tmpfs; when it cannot
     /// be written (e.g. a read-only root filesystem) the sections are decompressed in
-    /// memory, with a warning and `stackline_symbolizer_unpacked_files_total{result="failed"}`.
-    /// `null`: always in memory. Default `/var/tmp`.
+    /// memory, with a warning and `stackline_symbolizer_unpacked_files_total{result="unwritable"}`.
+    /// A copy takes at most 512 MiB, all copies held at most 1 GiB. `null`: always in
+    /// memory. Default `/var/tmp`.
     pub decompress_dir: Option<PathBuf>,
     /// How often flat `debug_dirs` are checked for changes. Default `30s`.
     #[serde(with = "crate::config::units::duration")]

@@ -21,7 +21,7 @@ use std::path::Path;
 use object::LittleEndian as LE;
 use object::elf::{
     CompressionHeader64, ELFCOMPRESS_ZLIB, ELFCOMPRESS_ZSTD, FileHeader64, SHF_COMPRESSED,
-    SHT_NOBITS, SectionHeader64,
+    SHT_NOBITS, SHT_NULL, SectionHeader64,
 };
 use object::read::ReadCache;
 use object::read::elf::{FileHeader, SectionHeader};
@@ -51,7 +51,7 @@ fn bad(what: String) -> io::Error {
 
 /// Whether the filesystem of `f` keeps its files in memory (tmpfs, ramfs): a copy there
 /// would take as much memory as decompressing on the heap, only less visibly.
-fn in_memory(f: &File) -> io::Result<bool> {
+pub fn in_memory(f: &File) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     // SAFETY: plain C struct, zero is a valid value; fstatfs fills it or fails.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
@@ -63,9 +63,16 @@ fn in_memory(f: &File) -> io::Result<bool> {
     Ok(matches!(s.f_type as i64, libc::TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
+/// Largest zstd window accepted (16 MiB): a frame may ask for more, which the decoder
+/// would allocate before writing a byte.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
 /// A copy of the 64-bit little-endian ELF file `src` with its zlib- and
 /// zstd-compressed sections decompressed, as an unlinked file in `dir`; `None` if it has
-/// none (or is not such a file). The copy may take at most `max_bytes`.
+/// none (or is not such a file). The copy may take at most `max_bytes` (an error of kind
+/// `FileTooLarge` otherwise); a malformed file is an `InvalidData` error. The file is
+/// untrusted: sizes and offsets are checked, and at most the sizes its headers declare
+/// are written.
 pub fn decompressed(src: &File, dir: &Path, max_bytes: u64) -> io::Result<Option<File>> {
     let cache = ReadCache::new(src);
     let Ok(header) = FileHeader64::<LE>::parse(&cache) else {
@@ -82,7 +89,11 @@ pub fn decompressed(src: &File, dir: &Path, max_bytes: u64) -> io::Result<Option
     // (section index, compression type, compressed data range, size, alignment)
     let mut todo = Vec::new();
     for (i, s) in sections.iter().enumerate() {
-        if s.sh_flags(endian) & u64::from(SHF_COMPRESSED) == 0 || s.sh_type(endian) == SHT_NOBITS {
+        // Section 0 is no section (with extended numbering it holds the count).
+        if i == 0
+            || s.sh_flags(endian) & u64::from(SHF_COMPRESSED) == 0
+            || matches!(s.sh_type(endian), SHT_NOBITS | SHT_NULL)
+        {
             continue;
         }
         let (offset, size) = (s.sh_offset(endian), s.sh_size(endian));
@@ -98,11 +109,16 @@ pub fn decompressed(src: &File, dir: &Path, max_bytes: u64) -> io::Result<Option
                 "section {i}: {size} bytes, less than its header"
             )));
         }
+        let end = offset.checked_add(size).ok_or_else(|| {
+            bad(format!(
+                "section {i}: offset {offset} + size {size} overflows"
+            ))
+        })?;
         todo.push((
             i,
             kind,
             offset + head,
-            offset + size,
+            end,
             ch.ch_size.get(endian),
             ch.ch_addralign.get(endian).max(1),
         ));
@@ -112,9 +128,16 @@ pub fn decompressed(src: &File, dir: &Path, max_bytes: u64) -> io::Result<Option
         return Ok(None);
     }
     let len = src.metadata()?.len();
-    todo.iter()
-        .try_fold(len, |t, &(.., size, align)| {
-            t.checked_add(size)?.checked_add(align)
+    // The original, each section with its padding, and the new section header table.
+    let headers = (sections.len() as u64)
+        .checked_mul(64)
+        .and_then(|h| h.checked_add(8));
+    headers
+        .and_then(|h| len.checked_add(h))
+        .and_then(|start| {
+            todo.iter().try_fold(start, |t, &(.., size, align)| {
+                t.checked_add(size)?.checked_add(align.min(4096))
+            })
         })
         .filter(|&t| t <= max_bytes)
         .ok_or_else(|| {
@@ -163,10 +186,9 @@ pub fn decompressed(src: &File, dir: &Path, max_bytes: u64) -> io::Result<Option
                 &mut out,
             )
         } else {
-            io::copy(
-                &mut zstd::stream::read::Decoder::new(data)?.take(size),
-                &mut out,
-            )
+            let mut d = zstd::stream::read::Decoder::new(data)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+            io::copy(&mut d.take(size), &mut out)
         }
         .map_err(|e| bad(format!("section {i}: {e}")))?;
         if n != size {
@@ -177,7 +199,7 @@ pub fn decompressed(src: &File, dir: &Path, max_bytes: u64) -> io::Result<Option
         let s = &mut sections[i];
         s.sh_offset.set(endian, at);
         s.sh_size.set(endian, size);
-        s.sh_addralign.set(endian, align);
+        s.sh_addralign.set(endian, align.min(4096));
         let flags = s.sh_flags(endian) & !u64::from(SHF_COMPRESSED);
         s.sh_flags.set(endian, flags);
         at += size;
@@ -188,6 +210,26 @@ pub fn decompressed(src: &File, dir: &Path, max_bytes: u64) -> io::Result<Option
     header.e_shoff.set(endian, at);
     out.write_all_at(object::pod::bytes_of(&header), 0)?;
     Ok(Some(out))
+}
+
+/// A temporary directory on a disk (a copy is refused on tmpfs, which `/tmp` may be);
+/// None, after a skip notice, where there is none.
+#[cfg(test)]
+pub(super) fn disk_tempdir() -> Option<tempfile::TempDir> {
+    for base in [
+        std::env::temp_dir(),
+        "/var/tmp".into(),
+        env!("CARGO_MANIFEST_DIR").into(),
+    ] {
+        if let Ok(d) = tempfile::tempdir_in(&base)
+            && let Ok(f) = File::open(d.path())
+            && !in_memory(&f).unwrap_or(true)
+        {
+            return Some(d);
+        }
+    }
+    crate::testing::skip("decompressed copies", "no temporary directory on a disk");
+    None
 }
 
 #[cfg(test)]
@@ -232,7 +274,7 @@ mod tests {
     /// original's.
     #[test]
     fn copies_read_by_readelf_as_the_original_with_plain_sections() {
-        let dir = tempfile::tempdir().unwrap();
+        let Some(dir) = disk_tempdir() else { return };
         let mut tested = 0;
         for kind in ["zlib", "zstd"] {
             let Some(bin) = compiled(dir.path(), kind) else {
@@ -285,10 +327,13 @@ mod tests {
 
     #[test]
     fn a_file_without_compressed_sections_or_not_elf_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = File::open(std::env::current_exe().unwrap()).unwrap();
-        // The test binary's debug sections are not compressed.
-        assert!(decompressed(&exe, dir.path(), 1 << 30).unwrap().is_none());
+        let Some(dir) = disk_tempdir() else { return };
+        let Some(bin) = compiled(dir.path(), "none") else {
+            crate::testing::skip("unpack", "gcc failed");
+            return;
+        };
+        let f = File::open(&bin).unwrap();
+        assert!(decompressed(&f, dir.path(), 1 << 30).unwrap().is_none());
         let text = dir.path().join("text");
         std::fs::write(&text, "not an ELF file").unwrap();
         let f = File::open(&text).unwrap();
@@ -297,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_lying_size_a_tmpfs_and_the_size_bound_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
+        let Some(dir) = disk_tempdir() else { return };
         let Some(bin) = compiled(dir.path(), "zlib") else {
             crate::testing::skip("unpack", "gcc -gz=zlib failed");
             return;

@@ -117,8 +117,6 @@ struct Meters {
     misses: Counter,
     duration: Histogram,
     copied: Counter,
-    unpacked: Counter,
-    unpack_failed: Counter,
 }
 
 pub struct Worker {
@@ -139,11 +137,13 @@ pub struct Worker {
     requests: u64,
     index: BuildIdIndex,
     meters: Meters,
-    /// Decompressed copies (see [`super::unpack`]) by build ID: kept when blazesym is made
-    /// anew, so a file is decompressed once.
+    /// Decompressed copies (see [`super::unpack`]) by build ID, so a file is
+    /// decompressed once while blazesym holds it.
     unpacked: HashMap<BuildId, File>,
-    /// A failed copy is logged once; later ones are only counted.
-    unpack_warned: bool,
+    /// Bytes of copies made since blazesym was made anew (disk held until then).
+    unpacked_bytes: u64,
+    /// Kinds of failed copies logged so far (each once; later ones are only counted).
+    unpack_warned: HashSet<&'static str>,
 }
 
 fn reason_label(r: Reason) -> &'static str {
@@ -207,11 +207,10 @@ impl Worker {
                 misses: metrics::counter!(names::SYMBOLIZER_CACHE_MISSES),
                 duration: metrics::histogram!(names::SYMBOLIZER_DURATION),
                 copied: metrics::counter!(names::SYMBOLIZER_COPIED_BYTES),
-                unpacked: metrics::counter!(names::SYMBOLIZER_UNPACKED, "result" => "ok"),
-                unpack_failed: metrics::counter!(names::SYMBOLIZER_UNPACKED, "result" => "failed"),
             },
             unpacked: HashMap::new(),
-            unpack_warned: false,
+            unpacked_bytes: 0,
+            unpack_warned: HashSet::new(),
             cfg,
         }
     }
@@ -221,8 +220,12 @@ impl Worker {
 /// symbolizer is made anew (which closes them; resolved frames stay cached).
 const MAX_HANDED_FILES: usize = 256;
 const MAX_COPIED_BYTES: u64 = 256 << 20;
-/// Decompressed copies kept across symbolizer rebuilds (each holds disk, not memory).
+/// Decompressed copies kept for reuse (each holds disk, not memory).
 const MAX_UNPACKED: usize = 64;
+/// Largest decompressed copy; a larger file is decompressed in memory by blazesym.
+const MAX_UNPACK: u64 = 512 << 20;
+/// Disk that copies may hold before blazesym is made anew, which closes them.
+const MAX_UNPACKED_BYTES: u64 = 1 << 30;
 /// A file larger than this that has to be copied (see `host::open::mappable`) is not
 /// symbolized.
 const MAX_COPY: u64 = 1 << 30;
@@ -279,11 +282,15 @@ impl Worker {
         if self.files.len() > 65_536
             || self.handed >= MAX_HANDED_FILES
             || self.copied >= MAX_COPIED_BYTES
+            || self.unpacked_bytes >= MAX_UNPACKED_BYTES
         {
             self.files.clear();
             self.sym = make_symbolizer(&self.cfg);
             self.handed = 0;
             self.copied = 0;
+            // The copies close with blazesym's handles and these: their disk is freed.
+            self.unpacked.clear();
+            self.unpacked_bytes = 0;
         }
         let by_id = build_id
             .filter(|_| self.cfg.uses(SymbolSource::DebugDirs))
@@ -325,7 +332,13 @@ impl Worker {
             (None, d) => (d, None),
         };
         let chosen = chosen.map(|f| self.unpack(f, build_id));
-        let choice = match chosen.map(|f| crate::host::open::mappable(f, MAX_COPY)) {
+        let choice = match chosen.map(|(f, private)| {
+            if private {
+                Ok((f, 0))
+            } else {
+                crate::host::open::mappable(f, MAX_COPY)
+            }
+        }) {
             Some(Ok((f, copied))) => match ElfFile::new(f, layout.as_ref()) {
                 Some(f) => {
                     self.handed += 1;
@@ -352,24 +365,26 @@ impl Worker {
     }
 
     /// `f`, or a copy of it with its compressed sections decompressed when it has any
-    /// and line or inline information is wanted (only DWARF sections come compressed).
-    fn unpack(&mut self, f: File, build_id: Option<&BuildId>) -> File {
+    /// and line or inline information is wanted (only DWARF sections come compressed);
+    /// true for a copy, which only this process can reach (so it is mapped as it is).
+    fn unpack(&mut self, f: File, build_id: Option<&BuildId>) -> (File, bool) {
         let Some(dir) = self.cfg.decompress_dir.as_deref() else {
-            return f;
+            return (f, false);
         };
         if !(self.cfg.code_info || self.cfg.inlines) {
-            return f;
+            return (f, false);
         }
         if let Some(c) = build_id
             .and_then(|id| self.unpacked.get(id))
             .and_then(|c| c.try_clone().ok())
         {
-            return c;
+            return (c, true);
         }
-        match super::unpack::decompressed(&f, dir, MAX_COPY) {
-            Ok(None) => f,
+        match super::unpack::decompressed(&f, dir, MAX_UNPACK) {
+            Ok(None) => (f, false),
             Ok(Some(copy)) => {
-                self.meters.unpacked.increment(1);
+                self.unpacked_bytes += copy.metadata().map_or(0, |m| m.len());
+                metrics::counter!(names::SYMBOLIZER_UNPACKED, "result" => "ok").increment(1);
                 if let Some(id) = build_id
                     && let Ok(c) = copy.try_clone()
                 {
@@ -378,19 +393,33 @@ impl Worker {
                     }
                     self.unpacked.insert(id.clone(), c);
                 }
-                copy
+                (copy, true)
             }
             Err(e) => {
-                self.meters.unpack_failed.increment(1);
-                if !std::mem::replace(&mut self.unpack_warned, true) {
+                let result = match e.kind() {
+                    std::io::ErrorKind::FileTooLarge => "too_large",
+                    std::io::ErrorKind::InvalidData => "invalid",
+                    _ => "unwritable",
+                };
+                metrics::counter!(names::SYMBOLIZER_UNPACKED, "result" => result).increment(1);
+                // Once per kind of failure: one odd file must not hide a directory that
+                // cannot be written.
+                if self.unpack_warned.insert(result) {
+                    let what = match result {
+                        "unwritable" => {
+                            "set processors.symbolizer.decompress_dir to a writable directory on disk"
+                        }
+                        "too_large" => "the copy would be over 512 MiB",
+                        _ => "its compressed sections are malformed",
+                    };
                     tracing::warn!(
                         decompress_dir = %dir.display(),
                         build_id = build_id.map_or("", BuildId::as_str),
                         error = %e,
-                        "cannot write a decompressed copy of a file's debug sections; they are decompressed in memory instead (set processors.symbolizer.decompress_dir to a writable directory on disk; later failures are only counted)"
+                        "no decompressed copy of a file's debug sections ({what}); blazesym decompresses them in memory instead (later failures of this kind are only counted)"
                     );
                 }
-                f
+                (f, false)
             }
         }
     }
