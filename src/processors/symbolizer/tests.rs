@@ -297,12 +297,17 @@ fn rust_names_are_demangled_with_the_mangled_name_kept() {
     );
 }
 
-fn strip_with_debug_by_build_id(bin: &Path, debug_root: &Path) -> (PathBuf, String) {
-    let id = read_build_id(bin).unwrap().unwrap();
-    let dbg = debug_root
+/// Where a debug file for `id` lies under `debug_root`: `.build-id/ab/cdef….debug`.
+fn debug_file_by_build_id(debug_root: &Path, id: &str) -> PathBuf {
+    debug_root
         .join(".build-id")
         .join(&id[..2])
-        .join(format!("{}.debug", &id[2..]));
+        .join(format!("{}.debug", &id[2..]))
+}
+
+fn strip_with_debug_by_build_id(bin: &Path, debug_root: &Path) -> (PathBuf, String) {
+    let id = read_build_id(bin).unwrap().unwrap();
+    let dbg = debug_file_by_build_id(debug_root, &id);
     std::fs::create_dir_all(dbg.parent().unwrap()).unwrap();
     run(
         "objcopy",
@@ -368,10 +373,7 @@ fn a_debug_file_with_compressed_sections_gives_the_same_result_through_a_copy_on
     let debug_root = dir.path().join("debug");
     let (stripped, id) = strip_with_debug_by_build_id(&bin, &debug_root);
     // As Debian's debug packages ship them: the DWARF sections zlib-compressed.
-    let dbg = debug_root
-        .join(".build-id")
-        .join(&id[..2])
-        .join(format!("{}.debug", &id[2..]));
+    let dbg = debug_file_by_build_id(&debug_root, &id);
     let plain = dir.path().join("plain.debug");
     std::fs::rename(&dbg, &plain).unwrap();
     run(

@@ -409,7 +409,8 @@ impl Worker {
                         "unwritable" => {
                             "set processors.symbolizer.decompress_dir to a writable directory on disk"
                         }
-                        "too_large" => "the copy would be over 512 MiB",
+                        // The error says by how much (the bound is MAX_UNPACK).
+                        "too_large" => "the copy would be too large",
                         _ => "its compressed sections are malformed",
                     };
                     tracing::warn!(
