@@ -25,9 +25,10 @@ use aya_ebpf::macros::perf_event;
 use aya_ebpf::programs::PerfEventContext;
 use stackline_ebpf::shared::{
     Event, FRAME_BY_FP, FRAME_MASK, MAPPING_CACHE, MAPPING_KEY_BITS, MAX_KERNEL_FRAMES,
-    MAX_USER_FRAMES, MappingKeyData, RecordHeader, State, counter, event, mode,
+    MAX_USER_FRAMES, MappingKeyData, RecordHeader, StackWindow, State, WINDOW_BYTES,
+    WINDOW_MASK, counter, event, mode,
 };
-use stackline_ebpf::unwind::{Chunk, Memory, Regs, fp_step, lookup, step, stop};
+use stackline_ebpf::unwind::{Chunk, Memory, PAGE_SIZE, Regs, fp_step, lookup, step, stop};
 use stackline_ebpf::{
     CONFIG, EVENT_EVERY_NS, EVENT_RATE, EVENTS, MAPPINGS, MappingKey, PROGS, PT_REGS_OFFSET,
     SAMPLES, STATE, TABLES, TASK_STACK_OFFSET, add, bump, chunk,
@@ -50,30 +51,91 @@ const HEADER: usize = size_of::<RecordHeader>();
 const USER_CS: u64 = 0x33;
 const USER_DS: u64 = 0x2b;
 
-/// The sampled process's memory.
-struct UserMemory;
+/// Reads `len` bytes of the sampled process's memory at `addr` into `dst`.
+#[inline(always)]
+fn read_user(dst: *mut c_void, len: u64, addr: u64) -> bool {
+    // SAFETY: the helper writes at most `len` bytes into `dst` (callers pass room for
+    // them), or fails without faulting.
+    unsafe { bpf_probe_read_user(dst, len as u32, addr as *const c_void) == 0 }
+}
 
-impl Memory for UserMemory {
+/// The sampled thread's stack, read a window at a time: a walk reads upwards from the
+/// interrupted stack pointer, and one read of [`WINDOW_BYTES`] serves the frames in it,
+/// where each frame would otherwise pay a read of its own. The window is read at one
+/// place only, at the start of each unwinder run ([`Window::fill`]): a read at every
+/// access site multiplied the verifier's work. Reads outside it go to memory directly.
+struct Window<'a>(&'a mut StackWindow);
+
+impl Window<'_> {
+    /// Makes the window start at `sp` unless it already holds the next few frames
+    /// from there. A window that would run past the stack's last page is cut at the
+    /// end of `sp`'s page.
+    #[inline(always)]
+    fn fill(&mut self, sp: u64) {
+        let w = &mut *self.0;
+        let off = sp.wrapping_sub(w.base);
+        if off < w.len && w.len - off >= WINDOW_BYTES / 2 || sp & 7 != 0 {
+            return;
+        }
+        w.len = 0;
+        let dst = w.words.as_mut_ptr() as *mut c_void;
+        let mut len = WINDOW_BYTES;
+        if !read_user(dst, len, sp) {
+            len = PAGE_SIZE - (sp & (PAGE_SIZE - 1));
+            if len > WINDOW_BYTES {
+                len = WINDOW_BYTES;
+            }
+            if !read_user(dst, len, sp) {
+                return;
+            }
+        }
+        w.base = sp;
+        w.len = len;
+    }
+
+    /// The index of the word at `addr`, if the window holds the `n` bytes from it.
+    #[inline(always)]
+    fn at(&self, addr: u64, n: u64) -> Option<usize> {
+        let w = &*self.0;
+        let off = addr.wrapping_sub(w.base);
+        if addr & 7 == 0 && off < w.len && w.len - off >= n {
+            Some(((off >> 3) as u32 & WINDOW_MASK) as usize)
+        } else {
+            None
+        }
+    }
+}
+
+impl Memory for Window<'_> {
     #[inline(always)]
     fn read(&mut self, addr: u64) -> Option<u64> {
+        if let Some(i) = self.at(addr, 8) {
+            return Some(self.0.words[i]);
+        }
         let mut v = 0u64;
-        // SAFETY: the helper writes 8 bytes into `v`, or fails without faulting.
-        let r = unsafe {
-            bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, addr as *const c_void)
-        };
-        if r == 0 { Some(v) } else { None }
+        if read_user(&mut v as *mut u64 as *mut c_void, 8, addr) {
+            Some(v)
+        } else {
+            None
+        }
     }
 
     #[inline(always)]
     fn read_pair(&mut self, addr: u64) -> Option<[u64; 2]> {
+        if let Some(i) = self.at(addr, 16) {
+            return Some([
+                self.0.words[i],
+                self.0.words[((i as u32 + 1) & WINDOW_MASK) as usize],
+            ]);
+        }
         // Uninitialised: a zeroing would be a byte-wise memset the verifier walks.
         let mut v = core::mem::MaybeUninit::<[u64; 2]>::uninit();
-        // SAFETY: the helper writes 16 bytes into `v`, or fails without faulting.
-        let r = unsafe {
-            bpf_probe_read_user(v.as_mut_ptr() as *mut c_void, 16, addr as *const c_void)
-        };
-        // SAFETY: on success all 16 bytes were written.
-        if r == 0 { Some(unsafe { v.assume_init() }) } else { None }
+        if read_user(v.as_mut_ptr() as *mut c_void, 16, addr) {
+            // SAFETY: on success all 16 bytes were written.
+            Some(unsafe { v.assume_init() })
+        } else {
+            None
+        }
     }
 }
 
@@ -277,6 +339,7 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
         st.cache_generation = generation;
         st.cache_pid = [0; MAPPING_CACHE];
     }
+    st.window.len = 0;
     st.tail_calls = 0;
     st.via_fp = 0;
     st.event_kind = 0;
@@ -438,7 +501,7 @@ fn unwind_one(st: &mut State, cur: &mut Current<'_>, walk: u32, max_frames: u32)
     // A failed step leaves the registers as they were, so a gap (INVALID_RULE) can
     // still be crossed by frame pointer below.
     let r = match row {
-        Ok(row) => step(row, &mut st.regs, &mut UserMemory),
+        Ok(row) => step(row, &mut st.regs, &mut Window(&mut st.window)),
         Err(why) => Err(why),
     };
     let r = match r {
@@ -453,7 +516,7 @@ fn unwind_one(st: &mut State, cur: &mut Current<'_>, walk: u32, max_frames: u32)
             // Code without a usable rule: by frame pointer.
             st.via_fp = 1;
             st.frames_fp += 1;
-            fp_step(&mut st.regs, &mut UserMemory, why)
+            fp_step(&mut st.regs, &mut Window(&mut st.window), why)
         }
         Err(e) => Err(e),
     };
@@ -484,6 +547,7 @@ pub fn stackline_unwind(ctx: PerfEventContext) -> u32 {
         last_index: 0,
         last: None,
     };
+    Window(&mut st.window).fill(st.regs.sp);
     let mut i = 0;
     while i < FRAMES_PER_PROG {
         let r = unwind_one(st, &mut cur, walk, max_frames);

@@ -51,6 +51,23 @@ pub struct Record {
     pub frames: [u64; FRAME_SLOTS],
 }
 
+/// Bytes of the sampled thread's stack read at once (a power of two, at most a page).
+/// Each read from user memory costs about 100 ns whatever its size (the kernel's own
+/// frame-pointer walk pays it on every frame); one window serves all the frames in it.
+pub const WINDOW_BYTES: u64 = 2048;
+pub const WINDOW_WORDS: usize = WINDOW_BYTES as usize / 8;
+pub const WINDOW_MASK: u32 = WINDOW_WORDS as u32 - 1;
+
+/// A copy of part of the sampled thread's stack, from `base` (8-byte aligned).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackWindow {
+    pub base: u64,
+    /// Bytes copied from `base` (0: none).
+    pub len: u64,
+    pub words: [u64; WINDOW_WORDS],
+}
+
 /// Mappings each CPU remembers across samples (a process sampled again on the same CPU
 /// usually runs in the same few mappings).
 pub const MAPPING_CACHE: usize = 4;
@@ -61,6 +78,8 @@ pub const MAPPING_CACHE: usize = 4;
 pub struct State {
     pub record: Record,
     pub regs: Regs,
+    /// The part of the stack read last (emptied for each sample).
+    pub window: StackWindow,
     /// The mapping of the last frame, so frames in the same mapping need no lookup.
     pub map: MappingInfo,
     /// Recently found mappings and their pids, valid while `cache_generation` is the
