@@ -3,6 +3,7 @@
 //! threads, Rust release code, a library opened after start, a 150-deep recursion) are
 //! profiled by the real binary in the default `auto` mode and symbolized; each must
 //! reach `main` in at least 95% of its samples with its CPU shares within 5 points.
+//! Code built with frame pointers is walked in `frame_pointer` mode, too.
 
 mod common;
 
@@ -419,6 +420,166 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
                 "{}: only {} samples were taken in the kernel",
                 c.name, seen.kernel_reached.0
             ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `frame_pointer` mode walks the frame-pointer chain in the program, a stack window
+/// at a time: on code built with frame pointers every sample reaches `main` through
+/// the frames the source makes; a chain deeper than `max_frames` is cut and marked
+/// truncated; a 40 KB frame (beyond the window) is crossed. Samples taken in a system
+/// call keep the kernel's walk. (gcc gives `spin`, a leaf, no frame of its own even
+/// with -mno-omit-leaf-frame-pointer, so its caller `hot_a`/`hot_b` is skipped by any
+/// frame-pointer walk, the kernel's too: the shares are not checked here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
+    if !bpf_available("frame-pointer mode") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("fp");
+    std::fs::create_dir_all(&d).unwrap();
+    let Some(exe) = stackline::testing::build_unwind_workload(
+        "frame-pointer mode",
+        &d,
+        "gcc",
+        &[
+            "-O2",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+        ],
+    ) else {
+        return;
+    };
+    let config = agent_config().replace(
+        "report_interval: 1s",
+        "report_interval: 1s\n    unwind: { mode: frame_pointer }",
+    );
+    let mut s = Stackline::start(dir.path(), &config);
+    let loaded = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_program_loads_total",
+            &[("program", "stackline_sample"), ("outcome", "success")],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(loaded, "the program did not load:\n{}", s.logs());
+    let case = |name, args: Vec<&'static str>, root, shares| Case {
+        name,
+        exe: exe.clone(),
+        args,
+        root,
+        shares,
+    };
+    let cases = [
+        case("deep", vec!["deep", "3"], "main", false),
+        case("40 KB stack frame", vec!["bigframe", "3"], "main", false),
+        case("150-deep recursion", vec!["recurse", "2"], "recurse", false),
+    ];
+    let pids: Vec<String> = cases
+        .iter()
+        .map(|c| tokio::task::block_in_place(|| run(c)))
+        .collect();
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
+    let all: Vec<FlatSample> = read_json_lines(&dir.path().join("profiles.jsonl"))
+        .iter()
+        .flat_map(flatten)
+        .collect();
+    let mut failures = Vec::new();
+    for (c, pid) in cases.iter().zip(&pids) {
+        let seen = analyze(&all, pid, c.root);
+        let reach = seen.reached as f64 / seen.samples.max(1) as f64;
+        eprintln!(
+            "frame_pointer {:<24} {:>4} samples, {:>5.1}% reach {}, shares {:.3}/{:.3}/{:.3}, stops {:?}",
+            c.name,
+            seen.samples,
+            reach * 100.0,
+            c.root,
+            seen.shares.0,
+            seen.shares.1,
+            seen.shares.2,
+            seen.stops
+        );
+        if seen.samples < 100 {
+            failures.push(format!("{}: only {} samples", c.name, seen.samples));
+            continue;
+        }
+        if reach < 0.95 {
+            failures.push(format!(
+                "{}: {:.1}% reach {}",
+                c.name,
+                reach * 100.0,
+                c.root
+            ));
+        }
+        if c.shares {
+            let (a, b, r) = seen.shares;
+            if (a - 0.6).abs() > 0.05 || (b - 0.3).abs() > 0.05 || (r - 0.1).abs() > 0.07 {
+                failures.push(format!(
+                    "{}: shares {a:.3}/{b:.3}/{r:.3}, want 0.6/0.3/0.1",
+                    c.name
+                ));
+            }
+        }
+        let mine = || {
+            all.iter()
+                .filter(move |x| x.attrs.get("process.pid") == Some(pid))
+                .filter(|x| x.frames.first().is_some_and(|f| f.frame_type == "native"))
+        };
+        match c.name {
+            "deep" => {
+                // rounds under deep(0) .. deep(13): 14 frames of `deep` under every
+                // sample in user code.
+                let counts: Vec<usize> = mine()
+                    .filter(|x| x.frames.iter().any(|f| names(f).any(|n| n == "main")))
+                    .filter(|x| x.frames.iter().any(|f| names(f).any(|n| n == "rounds")))
+                    .map(|x| {
+                        x.frames
+                            .iter()
+                            .filter(|f| names(f).any(|n| n == "deep"))
+                            .count()
+                    })
+                    .collect();
+                let right = counts.iter().filter(|&&n| n == 14).count();
+                let user = mine().count();
+                if (right as f64) < 0.95 * user as f64 {
+                    failures.push(format!(
+                        "deep: {right} of {user} user-mode samples have `rounds` and 14 `deep` frames"
+                    ));
+                }
+            }
+            "150-deep recursion" => {
+                let truncated: Vec<&FlatSample> = mine()
+                    .filter(|x| {
+                        x.attrs.get("stackline.unwind.stop").map(String::as_str)
+                            == Some("truncated")
+                    })
+                    .collect();
+                if (truncated.len() as f64) < 0.95 * mine().count() as f64 {
+                    failures.push(format!("recursion: stops {:?}", seen.stops));
+                }
+                for x in &truncated {
+                    if x.frames.len() != 128 {
+                        failures.push(format!("recursion: {} frames, want 128", x.frames.len()));
+                        break;
+                    }
+                }
+                let wrong = truncated
+                    .iter()
+                    .flat_map(|x| x.frames.iter().skip(3))
+                    .filter(|f| !names(f).any(|n| n == "recurse"))
+                    .count();
+                if wrong > 0 {
+                    failures.push(format!(
+                        "recursion: {wrong} frames below the leaf are not `recurse`"
+                    ));
+                }
+            }
+            _ => {}
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
