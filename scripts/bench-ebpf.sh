@@ -18,7 +18,8 @@
 # Last, the agent at 20 Hz for BENCH_20HZ_SECONDS (default 600) beside the same busy
 # workload: its CPU as a share of one core, start-up included.
 #
-# Each Stackline line is the median of BENCH_REPEAT (default 3) pairs of runs.
+# Each Stackline line is the median of BENCH_REPEAT (default 3) pairs of runs;
+# BENCH_RATES (default "99 999") picks the rates of the per-sample lines.
 #
 # Needs root.   Usage: scripts/bench-ebpf.sh [SHORT_SECONDS] [LONG_SECONDS]
 set -euo pipefail
@@ -27,6 +28,8 @@ short="${1:-10}"
 long="${2:-40}"
 # The 20 Hz line's duration (the goal is stated over 10 minutes); 0 skips it.
 low_rate_secs="${BENCH_20HZ_SECONDS:-600}"
+# Sampling rates of the per-sample lines (the goals are stated at 999 Hz).
+rates="${BENCH_RATES:-99 999}"
 # Pairs of runs per Stackline line (the median is printed).
 reps="${BENCH_REPEAT:-3}"
 [[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_REPEAT must be a whole number of at least 1, not '$reps'" >&2; exit 2; }
@@ -160,7 +163,7 @@ stackline_line() { # LABEL UNWIND_MODE HZ
 echo "Marginal cost per sample: a ${short}s and a ${long}s run of a 20-frame C workload on one busy CPU."
 echo "Stackline lines: median of $reps pairs (BENCH_REPEAT); CPU range: the pairs' lowest and highest agent CPU."
 printf '%-6s %-34s %9s %9s %9s %11s %9s %9s %11s\n' Hz "profiler" "CPU µs" "BPF µs" "total µs" "startup ms" "anon MiB" "file MiB" "CPU range"
-for hz in 99 999; do
+for hz in $rates; do
   for mode in frame_pointer auto; do
     stackline_line "stackline ($mode)" $mode $hz
   done
