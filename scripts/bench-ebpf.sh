@@ -94,8 +94,12 @@ YAML
   done
   # Start-up: the process's CPU when the receiver read its first sample (its own gauge).
   startup=$(metric stackline_ebpf_startup_cpu_seconds $port | awk '{ printf "%.1f", $1 * 1000 }')
-  # Let the first tables build and the processes already running get known.
-  sleep 3
+  # Warm-up: the workload's binary gets its tables and symbols, and the first reports
+  # are made, before the measured run (a new process of the same binary). Without it,
+  # first-time symbolization (about 100 ms) landed in one run of a pair or the other
+  # and moved a single pair's agent CPU by ±1.5 µs per sample.
+  workload deep 2
+  sleep 6
   local s0 c0 b0 s1 c1 b1
   s0=$(metric stackline_ebpf_samples_total $port); c0=$(cpu_ms $agent); b0=$(metric stackline_ebpf_program_run_time_seconds $port)
   workload deep "$secs"

@@ -250,15 +250,9 @@ fn init_regs(ctx: &PerfEventContext) -> Result<Regs, u8> {
 #[perf_event]
 pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (include_idle, kernel_stacks, walk, generation, max_frames) = match CONFIG.get(0) {
-        Some(c) => (
-            c.include_idle != 0,
-            c.kernel_stacks != 0,
-            c.mode,
-            c.generation,
-            c.max_frames,
-        ),
-        None => (false, true, mode::FRAME_POINTER, 0, MAX_USER_FRAMES as u32),
+    let (include_idle, kernel_stacks, walk, generation) = match CONFIG.get(0) {
+        Some(c) => (c.include_idle != 0, c.kernel_stacks != 0, c.mode, c.generation),
+        None => (false, true, mode::FRAME_POINTER, 0),
     };
     let tgid = (pid_tgid >> 32) as u32;
     if pid_tgid as u32 == 0 && !include_idle {
@@ -306,24 +300,7 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
         submit(st);
         return 0;
     }
-    st.window.len = 0;
     if walk == mode::FRAME_POINTER {
-        let regs = ctx.as_ptr() as *const pt_regs;
-        // SAFETY: the context starts with the interrupted registers; one 8-byte load each.
-        let (cs, pc, sp, bp) = unsafe {
-            (
-                core::ptr::read_volatile(&(*regs).cs),
-                core::ptr::read_volatile(&(*regs).rip),
-                core::ptr::read_volatile(&(*regs).rsp),
-                core::ptr::read_volatile(&(*regs).rbp),
-            )
-        };
-        if cs & 3 == 3 {
-            fp_walk(st, pc, sp, bp, max_frames);
-            submit(st);
-            return 0;
-        }
-        // In the kernel (a system call): the kernel's walk finds the user registers.
         let k = (st.record.header.kernel_len & 0x7f) as usize;
         // SAFETY: k <= 127, so the MAX_USER_FRAMES slots from k are inside the array.
         let n = unsafe {
@@ -362,6 +339,7 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
         st.cache_generation = generation;
         st.cache_pid = [0; MAPPING_CACHE];
     }
+    st.window.len = 0;
     st.tail_calls = 0;
     st.via_fp = 0;
     st.event_kind = 0;
@@ -374,43 +352,6 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
     st.record.header.stop = stop::NO_TABLE;
     submit(st);
     0
-}
-
-/// Frame-pointer mode, for a sample that interrupted user code: the interrupted pc,
-/// then a return address per link of the frame-pointer chain, read from the stack
-/// window by window. The kernel's walk (`bpf_get_stack`) reads each frame by itself, at
-/// about 100 ns a frame. Like it, the walk ends at a link it cannot read; unlike it,
-/// also at a link that does not lead up the stack, so a corrupt chain cannot loop.
-#[inline(always)]
-fn fp_walk(st: &mut State, pc: u64, sp: u64, bp: u64, max_frames: u32) {
-    let max_frames = if max_frames > MAX_USER_FRAMES as u32 {
-        MAX_USER_FRAMES as u32
-    } else {
-        max_frames
-    };
-    let mut regs = Regs {
-        pc,
-        sp,
-        bp,
-        bp_known: 1,
-        is_return: 0,
-    };
-    let k = (st.record.header.kernel_len & 0x7f) as u32;
-    let mut n = 0u32;
-    Window(&mut st.window).fill(sp);
-    // One more round than frames: a chain that goes on past max_frames is marked truncated.
-    while n <= MAX_USER_FRAMES as u32 {
-        if n >= max_frames {
-            st.record.header.stop = stop::TRUNCATED;
-            break;
-        }
-        st.record.frames[((k + n) & FRAME_MASK) as usize] = regs.pc;
-        n += 1;
-        if fp_step(&mut regs, &mut Window(&mut st.window), stop::NONE).is_err() {
-            break;
-        }
-    }
-    st.record.header.user_len = (n & 0xff) as u16;
 }
 
 /// Asks user space, at most every EVENT_EVERY_NS per process, for unwind information
