@@ -111,6 +111,50 @@ fn analyze(all: &[FlatSample], pid: &str, root: &str) -> Seen {
     s
 }
 
+/// The checks every case gets: enough samples, `min_reach` of them reaching the case's
+/// root and, if the case asks, the 60/30/10 shares. False if there are too few samples
+/// to check more.
+fn check_case(c: &Case, seen: &Seen, min_reach: f64, failures: &mut Vec<String>) -> bool {
+    if seen.samples < 100 {
+        failures.push(format!("{}: only {} samples", c.name, seen.samples));
+        return false;
+    }
+    let reach = seen.reached as f64 / seen.samples as f64;
+    if reach < min_reach {
+        failures.push(format!(
+            "{}: {:.1}% of samples reach {}",
+            c.name,
+            reach * 100.0,
+            c.root
+        ));
+    }
+    if c.shares {
+        let (a, b, r) = seen.shares;
+        // read_zero's 10% is time in a syscall, calibrated at start: on a loaded
+        // machine it has come out at 4-5%. A walk that lost its frames gives ~0.
+        if (a - 0.6).abs() > 0.05 || (b - 0.3).abs() > 0.05 || (r - 0.1).abs() > 0.07 {
+            failures.push(format!(
+                "{}: shares {a:.3}/{b:.3}/{r:.3}, want 0.6/0.3/0.1",
+                c.name
+            ));
+        }
+    }
+    true
+}
+
+/// Fails if any user frame of `samples` below their first three is not `recurse`.
+fn check_recursion<'a>(samples: impl Iterator<Item = &'a FlatSample>, failures: &mut Vec<String>) {
+    let wrong = samples
+        .flat_map(|x| x.frames.iter().filter(|f| f.frame_type == "native").skip(3))
+        .filter(|f| !names(f).any(|n| n == "recurse"))
+        .count();
+    if wrong > 0 {
+        failures.push(format!(
+            "recursion: {wrong} frames below the leaf are not `recurse`"
+        ));
+    }
+}
+
 fn rustc_workload(dir: &Path) -> Option<PathBuf> {
     let out = dir.join("unwind_rust");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/unwind_rust.rs");
@@ -352,28 +396,8 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
                 );
             }
         }
-        if seen.samples < 100 {
-            failures.push(format!("{}: only {} samples", c.name, seen.samples));
+        if !check_case(c, &seen, 0.95, &mut failures) {
             continue;
-        }
-        if reach < 0.95 {
-            failures.push(format!(
-                "{}: {:.1}% of samples reach {}",
-                c.name,
-                reach * 100.0,
-                c.root
-            ));
-        }
-        if c.shares {
-            let (a, b, r) = seen.shares;
-            // read_zero's 10% is time in a syscall, calibrated at start: on a loaded
-            // machine it has come out at 4-5%. A walk that lost its frames gives ~0.
-            if (a - 0.6).abs() > 0.05 || (b - 0.3).abs() > 0.05 || (r - 0.1).abs() > 0.07 {
-                failures.push(format!(
-                    "{}: shares {a:.3}/{b:.3}/{r:.3}, want 0.6/0.3/0.1",
-                    c.name
-                ));
-            }
         }
         match c.name {
             "threads" => {
@@ -397,21 +421,14 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
                 if (truncated as f64) < 0.95 * seen.samples as f64 {
                     failures.push(format!("recursion: stops {:?}", seen.stops));
                 }
-                let wrong = all
+                let truncated = all
                     .iter()
                     .filter(|x| x.attrs.get("process.pid") == Some(pid))
                     .filter(|x| {
                         x.attrs.get("stackline.unwind.stop").map(String::as_str)
                             == Some("truncated")
-                    })
-                    .flat_map(|x| x.frames.iter().filter(|f| f.frame_type == "native").skip(3))
-                    .filter(|f| !names(f).any(|n| n == "recurse"))
-                    .count();
-                if wrong > 0 {
-                    failures.push(format!(
-                        "recursion: {wrong} frames below the leaf are not `recurse`"
-                    ));
-                }
+                    });
+                check_recursion(truncated, &mut failures);
             }
             _ => {}
         }
@@ -503,29 +520,11 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
             seen.shares.2,
             seen.stops
         );
-        if seen.samples < 100 {
-            failures.push(format!("{}: only {} samples", c.name, seen.samples));
-            continue;
-        }
         // 90%, not the 95% of the native test: a few samples of each short run fall
         // outside the part measured (the dynamic loader, `main` before the loop, the
         // exit), and at ~130 samples they are 5% (one CI run had 7 of 133).
-        if reach < 0.90 {
-            failures.push(format!(
-                "{}: {:.1}% reach {}",
-                c.name,
-                reach * 100.0,
-                c.root
-            ));
-        }
-        if c.shares {
-            let (a, b, r) = seen.shares;
-            if (a - 0.6).abs() > 0.05 || (b - 0.3).abs() > 0.05 || (r - 0.1).abs() > 0.07 {
-                failures.push(format!(
-                    "{}: shares {a:.3}/{b:.3}/{r:.3}, want 0.6/0.3/0.1",
-                    c.name
-                ));
-            }
+        if !check_case(c, &seen, 0.90, &mut failures) {
+            continue;
         }
         let mine = || {
             all.iter()
@@ -563,16 +562,7 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
                         mine().count()
                     ));
                 }
-                let wrong = full
-                    .iter()
-                    .flat_map(|x| x.frames.iter().skip(3))
-                    .filter(|f| !names(f).any(|n| n == "recurse"))
-                    .count();
-                if wrong > 0 {
-                    failures.push(format!(
-                        "recursion: {wrong} frames below the leaf are not `recurse`"
-                    ));
-                }
+                check_recursion(full.into_iter(), &mut failures);
             }
             _ => {}
         }
