@@ -40,8 +40,8 @@ enum Command {
         /// Largest log buffer, e.g. 512MiB.
         #[arg(long, default_value = "512MiB")]
         max_size: String,
-        /// Unwinding mode to load for: auto and eh_frame load the unwinder too;
-        /// frame_pointer loads the entry program only.
+        /// Unwinding mode to load for: auto and eh_frame load the entry program and
+        /// the unwinder, frame_pointer the entry program and the frame-pointer walker.
         #[arg(long, default_value = "auto")]
         unwind_mode: String,
         /// Write each program's verifier log to DIR/PROGRAM.log, also for a program

@@ -150,9 +150,10 @@ fn the_log_buffer_grows_to_fit_on_kernels_with_and_without_log_true_size() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // The entry program with a level 2 log from a 1 KiB buffer (the unwinder's level 2
-    // log is megabytes: too slow to produce under emulation); then both programs with
-    // statistics only, for their instruction counts.
+    // frame_pointer mode (the entry program and the frame-pointer walker) with a level
+    // 2 log from a 1 KiB buffer (the unwinder's level 2 log is megabytes: too slow to
+    // produce under emulation); then the native mode's programs with statistics only,
+    // for their instruction counts.
     let log_initrd = initramfs(
         &dir.path().join("log"),
         &bb,
@@ -205,10 +206,16 @@ fn the_log_buffer_grows_to_fit_on_kernels_with_and_without_log_true_size() {
                 "{release}"
             );
         }
+        // frame_pointer mode's walker, from the same report.
+        let fp_walker = r["programs"].clone();
         let r = report(k, &stats_initrd);
         assert_eq!(r["loaded"], true, "{release}: {r}");
         let programs = r["programs"].as_array().unwrap();
-        for name in ["stackline_sample", "stackline_unwind"] {
+        for (programs, name) in [
+            (programs, "stackline_sample"),
+            (programs, "stackline_unwind"),
+            (fp_walker.as_array().unwrap(), "stackline_fp_walk"),
+        ] {
             let p = programs
                 .iter()
                 .find(|p| p["name"] == name)

@@ -499,6 +499,27 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
         .iter()
         .map(|c| tokio::task::block_in_place(|| run(c)))
         .collect();
+    // The program walked the chains itself (the kernel's walk, its fallback, counts
+    // no frames), and ended them where RBP stopped pointing at a frame.
+    let walked = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_unwind_frames_total",
+            &[("method", "frame_pointer")],
+        )
+        .await
+            > 1000.0
+            && s.metric(
+                "stackline_ebpf_unwind_stops_total",
+                &[("reason", "complete")],
+            )
+            .await
+                > 100.0
+    })
+    .await;
+    assert!(
+        walked,
+        "frame_pointer mode did not walk with its own walker"
+    );
     s.sigterm();
     assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
     let all: Vec<FlatSample> = read_json_lines(&dir.path().join("profiles.jsonl"))
@@ -509,6 +530,16 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
     for (c, pid) in cases.iter().zip(&pids) {
         let seen = analyze(&all, pid, c.root);
         let reach = seen.reached as f64 / seen.samples.max(1) as f64;
+        // A chain's end is `complete`, which leaves no attribute; only the recursion,
+        // deeper than the frames kept, is `truncated`.
+        let stops: Vec<_> = seen
+            .stops
+            .keys()
+            .filter(|k| !(c.name == "150-deep recursion" && *k == "truncated"))
+            .collect();
+        if !stops.is_empty() {
+            failures.push(format!("{}: walks stopped as {:?}", c.name, seen.stops));
+        }
         eprintln!(
             "frame_pointer {:<24} {:>4} samples, {:>5.1}% reach {}, shares {:.3}/{:.3}/{:.3}, stops {:?}",
             c.name,

@@ -7,13 +7,13 @@ pub mod unwind;
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
 
+use aya_ebpf::Global;
 use aya_ebpf::bindings::{bpf_map_def, bpf_map_type};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
-use aya_ebpf::Global;
 
-use shared::{counter, Config, MappingKeyData, State};
+use shared::{Config, MappingKeyData, State, counter};
 use unwind::{Chunk, MappingInfo};
 
 /// Samples to user space. User space sets its size from the CPU count at load time.
@@ -32,9 +32,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static STATE: PerCpuArray<State> = PerCpuArray::with_max_entries(1, 0);
 
-/// The unwinder, tail-called for the next frames (index 0).
+/// The walkers, tail-called for the next frames ([`shared::prog`]).
 #[map]
-pub static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(shared::prog::COUNT, 0);
 
 /// (pid, address) → the mapping and its executable's table id (an LPM trie, so a
 /// mapping is a few prefixes, not one entry per page).

@@ -1,9 +1,10 @@
 //! `stackline_sample` runs on every cpu-clock tick of every sampled CPU: it records the
-//! interrupted task's ids, comm and kernel stack, then its user stack, either with the
-//! kernel's frame-pointer walk or, in the native modes, by tail-calling
-//! `stackline_unwind`, which walks [`FRAMES_PER_PROG`] frames by unwind table per run
-//! and tail-calls itself for more. The finished record goes to user space with only
-//! the frames it holds.
+//! interrupted task's ids, comm and kernel stack, finds its user registers, and
+//! tail-calls a walker for the user stack: `stackline_unwind` in the native modes,
+//! which walks [`FRAMES_PER_PROG`] frames by unwind table per run, or
+//! `stackline_fp_walk` in `frame_pointer` mode, which follows RBP
+//! [`FP_FRAMES_PER_PROG`] frames per run. Each tail-calls itself for more. The finished
+//! record goes to user space with only the frames it holds.
 #![no_std]
 #![no_main]
 
@@ -25,8 +26,8 @@ use aya_ebpf::macros::perf_event;
 use aya_ebpf::programs::PerfEventContext;
 use stackline_ebpf::shared::{
     Event, FRAME_BY_FP, FRAME_MASK, MAPPING_CACHE, MAPPING_KEY_BITS, MAX_KERNEL_FRAMES,
-    MAX_USER_FRAMES, MappingKeyData, RecordHeader, StackWindow, State, WINDOW_BYTES,
-    WINDOW_MASK, counter, event, mode,
+    MAX_USER_FRAMES, MappingKeyData, RecordHeader, StackWindow, State, WINDOW_BYTES, WINDOW_MASK,
+    counter, event, mode, prog,
 };
 use stackline_ebpf::unwind::{Chunk, Memory, PAGE_SIZE, Regs, fp_step, lookup, step, stop};
 use stackline_ebpf::{
@@ -219,7 +220,11 @@ fn init_regs(ctx: &PerfEventContext) -> Result<Regs, u8> {
                 48,
                 (at + 120) as *const c_void,
             ),
-            bpf_probe_read_kernel(&mut bp as *mut u64 as *mut c_void, 8, (at + 32) as *const c_void),
+            bpf_probe_read_kernel(
+                &mut bp as *mut u64 as *mut c_void,
+                8,
+                (at + 32) as *const c_void,
+            ),
         )
     };
     if r1 != 0 || r2 != 0 {
@@ -251,7 +256,12 @@ fn init_regs(ctx: &PerfEventContext) -> Result<Regs, u8> {
 pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (include_idle, kernel_stacks, walk, generation) = match CONFIG.get(0) {
-        Some(c) => (c.include_idle != 0, c.kernel_stacks != 0, c.mode, c.generation),
+        Some(c) => (
+            c.include_idle != 0,
+            c.kernel_stacks != 0,
+            c.mode,
+            c.generation,
+        ),
         None => (false, true, mode::FRAME_POINTER, 0),
     };
     let tgid = (pid_tgid >> 32) as u32;
@@ -300,58 +310,72 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
         submit(st);
         return 0;
     }
-    if walk == mode::FRAME_POINTER {
-        let k = (st.record.header.kernel_len & 0x7f) as usize;
-        // SAFETY: k <= 127, so the MAX_USER_FRAMES slots from k are inside the array.
-        let n = unsafe {
-            bpf_get_stack(
-                ctx.as_ptr(),
-                st.record.frames.as_mut_ptr().add(k) as *mut c_void,
-                (MAX_USER_FRAMES * 8) as u32,
-                BPF_F_USER_STACK as u64,
-            )
-        };
-        if n < 0 {
-            st.record.header.user_error = n as i32;
-            bump(counter::USER_STACK_ERROR);
+    let regs = init_regs(&ctx);
+    if let Ok(r) = regs {
+        st.regs = r;
+        st.map.exe_id = 0;
+        st.map.start = 0;
+        st.map.end = 0;
+        if st.cache_generation != generation {
+            // A mapping left the index: forget what this CPU remembered.
+            st.cache_generation = generation;
+            st.cache_pid = [0; MAPPING_CACHE];
+        }
+        st.window.len = 0;
+        st.tail_calls = 0;
+        st.via_fp = 0;
+        st.event_kind = 0;
+        st.event_addr = 0;
+        st.frames_table = 0;
+        st.frames_fp = 0;
+        let walker = if walk == mode::FRAME_POINTER {
+            prog::FP_WALKER
         } else {
-            st.record.header.user_len = ((n as u64 / 8) & 0xff) as u16;
+            prog::UNWINDER
+        };
+        // SAFETY: the walker continues with this CPU's state.
+        unsafe { PROGS.tail_call(&ctx, walker) };
+    }
+    // No user registers (a kernel thread, or unknown offsets), or the walker is not in place.
+    if walk == mode::FRAME_POINTER {
+        if !matches!(regs, Err(stop::NONE)) {
+            // The kernel's own walk: it finds the user registers of a sample taken in
+            // the kernel without the offsets the program was not given.
+            kernel_fp_walk(&ctx, st);
         }
         submit(st);
         return 0;
     }
-    match init_regs(&ctx) {
-        Ok(regs) => st.regs = regs,
-        Err(reason) => {
-            st.record.header.stop = reason;
-            if reason != stop::NONE {
-                bump(counter::STOPS + reason as u32);
-            }
-            submit(st);
-            return 0;
-        }
+    st.record.header.stop = match regs {
+        Ok(_) => stop::NO_TABLE,
+        Err(reason) => reason,
+    };
+    if st.record.header.stop != stop::NONE {
+        bump(counter::STOPS + st.record.header.stop as u32);
     }
-    st.map.exe_id = 0;
-    st.map.start = 0;
-    st.map.end = 0;
-    if st.cache_generation != generation {
-        // A mapping left the index: forget what this CPU remembered.
-        st.cache_generation = generation;
-        st.cache_pid = [0; MAPPING_CACHE];
-    }
-    st.window.len = 0;
-    st.tail_calls = 0;
-    st.via_fp = 0;
-    st.event_kind = 0;
-    st.event_addr = 0;
-    st.frames_table = 0;
-    st.frames_fp = 0;
-    // SAFETY: PROGS[0] is the unwinder, which continues with this CPU's state.
-    unsafe { PROGS.tail_call(&ctx, 0) };
-    // Only reached if the unwinder is not in place.
-    st.record.header.stop = stop::NO_TABLE;
     submit(st);
     0
+}
+
+/// The user stack by the kernel's frame-pointer walk (`bpf_get_stack`).
+#[inline(always)]
+fn kernel_fp_walk(ctx: &PerfEventContext, st: &mut State) {
+    let k = (st.record.header.kernel_len & 0x7f) as usize;
+    // SAFETY: k <= 127, so the MAX_USER_FRAMES slots from k are inside the array.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            st.record.frames.as_mut_ptr().add(k) as *mut c_void,
+            (MAX_USER_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if n < 0 {
+        st.record.header.user_error = n as i32;
+        bump(counter::USER_STACK_ERROR);
+    } else {
+        st.record.header.user_len = ((n as u64 / 8) & 0xff) as u16;
+    }
 }
 
 /// Asks user space, at most every EVENT_EVERY_NS per process, for unwind information
@@ -560,9 +584,62 @@ pub fn stackline_unwind(ctx: PerfEventContext) -> u32 {
     if st.tail_calls < MAX_TAIL_CALLS {
         st.tail_calls += 1;
         // SAFETY: continues with this CPU's state.
-        unsafe { PROGS.tail_call(&ctx, 0) };
+        unsafe { PROGS.tail_call(&ctx, prog::UNWINDER) };
     }
     // Out of tail calls (cannot happen below max_frames) or the call failed.
+    finish(st, stop::TRUNCATED);
+    0
+}
+
+/// Frames walked per run of the frame-pointer walker. A frame costs the verifier about
+/// 200 instructions here, against thousands for a table step, so a run takes many more
+/// than the unwinder's; 16 walks MAX_USER_FRAMES in 8 tail calls.
+const FP_FRAMES_PER_PROG: u32 = 16;
+const MAX_FP_TAIL_CALLS: u32 = (MAX_USER_FRAMES as u32).div_ceil(FP_FRAMES_PER_PROG);
+
+/// `frame_pointer` mode: follows the RBP chain from the sampled registers, reading the
+/// stack through the same window as the unwinder. It replaces the kernel's walk
+/// (`bpf_get_stack`), which pays a separate user-memory read for every frame.
+#[perf_event]
+pub fn stackline_fp_walk(ctx: PerfEventContext) -> u32 {
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's state, set up by stackline_sample.
+    let st = unsafe { &mut *st };
+    let mut max_frames = match CONFIG.get(0) {
+        Some(c) => c.max_frames,
+        None => MAX_USER_FRAMES as u32,
+    };
+    if max_frames > MAX_USER_FRAMES as u32 {
+        max_frames = MAX_USER_FRAMES as u32;
+    }
+    Window(&mut st.window).fill(st.regs.sp);
+    let mut i = 0;
+    while i < FP_FRAMES_PER_PROG {
+        let n = st.record.header.user_len as u32;
+        if n >= max_frames {
+            finish(st, stop::TRUNCATED);
+            return 0;
+        }
+        let slot = (st.record.header.kernel_len as u32 + n) & FRAME_MASK;
+        st.record.frames[slot as usize] = st.regs.pc;
+        st.record.header.user_len = (n + 1) as u16;
+        // Where RBP stops pointing at a frame the chain ends, as the kernel's walk
+        // does: at the outermost frame, or in code built without frame pointers
+        // (glibc's start-up, often), which this mode cannot tell apart.
+        if let Err(e) = fp_step(&mut st.regs, &mut Window(&mut st.window), stop::COMPLETE) {
+            finish(st, e);
+            return 0;
+        }
+        st.frames_fp += 1;
+        i += 1;
+    }
+    if st.tail_calls < MAX_FP_TAIL_CALLS {
+        st.tail_calls += 1;
+        // SAFETY: continues with this CPU's state.
+        unsafe { PROGS.tail_call(&ctx, prog::FP_WALKER) };
+    }
     finish(st, stop::TRUNCATED);
     0
 }

@@ -32,11 +32,11 @@ pub struct RecordHeader {
     pub ktime_ns: u64,
     /// A negative errno if the kernel stack could not be read, else 0.
     pub kernel_error: i32,
-    /// A negative errno if the user stack could not be read (frame-pointer mode), else 0.
+    /// A negative errno if the kernel's walk could not read the user stack, else 0.
     pub user_error: i32,
     /// The thread's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
-    /// Why the user walk ended (`unwind::stop`); 0 in frame-pointer mode.
+    /// Why the user walk ended (`unwind::stop`); 0 if the kernel walked it.
     pub stop: u8,
     /// The [`mode`] the stack was walked in.
     pub mode: u8,
@@ -102,12 +102,21 @@ pub struct State {
 
 /// How user stacks are walked.
 pub mod mode {
-    /// The kernel's frame-pointer walk (`bpf_get_stack`).
+    /// Frame pointers only (RBP chains), walked by the program.
     pub const FRAME_POINTER: u32 = 0;
     /// Unwind tables, following frame pointers through code that has none.
     pub const AUTO: u32 = 1;
     /// Unwind tables only.
     pub const EH_FRAME: u32 = 2;
+}
+
+/// Indices of the walkers in the `PROGS` program array.
+pub mod prog {
+    /// `stackline_unwind`, in the native modes.
+    pub const UNWINDER: u32 = 0;
+    /// `stackline_fp_walk`, in `frame_pointer` mode.
+    pub const FP_WALKER: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Settings user space writes into the `CONFIG` array (index 0) before attaching.

@@ -2,8 +2,8 @@
 //! aya creates its maps, we create the one aya cannot (the unwind tables' map-of-maps),
 //! aya-obj relocates the programs' instructions against them, and
 //! [`verifier_log`](super::verifier_log) loads each program (aya's own load path cannot
-//! size or keep the verifier log). The unwinder goes into the program array the entry
-//! program tail-calls; then one cpu-clock perf event per CPU gets the entry attached.
+//! size or keep the verifier log). The mode's walker (the unwinder, or the frame-pointer
+//! walker) goes into the program array the entry program tail-calls; then one cpu-clock perf event per CPU gets the entry attached.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -23,6 +23,8 @@ use super::verifier_log::{self, LoadFailure, LogSettings, VerifierLog};
 pub const PROGRAM: &str = "stackline_sample";
 /// The unwinder's name (tail-called by the entry program in the native modes).
 pub const UNWINDER: &str = "stackline_unwind";
+/// The frame-pointer walker's name (tail-called in `frame_pointer` mode).
+pub const FP_WALKER: &str = "stackline_fp_walk";
 /// Executables whose tables can be loaded at once (entries of the map-of-maps).
 pub const MAX_TABLES: u32 = 4096;
 
@@ -91,8 +93,8 @@ pub struct Profiler {
     _maps: Vec<MapData>,
     pub program_fd: OwnedFd,
     pub log: VerifierLog,
-    /// The unwinder, in the native modes.
-    pub unwinder_fd: Option<OwnedFd>,
+    /// The mode's walker: the unwinder, or the frame-pointer walker.
+    pub unwinder_fd: OwnedFd,
     pub samples: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Requests for unwind information, in the native modes.
@@ -142,8 +144,9 @@ pub struct LoadRequest<'a> {
     pub config: Config,
     pub cpus: &'a [u32],
     pub frequency: u64,
-    /// Where a task's user registers are (native modes); None leaves samples taken in
-    /// the kernel without a user stack.
+    /// Where a task's user registers are; None leaves samples taken in the kernel
+    /// without a user stack in the native modes, and to the kernel's walk in
+    /// `frame_pointer` mode.
     pub offsets: Option<TaskOffsets>,
 }
 
@@ -338,22 +341,25 @@ pub fn load(
     };
     let loaded = load_one(PROGRAM)?;
     on_loaded(PROGRAM, &loaded.log);
-    let unwinder = if native {
-        let u = load_one(UNWINDER)?;
-        on_loaded(UNWINDER, &u.log);
-        // The entry program tail-calls PROGS[0].
+    let (walker, index) = if native {
+        (UNWINDER, shared::prog::UNWINDER)
+    } else {
+        (FP_WALKER, shared::prog::FP_WALKER)
+    };
+    // The entry program tail-calls the walker from PROGS.
+    let unwinder = {
+        let u = load_one(walker)?;
+        on_loaded(walker, &u.log);
         let progs = maps
             .get("PROGS")
             .ok_or_else(|| LoadError::Object("map `PROGS` missing".into()))?;
         sys::map_update(
             progs.fd().as_fd(),
-            &0u32.to_ne_bytes(),
+            &index.to_ne_bytes(),
             Some(&(u.fd.as_raw_fd() as u32).to_ne_bytes()),
         )
-        .map_err(|e| LoadError::Maps(format!("installing the unwinder: {e}")))?;
-        Some(u.fd)
-    } else {
-        None
+        .map_err(|e| LoadError::Maps(format!("installing `{walker}`: {e}")))?;
+        u.fd
     };
 
     let mut config: Array<MapData, PodConfig> = take(&mut maps, &obj_maps, "CONFIG")?;

@@ -202,18 +202,20 @@ async fn run(
 ) {
     let mut wait = cfg.load_retry.initial_interval;
     let mut loaded_ok = false;
-    // Where a task's user registers are, for samples taken in the kernel (native modes).
-    let offsets = if cfg.unwind.mode == UnwindMode::FramePointer {
-        None
-    } else {
-        match tokio::task::spawn_blocking(kernel::task_offsets).await {
-            Ok(Ok(o)) => Some(o),
-            Ok(Err(e)) => {
+    // Where a task's user registers are, for samples taken in the kernel. Without them
+    // such samples get no user stack in the native modes; `frame_pointer` mode leaves
+    // them to the kernel's walk.
+    let offsets = match tokio::task::spawn_blocking(kernel::task_offsets).await {
+        Ok(Ok(o)) => Some(o),
+        Ok(Err(e)) => {
+            if cfg.unwind.mode == UnwindMode::FramePointer {
+                tracing::debug!(receiver = %ctx.id, "{e}");
+            } else {
                 tracing::warn!(receiver = %ctx.id, "{e}");
-                None
             }
-            Err(_) => None,
+            None
         }
+        Err(_) => None,
     };
     loop {
         if ctx.shutdown.is_cancelled() {
@@ -335,7 +337,7 @@ async fn read_samples(
 /// Sets `stackline_ebpf_map_memory_bytes` for the maps of both programs.
 fn map_memory(p: &Profiler) {
     let mut maps: std::collections::BTreeMap<String, u64> = Default::default();
-    for fd in std::iter::once(&p.program_fd).chain(&p.unwinder_fd) {
+    for fd in [&p.program_fd, &p.unwinder_fd] {
         for (name, bytes) in sys::prog_map_memory(fd.as_fd()).unwrap_or_default() {
             maps.insert(name, bytes);
         }
