@@ -19,7 +19,8 @@
 # workload: its CPU as a share of one core, start-up included.
 #
 # Each Stackline line is the median of BENCH_REPEAT (default 3) pairs of runs;
-# BENCH_RATES (default "99 999") picks the rates of the per-sample lines.
+# BENCH_RATES (default "99 999") picks the rates of the per-sample lines, BENCH_MODES
+# (default "frame_pointer auto") their unwinding modes.
 #
 # Needs root.   Usage: scripts/bench-ebpf.sh [SHORT_SECONDS] [LONG_SECONDS]
 set -euo pipefail
@@ -30,6 +31,7 @@ long="${2:-40}"
 low_rate_secs="${BENCH_20HZ_SECONDS:-600}"
 # Sampling rates of the per-sample lines (the goals are stated at 999 Hz).
 rates="${BENCH_RATES:-99 999}"
+modes="${BENCH_MODES:-frame_pointer auto}"
 # Pairs of runs per Stackline line (the median is printed).
 reps="${BENCH_REPEAT:-3}"
 [[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_REPEAT must be a whole number of at least 1, not '$reps'" >&2; exit 2; }
@@ -111,6 +113,10 @@ YAML
   echo "$(echo "$s1 - $s0" | bc) $(echo "$c1 - $c0" | bc) $(echo "($b1 - $b0) * 1000" | bc -l) $startup $anon $file"
 }
 
+# Runs a command under `perf stat`, whose task-clock is its CPU (and its children's) in
+# ns; `time` gives 10 ms ticks, which made single peer figures come out negative.
+clock() { perf stat -x, -e task-clock -o "$work/time" -- "$@"; }
+
 # One peer run: prints "samples cpu_ms".
 peer_run() { # TOOL HZ SECONDS
   local tool=$1 hz=$2 secs=$3
@@ -118,13 +124,13 @@ peer_run() { # TOOL HZ SECONDS
   local wl=$!
   case $tool in
     perf-fp)
-      /usr/bin/env time -f '%U %S' -o "$work/time" perf record -q -g -F "$hz" -p $wl -o "$work/perf.data" >/dev/null 2>&1 || true
+      clock perf record -q -g -F "$hz" -p $wl -o "$work/perf.data" >/dev/null 2>&1 || true
       ;;
     perf-dwarf)
-      /usr/bin/env time -f '%U %S' -o "$work/time" perf record -q --call-graph dwarf -F "$hz" -p $wl -o "$work/perf.data" >/dev/null 2>&1 || true
+      clock perf record -q --call-graph dwarf -F "$hz" -p $wl -o "$work/perf.data" >/dev/null 2>&1 || true
       ;;
     bpftrace)
-      /usr/bin/env time -f '%U %S' -o "$work/time" bpftrace -q -e "profile:hz:$hz /pid == $wl/ { @[ustack] = count(); @n = count(); } interval:s:$secs { exit(); }" > "$work/bt.out" 2>/dev/null || true
+      clock bpftrace -q -e "profile:hz:$hz /pid == $wl/ { @[ustack] = count(); @n = count(); } interval:s:$secs { exit(); }" > "$work/bt.out" 2>/dev/null || true
       ;;
   esac
   wait $wl 2>/dev/null || true
@@ -134,7 +140,7 @@ peer_run() { # TOOL HZ SECONDS
   else
     samples=$(perf report -i "$work/perf.data" --stats 2>/dev/null | awk '/SAMPLE events:/ { print $3; exit }')
   fi
-  cpu=$(tail -1 "$work/time" | awk '{ print ($1 + $2) * 1000 }')
+  cpu=$(awk -F, '$3 ~ /^task-clock/ { print $1 }' "$work/time")
   echo "${samples:-0} ${cpu:-0}"
 }
 
@@ -168,7 +174,7 @@ echo "Marginal cost per sample: a ${short}s and a ${long}s run of a 20-frame C w
 echo "Stackline lines: median of $reps pairs (BENCH_REPEAT); CPU range: the pairs' lowest and highest agent CPU."
 printf '%-6s %-34s %9s %9s %9s %11s %9s %9s %11s\n' Hz "profiler" "CPU µs" "BPF µs" "total µs" "startup ms" "anon MiB" "file MiB" "CPU range"
 for hz in $rates; do
-  for mode in frame_pointer auto; do
+  for mode in $modes; do
     stackline_line "stackline ($mode)" $mode $hz
   done
   for tool in perf-fp perf-dwarf bpftrace; do

@@ -442,12 +442,13 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `frame_pointer` mode (the kernel's walk): on code built with frame pointers every
-/// sample reaches `main` through the frames the source makes, across a 40 KB frame, and
-/// a 150-deep recursion gives as many frames as the kernel walks (its
-/// `perf_event_max_stack`, 127 by default), every one right. (gcc gives `spin`, a leaf, no frame of its own even
-/// with -mno-omit-leaf-frame-pointer, so its caller `hot_a`/`hot_b` is skipped by any
-/// frame-pointer walk, the kernel's too: the shares are not checked here.)
+/// `frame_pointer` mode (the program's RBP walker): on code built with frame pointers
+/// every sample reaches `main` through the frames the source makes, across a 40 KB
+/// frame, and a 150-deep recursion is walked to `max_frames` (128, one more than the
+/// kernel's own walk keeps) and marked `truncated`, every frame right. (gcc gives
+/// `spin`, a leaf, no frame of its own even with -mno-omit-leaf-frame-pointer, so its
+/// caller `hot_a`/`hot_b` is skipped by any frame-pointer walk, the kernel's too: the
+/// shares are not checked here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
     if !bpf_available("frame-pointer mode") {
@@ -585,10 +586,10 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
                 }
             }
             "150-deep recursion" => {
-                let full: Vec<&FlatSample> = mine().filter(|x| x.frames.len() >= 127).collect();
+                let full: Vec<&FlatSample> = mine().filter(|x| x.frames.len() >= 128).collect();
                 if (full.len() as f64) < 0.90 * mine().count() as f64 {
                     failures.push(format!(
-                        "recursion: {} of {} samples have 127 frames or more",
+                        "recursion: {} of {} samples have 128 frames or more",
                         full.len(),
                         mine().count()
                     ));

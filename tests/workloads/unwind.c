@@ -24,7 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
-volatile uint64_t sink;
+/* Per thread too: two threads spinning on one shared word bounce its cache line, so
+ * spin's speed depends on how their phases line up. With one shared word the `threads`
+ * case failed about one run in four, read_zero at 47-64% of samples instead of 10%:
+ * spin calibrated several times too slow, so rounds spun too little. */
+__thread volatile uint64_t sink;
 /* Per thread: two threads reading into one buffer bounce its cache lines between
  * cores, and how much depends on how their phases line up. */
 static __thread char buf[1 << 16];

@@ -131,8 +131,8 @@ pub enum UnwindMode {
     /// Unwind tables from `.eh_frame`, and frame pointers through code without one
     /// (JIT, anonymous code, tables not loaded yet). The default.
     Auto,
-    /// Frame pointers only (the kernel's walk): cheapest, but stacks end at the first
-    /// function built without them.
+    /// Frame pointers only (RBP chains, walked by the program): cheapest, but stacks
+    /// end at the first function built without them.
     FramePointer,
     /// Unwind tables only: a frame without one ends the walk.
     EhFrame,
