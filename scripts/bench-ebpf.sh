@@ -114,7 +114,8 @@ YAML
 }
 
 # Runs a command under `perf stat`, whose task-clock is its CPU (and its children's) in
-# ns; `time` gives 10 ms ticks, which made single peer figures come out negative.
+# ns; `time` gives 10 ms ticks. A peer line is one pair of runs: its start-up varies
+# more than its per-sample cost, so it can still come out below zero.
 clock() { perf stat -x, -e task-clock -o "$work/time" -- "$@"; }
 
 # One peer run: prints "samples cpu_ms".

@@ -339,8 +339,8 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
     // No user registers (a kernel thread, or unknown offsets), or the walker is not in place.
     if walk == mode::FRAME_POINTER {
         if !matches!(regs, Err(stop::NONE)) {
-            // The kernel's own walk: it finds the user registers of a sample taken in
-            // the kernel without the offsets the program was not given.
+            // The kernel's own walk, which finds the user registers of a sample taken
+            // in the kernel by itself: slower, but needs no offsets.
             kernel_fp_walk(&ctx, st);
         }
         submit(st);
