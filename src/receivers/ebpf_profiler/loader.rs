@@ -3,7 +3,8 @@
 //! aya-obj relocates the programs' instructions against them, and
 //! [`verifier_log`](super::verifier_log) loads each program (aya's own load path cannot
 //! size or keep the verifier log). The mode's walker (the unwinder, or the frame-pointer
-//! walker) goes into the program array the entry program tail-calls; then one cpu-clock perf event per CPU gets the entry attached.
+//! walker) goes into the program array the entry program tail-calls; then one cpu-clock
+//! perf event per CPU gets the entry attached.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -94,7 +95,7 @@ pub struct Profiler {
     pub program_fd: OwnedFd,
     pub log: VerifierLog,
     /// The mode's walker: the unwinder, or the frame-pointer walker.
-    pub unwinder_fd: OwnedFd,
+    pub walker_fd: OwnedFd,
     pub samples: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Requests for unwind information, in the native modes.
@@ -347,7 +348,7 @@ pub fn load(
         (FP_WALKER, shared::prog::FP_WALKER)
     };
     // The entry program tail-calls the walker from PROGS.
-    let unwinder = {
+    let walker_fd = {
         let u = load_one(walker)?;
         on_loaded(walker, &u.log);
         let progs = maps
@@ -417,7 +418,7 @@ pub fn load(
         _maps: maps.into_values().collect(),
         program_fd: loaded.fd,
         log: loaded.log,
-        unwinder_fd: unwinder,
+        walker_fd,
         samples,
         counters,
         events,

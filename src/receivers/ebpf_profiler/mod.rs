@@ -337,7 +337,7 @@ async fn read_samples(
 /// Sets `stackline_ebpf_map_memory_bytes` for the maps of both programs.
 fn map_memory(p: &Profiler) {
     let mut maps: std::collections::BTreeMap<String, u64> = Default::default();
-    for fd in [&p.program_fd, &p.unwinder_fd] {
+    for fd in [&p.program_fd, &p.walker_fd] {
         for (name, bytes) in sys::prog_map_memory(fd.as_fd()).unwrap_or_default() {
             maps.insert(name, bytes);
         }
@@ -553,7 +553,7 @@ pub struct ProgramReport {
     pub insns_processed: Option<u64>,
 }
 
-/// Loads the built-in profiler programs (entry and unwinder) with `log` settings,
+/// Loads the built-in profiler programs (entry and the mode's walker) with `log` settings,
 /// attaching nothing, and reports what happened: a quick way to see whether a node's
 /// kernel runs the agent.
 pub fn check(log: &VerifierLogConfig, unwind: &UnwindConfig) -> CheckReport {
