@@ -87,29 +87,28 @@ fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sink = Sink::default();
-    let sink_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
+    let sink_listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
-    let recv_port = common::free_port();
+    let sink_addr: SocketAddr = sink_listener.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.yaml");
     std::fs::write(
         &cfg,
         format!(
             r#"
-receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{recv_port}" }} }} }} }}
+receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:0" }} }} }} }}
 processors: {{ batch: {{ send_batch_size: 5000, send_batch_max_size: 10000, timeout: 50ms }} }}
 exporters: {{ otlp: {{ endpoint: "{sink_addr}", tls: {{ insecure: true }}, compression: none }} }}
 service:
   pipelines: {{ profiles: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }} }}
-  telemetry: {{ metrics: {{ address: "127.0.0.1:{}" }}, logs: {{ level: warn }} }}
-"#,
-            common::free_port()
+  telemetry: {{ metrics: {{ address: "127.0.0.1:0" }}, logs: {{ level: warn }} }}
+"#
         ),
     )
     .unwrap();
     rt.block_on(async {
-        let l = tokio::net::TcpListener::bind(sink_addr).await.unwrap();
+        let l = sink_listener;
         let svc = ProfilesServiceServer::new(sink.clone()).max_decoding_message_size(256 << 20);
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -117,10 +116,13 @@ service:
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
         );
     });
+    let ready = dir.path().join("ready.json");
     let gw = Gateway(
         Command::new(env!("CARGO_BIN_EXE_stackline"))
             .arg("--config")
             .arg(&cfg)
+            .arg("--ready-file")
+            .arg(&ready)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -129,8 +131,19 @@ service:
     let pid = gw.0.id();
     let client = rt.block_on(async {
         let until = Instant::now() + Duration::from_secs(30);
+        let recv = loop {
+            // Written once the pipeline runs, with the port the receiver got.
+            if let Some(r) = std::fs::read_to_string(&ready)
+                .ok()
+                .and_then(|t| serde_json::from_str::<stackline::net::listen::Ready>(&t).ok())
+            {
+                break r.listeners["receivers.otlp.protocols.grpc.endpoint"];
+            }
+            assert!(Instant::now() < until, "the gateway did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         loop {
-            match ProfilesServiceClient::connect(format!("http://127.0.0.1:{recv_port}")).await {
+            match ProfilesServiceClient::connect(format!("http://{recv}")).await {
                 Ok(c) => break c.max_encoding_message_size(256 << 20),
                 Err(_) if Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(50)).await

@@ -4,7 +4,6 @@
 //! Run with `cargo bench --bench pipeline_throughput`. Criterion prints each
 //! measurement; the closing lines print both rates and their ratio.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -66,12 +65,9 @@ fn bench(c: &mut Criterion) {
 
     // The pipeline: a real graph built from config, a real gRPC sink.
     let sink = Sink::default();
-    let sink_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let recv_port = common::free_port();
     let (running, mut client) = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind(sink_addr).await.unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_addr = l.local_addr().unwrap();
         let svc = ProfilesServiceServer::new(sink.clone()).max_decoding_message_size(256 << 20);
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -82,7 +78,7 @@ fn bench(c: &mut Criterion) {
             "bench",
             &format!(
                 r#"
-receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:{recv_port}" }} }} }} }}
+receivers: {{ otlp: {{ protocols: {{ grpc: {{ endpoint: "127.0.0.1:0" }} }} }} }}
 processors: {{ batch: {{ send_batch_size: 5000, timeout: 50ms }} }}
 exporters: {{ otlp: {{ endpoint: "{sink_addr}", tls: {{ insecure: true }}, compression: none }} }}
 service: {{ pipelines: {{ profiles: {{ receivers: [otlp], processors: [batch], exporters: [otlp] }} }} }}
@@ -91,7 +87,8 @@ service: {{ pipelines: {{ profiles: {{ receivers: [otlp], processors: [batch], e
         )
         .unwrap();
         let running = Graph::build(&cfg, &Factories::builtin()).unwrap().start(&Health::default()).await.unwrap();
-        let client = ProfilesServiceClient::connect(format!("http://127.0.0.1:{recv_port}"))
+        let recv = stackline::net::listen::bound()["receivers.otlp.protocols.grpc.endpoint"];
+        let client = ProfilesServiceClient::connect(format!("http://{recv}"))
             .await
             .unwrap()
             .max_encoding_message_size(256 << 20);

@@ -13,6 +13,11 @@ struct Cli {
     /// Without it, a built-in default configuration runs.
     #[arg(long = "config", short = 'c', global = true, value_name = "FILE")]
     config: Vec<PathBuf>,
+    /// Once the pipeline runs, write FILE (JSON: the pid and the address every listener
+    /// bound, by config key). Useful with port 0 (`127.0.0.1:0`): the kernel picks a free
+    /// port and FILE tells which. Removed on a clean exit.
+    #[arg(long = "ready-file", value_name = "FILE")]
+    ready_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -141,7 +146,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(service::run(&cli.config)) {
+            match rt.block_on(service::run(&cli.config, cli.ready_file.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -1,6 +1,6 @@
 //! Running the collector: configuration → telemetry → graph → wait for a signal → drain.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +33,10 @@ fn warnings(cfg: &crate::config::Config, mut w: Vec<String>) -> Vec<String> {
     w
 }
 
-/// Runs until SIGINT or SIGTERM, then drains.
-pub async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
+/// Runs until SIGINT or SIGTERM, then drains. With `ready_file`, writes there (as JSON,
+/// see [`crate::net::listen::Ready`]) the address every listener bound once the whole
+/// pipeline runs, and removes it on a clean exit.
+pub async fn run(files: &[PathBuf], ready_file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = load_config(files)?;
     telemetry::init_logs(&cfg.service.telemetry.logs.level);
     let mut graph = Graph::build(&cfg, &Factories::builtin())?;
@@ -59,7 +61,19 @@ pub async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
         .start(&health)
         .await
         .context("the pipeline could not start")?;
-    tracing::info!(config = ?cfg.sources, "stackline is running");
+    let listeners: Vec<String> = crate::net::listen::bound()
+        .iter()
+        .map(|(key, addr)| format!("{key}={addr}"))
+        .collect();
+    tracing::info!(config = ?cfg.sources, ?listeners, "stackline is running");
+    if let Some(path) = ready_file {
+        crate::net::listen::write_ready_file(path).with_context(|| {
+            format!(
+                "cannot write the ready file {} (--ready-file); choose a writable path",
+                path.display()
+            )
+        })?;
+    }
 
     wait_for_signal().await?;
     tracing::info!(timeout = ?cfg.service.shutdown_timeout, "shutting down: receivers stop, data in flight drains");
@@ -70,6 +84,9 @@ pub async fn run(files: &[PathBuf]) -> anyhow::Result<()> {
         tracing::warn!(components = ?report.timed_out, "shutdown timeout reached; what these components still held was counted as dropped");
     }
     telemetry_stop.cancel();
+    if let Some(path) = ready_file {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 

@@ -69,18 +69,23 @@ async fn received(g: &Stackline) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 async fn requests_are_spread_over_every_gateway_a_dns_name_resolves_to() {
     if !stackline::testing::root_or_skip("dns:/// balancing", "the test adds a name to /etc/hosts")
     {
         return;
     }
-    let port = free_port();
     let mut hosts = Hosts { lines: Vec::new() };
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"];
-    let mut gws: Vec<Stackline> = (0..3)
-        .map(|i| gateway(dirs[i].path(), ips[i], port))
-        .collect();
+    // The first gateway takes any free port; the others listen on the same port of
+    // their own addresses, which nothing else binds.
+    let first = gateway(dirs[0].path(), ips[0], 0);
+    let port = first
+        .listener("receivers.otlp/lb.protocols.grpc.endpoint")
+        .port();
+    let mut gws = vec![first];
+    gws.extend((1..3).map(|i| gateway(dirs[i].path(), ips[i], port)));
     for ip in &ips[..3] {
         hosts.add(ip);
     }

@@ -46,11 +46,12 @@ fn assert_accounted(name: &str, f: &BTreeMap<String, i64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exporter_accounts_for_every_sample_after_an_abrupt_backend_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let backend = Backend::default();
     // Slow answers keep requests in flight when the backend goes away.
     *backend.delay.lock().unwrap() = Duration::from_millis(50);
-    let stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let stop = backend.serve(backend_port).await;
     let config = format!(
         r#"
 receivers:
@@ -175,7 +176,8 @@ async fn wait_queued(s: &Stackline, n: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_queue_survives_sigkill_and_delivers_everything_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     // The backend is down: everything accepted waits in the queue.
     let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "0s"));
     let acked = send_all(s.endpoint(), 0, 10_000, 100).await;
@@ -184,7 +186,7 @@ async fn a_persistent_queue_survives_sigkill_and_delivers_everything_after_resta
     s.sigkill();
 
     let backend = Backend::default();
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "0s"));
     let done = eventually(Duration::from_secs(60), async || {
         let got: BTreeSet<u64> = backend.samples().iter().map(|x| x.0).collect();
@@ -233,7 +235,8 @@ async fn a_persistent_queue_survives_sigkill_and_delivers_everything_after_resta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_record_in_the_queue_is_skipped_and_counted_and_the_rest_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "200ms"));
     let acked = send_all(s.endpoint(), 0, 2_000, 100).await;
     wait_queued(&s, 2_000.0).await;
@@ -268,7 +271,7 @@ async fn a_damaged_record_in_the_queue_is_skipped_and_counted_and_the_rest_deliv
     };
 
     let backend = Backend::default();
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "200ms"));
     let want = acked.len() - damaged_samples as usize;
     let done = eventually(Duration::from_secs(30), async || {
@@ -300,7 +303,8 @@ async fn a_damaged_record_in_the_queue_is_skipped_and_counted_and_the_rest_deliv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_stays_up_during_a_backend_outage_while_readiness_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let mut s = Stackline::start(dir.path(), &persistent_gateway(&backend_addr, "0s"));
     send_all(s.endpoint(), 0, 500, 100).await;
     let not_ready = eventually(Duration::from_secs(10), async || {
@@ -313,7 +317,7 @@ async fn liveness_stays_up_during_a_backend_outage_while_readiness_fails() {
     let (code, body) = s.get("/health/live").await;
     assert_eq!(code, 200, "{body}");
     let backend = Backend::default();
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     assert!(
         eventually(Duration::from_secs(20), async || s
             .get("/health/ready")

@@ -33,21 +33,9 @@ service:
     )
 }
 
-/// The OTLP receiver is not used here; give it a port anyway so `Stackline::start` can wait on it.
-fn with_otlp(cfg: &str) -> String {
-    cfg.replace(
-        "receivers:\n",
-        "receivers:\n  otlp: { protocols: { grpc: { endpoint: \"{OTLP}\" } } }\n",
-    )
-    .replace(
-        "receivers: [ebpf_profiler]",
-        "receivers: [ebpf_profiler, otlp]",
-    )
-}
-
 /// The agent with the symbolizer and a batch before its file exporter.
 fn symbolized_agent_config() -> String {
-    with_otlp(&agent_config(""))
+    agent_config("")
         .replace(
             "exporters:\n",
             "processors:\n  symbolizer: {}\n  batch: { timeout: 200ms }\nexporters:\n",
@@ -113,7 +101,7 @@ async fn profiles_a_workload_with_correct_mappings_offsets_build_ids_and_stacks(
     let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
-    let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
+    let mut s = start_loaded(dir.path(), &agent_config("")).await;
     let pid = run_workload(&exe, "4");
     assert_eq!(
         s.metric(
@@ -274,7 +262,7 @@ async fn level_2_log_with_a_1_kib_buffer_loads_and_is_written_in_full() {
         "    verifier_log: {{ level: instruction, stats: true, size: 1KiB, output: \"{}\" }}",
         vlog.display()
     ));
-    let s = start_loaded(dir.path(), &with_otlp(&cfg)).await;
+    let s = start_loaded(dir.path(), &cfg).await;
     let log = std::fs::read_to_string(vlog.join("stackline_sample.log")).unwrap();
     assert!(log.len() > 1024, "the log outgrew the first buffer");
     assert!(
@@ -322,7 +310,7 @@ async fn a_small_max_size_loads_with_a_truncation_warning_and_metric() {
     let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = agent_config("    verifier_log: { level: 2, size: 1KiB, max_size: 2KiB }");
-    let s = Stackline::start(dir.path(), &with_otlp(&cfg));
+    let s = Stackline::start(dir.path(), &cfg);
     assert!(
         eventually(Duration::from_secs(10), async || s
             .metric("stackline_ebpf_verifier_log_truncated_total", &[])
@@ -357,8 +345,17 @@ async fn a_rejected_program_is_a_metric_an_unhealthy_receiver_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let invalid =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("ebpf/prebuilt/stackline-invalid.bpf.o");
-    let cfg = agent_config(&format!("    object_path: \"{}\"", invalid.display()));
-    let mut s = Stackline::start(dir.path(), &with_otlp(&cfg));
+    // With an OTLP receiver beside it, to show the process still serves that one.
+    let cfg = agent_config(&format!("    object_path: \"{}\"", invalid.display()))
+        .replace(
+            "receivers:\n",
+            "receivers:\n  otlp: { protocols: { grpc: { endpoint: \"{OTLP}\" } } }\n",
+        )
+        .replace(
+            "receivers: [ebpf_profiler]",
+            "receivers: [ebpf_profiler, otlp]",
+        );
+    let mut s = Stackline::start(dir.path(), &cfg);
     async fn failures(s: &Stackline) -> f64 {
         s.metric(
             "stackline_ebpf_program_load_failures_total",
@@ -432,7 +429,7 @@ async fn without_capabilities_it_says_so_and_stays_up() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let mut s = Stackline::start_with(&wrapper, dir.path(), &with_otlp(&agent_config("")));
+    let mut s = Stackline::start_with(&wrapper, dir.path(), &agent_config(""));
     assert!(
         eventually(Duration::from_secs(10), async || s
             .logs()
@@ -563,6 +560,10 @@ fn cum_share(top: &str, func: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    any(missing = "root", missing = "gcc", missing = "go"),
+    ignore = "needs root, gcc, go (Debian golang-go)"
+)]
 async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
     if !bpf_available("go_tool_pprof") {
         return;
@@ -577,20 +578,18 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
     }
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
-    let pull_port = free_port();
-    let raw_port = free_port();
-    let cfg = with_otlp(&agent_config(""))
+    let cfg = agent_config("")
         .replace(
             "exporters:\n  file:",
-            &format!(
-                "processors:\n  symbolizer: {{}}\n  batch: {{ timeout: 200ms }}\nexporters:\n  pprof: {{ directory: \"{{DIR}}/pprof\", endpoint: \"127.0.0.1:{pull_port}\", max_files: 0 }}\n  pprof/split: {{ directory: \"{{DIR}}/split\", split_by: process, max_files: 0 }}\n  pprof/raw: {{ directory: \"\", endpoint: \"127.0.0.1:{raw_port}\" }}\n  flamegraph: {{ directory: \"{{DIR}}/fg\", folded: true, per_process: true, max_files: 0 }}\n  file:"
-            ),
+            "processors:\n  symbolizer: {}\n  batch: { timeout: 200ms }\nexporters:\n  pprof: { directory: \"{DIR}/pprof\", endpoint: \"127.0.0.1:0\", max_files: 0 }\n  pprof/split: { directory: \"{DIR}/split\", split_by: process, max_files: 0 }\n  pprof/raw: { directory: \"\", endpoint: \"127.0.0.1:0\" }\n  flamegraph: { directory: \"{DIR}/fg\", folded: true, per_process: true, max_files: 0 }\n  file:",
         )
         .replace(
             "exporters: [file] }",
             "processors: [symbolizer, batch], exporters: [file, pprof, pprof/split, flamegraph] }, profiles/raw: { receivers: [ebpf_profiler], exporters: [pprof/raw] }",
         );
     let mut s = start_loaded(dir.path(), &cfg).await;
+    let pull_port = s.listener("exporters.pprof.endpoint").port();
+    let raw_port = s.listener("exporters.pprof/raw.endpoint").port();
     let mut workload = Command::new(&exe)
         .arg("6")
         .stdout(std::process::Stdio::piped())
@@ -843,7 +842,7 @@ async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again(
     let before: Vec<u32> = stackline::receivers::ebpf_profiler::sys::loaded_ids(true).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
-    let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
+    let mut s = start_loaded(dir.path(), &agent_config("")).await;
     // Kernel object ids are not reused soon, so "ours" are the new programs and their maps
     // (objects of an earlier test may still be on their way out when this one starts).
     let ours = profiler_objects(&before);
@@ -903,7 +902,7 @@ async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again(
 
     // A restart needs no cleanup and profiles again.
     std::fs::remove_file(&file).unwrap();
-    let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
+    let mut s = start_loaded(dir.path(), &agent_config("")).await;
     let pid = workload.id().to_string();
     let again = eventually(Duration::from_secs(10), async || {
         read_json_lines(&file)
@@ -1007,7 +1006,7 @@ async fn processes_in_container_cgroups_carry_their_container_id_and_pod_uid() {
         stackline::testing::skip("container attribution", "no cgroup hierarchy is mounted");
         return;
     }
-    let mut s = start_loaded(dir.path(), &with_otlp(&agent_config(""))).await;
+    let mut s = start_loaded(dir.path(), &agent_config("")).await;
     let mut pids = Vec::new();
     for (root, rel, id, uid) in &cases {
         let cg = TestCgroup::create(root, rel);

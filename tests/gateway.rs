@@ -117,10 +117,11 @@ fn assert_exactly_once(what: &str, reqs: &[ProfilesRequest], expected: &[u64], m
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_samples_arrive_exactly_once_despite_a_failing_backend() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let backend = Backend::default();
     backend.fail_next.store(3, Ordering::SeqCst);
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     let mut s = Stackline::start(dir.path(), &gateway_config(&backend_addr, ""));
 
     let acked = send(s.endpoint(), 0, 10_000, 50, 4).await;
@@ -230,7 +231,8 @@ async fn ten_thousand_samples_arrive_exactly_once_despite_a_failing_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_down_for_seconds_delays_but_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let mut s = Stackline::start(dir.path(), &gateway_config(&backend_addr, ""));
     let acked = send(s.endpoint(), 0, 2_000, 40, 2).await;
 
@@ -244,7 +246,7 @@ async fn a_backend_down_for_seconds_delays_but_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let backend = Backend::default();
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     let done = eventually(Duration::from_secs(30), async || {
         backend.samples().len() >= 2_000
     })
@@ -273,11 +275,12 @@ async fn a_backend_down_for_seconds_delays_but_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_delivers_everything_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let backend = Backend::default();
     // A slow backend keeps requests queued and in flight when the signal comes.
     *backend.delay.lock().unwrap() = Duration::from_millis(150);
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     let mut s = Stackline::start(
         dir.path(),
         &gateway_config(&backend_addr, "").replace("timeout: 100ms", "timeout: 1s"),
@@ -350,9 +353,10 @@ async fn sigterm_mid_stream_delivers_everything_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_the_process_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let backend = Backend::default();
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     let mut s = Stackline::start(dir.path(), &gateway_config(&backend_addr, ""));
     let mut c = client(s.endpoint()).await;
 
@@ -536,9 +540,10 @@ async fn the_memory_limiter_refuses_with_a_retryable_status_and_counts_what_it_r
     // Two gateways: one allowed far more than it uses, one allowed less than it has.
     for (limit, refuse) in [(4096, false), (2, true)] {
         let dir = tempfile::tempdir().unwrap();
-        let backend_addr = format!("127.0.0.1:{}", free_port());
+        let backend_port = ReservedPort::new();
+        let backend_addr = backend_port.addr().to_string();
         let backend = Backend::default();
-        let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+        let _stop = backend.serve(backend_port).await;
         let cfg = gateway_config(&backend_addr, "")
             .replace(
                 "processors:\n",
@@ -628,9 +633,10 @@ async fn connection_lifetime(endpoint: &str, in_flight: bool) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connection_age_sends_goaway_and_the_grace_bounds_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let backend_addr = format!("127.0.0.1:{}", free_port());
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
     let backend = Backend::default();
-    let _stop = backend.serve(backend_addr.parse().unwrap()).await;
+    let _stop = backend.serve(backend_port).await;
     let cfg = gateway_config(&backend_addr, "").replace(
         "max_recv_msg_size_mib: 4",
         "max_recv_msg_size_mib: 4, keepalive: { server_parameters: { max_connection_age: 1s, max_connection_age_grace: 6s } }",

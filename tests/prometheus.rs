@@ -28,6 +28,10 @@ fn have(tool: &str, test: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing = "prometheus",
+    ignore = "needs prometheus and promtool (Debian prometheus)"
+)]
 async fn promtool_finds_nothing_to_say_about_the_metrics() {
     if !have("promtool", "promtool check metrics") {
         return;
@@ -35,6 +39,8 @@ async fn promtool_finds_nothing_to_say_about_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
     // Many components, so that most metrics exist: receivers, processors, every exporter
     // kind, a persistent queue, a failing backend.
+    // Refuses connections for as long as the test runs.
+    let down = ReservedPort::new();
     let s = Stackline::start(
         dir.path(),
         &format!(
@@ -55,7 +61,7 @@ service:
                 exporters: [file, pprof, flamegraph, otlp/down, otlphttp/down, debug] }} }}
   telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
 "#,
-            down = free_port()
+            down = down.addr().port()
         ),
     );
     let mut c = client(s.endpoint()).await;
@@ -109,6 +115,10 @@ service:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    any(missing = "root", missing = "prometheus"),
+    ignore = "needs root, prometheus and promtool (Debian prometheus)"
+)]
 async fn a_real_prometheus_fires_the_load_alert_for_an_agent_whose_program_is_rejected() {
     if !bpf_available("load alert in Prometheus") || !have("prometheus", "load alert in Prometheus")
     {
@@ -132,7 +142,6 @@ service:
             invalid.display()
         ),
     );
-    let port = free_port();
     let cfg = dir.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
@@ -156,7 +165,7 @@ scrape_configs:
             "--storage.tsdb.path={}",
             dir.path().join("tsdb").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
         .spawn()
@@ -168,7 +177,15 @@ scrape_configs:
             let _ = self.0.wait();
         }
     }
+    let pid = prom.id();
     let _prom = Kill(&mut prom);
+    // Prometheus was given port 0: ask the kernel which port it listens on.
+    let port = eventually(Duration::from_secs(30), async || {
+        !listening_ports(pid).is_empty()
+    })
+    .await
+    .then(|| listening_ports(pid)[0])
+    .expect("prometheus did not start listening");
     let http = reqwest::Client::new();
     let mut last = String::new();
     let firing = eventually(Duration::from_secs(90), async || {

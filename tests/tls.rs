@@ -54,14 +54,10 @@ service:
 async fn mutual_tls_on_both_hops_delivers_and_refuses_unauthenticated_peers() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let backend_port = free_port();
+    let reserved = ReservedPort::new();
+    let backend_port = reserved.addr().port();
     let backend = Backend::default();
-    let _stop = backend
-        .serve_tls(
-            format!("127.0.0.1:{backend_port}").parse().unwrap(),
-            pki.server_tls(),
-        )
-        .await;
+    let _stop = backend.serve_tls(reserved, pki.server_tls()).await;
 
     let s = Stackline::start(
         dir.path(),
@@ -117,14 +113,10 @@ async fn an_exporter_that_does_not_trust_the_backend_delivers_nothing_and_says_w
     let pki = Pki::new(dir.path());
     let other = tempfile::tempdir().unwrap();
     let stranger = Pki::new(other.path());
-    let backend_port = free_port();
+    let reserved = ReservedPort::new();
+    let backend_port = reserved.addr().port();
     let backend = Backend::default();
-    let _stop = backend
-        .serve_tls(
-            format!("127.0.0.1:{backend_port}").parse().unwrap(),
-            pki.server_tls(),
-        )
-        .await;
+    let _stop = backend.serve_tls(reserved, pki.server_tls()).await;
     let s = Stackline::start(
         dir.path(),
         // Trusts another CA than the one that signed the backend.

@@ -27,12 +27,3 @@ impl Tally {
             / (self.nanos.load(Ordering::Relaxed) as f64 / 1e9)
     }
 }
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}

@@ -8,7 +8,10 @@
 //!   does not hold up other clients;
 //! - graceful shutdown: in-flight requests finish, then connections close.
 
+pub mod listen;
 pub mod tls;
+
+pub use listen::{BindError, bind};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use health::{Health, HealthReporter, Status};
@@ -50,17 +49,11 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, TelemetryError> {
-    let listener = TcpListener::bind(address)
+    let (listener, local) = crate::net::bind("service.telemetry.metrics.address", address)
         .await
-        .map_err(|source| TelemetryError::Bind {
+        .map_err(|e| TelemetryError::Bind {
             address: address.to_owned(),
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| TelemetryError::Bind {
-            address: address.to_owned(),
-            source,
+            source: e.source,
         })?;
     if let Some(h) = handle.clone() {
         // Histograms and summaries need periodic upkeep to bound their memory.

@@ -1,7 +1,7 @@
 //! Helpers for tests that run the real `stackline` binary against real sockets and files.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,13 +16,77 @@ use stackline::otlp::synth::decode_samples;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port on 127.0.0.1 held by this test and not yet listening: a client that connects
+/// is refused, as by a backend that is down, and no other process can take the port
+/// until [`ReservedPort::listen`] turns it into a listener on the same socket. (Choosing
+/// a port by binding and releasing it races with every other test that does the same.)
+pub struct ReservedPort(socket2::Socket);
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        ReservedPort::on("127.0.0.1")
+    }
+
+    /// A port on `ip` (e.g. another loopback address).
+    pub fn on(ip: &str) -> ReservedPort {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+        s.bind(&addr.into()).unwrap();
+        ReservedPort(s)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap().as_socket().unwrap()
+    }
+
+    /// Starts listening on the reserved port.
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.0.listen(1024).unwrap();
+        self.0.set_nonblocking(true).unwrap();
+        tokio::net::TcpListener::from_std(std::net::TcpListener::from(self.0)).unwrap()
+    }
+}
+
+/// The TCP ports process `pid` listens on (IPv4 and IPv6), read from /proc: for a
+/// program of someone else's that was given port 0 and does not say what it bound.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; field 9 the inode.
+            if f.len() > 9
+                && f[3] == "0A"
+                && inodes.iter().any(|i| i == f[9])
+                && let Some(p) = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                ports.push(p);
+            }
+        }
+    }
+    ports
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        ReservedPort::new()
+    }
 }
 
 /// A running `stackline` process; killed when dropped.
@@ -30,9 +94,10 @@ pub struct Stackline {
     child: Option<Child>,
     pub otlp: SocketAddr,
     pub metrics: SocketAddr,
-    /// `{HTTP}` in the config: an OTLP/HTTP listener (waited for when used).
+    /// `{HTTP}` in the config: an OTLP/HTTP listener.
     pub http: SocketAddr,
-    uses_http: bool,
+    /// Every listener the process bound, by config key.
+    pub listeners: std::collections::BTreeMap<String, SocketAddr>,
     pub dir: PathBuf,
     pub log: PathBuf,
 }
@@ -43,60 +108,82 @@ impl Stackline {
         Self::start_with(Path::new(env!("CARGO_BIN_EXE_stackline")), dir, config)
     }
 
-    /// Starts `program` (the binary, or a wrapper that execs it) with `config`.
+    /// Starts `program` (the binary, or a wrapper that execs it) with `config`. The
+    /// listeners of `{OTLP}`, `{HTTP}` and `{METRICS}` get port 0; the addresses the
+    /// process bound come from its `--ready-file`.
     pub fn start_with(program: &Path, dir: &Path, config: &str) -> Stackline {
-        let otlp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let uses_http = config.contains("{HTTP}");
+        let any = "127.0.0.1:0";
         let text = config
-            .replace("{OTLP}", &otlp.to_string())
-            .replace("{HTTP}", &http.to_string())
-            .replace("{METRICS}", &metrics.to_string())
+            .replace("{OTLP}", any)
+            .replace("{HTTP}", any)
+            .replace("{METRICS}", any)
             .replace("{DIR}", &dir.display().to_string());
         let cfg = dir.join("stackline.yaml");
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join("stackline.log");
+        let ready = dir.join("stackline.ready.json");
+        let _ = std::fs::remove_file(&ready);
         let child = Command::new(program)
             .arg("--config")
             .arg(&cfg)
+            .arg("--ready-file")
+            .arg(&ready)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let mut s = Stackline {
             child: Some(child),
-            otlp,
-            metrics,
-            http,
-            uses_http,
+            otlp: unset,
+            metrics: unset,
+            http: unset,
+            listeners: Default::default(),
             dir: dir.to_path_buf(),
             log,
         };
-        s.wait_listening();
+        s.wait_ready(&ready);
         s
     }
 
-    fn wait_listening(&mut self) {
-        let until = Instant::now() + Duration::from_secs(30);
+    /// Waits for the ready file, which the process writes once its whole pipeline runs.
+    fn wait_ready(&mut self, ready: &Path) {
+        let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {
-            // Open ports are not enough: a receiver bound after them can still fail and
-            // end the process. The log line comes once the whole pipeline has started.
-            if std::net::TcpStream::connect(self.otlp).is_ok()
-                && std::net::TcpStream::connect(self.metrics).is_ok()
-                && (!self.uses_http || std::net::TcpStream::connect(self.http).is_ok())
-                && self.logs().contains("stackline is running")
-            {
+            if let Ok(text) = std::fs::read_to_string(ready) {
+                let r: stackline::net::listen::Ready = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("ready file {}: {e}:\n{text}", ready.display()));
+                let find = |suffix: &str| {
+                    r.listeners
+                        .iter()
+                        .find(|(k, _)| k.ends_with(suffix))
+                        .map(|(_, a)| *a)
+                };
+                self.otlp = find(".protocols.grpc.endpoint").unwrap_or(self.otlp);
+                self.http = find(".protocols.http.endpoint").unwrap_or(self.http);
+                self.metrics = find("service.telemetry.metrics.address").unwrap_or(self.metrics);
+                self.listeners = r.listeners;
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("stackline exited early ({st}):\n{}", self.logs());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("stackline did not start listening:\n{}", self.logs());
+        panic!(
+            "stackline did not become ready within 60 s:\n{}",
+            self.logs()
+        );
+    }
+
+    /// The address the listener configured at `key` bound (from the ready file).
+    pub fn listener(&self, key: &str) -> SocketAddr {
+        *self
+            .listeners
+            .get(key)
+            .unwrap_or_else(|| panic!("no listener {key} in {:?}", self.listeners))
     }
 
     pub fn logs(&self) -> String {
@@ -268,10 +355,10 @@ impl ProfilesService for Backend {
 }
 
 impl Backend {
-    /// Serves on `addr` until the returned sender is dropped or fired.
-    pub async fn serve(&self, addr: SocketAddr) -> tokio::sync::oneshot::Sender<()> {
+    /// Serves on `port` until the returned sender is dropped or fired.
+    pub async fn serve(&self, port: ReservedPort) -> tokio::sync::oneshot::Sender<()> {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let listener = port.listen();
         let svc = ProfilesServiceServer::new(self.clone())
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
@@ -596,11 +683,11 @@ impl Backend {
     /// Serves over TLS (requiring a client certificate signed by the CA of `tls`).
     pub async fn serve_tls(
         &self,
-        addr: SocketAddr,
+        port: ReservedPort,
         tls: tonic::transport::ServerTlsConfig,
     ) -> tokio::sync::oneshot::Sender<()> {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let listener = port.listen();
         let svc = ProfilesServiceServer::new(self.clone())
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .accept_compressed(tonic::codec::CompressionEncoding::Zstd);

@@ -192,13 +192,9 @@ impl Exporter for PprofExporter {
         let subs = Subscribers::default();
         let stop = CancellationToken::new();
         if let Some(endpoint) = &cfg.endpoint {
-            let listener = tokio::net::TcpListener::bind(endpoint).await.map_err(|e| {
-                format!(
-                    "cannot listen on {endpoint} (exporters.{}.endpoint): {e}",
-                    ctx.id
-                )
-            })?;
-            tracing::info!(exporter = %ctx.id, endpoint = %listener.local_addr()?, "serving /debug/pprof/profile");
+            let key = format!("exporters.{}.endpoint", ctx.id);
+            let (listener, local) = crate::net::bind(&key, endpoint).await?;
+            tracing::info!(exporter = %ctx.id, endpoint = %local, "serving /debug/pprof/profile");
             tokio::spawn(serve(
                 listener,
                 subs.clone(),

@@ -262,16 +262,12 @@ async fn a_directory_that_cannot_be_created_is_a_clear_start_error() {
 async fn the_pull_endpoint_serves_at_most_max_subscribers_at_once() {
     use crate::config::ComponentId;
     use crate::pipeline::{Context, Exporter, Input};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let (_tx, rx) = crate::pipeline::channel::channel();
-    let ctx = Context::standalone("exporter", ComponentId::parse("pprof").unwrap());
+    // An id of its own: the table of bound listeners is one per process.
+    let ctx = Context::standalone("exporter", ComponentId::parse("pprof/max_subs").unwrap());
     let cfg = super::PprofExporterConfig {
         directory: "".into(),
-        endpoint: Some(format!("127.0.0.1:{port}")),
+        endpoint: Some("127.0.0.1:0".into()),
         max_subscribers: 2,
         ..Default::default()
     };
@@ -279,7 +275,8 @@ async fn the_pull_endpoint_serves_at_most_max_subscribers_at_once() {
         .start(ctx, Input::new(rx, None))
         .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/debug/pprof/profile?seconds=3");
+    let addr = crate::net::listen::bound()["exporters.pprof/max_subs.endpoint"];
+    let url = format!("http://{addr}/debug/pprof/profile?seconds=3");
     let pulls: Vec<_> = (0..2)
         .map(|_| tokio::spawn(reqwest::get(url.clone())))
         .collect();

@@ -12,7 +12,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prost::Message;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::HttpConfig;
@@ -262,13 +261,8 @@ pub(super) async fn serve(
     ctx: Context,
     out: Fanout,
 ) -> Result<JoinHandle<()>, StartError> {
-    let listener = TcpListener::bind(&cfg.endpoint).await.map_err(|e| {
-        format!(
-            "cannot listen on {} (receivers.{}.protocols.http.endpoint): {e}",
-            cfg.endpoint, ctx.id
-        )
-    })?;
-    let local = listener.local_addr()?;
+    let key = format!("receivers.{}.protocols.http.endpoint", ctx.id);
+    let (listener, local) = crate::net::bind(&key, &cfg.endpoint).await?;
     let auth = match &cfg.auth {
         Some(a) => Some(crate::auth::TokenFile::open(a).map_err(|e| {
             format!(

@@ -2,7 +2,6 @@
 
 use bytes::Buf;
 use prost::Message;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -176,13 +175,8 @@ pub(super) async fn serve(
     ctx: Context,
     out: Fanout,
 ) -> Result<JoinHandle<()>, StartError> {
-    let listener = TcpListener::bind(&cfg.endpoint).await.map_err(|e| {
-        format!(
-            "cannot listen on {} (receivers.{}.protocols.grpc.endpoint): {e}",
-            cfg.endpoint, ctx.id
-        )
-    })?;
-    let local = listener.local_addr()?;
+    let key = format!("receivers.{}.protocols.grpc.endpoint", ctx.id);
+    let (listener, local) = crate::net::bind(&key, &cfg.endpoint).await?;
     let id = ctx.id.to_string();
     let auth = match &cfg.auth {
         Some(a) => Some(Arc::new(crate::auth::TokenFile::open(a).map_err(|e| {
