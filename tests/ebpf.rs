@@ -94,6 +94,7 @@ fn build_id(path: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
 async fn profiles_a_workload_with_correct_mappings_offsets_build_ids_and_stacks() {
     if !bpf_available("profiles_a_workload") {
         return;
@@ -251,6 +252,7 @@ async fn profiles_a_workload_with_correct_mappings_offsets_build_ids_and_stacks(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 async fn level_2_log_with_a_1_kib_buffer_loads_and_is_written_in_full() {
     if !bpf_available("level_2_log") {
         return;
@@ -303,6 +305,7 @@ async fn level_2_log_with_a_1_kib_buffer_loads_and_is_written_in_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 async fn a_small_max_size_loads_with_a_truncation_warning_and_metric() {
     if !bpf_available("small_max_size") {
         return;
@@ -337,6 +340,7 @@ async fn a_small_max_size_loads_with_a_truncation_warning_and_metric() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 async fn a_rejected_program_is_a_metric_an_unhealthy_receiver_and_retried() {
     if !bpf_available("rejected_program") {
         return;
@@ -408,6 +412,7 @@ async fn a_rejected_program_is_a_metric_an_unhealthy_receiver_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 async fn without_capabilities_it_says_so_and_stays_up() {
     if !bpf_available("without_capabilities") {
         return;
@@ -455,6 +460,7 @@ async fn without_capabilities_it_says_so_and_stays_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
 async fn symbolized_profiles_name_the_workload_functions_with_their_shares() {
     if !bpf_available("symbolized_profiles") {
         return;
@@ -834,6 +840,7 @@ fn bpf_fd_holders(objects: &[String]) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
 async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again() {
     if !bpf_available("after_sigkill") {
         return;
@@ -975,6 +982,7 @@ fn cgroup_mounts() -> (Option<std::path::PathBuf>, Option<std::path::PathBuf>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
 async fn processes_in_container_cgroups_carry_their_container_id_and_pod_uid() {
     if !bpf_available("container attribution") {
         return;
@@ -1114,6 +1122,7 @@ fn spin_in_lib(main: &Path, lib: &Path, secs: &str) -> (std::process::Child, Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
 async fn a_fifo_a_symlink_and_a_truncated_file_in_mappings_neither_hang_nor_kill_the_agent() {
     if !bpf_available("hostile_mappings") {
         return;

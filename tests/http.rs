@@ -483,6 +483,10 @@ impl Scripted {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing = "python_otlp",
+    ignore = "needs Python's opentelemetry-proto (pip install opentelemetry-proto)"
+)]
 async fn the_otlphttp_exporter_retries_as_told_and_counts_what_the_backend_rejects() {
     let backend = Scripted::default();
     // First attempt: 503 with Retry-After: 2; second: 429 without it; then accepted.

@@ -128,6 +128,10 @@ fn boot(kernel: &Path, initrd: &Path) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    missing = "test_kernels",
+    ignore = "needs qemu and the 6.1/6.12 test kernels (bash scripts/fetch-test-kernels.sh)"
+)]
 fn the_log_buffer_grows_to_fit_on_kernels_with_and_without_log_true_size() {
     let kernels = test_kernels();
     let Some(bb) = busybox() else {

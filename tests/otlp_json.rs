@@ -39,6 +39,10 @@ fn hex_ids_as_official(r: &mut ProfilesRequest) {
 }
 
 #[test]
+#[cfg_attr(
+    missing = "python_otlp",
+    ignore = "needs Python's opentelemetry-proto (pip install opentelemetry-proto)"
+)]
 fn every_field_reads_back_the_same_with_the_official_protos() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("every.jsonl");
@@ -60,6 +64,10 @@ fn every_field_reads_back_the_same_with_the_official_protos() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    missing = "python_otlp",
+    ignore = "needs Python's opentelemetry-proto (pip install opentelemetry-proto)"
+)]
 async fn the_file_exporter_writes_lines_the_official_parser_reads() {
     let dir = tempfile::tempdir().unwrap();
     let config = r#"

@@ -190,6 +190,10 @@ fn run(case: &Case) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    any(missing = "root", missing = "gcc", missing = "clang"),
+    ignore = "needs root, gcc, clang"
+)]
 async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
     if !bpf_available("native unwinding") {
         return;
@@ -450,6 +454,7 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
 /// caller `hot_a`/`hot_b` is skipped by any frame-pointer walk, the kernel's too: the
 /// shares are not checked here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
 async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
     if !bpf_available("frame-pointer mode") {
         return;

@@ -156,7 +156,7 @@ fn index_zero_is_valid_even_without_a_dictionary() {
 /// Not a timed assertion: prints how long splitting a request of 3,000,000 empty
 /// samples takes (`cargo test --release --lib split_of_millions -- --ignored --nocapture`).
 #[test]
-#[ignore]
+#[ignore = "a measurement that prints a time, not a check; run it with --ignored --nocapture"]
 fn split_of_millions_of_samples_prints_its_time() {
     let mut req = crate::otlp::synth::request("big", 0, 1, 1);
     let p = &mut req.resource_profiles[0].scope_profiles[0].profiles[0];

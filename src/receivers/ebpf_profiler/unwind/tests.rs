@@ -168,6 +168,7 @@ fn expected(cfa_col: &str, rbp_col: &str, ra_col: &str) -> Option<(u8, u64, u8, 
 }
 
 #[test]
+#[cfg_attr(any(missing = "gcc", missing = "clang"), ignore = "needs gcc, clang")]
 fn rows_mean_what_readelf_frames_interp_says() {
     let dir = tempfile::tempdir().unwrap();
     for bin in binaries("unwind table vs readelf", dir.path()) {
@@ -220,6 +221,7 @@ fn rows_mean_what_readelf_frames_interp_says() {
 }
 
 #[test]
+#[cfg_attr(any(missing = "gcc", missing = "clang"), ignore = "needs gcc, clang")]
 fn every_address_follows_its_fde_rule() {
     let dir = tempfile::tempdir().unwrap();
     for bin in binaries("unwind table vs gimli", dir.path()) {
@@ -422,6 +424,7 @@ fn gdb_pcs(exe: &Path, core: &Path) -> Vec<u64> {
 }
 
 #[test]
+#[cfg_attr(any(missing = "gcc", missing = "gdb"), ignore = "needs gcc, gdb")]
 fn walks_core_files_frame_by_frame_like_gdb() {
     if Command::new("gdb").arg("--version").output().is_err() {
         skip(

@@ -65,6 +65,7 @@ fn load_with(
 }
 
 #[test]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 fn level_2_with_a_1_kib_buffer_loads_and_keeps_the_whole_log() {
     if !bpf_available() {
         return;
@@ -89,6 +90,7 @@ fn level_2_with_a_1_kib_buffer_loads_and_keeps_the_whole_log() {
 }
 
 #[test]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 fn past_max_size_it_loads_without_a_log_and_keeps_the_truncated_one() {
     if !bpf_available() {
         return;
@@ -103,6 +105,7 @@ fn past_max_size_it_loads_without_a_log_and_keeps_the_truncated_one() {
 }
 
 #[test]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 fn logging_off_loads_once_and_stats_alone_give_statistics() {
     if !bpf_available() {
         return;
@@ -116,6 +119,7 @@ fn logging_off_loads_once_and_stats_alone_give_statistics() {
 }
 
 #[test]
+#[cfg_attr(missing = "root", ignore = "needs root")]
 fn a_rejected_program_carries_errno_verifier_lines_and_a_hint() {
     if !bpf_available() {
         return;
