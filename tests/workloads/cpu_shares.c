@@ -1,6 +1,6 @@
 /* A workload with known CPU shares, for profiler tests.
  *
- * Built by the tests with frame pointers. Each round spends, in CPU time,
+ * Built by the tests with frame pointers. Each round spends, in the thread's CPU time,
  * 60% in hot_a, 30% in hot_b (both through spin) and 10% in read_zero, which
  * spends its time in the kernel copying /dev/zero. Usage: cpu_shares SECONDS
  */
@@ -32,10 +32,24 @@ __attribute__((noinline)) void spin(uint64_t n) {
     }
 }
 
-/* The empty asm after the call keeps it from becoming a tail call, so the caller keeps
- * its frame and shows in the stack. */
-__attribute__((noinline)) void hot_a(uint64_t n) { spin(n); __asm__ volatile(""); }
-__attribute__((noinline)) void hot_b(uint64_t n) { spin(n); __asm__ volatile(""); }
+/* Each function spins until the thread has spent `ms` of CPU time in it, checking
+ * CLOCK_THREAD_CPUTIME_ID every `chunk` rounds (about 0.1 ms): pacing by the thread's
+ * own CPU time keeps the shares true however busy the machine is, where a rate measured
+ * once at start moved (read_zero at 15% instead of 10% with both cores busy). The empty
+ * asm after the call keeps it from becoming a tail call, so the caller keeps its frame
+ * and shows in the stack. */
+static uint64_t chunk;
+
+__attribute__((noinline)) void hot_a(double ms) {
+    double end = cpu_now() + ms * 1e-3;
+    do spin(chunk); while (cpu_now() < end);
+    __asm__ volatile("");
+}
+__attribute__((noinline)) void hot_b(double ms) {
+    double end = cpu_now() + ms * 1e-3;
+    do spin(chunk); while (cpu_now() < end);
+    __asm__ volatile("");
+}
 
 /* The syscall is issued here, not in libc, so the interrupted user frame is this function. */
 static long raw_read(int fd, void *p, long n) {
@@ -44,42 +58,30 @@ static long raw_read(int fd, void *p, long n) {
     return r;
 }
 
-__attribute__((noinline)) void read_zero(int fd, long reads) {
-    for (long i = 0; i < reads; i++) {
-        raw_read(fd, buf, sizeof buf);
-        if ((i & 0xff) == 0) tick();
-    }
+__attribute__((noinline)) void read_zero(int fd, double ms) {
+    double end = cpu_now() + ms * 1e-3;
+    do {
+        for (int i = 0; i < 8; i++) raw_read(fd, buf, sizeof buf);
+        tick();
+    } while (cpu_now() < end);
 }
 
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 5.0;
     int fd = open("/dev/zero", O_RDONLY);
     if (fd < 0) { perror("open /dev/zero"); return 1; }
-    /* Calibrate: iterations and reads per millisecond of CPU time. */
+    /* The spin rate, only to size the chunks between clock reads. */
     double t0 = cpu_now();
-    spin(20000000);
-    double spin_ms = (cpu_now() - t0) * 1e3;
-    /* The cheapest of several rounds after a warm-up: the first reads fault the buffer
-     * in, and a round that another process disturbs would make reads look dear (both
-     * shrink read_zero's share). */
-    read_zero(fd, 500);
-    double read_ms = 1e9;
-    for (int i = 0; i < 8; i++) {
-        t0 = cpu_now();
-        read_zero(fd, 1000);
-        double ms = (cpu_now() - t0) * 1e3;
-        if (ms < read_ms) read_ms = ms;
-    }
-    uint64_t per_ms = (uint64_t)(20000000 / spin_ms);
-    long reads_per_ms = (long)(1000 / read_ms) + 1;
+    spin(2000000);
+    chunk = (uint64_t)(2000000 / ((cpu_now() - t0) * 1e4)) + 1;
     printf("ready %d\n", getpid());
     fflush(stdout);
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
-        hot_a(per_ms * 60);
-        hot_b(per_ms * 30);
-        read_zero(fd, reads_per_ms * 10);
+        hot_a(60);
+        hot_b(30);
+        read_zero(fd, 10);
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         if ((now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) * 1e-9 >= seconds) break;

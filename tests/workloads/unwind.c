@@ -50,56 +50,63 @@ __attribute__((noinline)) void spin(uint64_t n) {
     for (uint64_t i = 0; i < n; i++) sink += i * 7 + (sink >> 3);
 }
 
-/* The empty asm after each call keeps it from becoming a tail call. */
-__attribute__((noinline)) void hot_a(uint64_t n) { spinner(n); __asm__ volatile(""); }
-__attribute__((noinline)) void hot_b(uint64_t n) { spinner(n); __asm__ volatile(""); }
+/* Each function spins until its thread has spent `ms` of CPU time in it
+ * (CLOCK_THREAD_CPUTIME_ID), checking every `chunk` rounds (about 0.1 ms). Pacing by
+ * the thread's own CPU time makes the shares hold however busy the machine is: a rate
+ * measured once at start moves when another process shares the core or its caches
+ * (read_zero's share rose to 15% on a busy machine). The empty asm after each call
+ * keeps it from becoming a tail call. */
+static __thread uint64_t chunk;
 
-__attribute__((noinline)) void big_frame(uint64_t n) {
+__attribute__((noinline)) void hot_a(double ms) {
+    double end = now(CLOCK_THREAD_CPUTIME_ID) + ms * 1e-3;
+    do spinner(chunk); while (now(CLOCK_THREAD_CPUTIME_ID) < end);
+    __asm__ volatile("");
+}
+__attribute__((noinline)) void hot_b(double ms) {
+    double end = now(CLOCK_THREAD_CPUTIME_ID) + ms * 1e-3;
+    do spinner(chunk); while (now(CLOCK_THREAD_CPUTIME_ID) < end);
+    __asm__ volatile("");
+}
+
+__attribute__((noinline)) void big_frame(double ms) {
     volatile char big[40000];
-    big[0] = (char)n;
+    big[0] = (char)ms;
     big[39999] = big[0];
-    hot_a(n + big[39999] - big[0]);
+    hot_a(ms + big[39999] - big[0]);
     __asm__ volatile("");
 }
 
-/* A leaf that spends its time in the kernel: libc's read of /dev/zero. */
-__attribute__((noinline)) void read_zero(int fd, long reads) {
-    for (long i = 0; i < reads; i++) {
-        if (read(fd, buf, sizeof buf) < 0) abort();
-    }
+/* A leaf that spends its time in the kernel: libc's read of /dev/zero, for `ms` of the
+ * thread's CPU time. */
+__attribute__((noinline)) void read_zero(int fd, double ms) {
+    double end = now(CLOCK_THREAD_CPUTIME_ID) + ms * 1e-3;
+    do {
+        for (int i = 0; i < 8; i++)
+            if (read(fd, buf, sizeof buf) < 0) abort();
+    } while (now(CLOCK_THREAD_CPUTIME_ID) < end);
     __asm__ volatile("");
 }
 
-/* Per thread: threads sharing one file would contend on its position lock in read,
- * and calibrating on one thread would not see that cost (read_zero's share grew to
- * 19% with two threads on two busy cores). */
-static __thread uint64_t per_ms;
-static __thread long reads_per_ms;
+/* Per thread: threads sharing one file would contend on its position lock in read. */
 static __thread int fd;
+static __thread uint64_t per_ms;
 static int use_big;
 
+/* The spin rate, only to size the chunks between clock reads. */
 __attribute__((noinline)) static void calibrate(void) {
     double t0 = now(CLOCK_THREAD_CPUTIME_ID);
-    spinner(20000000);
-    per_ms = (uint64_t)(20000000 / ((now(CLOCK_THREAD_CPUTIME_ID) - t0) * 1e3));
-    /* The cheapest of several rounds after a warm-up (see cpu_shares.c). */
-    read_zero(fd, 500);
-    double best = 1e9;
-    for (int i = 0; i < 8; i++) {
-        t0 = now(CLOCK_THREAD_CPUTIME_ID);
-        read_zero(fd, 1000);
-        double ms = (now(CLOCK_THREAD_CPUTIME_ID) - t0) * 1e3;
-        if (ms < best) best = ms;
-    }
-    reads_per_ms = (long)(1000 / best) + 1;
+    spinner(2000000);
+    per_ms = (uint64_t)(2000000 / ((now(CLOCK_THREAD_CPUTIME_ID) - t0) * 1e3)) + 1;
+    chunk = per_ms / 10 + 1;
 }
 
 __attribute__((noinline)) void rounds(void) {
     double start = now(CLOCK_MONOTONIC);
     while (now(CLOCK_MONOTONIC) - start < seconds) {
-        if (use_big) big_frame(per_ms * 60); else hot_a(per_ms * 60);
-        hot_b(per_ms * 30);
-        read_zero(fd, reads_per_ms * 10);
+        if (use_big) big_frame(60); else hot_a(60);
+        hot_b(30);
+        read_zero(fd, 10);
     }
     __asm__ volatile("");
 }

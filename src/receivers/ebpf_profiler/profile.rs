@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use metrics::Counter;
 
 use super::shared::{COMM_LEN, FRAME_BY_FP, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, RecordHeader};
+use super::sys;
 use super::unwind::manager::{self, Msg};
 use super::unwind::rules::stop;
 use crate::host::proc::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
@@ -106,6 +107,12 @@ struct Cached {
     /// The main thread's comm when last seen: it changes exactly when the process execs.
     main_comm: Option<String>,
     refreshed: Instant,
+    /// CLOCK_MONOTONIC (the samples' clock) when the maps were last read: a sample taken
+    /// after it may be in a mapping made since.
+    read_ns: u64,
+    /// The last re-read for an address in no mapping did not find it either (anonymous
+    /// code, memory unmapped since): such misses re-read at most every REFRESH_EVERY.
+    futile: bool,
     seen: Instant,
     /// Report interval in which the start time was last compared.
     checked: u64,
@@ -199,6 +206,7 @@ impl Resolver {
         match self.procs.get_mut(&pid) {
             Some(c) if now.duration_since(c.refreshed) >= REQUEST_REFRESH_EVERY => {
                 c.refreshed = now;
+                c.read_ns = sys::monotonic_ns();
                 if let Ok(fresh) = self.reader.read(pid) {
                     c.info = Some(fresh);
                 }
@@ -216,8 +224,10 @@ impl Resolver {
         let interval = self.interval;
         let reader = &self.reader;
         let entry = self.procs.entry(pid).or_insert_with(|| Cached {
+            read_ns: sys::monotonic_ns(),
             info: reader.read(pid).ok(),
             main_comm: None,
+            futile: false,
             refreshed: now,
             seen: now,
             checked: interval,
@@ -228,12 +238,15 @@ impl Resolver {
             let cached_start = entry.info.as_ref().map(|i| i.start_time);
             // A different start time (or none, after a failed read) means another process
             // now has this pid. If the pid is gone, keep what was read at first sight.
+            let read_ns = sys::monotonic_ns();
             if let Ok(start) = crate::host::proc::start_time(pid)
                 && cached_start != Some(start)
                 && let Ok(fresh) = reader.read(pid)
             {
                 entry.info = Some(fresh);
                 entry.refreshed = now;
+                entry.read_ns = read_ns;
+                entry.futile = false;
             }
         }
         entry
@@ -253,9 +266,12 @@ impl Resolver {
         if pid == tid {
             match &c.main_comm {
                 Some(old) if old != comm => {
+                    let read_ns = sys::monotonic_ns();
                     if let Ok(fresh) = reader.read(pid) {
                         c.info = Some(fresh);
                         c.refreshed = now;
+                        c.read_ns = read_ns;
+                        c.futile = false;
                     }
                     c.main_comm = Some(comm.to_owned());
                 }
@@ -266,19 +282,34 @@ impl Resolver {
         c.info.as_ref()
     }
 
-    /// The mapping of a user address, re-reading the maps (rate-limited) when the
-    /// address is in none of them: the process exec'd, mapped a new file, or its pid
-    /// was reused.
-    fn user_mapping(&mut self, pid: u32, addr: u64, now: Instant) -> Option<MapEntry> {
+    /// The mapping of a user address taken at `ktime_ns`, re-reading the maps when the
+    /// address is in none of them: the process exec'd, its loader mapped a library, it
+    /// called dlopen, or its pid was reused. A sample taken after the last read is
+    /// re-read for at once: the address was mapped when it was taken, so the maps read
+    /// now have it unless it was unmapped since. On a busy machine a new process's first
+    /// read often lands between exec and its loader mapping libc. Once such a re-read
+    /// has not found its address either, misses wait REFRESH_EVERY.
+    fn user_mapping(
+        &mut self,
+        pid: u32,
+        addr: u64,
+        ktime_ns: u64,
+        now: Instant,
+    ) -> Option<MapEntry> {
         if let Some(m) = self.process(pid, now).and_then(|p| p.mapping_for(addr)) {
             return Some(m.clone());
         }
         let c = self.procs.get_mut(&pid)?;
-        if now.duration_since(c.refreshed) >= REFRESH_EVERY {
+        let newer = ktime_ns > c.read_ns && !c.futile;
+        if newer || now.duration_since(c.refreshed) >= REFRESH_EVERY {
             c.refreshed = now;
+            c.read_ns = sys::monotonic_ns();
             if let Ok(fresh) = self.reader.read(pid) {
                 c.info = Some(fresh);
             }
+            let found = c.info.as_ref()?.mapping_for(addr).cloned();
+            c.futile = found.is_none();
+            return found;
         }
         c.info.as_ref()?.mapping_for(addr).cloned()
     }
@@ -613,7 +644,7 @@ impl IntervalProfile {
         let mut unmapped = 0;
         for (i, &addr) in s.user.iter().enumerate() {
             let fp = i < 128 && s.user_by_fp & (1 << i) != 0;
-            let f = self.user_frame(s.tgid, addr, fp, r, now);
+            let f = self.user_frame(s.tgid, addr, fp, s.ktime_ns, r, now);
             if !f.mapped && known {
                 unmapped += 1;
             }
@@ -642,13 +673,14 @@ impl IntervalProfile {
         pid: u32,
         addr: u64,
         fp: bool,
+        ktime_ns: u64,
         r: &mut Resolver,
         now: Instant,
     ) -> UserFrame {
         if let Some(&f) = self.user_frames.get(&(pid, addr, fp)) {
             return f;
         }
-        let (mapping, mapped) = match r.user_mapping(pid, addr, now) {
+        let (mapping, mapped) = match r.user_mapping(pid, addr, ktime_ns, now) {
             Some(m) => (self.user_mapping(pid, &m, r), true),
             None => (0, false),
         };
