@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         max_samples: 100_000,
         max_stacks: 100_000,
         max_locations: 100_000,
+        max_stack_depth: 16_384,
         max_decoded_size_mib: 64,
     };
     if limits::prescan(data, &strict).is_err() {

@@ -26,6 +26,10 @@ pub struct DecodeLimits {
     pub max_stacks: u64,
     /// Entries of the dictionary's location table. Default 1,000,000.
     pub max_locations: u64,
+    /// Entries (frames) of any one stack. Default 16,384: perf keeps 127 frames, the
+    /// eBPF receiver 256; a deep recursion in a JIT runtime reaches a few thousand.
+    /// Every stage's work per stack is linear in this.
+    pub max_stack_depth: u64,
     /// Estimated memory of the decoded request, in MiB. Default 512.
     pub max_decoded_size_mib: u64,
 }
@@ -36,6 +40,7 @@ impl Default for DecodeLimits {
             max_samples: 1_000_000,
             max_stacks: 1_000_000,
             max_locations: 1_000_000,
+            max_stack_depth: 16_384,
             max_decoded_size_mib: 512,
         }
     }
@@ -65,6 +70,8 @@ pub struct Footprint {
     pub samples: u64,
     pub stacks: u64,
     pub locations: u64,
+    /// Entries of the deepest stack.
+    pub deepest_stack: u64,
     /// Estimated bytes of the decoded request in memory.
     pub decoded_bytes: u64,
 }
@@ -89,6 +96,14 @@ impl DecodeLimits {
                     "limits.max_locations",
                     f.locations,
                     self.max_locations,
+                )
+            })
+            .or_else(|| {
+                over(
+                    "frames in one stack",
+                    "limits.max_stack_depth",
+                    f.deepest_stack,
+                    self.max_stack_depth,
                 )
             })
             .or_else(|| {
@@ -224,6 +239,20 @@ pub fn footprint(req: &[u8]) -> Result<Footprint, PrescanError> {
                     6 => size::<KeyValueAndUnit>() + len * NESTED,
                     7 => {
                         fp.stacks += 1;
+                        // location_indices (field 1), packed or not: one varint each.
+                        let mut depth = 0u64;
+                        fields(e, |tag, wt, packed| {
+                            if tag == 1 {
+                                depth += match wt {
+                                    WireType::LengthDelimited => {
+                                        packed.iter().filter(|&&b| b < 0x80).count() as u64
+                                    }
+                                    _ => 1,
+                                };
+                            }
+                            Ok(())
+                        })?;
+                        fp.deepest_stack = fp.deepest_stack.max(depth);
                         size::<Stack>() + len * PACKED / 2
                     }
                     _ => len,
@@ -252,6 +281,12 @@ pub fn footprint_of(req: &super::ProfilesRequest) -> Footprint {
         samples,
         stacks: d.stack_table.len() as u64,
         locations: d.location_table.len() as u64,
+        deepest_stack: d
+            .stack_table
+            .iter()
+            .map(|s| s.location_indices.len() as u64)
+            .max()
+            .unwrap_or(0),
         decoded_bytes: samples * size::<Sample>()
             + (d.stack_table.len() as u64) * size::<Stack>()
             + (d.location_table.len() as u64) * size::<Location>(),

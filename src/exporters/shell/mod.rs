@@ -18,6 +18,7 @@
 //! line when the exporter ends, and each term is a metric.
 
 mod config;
+mod journal;
 pub mod queue;
 mod retry;
 

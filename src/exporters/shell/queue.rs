@@ -6,6 +6,10 @@
 //! is read back when a worker takes it. It is deleted once delivered or given up on;
 //! whatever is on disk at start was not, and is queued again (replayed) first.
 //!
+//! With `sync_interval` > 0 an append is committed without fsync and also written to a
+//! journal file (see `journal.rs`), so that it survives SIGKILL as soon as it is
+//! acknowledged; a power loss may lose at most the last `sync_interval`.
+//!
 //! Why redb: transactions make a torn write invisible (a crash mid-commit rolls back to
 //! the last commit), it reuses freed pages so the file does not grow with churn, and
 //! its durability switch gives the fsync policy directly. Each record also carries a
@@ -21,6 +25,7 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Notify;
 
+use super::journal::Journal;
 use super::{Encoded, QueueConfig, StorageConfig};
 use crate::telemetry::names;
 
@@ -231,6 +236,9 @@ fn s_interval(cfg: &QueueConfig) -> Option<Duration> {
 struct Disk {
     db: Database,
     path: PathBuf,
+    /// With `sync_interval` > 0: appends since the last sync, so that they survive
+    /// SIGKILL (see `journal.rs`). Its lock also orders appends against syncs.
+    journal: Option<std::sync::Mutex<Journal>>,
     next: AtomicU64,
     bytes: AtomicU64,
     max_bytes: u64,
@@ -310,8 +318,14 @@ impl Disk {
                     .map_err(|e| format!("cannot create the queue {}: {e}", path.display()))?
             }
         };
+        let journal = if cfg.sync_interval.is_zero() {
+            None
+        } else {
+            Some(std::sync::Mutex::new(recover_journal(&db, &path)?))
+        };
         let d = Disk {
             db,
+            journal,
             path,
             next: AtomicU64::new(1),
             bytes: AtomicU64::new(0),
@@ -402,10 +416,20 @@ impl Disk {
         self.bytes.load(Ordering::Relaxed) + (HEADER + len) as u64 <= self.max_bytes
     }
 
-    /// Commits `item`; with `sync_interval: 0s` it is fsync'd before this returns.
+    /// Commits `item`; with `sync_interval: 0s` it is fsync'd before this returns,
+    /// otherwise written to the journal first. Either way it survives SIGKILL once this
+    /// returns.
     fn append(&self, item: &Encoded) -> Result<u64, String> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let rec = record(item);
+        let mut journal = self
+            .journal
+            .as_ref()
+            .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(j) = journal.as_mut() {
+            j.append(seq, &rec)
+                .map_err(|e| format!("writing the queue's journal {}: {e}", j.path().display()))?;
+        }
         let mut w = self.db.begin_write().map_err(|e| self.err("writing", e))?;
         let durability = if self.sync_each {
             Durability::Immediate
@@ -475,12 +499,24 @@ impl Disk {
         self.room.notify_waiters();
     }
 
-    /// A durable, empty commit: makes every earlier non-durable commit durable.
+    /// A durable, empty commit: makes every earlier non-durable commit durable, and then
+    /// empties the journal, which held them until now.
     fn sync(&self) -> Result<(), String> {
+        let mut journal = self
+            .journal
+            .as_ref()
+            .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()));
         let mut w = self.db.begin_write().map_err(|e| self.err("syncing", e))?;
         w.set_durability(Durability::Immediate)
             .map_err(|e| self.err("syncing", e))?;
-        w.commit().map_err(|e| self.err("syncing", e))
+        w.commit().map_err(|e| self.err("syncing", e))?;
+        if let Some(j) = journal.as_mut() {
+            // Left as it is on failure: its entries are put back at the next start
+            // (duplicates of what redb holds are skipped there).
+            j.clear()
+                .map_err(|e| format!("emptying the queue's journal {}: {e}", j.path().display()))?;
+        }
+        Ok(())
     }
 
     /// Makes non-durable commits durable every `every`, while the queue exists.
@@ -518,6 +554,43 @@ impl Disk {
             .map(|i| i.samples)
             .sum()
     }
+}
+
+/// Opens the journal beside the queue file `path` and puts what it holds (requests
+/// acknowledged since the last sync before the process ended) back into `db`, durably;
+/// then empties it.
+fn recover_journal(db: &Database, path: &Path) -> Result<Journal, String> {
+    let jpath = path.with_extension("journal");
+    let (mut journal, recovered) = Journal::open(&jpath)
+        .map_err(|e| format!("cannot open the queue's journal {}: {e}", jpath.display()))?;
+    if recovered.torn_bytes > 0 {
+        tracing::warn!(path = %jpath.display(), bytes = recovered.torn_bytes, "the queue's journal ends in a write cut short (its request was never acknowledged); ignored");
+    }
+    if !recovered.entries.is_empty() {
+        let err = |e: &dyn std::fmt::Display| {
+            format!(
+                "putting the journal {} back into the queue: {e}",
+                jpath.display()
+            )
+        };
+        let w = db.begin_write().map_err(|e| err(&e))?;
+        let mut restored = 0;
+        {
+            let mut t = w.open_table(TABLE).map_err(|e| err(&e))?;
+            for (seq, rec) in &recovered.entries {
+                if t.get(*seq).map_err(|e| err(&e))?.is_none() {
+                    t.insert(*seq, rec.as_slice()).map_err(|e| err(&e))?;
+                    restored += 1;
+                }
+            }
+        }
+        w.commit().map_err(|e| err(&e))?;
+        tracing::info!(path = %jpath.display(), requests = restored, "requests acknowledged since the queue's last sync were restored from its journal");
+    }
+    journal
+        .clear()
+        .map_err(|e| format!("emptying the queue's journal {}: {e}", jpath.display()))?;
+    Ok(journal)
 }
 
 /// The queue file of an exporter (for tests and tools).

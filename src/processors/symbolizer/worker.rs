@@ -861,6 +861,10 @@ fn leaf_locations(dict: &ProfilesDictionary) -> HashSet<usize, Fast> {
 fn mapping_pids(req: &ProfilesRequest) -> HashMap<usize, u32> {
     let d = Dict::of(req);
     let mut out = HashMap::new();
+    // Many samples share one stack: each stack is walked once (the first pid that
+    // reaches a mapping wins anyway), so the work is linear in the request, not
+    // samples × stack depth.
+    let mut walked = std::collections::HashSet::new();
     for s in crate::otlp::view::profiles(req).flat_map(|p| &p.samples) {
         let pid = match d
             .find_attribute(&s.attribute_indices, semconv::PROCESS_PID)
@@ -870,6 +874,9 @@ fn mapping_pids(req: &ProfilesRequest) -> HashMap<usize, u32> {
             _ => None,
         };
         let Some(pid) = pid else { continue };
+        if !walked.insert(s.stack_index) {
+            continue;
+        }
         for &l in d.stack(s.stack_index) {
             if let Some(loc) = d.location(l) {
                 out.entry(loc.mapping_index as usize).or_insert(pid);

@@ -14,7 +14,7 @@ pub struct OtlpReceiverConfig {
     #[serde(default = "default_protocols")]
     pub protocols: Protocols,
     /// What one request may expand to once decoded (both protocols): `max_samples`,
-    /// `max_stacks`, `max_locations`, `max_decoded_size_mib`. A request over a limit is
+    /// `max_stacks`, `max_locations`, `max_stack_depth`, `max_decoded_size_mib`. A request over a limit is
     /// refused before it is decoded (gRPC RESOURCE_EXHAUSTED, HTTP 413).
     #[serde(default)]
     pub limits: crate::otlp::limits::DecodeLimits,
@@ -209,6 +209,7 @@ impl Validate for OtlpReceiverConfig {
             ("max_samples", l.max_samples),
             ("max_stacks", l.max_stacks),
             ("max_locations", l.max_locations),
+            ("max_stack_depth", l.max_stack_depth),
             ("max_decoded_size_mib", l.max_decoded_size_mib),
         ] {
             if v == 0 {
