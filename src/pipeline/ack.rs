@@ -8,10 +8,12 @@
 //! - an exporter with a disk queue, once committed to disk;
 //! - an exporter without a queue and a local writer, once delivered or written.
 //!
-//! When the last clone is released the receiver answers: OK if no holder failed, else
-//! the first failure's reason (the client retries; duplicates are possible, losses are
-//! not). A holder that gives data up calls [`Ack::fail`]; dropping without failing
-//! means success, so every drop path must fail the acks it holds.
+//! When the last clone is released the receiver answers: OK if every holder kept its
+//! copy ([`Acks::keep`]), else the first failure's reason (the client retries;
+//! duplicates are possible, losses are not). A holder that gives data up says why
+//! ([`Acks::reject`]); a clone dropped without either (a stage that ended or panicked
+//! with data in hand, a channel dropped with envelopes inside) fails the request too,
+//! so data that nobody holds is never acknowledged.
 
 use std::sync::{Arc, Mutex};
 
@@ -42,9 +44,33 @@ impl Drop for Inner {
     }
 }
 
-/// One receiver request's acknowledgement; clones are held by everything carrying its data.
-#[derive(Clone)]
-pub struct Ack(Arc<Inner>);
+/// One receiver request's acknowledgement; clones are held by everything carrying its
+/// data. Each clone must be kept ([`Ack::keep`]) or it fails the request when dropped.
+pub struct Ack {
+    inner: Arc<Inner>,
+    kept: bool,
+}
+
+/// Why a request failed when a holder dropped its copy without keeping it.
+pub const DROPPED: &str = "dropped inside the pipeline before it was kept";
+
+impl Clone for Ack {
+    /// A new holder: it too must keep its copy.
+    fn clone(&self) -> Self {
+        Ack {
+            inner: self.inner.clone(),
+            kept: false,
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.fail(DROPPED);
+        }
+    }
+}
 
 /// What the receiver waits on.
 pub type AckResult = oneshot::Receiver<Result<(), String>>;
@@ -53,20 +79,28 @@ impl Ack {
     pub fn new() -> (Ack, AckResult) {
         let (tx, rx) = oneshot::channel();
         (
-            Ack(Arc::new(Inner {
-                failure: Mutex::new(None),
-                done: Mutex::new(Some(tx)),
-            })),
+            Ack {
+                inner: Arc::new(Inner {
+                    failure: Mutex::new(None),
+                    done: Mutex::new(Some(tx)),
+                }),
+                kept: false,
+            },
             rx,
         )
     }
 
     /// Marks the request as not (wholly) kept; the first reason wins.
     pub fn fail(&self, reason: &str) {
-        let mut f = self.0.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.inner.failure.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
             *f = Some(reason.to_owned());
         }
+    }
+
+    /// This holder has its copy safe: releases it without failing the request.
+    pub fn keep(mut self) {
+        self.kept = true;
     }
 }
 
@@ -89,6 +123,12 @@ impl Acks {
     /// Gives the data up: fails every ack with `reason` and releases them.
     pub fn reject(self, reason: &str) {
         self.fail(reason);
+    }
+    /// The data is safe with this holder: releases every ack without failing it.
+    pub fn keep(self) {
+        for a in self.0 {
+            a.keep();
+        }
     }
     pub fn extend(&mut self, other: Acks) {
         self.0.extend(other.0);
@@ -132,16 +172,36 @@ mod tests {
         let (a, rx) = Ack::new();
         let held = Acks::one(a);
         let copy = held.clone();
-        drop(held);
+        held.keep();
         copy.fail("queue full");
         copy.fail("later");
         let third = copy.clone();
-        drop(copy);
-        drop(third);
+        copy.keep();
+        third.keep();
         assert_eq!(rx.await.unwrap(), Err("queue full".to_owned()));
 
         let (a, rx) = Ack::new();
-        drop(Acks::one(a));
+        let held = Acks::one(a);
+        held.clone().keep();
+        held.keep();
         assert_eq!(rx.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_copy_dropped_without_being_kept_fails_the_request() {
+        // A stage that ends (or panics) with data in hand, or a channel dropped with
+        // envelopes inside: the client must not hear OK for data nobody holds.
+        let (a, rx) = Ack::new();
+        let held = Acks::one(a);
+        let lost = held.clone();
+        held.keep();
+        drop(lost);
+        assert_eq!(rx.await.unwrap(), Err(DROPPED.to_owned()));
+
+        let (a, rx) = Ack::new();
+        let (tx, chan) = tokio::sync::mpsc::channel::<Acks>(1);
+        tx.send(Acks::one(a)).await.unwrap();
+        drop(chan);
+        assert_eq!(rx.await.unwrap(), Err(DROPPED.to_owned()));
     }
 }

@@ -332,7 +332,7 @@ async fn run_sender(
                     acks.reject("dropped at the shutdown deadline");
                 }
                 (Settled::Done, Some(failure)) => acks.reject(&failure),
-                (Settled::Done, None) => {}
+                (Settled::Done, None) => acks.keep(),
             }
         }
         acct.summary(0);
@@ -381,7 +381,10 @@ async fn run_sender(
         };
         match queue.push(item, &ctx.deadline).await {
             // Queued (and, for a disk queue, committed): the receiver may answer OK.
-            Ok(()) => full_warned = false,
+            Ok(()) => {
+                acks.keep();
+                full_warned = false;
+            }
             Err(PushError::Full(item)) => {
                 acks.reject("the sending queue is full");
                 acct.enqueue_failed.add(item.samples);
@@ -599,10 +602,9 @@ async fn run_writer<W: Writer>(
                         .flush_every
                         .map(|e| tokio::time::Instant::now() + e);
                 }
-                if let Some(e) = &outcome.error
-                    && outcome.failed > 0
-                {
-                    acks.reject(e);
+                match &outcome.error {
+                    Some(e) if outcome.failed > 0 => acks.reject(e),
+                    _ => acks.keep(),
                 }
                 settle(&ctx, &acct, &outcome, settings.what);
             }

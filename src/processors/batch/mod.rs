@@ -180,6 +180,8 @@ async fn flush(
         // What downstream does not take is counted (and its acks failed) by the fanout.
         let _ = out.send(Envelope::new(part, acks.clone())).await;
     }
+    // Every part carries its own copy on (a remainder kept here has none to wait on).
+    acks.keep();
 }
 
 #[cfg(test)]
