@@ -478,3 +478,105 @@ service:
     assert!(s.wait(Duration::from_secs(30)).success());
     assert_accounted("file", &s.exporter_summaries()["exporter/file"]);
 }
+
+/// A disk that fills up under the queue and is freed again: requests are refused (the
+/// clients retry them) while it is full, the process stays live but not ready, the
+/// queue is reopened without a restart, nothing is counted corrupt, and every
+/// acknowledged sample is delivered once the backend is up. For each `sync_interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(missing = "root", ignore = "needs root")]
+async fn a_queue_on_a_full_disk_refuses_recovers_when_freed_and_loses_nothing() {
+    if !stackline::testing::root_or_skip("full queue disk", "mounting a small tmpfs needs root") {
+        return;
+    }
+    for sync in ["0s", "1s"] {
+        full_disk_under_the_queue(sync).await;
+    }
+}
+
+async fn full_disk_under_the_queue(sync_interval: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("queue");
+    let _fs = Tmpfs::mount(&queue, "8m");
+    let backend_port = ReservedPort::new();
+    let backend_addr = backend_port.addr().to_string();
+    let cfg = persistent_gateway(&backend_addr, sync_interval);
+    let mut s = Stackline::start(dir.path(), &cfg);
+    let mut acked = send_all(s.endpoint(), 0, 2_000, 100).await;
+    assert_eq!(acked.len(), 2_000, "{}", s.logs());
+    // Fill what is left of the disk.
+    let filler = queue.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    }
+    let mut c = client(s.endpoint()).await;
+    let mut refused = 0;
+    let mut next = 2_000u64;
+    for _ in 0..200 {
+        if c.export(request("svc", next, 100, POOL)).await.is_ok() {
+            acked.extend(next..next + 100);
+        } else {
+            refused += 1;
+        }
+        next += 100;
+    }
+    assert!(
+        refused > 0,
+        "sync {sync_interval}: nothing was refused on a full disk"
+    );
+    let (ready, _) = s.get("/health/ready").await;
+    assert_eq!(
+        ready, 503,
+        "sync {sync_interval}: ready while the queue cannot write"
+    );
+    assert_eq!(s.get("/health/live").await.0, 200, "liveness must hold");
+    // Freed: the queue reopens and takes requests again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let recovered = eventually(Duration::from_secs(30), async || {
+        let ok = c.export(request("svc", next, 100, POOL)).await.is_ok();
+        if ok {
+            acked.extend(next..next + 100);
+        }
+        next += 100;
+        ok
+    })
+    .await;
+    assert!(
+        recovered,
+        "sync {sync_interval}: the queue did not recover:\n{}",
+        s.logs()
+    );
+    // The backend comes up: everything acknowledged arrives, nothing was corrupt.
+    let backend = Backend::default();
+    let _stop = backend.serve(backend_port).await;
+    let done = eventually(Duration::from_secs(60), async || {
+        let got: BTreeSet<u64> = backend.samples().iter().map(|x| x.0).collect();
+        acked.iter().all(|a| got.contains(a))
+    })
+    .await;
+    let got: BTreeSet<u64> = backend.samples().iter().map(|x| x.0).collect();
+    assert!(
+        done,
+        "sync {sync_interval}: {} of {} acknowledged samples arrived\n{}",
+        acked.iter().filter(|a| got.contains(a)).count(),
+        acked.len(),
+        s.logs()
+    );
+    assert_eq!(
+        s.metric(
+            "stackline_exporter_queue_corrupt_records_total",
+            &[("exporter", "otlp/backend")]
+        )
+        .await,
+        0.0,
+        "sync {sync_interval}: records counted corrupt"
+    );
+    eprintln!(
+        "sync {sync_interval}: {refused} requests refused while the disk was full; {} acknowledged, all delivered",
+        acked.len()
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
+}

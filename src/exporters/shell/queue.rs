@@ -81,6 +81,7 @@ impl Queue {
                     .await
                     .map_err(|e| format!("opening the queue on disk panicked: {e}"))??;
                 let d = Arc::new(d);
+                let _ = d.me.set(Arc::downgrade(&d));
                 if let Some(every) = s_interval(cfg) {
                     Disk::start_syncer(Arc::downgrade(&d), every);
                 }
@@ -186,14 +187,25 @@ impl Queue {
                 Slot::Memory(item) => return Some(Taken { item, seq: None }),
                 Slot::Disk { seq } => {
                     let Some(d) = self.disk.clone() else { continue };
-                    let read = tokio::task::spawn_blocking(move || d.read(seq)).await;
-                    if let Ok(Some(item)) = read {
-                        return Some(Taken {
-                            item,
-                            seq: Some(seq),
-                        });
+                    match tokio::task::spawn_blocking(move || d.read(seq)).await {
+                        Ok(Ok(Some(item))) => {
+                            return Some(Taken {
+                                item,
+                                seq: Some(seq),
+                            });
+                        }
+                        // Damaged or missing: counted and removed by `read`.
+                        Ok(Ok(None)) => {}
+                        // The disk failed, not the record: it waits its turn again
+                        // while the queue is reopened (on a closed queue it stays on
+                        // disk for the next start).
+                        Ok(Err(_)) | Err(_) => {
+                            if self.tx.try_send(Slot::Disk { seq }).is_err() {
+                                return None;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                     }
-                    // Corrupt or unreadable records are counted and removed by `read`.
                 }
             }
         }
@@ -234,7 +246,13 @@ fn s_interval(cfg: &QueueConfig) -> Option<Duration> {
 
 /// The queue's redb file.
 struct Disk {
-    db: Database,
+    /// None while it is being reopened after an I/O error.
+    db: std::sync::RwLock<Option<Database>>,
+    /// An I/O error was met: redb refuses every call after one (`PreviousIo`) until the
+    /// file is opened again, which a background thread does, with backoff.
+    broken: Arc<AtomicBool>,
+    /// Itself, for the reopen thread (set once it is in its Arc).
+    me: std::sync::OnceLock<std::sync::Weak<Disk>>,
     path: PathBuf,
     /// With `sync_interval` > 0: appends since the last sync, so that they survive
     /// SIGKILL (see `journal.rs`). Its lock also orders appends against syncs.
@@ -289,42 +307,16 @@ impl Disk {
         let path = queue_file(&cfg.directory, exporter);
         let corrupt =
             metrics::counter!(names::EXPORTER_QUEUE_CORRUPT, "exporter" => exporter.to_owned());
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(e @ redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(format!(
-                    "the queue file {} is in use by another process ({e}); give each stackline its own sending_queue.storage.directory",
-                    path.display()
-                ));
-            }
-            Err(e) => {
-                // Unreadable as a whole: keep it aside for inspection, start empty, count it.
-                let aside = path.with_extension(format!(
-                    "redb.corrupt-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0)
-                ));
-                tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "the sending queue on disk cannot be opened; it is moved aside and a new one started (what it held is not replayed)");
-                corrupt.increment(1);
-                std::fs::rename(&path, &aside).map_err(|e| {
-                    format!(
-                        "cannot move the corrupt queue {} aside: {e}",
-                        path.display()
-                    )
-                })?;
-                Database::create(&path)
-                    .map_err(|e| format!("cannot create the queue {}: {e}", path.display()))?
-            }
-        };
+        let db = open_db(&path, &corrupt)?;
         let journal = if cfg.sync_interval.is_zero() {
             None
         } else {
             Some(std::sync::Mutex::new(recover_journal(&db, &path)?))
         };
         let d = Disk {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
+            broken: Arc::new(AtomicBool::new(false)),
+            me: std::sync::OnceLock::new(),
             journal,
             path,
             next: AtomicU64::new(1),
@@ -354,8 +346,12 @@ impl Disk {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let (mut bytes, mut samples, mut last) = (0u64, 0u64, 0u64);
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| self.err("reading", "it is not open"))?;
         {
-            let r = self.db.begin_read().map_err(|e| self.err("reading", e))?;
+            let r = db.begin_read().map_err(|e| self.err("reading", e))?;
             match r.open_table(TABLE) {
                 Ok(t) => {
                     for entry in t.iter().map_err(|e| self.err("reading", e))? {
@@ -383,10 +379,7 @@ impl Disk {
         if !bad.is_empty() {
             tracing::error!(path = %self.path.display(), records = bad.len(), "damaged records in the sending queue on disk are skipped (counted in {})", names::EXPORTER_QUEUE_CORRUPT);
             self.corrupt.increment(bad.len() as u64);
-            let w = self
-                .db
-                .begin_write()
-                .map_err(|e| self.err("repairing", e))?;
+            let w = db.begin_write().map_err(|e| self.err("repairing", e))?;
             {
                 let mut t = w.open_table(TABLE).map_err(|e| self.err("repairing", e))?;
                 for seq in &bad {
@@ -416,6 +409,81 @@ impl Disk {
         self.bytes.load(Ordering::Relaxed) + (HEADER + len) as u64 <= self.max_bytes
     }
 
+    /// Runs `f` on the open file. An I/O error (or redb's `PreviousIo`, its answer to
+    /// every call after one) marks the queue broken and starts reopening it.
+    fn with_db<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, Fault> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = guard.as_ref() else {
+            return Err(Fault::Io(
+                self.err(what, "it is being reopened after an I/O error"),
+            ));
+        };
+        match f(db) {
+            Ok(v) => Ok(v),
+            Err(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => {
+                drop(guard);
+                self.start_reopen();
+                Err(Fault::Io(self.err(what, e)))
+            }
+            Err(e) => Err(Fault::Other(self.err(what, e))),
+        }
+    }
+
+    /// Reopens the file in the background, once per failure, with backoff.
+    fn start_reopen(&self) {
+        if self.broken.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(me) = self.me.get().cloned() else {
+            return;
+        };
+        tracing::error!(path = %self.path.display(), "the sending queue on disk failed; reopening it (requests are refused meanwhile, and clients retry them)");
+        let spawned = std::thread::Builder::new()
+            .name("queue-reopen".into())
+            .spawn(move || Disk::reopen(me));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the queue's reopen thread");
+        }
+    }
+
+    fn reopen(me: std::sync::Weak<Disk>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let Some(d) = me.upgrade() else { return };
+            let mut g = d.db.write().unwrap_or_else(|p| p.into_inner());
+            // Closing releases redb's lock on the file, so it can be opened again.
+            *g = None;
+            let db = match Database::create(&d.path) {
+                Ok(db) => db,
+                Err(e) => {
+                    tracing::warn!(path = %d.path.display(), error = %e, retry_in = ?backoff, "cannot reopen the sending queue yet");
+                    continue;
+                }
+            };
+            // What was acknowledged since the last sync goes back in from the journal.
+            if let Some(j) = &d.journal {
+                match recover_journal(&db, &d.path) {
+                    Ok(fresh) => *j.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot restore the queue's journal yet");
+                        continue;
+                    }
+                }
+            }
+            *g = Some(db);
+            d.broken.store(false, Ordering::SeqCst);
+            d.room.notify_waiters();
+            tracing::info!(path = %d.path.display(), "the sending queue on disk is open again");
+            return;
+        }
+    }
+
     /// Commits `item`; with `sync_interval: 0s` it is fsync'd before this returns,
     /// otherwise written to the journal first. Either way it survives SIGKILL once this
     /// returns.
@@ -430,20 +498,22 @@ impl Disk {
             j.append(seq, &rec)
                 .map_err(|e| format!("writing the queue's journal {}: {e}", j.path().display()))?;
         }
-        let mut w = self.db.begin_write().map_err(|e| self.err("writing", e))?;
         let durability = if self.sync_each {
             Durability::Immediate
         } else {
             Durability::None
         };
-        w.set_durability(durability)
-            .map_err(|e| self.err("writing", e))?;
-        {
-            let mut t = w.open_table(TABLE).map_err(|e| self.err("writing", e))?;
-            t.insert(seq, rec.as_slice())
-                .map_err(|e| self.err("writing", e))?;
-        }
-        w.commit().map_err(|e| self.err("writing", e))?;
+        self.with_db("writing", |db| {
+            let mut w = db.begin_write()?;
+            w.set_durability(durability)?;
+            {
+                let mut t = w.open_table(TABLE)?;
+                t.insert(seq, rec.as_slice())?;
+            }
+            w.commit()?;
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
         if !self.sync_each {
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -452,37 +522,49 @@ impl Disk {
         Ok(seq)
     }
 
-    fn read(&self, seq: u64) -> Option<Encoded> {
-        let got = (|| {
-            let r = self.db.begin_read().ok()?;
-            let t = r.open_table(TABLE).ok()?;
-            let v = t.get(seq).ok()??;
-            Some(v.value().to_vec())
-        })();
-        let item = got.as_deref().and_then(parse_record);
+    /// The record `seq`: `Ok(None)` if it is damaged or missing (counted and removed),
+    /// an error if the disk failed (the record may be fine: it is read again later).
+    fn read(&self, seq: u64) -> Result<Option<Encoded>, Fault> {
+        let got = self.with_db("reading", |db| {
+            let r = db.begin_read()?;
+            let t = match r.open_table(TABLE) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get(seq)?.map(|v| v.value().to_vec()))
+        });
+        let bytes = match got {
+            Ok(b) => b,
+            Err(Fault::Other(e)) => {
+                tracing::error!(path = %self.path.display(), seq, error = %e, "a request in the sending queue on disk cannot be read; skipped (counted)");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let item = bytes.as_deref().and_then(parse_record);
         if item.is_none() {
             tracing::error!(path = %self.path.display(), seq, "a request in the sending queue on disk is damaged or missing; skipped (counted)");
             self.corrupt.increment(1);
             self.remove(seq);
         }
-        item
+        Ok(item)
     }
 
     /// Deletes a settled record. Not fsync'd: if the process dies before the next
     /// durable commit, the record is sent again (a duplicate, never a loss).
     fn remove(&self, seq: u64) {
-        let r = (|| -> Result<u64, String> {
-            let mut w = self.db.begin_write().map_err(|e| self.err("updating", e))?;
-            w.set_durability(Durability::None)
-                .map_err(|e| self.err("updating", e))?;
+        let r = self.with_db("updating", |db| {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::None)?;
             let n = {
-                let mut t = w.open_table(TABLE).map_err(|e| self.err("updating", e))?;
-                let old = t.remove(seq).map_err(|e| self.err("updating", e))?;
+                let mut t = w.open_table(TABLE)?;
+                let old = t.remove(seq)?;
                 old.map_or(0, |v| v.value().len() as u64)
             };
-            w.commit().map_err(|e| self.err("updating", e))?;
+            w.commit()?;
             Ok(n)
-        })();
+        });
         match r {
             Ok(n) => {
                 self.dirty.store(true, Ordering::Relaxed);
@@ -506,10 +588,13 @@ impl Disk {
             .journal
             .as_ref()
             .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut w = self.db.begin_write().map_err(|e| self.err("syncing", e))?;
-        w.set_durability(Durability::Immediate)
-            .map_err(|e| self.err("syncing", e))?;
-        w.commit().map_err(|e| self.err("syncing", e))?;
+        self.with_db("syncing", |db| {
+            let mut w = db.begin_write()?;
+            w.set_durability(Durability::Immediate)?;
+            w.commit()?;
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
         if let Some(j) = journal.as_mut() {
             // Left as it is on failure: its entries are put back at the next start
             // (duplicates of what redb holds are skipped there).
@@ -544,15 +629,95 @@ impl Disk {
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "the sending queue could not be synced at shutdown");
         }
-        let Ok(r) = self.db.begin_read() else {
-            return 0;
+        self.with_db("reading", |db| {
+            let r = db.begin_read()?;
+            let t = match r.open_table(TABLE) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.iter()?
+                .flatten()
+                .filter_map(|(_, v)| parse_record(v.value()))
+                .map(|i| i.samples)
+                .sum())
+        })
+        .unwrap_or(0)
+    }
+}
+
+/// Opens (creating) the queue file. An I/O error is tried again for up to
+/// OPEN_RETRY_FOR (a disk that is briefly full or failing at start); a file redb says
+/// is corrupt is moved aside for inspection (`….redb.corrupt-<time>`), counted, and a
+/// new one started; anything else stops the exporter with a message saying what to do.
+fn open_db(path: &Path, corrupt: &metrics::Counter) -> Result<Database, String> {
+    let until = std::time::Instant::now() + OPEN_RETRY_FOR;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let e = match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(e) => e,
         };
-        let Ok(t) = r.open_table(TABLE) else { return 0 };
-        let Ok(iter) = t.iter() else { return 0 };
-        iter.flatten()
-            .filter_map(|(_, v)| parse_record(v.value()))
-            .map(|i| i.samples)
-            .sum()
+        match &e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                return Err(format!(
+                    "the queue file {} is in use by another process ({e}); give each stackline its own sending_queue.storage.directory",
+                    path.display()
+                ));
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))
+            | redb::DatabaseError::RepairAborted => {
+                let aside = path.with_extension(format!(
+                    "redb.corrupt-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                ));
+                tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "the sending queue on disk is corrupt and cannot be opened; it is moved aside and a new one started (what it held is not replayed)");
+                corrupt.increment(1);
+                std::fs::rename(path, &aside).map_err(|e| {
+                    format!(
+                        "cannot move the corrupt queue {} aside: {e}",
+                        path.display()
+                    )
+                })?;
+                continue;
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Io(_))
+                if std::time::Instant::now() < until =>
+            {
+                tracing::warn!(path = %path.display(), error = %e, retry_in = ?backoff, "cannot open the sending queue on disk; trying again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            _ => {
+                return Err(format!(
+                    "cannot open the queue {}: {e}; check the disk and the permissions of sending_queue.storage.directory",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
+/// How long opening a queue file is retried at start after an I/O error.
+const OPEN_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// What went wrong with the queue file.
+#[derive(Debug)]
+enum Fault {
+    /// The disk failed (or failed before: redb's `PreviousIo`); the file is reopened.
+    Io(String),
+    /// Anything else, e.g. a record redb says is corrupt.
+    Other(String),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Io(m) | Fault::Other(m) => f.write_str(m),
+        }
     }
 }
 
