@@ -85,3 +85,57 @@ async fn one_huge_stack_shared_by_many_samples_is_answered_at_once() {
     assert!(s.wait(Duration::from_secs(10)).success(), "{}", s.logs());
     eprintln!("stopped {:?} after SIGTERM", t.elapsed());
 }
+
+/// One OTLP/HTTP request: about 50 KB of gzip, `Content-Type: application/json`,
+/// decompressing to 32 MB of `{"x":[{"a":0},{"a":0},…]}`: four million small objects in
+/// a field OTLP does not have, which a reader must skip without building.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_of_millions_of_unknown_objects_is_skipped_in_small_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"
+receivers:
+  otlp:
+    protocols: { http: { endpoint: "{HTTP}", max_request_body_size_mib: 33 } }
+exporters: { debug: {} }
+service:
+  pipelines: { profiles: { receivers: [otlp], exporters: [debug] } }
+  telemetry: { metrics: { address: "{METRICS}" } }
+  shutdown_timeout: 5s
+"#;
+    let mut s = Stackline::start(dir.path(), cfg);
+    let mut body = Vec::with_capacity(33 << 20);
+    body.extend_from_slice(b"{\"x\":[");
+    for i in 0..4_000_000 {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"a\":0}");
+    }
+    body.extend_from_slice(b"]}");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &body).unwrap();
+    let gz = gz.finish().unwrap();
+    eprintln!("{} bytes of gzip, {} bytes of JSON", gz.len(), body.len());
+    let before = s.peak_rss_mib();
+    let t = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1development/profiles", s.http))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gz)
+        .send()
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let rss = s.peak_rss_mib();
+    eprintln!("answered {status} in {took:?}; peak RSS {before} -> {rss} MiB");
+    // An empty request: nothing to keep, so OK.
+    assert_eq!(status, 200, "{text}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    // The decompressed body (32 MiB) is held once, and nothing is built for it.
+    assert!(rss < 256, "peak RSS {rss} MiB");
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(10)).success(), "{}", s.logs());
+}

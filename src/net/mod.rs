@@ -8,6 +8,7 @@
 //!   does not hold up other clients;
 //! - graceful shutdown: in-flight requests finish, then connections close.
 
+pub mod admit;
 pub mod listen;
 pub mod tls;
 

@@ -18,6 +18,17 @@ pub struct OtlpReceiverConfig {
     /// refused before it is decoded (gRPC RESOURCE_EXHAUSTED, HTTP 413).
     #[serde(default)]
     pub limits: crate::otlp::limits::DecodeLimits,
+    /// Bytes of requests the receiver holds at once, both protocols together, from
+    /// decoding until the answer (their estimated decoded size, as `limits` measures
+    /// it). A request that does not fit is refused at once (gRPC RESOURCE_EXHAUSTED,
+    /// HTTP 503 with `Retry-After`), so the client retries later or elsewhere. Default
+    /// 256 (MiB): several requests at the 32 MiB message limit.
+    #[serde(default = "default_max_in_flight_mib")]
+    pub max_in_flight_mib: u64,
+}
+
+fn default_max_in_flight_mib() -> u64 {
+    256
 }
 
 impl Default for OtlpReceiverConfig {
@@ -25,6 +36,7 @@ impl Default for OtlpReceiverConfig {
         OtlpReceiverConfig {
             protocols: default_protocols(),
             limits: Default::default(),
+            max_in_flight_mib: default_max_in_flight_mib(),
         }
     }
 }
@@ -77,6 +89,10 @@ pub struct HttpConfig {
     /// Default `10s`.
     #[serde(with = "crate::config::units::duration")]
     pub read_header_timeout: std::time::Duration,
+    /// Time a client has to send a request's whole body once its headers are in; then
+    /// it is answered 408 and counted. Default `30s`.
+    #[serde(with = "crate::config::units::duration")]
+    pub read_timeout: std::time::Duration,
 }
 
 impl Default for HttpConfig {
@@ -88,6 +104,7 @@ impl Default for HttpConfig {
             tls: None,
             max_connections: 1024,
             read_header_timeout: std::time::Duration::from_secs(10),
+            read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -107,6 +124,14 @@ pub struct GrpcConfig {
     pub auth: Option<crate::auth::AuthConfig>,
     /// Requests in flight on one connection (HTTP/2 streams). Default 100.
     pub max_concurrent_streams: u32,
+    /// Connections open at once; further ones are closed on accept and counted in
+    /// `stackline_http_connections_refused_total{listener="otlp/grpc"}`. Default 1024
+    /// (one per agent that sends here).
+    pub max_connections: usize,
+    /// Time a client has to finish the TLS handshake (in plaintext, to send its first
+    /// bytes); then the connection is closed and counted. Default `10s`.
+    #[serde(with = "crate::config::units::duration")]
+    pub handshake_timeout: std::time::Duration,
     /// As the collector's `keepalive.server_parameters`.
     pub keepalive: Keepalive,
 }
@@ -189,6 +214,8 @@ impl Default for GrpcConfig {
             tls: None,
             auth: None,
             max_concurrent_streams: 100,
+            max_connections: 1024,
+            handshake_timeout: std::time::Duration::from_secs(10),
             keepalive: Keepalive::default(),
         }
     }
@@ -202,6 +229,12 @@ impl Validate for OtlpReceiverConfig {
             errs.push(ConfigError::new(
                 "protocols",
                 "no protocol is on; list `grpc:` and/or `http:`",
+            ));
+        }
+        if self.max_in_flight_mib == 0 {
+            errs.push(ConfigError::new(
+                "max_in_flight_mib",
+                "must be at least 1 (no request would ever fit)",
             ));
         }
         let l = &self.limits;
@@ -220,6 +253,12 @@ impl Validate for OtlpReceiverConfig {
             }
         }
         if let Some(g) = &p.grpc {
+            if g.max_connections == 0 {
+                errs.push(ConfigError::new(
+                    "protocols.grpc.max_connections",
+                    "must be at least 1",
+                ));
+            }
             if g.max_concurrent_streams == 0 {
                 errs.push(ConfigError::new(
                     "protocols.grpc.max_concurrent_streams",

@@ -27,6 +27,10 @@ struct Server {
     intake: Intake,
     auth: Option<crate::auth::TokenFile>,
     max_bytes: usize,
+    /// `limits.max_decoded_size_mib` in bytes: JSON is measured while it is read.
+    max_decoded_bytes: u64,
+    /// Time to read the whole body (`read_timeout`).
+    read_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -166,7 +170,21 @@ async fn export(
     }
     // Read no more than the limit off the wire (a compressed body may not exceed the
     // decompressed limit either).
-    let body: Bytes = match axum::body::to_bytes(body, s.max_bytes).await {
+    // Read no more than the limit, in no more than read_timeout: a client that
+    // trickles its body in does not hold a connection and a buffer for ever.
+    let read = tokio::time::timeout(s.read_timeout, axum::body::to_bytes(body, s.max_bytes));
+    let Ok(read) = read.await else {
+        s.intake.refused_undecodable();
+        return reply(
+            enc,
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the body did not arrive within {:?} (read_timeout)",
+                s.read_timeout
+            ),
+        );
+    };
+    let body: Bytes = match read {
         Ok(b) => b,
         Err(e) => {
             let inner = e.into_inner();
@@ -204,15 +222,32 @@ async fn export(
         }
     };
     // Protobuf is measured on the wire before it is decoded; JSON (which expands less)
-    // once decoded.
-    if enc == Encoding::Proto
-        && let Err(r) = s.intake.prescan(&raw)
-    {
-        return refusal(enc, r);
-    }
+    // while it is read (its decoded size) and once decoded (its counts).
+    // Its share of the receiver's in-flight budget, held until it is answered: the
+    // decoded estimate for protobuf, the body's size for JSON (whose parse is bounded by
+    // max_decoded_bytes on its own).
+    let _in_flight = match enc {
+        Encoding::Proto => match s.intake.prescan(&raw) {
+            Ok(fp) => s.intake.reserve(fp.decoded_bytes, fp.samples),
+            Err(r) => Err(r),
+        },
+        Encoding::Json => s.intake.reserve(raw.len() as u64, 0),
+    };
+    let _in_flight = match _in_flight {
+        Ok(h) => h,
+        Err(r) => return refusal(enc, r),
+    };
     let req = match enc {
         Encoding::Proto => ProfilesRequest::decode(raw.as_slice()).map_err(|e| e.to_string()),
-        Encoding::Json => crate::otlp::json::from_slice(&raw).map_err(|e| e.to_string()),
+        Encoding::Json => match crate::otlp::json::from_slice_limited(&raw, s.max_decoded_bytes) {
+            Ok(r) => Ok(r),
+            // Too large once decoded, like a protobuf body over its limits: 413.
+            Err(e) if e.is_over_limit() => {
+                s.intake.refused_too_large();
+                return reply(enc, StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+            }
+            Err(e) => Err(e.to_string()),
+        },
     };
     let req = match req {
         Ok(r) => r,
@@ -244,7 +279,7 @@ fn refusal(enc: Encoding, r: Refusal) -> Response {
         Refusal::Invalid(m) => reply(enc, StatusCode::BAD_REQUEST, &m),
         // Not 429: the same request would be refused again, so clients must not retry it.
         Refusal::TooLarge(m) => reply(enc, StatusCode::PAYLOAD_TOO_LARGE, &m),
-        Refusal::Unavailable(m) => {
+        Refusal::Unavailable(m) | Refusal::Busy(m) => {
             let mut r = reply(enc, StatusCode::SERVICE_UNAVAILABLE, &m);
             r.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -258,6 +293,7 @@ fn refusal(enc: Encoding, r: Refusal) -> Response {
 pub(super) async fn serve(
     cfg: HttpConfig,
     limits: crate::otlp::limits::DecodeLimits,
+    budget: super::intake::Budget,
     ctx: Context,
     out: Fanout,
 ) -> Result<JoinHandle<()>, StartError> {
@@ -281,10 +317,13 @@ pub(super) async fn serve(
     };
     crate::auth::warn_if_open("otlp/http", &cfg.endpoint, tls.is_some(), auth.is_some());
     let max_bytes = (cfg.max_request_body_size_mib as usize) << 20;
+    let max_decoded_bytes = limits.max_decoded_size_mib.saturating_mul(1 << 20);
     let server = Arc::new(Server {
-        intake: Intake::new(out, &ctx.id.to_string(), "http", limits),
+        intake: Intake::new(out, &ctx.id.to_string(), "http", limits, budget),
         auth,
         max_bytes,
+        max_decoded_bytes,
+        read_timeout: cfg.read_timeout,
     });
     let app = axum::Router::new()
         .route(PATH, axum::routing::post(export))

@@ -22,6 +22,31 @@ pub enum Refusal {
     /// Over a decode limit (RESOURCE_EXHAUSTED, 413); the message names the setting.
     #[error("request refused, nothing was accepted: {0}")]
     TooLarge(String),
+    /// The receiver holds its whole budget of requests in flight
+    /// (RESOURCE_EXHAUSTED, 503 with Retry-After): retry later.
+    #[error("request refused, nothing was accepted: {0}")]
+    Busy(String),
+}
+
+/// A request's share of the receiver's budget of bytes in flight, held until the
+/// request is answered.
+pub struct InFlight(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// The receiver's budget of bytes in flight, shared by its protocols.
+#[derive(Clone)]
+pub struct Budget {
+    kib: std::sync::Arc<tokio::sync::Semaphore>,
+    mib: u64,
+}
+
+impl Budget {
+    pub fn new(mib: u64) -> Budget {
+        let kib = (mib.saturating_mul(1024) as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
+        Budget {
+            kib: std::sync::Arc::new(tokio::sync::Semaphore::new(kib)),
+            mib,
+        }
+    }
 }
 
 /// The receiver's accepted and refused counters, by transport.
@@ -34,11 +59,19 @@ pub struct Intake {
     unauthenticated: Counter,
     too_large: Counter,
     over_limit: Counter,
+    over_budget: Counter,
     limits: DecodeLimits,
+    budget: Budget,
 }
 
 impl Intake {
-    pub fn new(out: Fanout, receiver: &str, transport: &'static str, limits: DecodeLimits) -> Self {
+    pub fn new(
+        out: Fanout,
+        receiver: &str,
+        transport: &'static str,
+        limits: DecodeLimits,
+        budget: Budget,
+    ) -> Self {
         let labels = [
             ("receiver", receiver.to_owned()),
             ("transport", transport.to_owned()),
@@ -57,7 +90,9 @@ impl Intake {
             unauthenticated: refused("unauthenticated"),
             too_large: refused("too_large"),
             over_limit: refused("over_limit"),
+            over_budget: refused("over_budget"),
             limits,
+            budget,
         }
     }
 
@@ -72,13 +107,30 @@ impl Intake {
 
     /// Measures an encoded request against the decode limits before it is decoded;
     /// one over them is counted (its samples, as the wire says) and refused.
-    pub fn prescan(&self, raw: &[u8]) -> Result<(), Refusal> {
+    pub fn prescan(&self, raw: &[u8]) -> Result<Footprint, Refusal> {
         match crate::otlp::limits::footprint(raw) {
             Err(e) => {
                 self.invalid.increment(1);
                 Err(Refusal::Invalid(e.to_string()))
             }
-            Ok(fp) => self.within_limits(&fp),
+            Ok(fp) => self.within_limits(&fp).map(|()| fp),
+        }
+    }
+
+    /// Takes `bytes` of the receiver's budget of requests in flight (`max_in_flight_mib`)
+    /// for as long as the returned value is held; refuses at once when the budget is
+    /// spent, so that many large requests at once cannot take the memory of the process.
+    pub fn reserve(&self, bytes: u64, samples: u64) -> Result<InFlight, Refusal> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        match self.budget.kib.clone().try_acquire_many_owned(kib) {
+            Ok(p) => Ok(InFlight(Some(p))),
+            Err(_) => {
+                self.over_budget.increment(samples.max(1));
+                Err(Refusal::Busy(format!(
+                    "the receiver holds its budget of requests in flight (max_in_flight_mib: {}); retry later",
+                    self.budget.mib
+                )))
+            }
         }
     }
 

@@ -40,12 +40,14 @@ impl Receiver for OtlpReceiver {
         out: Fanout,
     ) -> Result<JoinHandle<()>, StartError> {
         let p = self.cfg.protocols.clone();
+        let budget = intake::Budget::new(self.cfg.max_in_flight_mib);
         let mut tasks = Vec::new();
         if let Some(g) = p.grpc {
-            tasks.push(service::serve(g, self.cfg.limits.clone(), ctx.clone(), out.clone()).await?);
+            let limits = self.cfg.limits.clone();
+            tasks.push(service::serve(g, limits, budget.clone(), ctx.clone(), out.clone()).await?);
         }
         if let Some(h) = p.http {
-            match http::serve(h, self.cfg.limits.clone(), ctx.clone(), out.clone()).await {
+            match http::serve(h, self.cfg.limits.clone(), budget, ctx.clone(), out.clone()).await {
                 Ok(t) => tasks.push(t),
                 Err(e) => {
                     for t in &tasks {

@@ -4,7 +4,6 @@ use bytes::Buf;
 use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings};
 use tonic::codegen::{BoxFuture, http};
 use tonic::{Request, Response, Status};
@@ -12,7 +11,7 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use super::GrpcConfig;
-use super::intake::{Intake, Refusal};
+use super::intake::{Budget, InFlight, Intake, Refusal};
 use crate::otlp::collector::{ExportProfilesServiceRequest, ExportProfilesServiceResponse};
 use crate::pipeline::{Context, Fanout, StartError};
 use crate::telemetry::names;
@@ -37,7 +36,7 @@ fn status(r: Refusal) -> Status {
     match r {
         Refusal::Invalid(m) => Status::invalid_argument(m),
         Refusal::Unavailable(m) => Status::unavailable(m),
-        Refusal::TooLarge(m) => Status::resource_exhausted(m),
+        Refusal::TooLarge(m) | Refusal::Busy(m) => Status::resource_exhausted(m),
     }
 }
 
@@ -46,13 +45,18 @@ fn status(r: Refusal) -> Status {
 struct LimitedDecoder(Arc<Service>);
 
 impl Decoder for LimitedDecoder {
-    type Item = ExportProfilesServiceRequest;
+    type Item = Held;
     type Error = Status;
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         let raw = buf.copy_to_bytes(buf.remaining());
-        self.0.intake.prescan(&raw).map_err(status)?;
+        let fp = self.0.intake.prescan(&raw).map_err(status)?;
+        let in_flight = self
+            .0
+            .intake
+            .reserve(fp.decoded_bytes, fp.samples)
+            .map_err(status)?;
         match ExportProfilesServiceRequest::decode(raw) {
-            Ok(r) => Ok(Some(r)),
+            Ok(req) => Ok(Some(Held { req, in_flight })),
             Err(e) => {
                 self.0.intake.refused_undecodable();
                 Err(Status::invalid_argument(format!(
@@ -63,11 +67,17 @@ impl Decoder for LimitedDecoder {
     }
 }
 
+/// A decoded request with its share of the in-flight budget.
+struct Held {
+    req: ExportProfilesServiceRequest,
+    in_flight: InFlight,
+}
+
 struct ExportCodec(Arc<Service>);
 
 impl Codec for ExportCodec {
     type Encode = ExportProfilesServiceResponse;
-    type Decode = ExportProfilesServiceRequest;
+    type Decode = Held;
     type Encoder = tonic_prost::ProstEncoder<ExportProfilesServiceResponse>;
     type Decoder = LimitedDecoder;
     fn encoder(&mut self) -> Self::Encoder {
@@ -80,12 +90,17 @@ impl Codec for ExportCodec {
 
 struct ExportMethod(Arc<Service>);
 
-impl tonic::server::UnaryService<ExportProfilesServiceRequest> for ExportMethod {
+impl tonic::server::UnaryService<Held> for ExportMethod {
     type Response = ExportProfilesServiceResponse;
     type Future = BoxFuture<Response<Self::Response>, Status>;
-    fn call(&mut self, request: Request<ExportProfilesServiceRequest>) -> Self::Future {
+    fn call(&mut self, request: Request<Held>) -> Self::Future {
         let svc = self.0.clone();
-        Box::pin(async move { svc.export(request.into_inner()).await })
+        Box::pin(async move {
+            let Held { req, in_flight } = request.into_inner();
+            let r = svc.export(req).await;
+            drop(in_flight);
+            r
+        })
     }
 }
 
@@ -145,33 +160,10 @@ const SERVICE_NAME: &str = "opentelemetry.proto.collector.profiles.v1development
 const EXPORT_PATH: &str =
     "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
 
-fn server_tls(
-    t: &super::ServerTlsConfig,
-    ctx: &Context,
-) -> Result<tonic::transport::ServerTlsConfig, StartError> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |what: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| {
-            format!(
-                "cannot read receivers.{}.protocols.grpc.tls.{what} {}: {e}",
-                ctx.id,
-                p.display()
-            )
-        })
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-        read("cert_file", &t.cert_file)?,
-        read("key_file", &t.key_file)?,
-    ));
-    if let Some(ca) = &t.client_ca_file {
-        tls = tls.client_ca_root(Certificate::from_pem(read("client_ca_file", ca)?));
-    }
-    Ok(tls)
-}
-
 pub(super) async fn serve(
     cfg: GrpcConfig,
     limits: crate::otlp::limits::DecodeLimits,
+    budget: Budget,
     ctx: Context,
     out: Fanout,
 ) -> Result<JoinHandle<()>, StartError> {
@@ -194,7 +186,7 @@ pub(super) async fn serve(
         auth.is_some(),
     );
     let svc = Arc::new(Service {
-        intake: Intake::new(out, &id, "grpc", limits),
+        intake: Intake::new(out, &id, "grpc", limits, budget),
     });
     let unauthenticated = metrics::counter!(names::RECEIVER_REFUSED, "receiver" => id.clone(), "transport" => "grpc", "reason" => "unauthenticated");
     let max = (cfg.max_recv_msg_size_mib as usize) << 20;
@@ -234,11 +226,18 @@ pub(super) async fn serve(
         .max_connection_age
         .zip(sp.max_connection_age_grace)
         .map(|(age, grace)| age.saturating_add(grace));
-    if let Some(t) = &cfg.tls {
-        builder = builder
-            .tls_config(server_tls(t, &ctx)?)
-            .map_err(|e| format!("receivers.{}.protocols.grpc.tls rejected: {e}", ctx.id))?;
-    }
+    // TLS is done in admission (with its time limit), not by tonic.
+    let tls = match &cfg.tls {
+        Some(t) => Some(
+            crate::net::tls::acceptor(&t.cert_file, &t.key_file, t.client_ca_file.as_deref())
+                .map_err(|e| format!("receivers.{}.protocols.grpc.tls: {e}", ctx.id))?,
+        ),
+        None => None,
+    };
+    let admission = crate::net::admit::Admission {
+        max_connections: cfg.max_connections,
+        handshake_timeout: cfg.handshake_timeout,
+    };
     tracing::info!(receiver = %id, endpoint = %local, tls = cfg.tls.is_some(), "OTLP gRPC receiver listening");
     ctx.health.running();
     let shutdown = ctx.shutdown.clone();
@@ -246,8 +245,14 @@ pub(super) async fn serve(
         let result = builder
             .add_service(server)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener)
-                    .map(move |conn| conn.map(|c| super::aged::Aged::new(c, lifetime))),
+                crate::net::admit::incoming(
+                    "otlp/grpc",
+                    listener,
+                    tls,
+                    admission,
+                    shutdown.clone(),
+                )
+                .map(move |conn| conn.map(|c| super::aged::Aged::new(c, lifetime))),
                 shutdown.cancelled(),
             )
             .await;

@@ -1,0 +1,187 @@
+//! The receivers' listeners hold up against clients that hold connections open, stall
+//! or send more than the receiver can hold: each bound is a setting, and each is tried
+//! here with a real client.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn gateway(grpc_extra: &str, receiver_extra: &str) -> String {
+    format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{ endpoint: "{{OTLP}}" {grpc_extra} }}
+      http: {{ endpoint: "{{HTTP}}", read_timeout: 1s }}
+    {receiver_extra}
+exporters: {{ debug: {{}} }}
+service:
+  pipelines: {{ profiles: {{ receivers: [otlp], exporters: [debug] }} }}
+  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
+  shutdown_timeout: 5s
+"#
+    )
+}
+
+async fn refused(s: &Stackline, reason: &str) -> f64 {
+    s.metric(
+        "stackline_http_connections_refused_total",
+        &[("listener", "otlp/grpc"), ("reason", reason)],
+    )
+    .await
+}
+
+/// Waits until the server closes `c` (a read returns 0 or an error); how long that took.
+fn closed_after(mut c: std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    c.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => return Some(t.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return None,
+            Err(_) => return Some(t.elapsed()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_past_max_connections_are_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Stackline::start(dir.path(), &gateway(", max_connections: 2", ""));
+    let req = || stackline::otlp::synth::request("svc", 0, 5, 3);
+    let mut a = client(s.endpoint()).await;
+    let mut b = client(s.endpoint()).await;
+    a.export(req()).await.unwrap();
+    b.export(req()).await.unwrap();
+    // A third connection is closed on accept: the client cannot get a request through.
+    let third = async {
+        let mut c =
+            stackline::otlp::collector::profiles_service_client::ProfilesServiceClient::connect(
+                s.endpoint(),
+            )
+            .await?;
+        c.export(req())
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), third)
+            .await
+            .is_ok_and(|r| r.is_err()),
+        "a third connection got through"
+    );
+    assert!(refused(&s, "too_many_connections").await >= 1.0);
+    // Once one closes, a new one is served.
+    drop(a);
+    let ok = eventually(Duration::from_secs(10), async || {
+        match stackline::otlp::collector::profiles_service_client::ProfilesServiceClient::connect(
+            s.endpoint(),
+        )
+        .await
+        {
+            Ok(mut c) => c.export(req()).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(ok, "a slot freed by a closed connection was not reused");
+    b.export(req()).await.unwrap();
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(10)).success(), "{}", s.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_that_connects_and_stalls_is_cut_off_at_the_handshake_timeout() {
+    // Plaintext: a connection that sends nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Stackline::start(
+        dir.path(),
+        &gateway(", handshake_timeout: 1s, max_connections: 4", ""),
+    );
+    let silent: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(s.otlp).unwrap())
+        .collect();
+    for c in silent {
+        let t = closed_after(c, Duration::from_secs(10)).expect("a silent connection stayed open");
+        assert!(t < Duration::from_secs(5), "closed only after {t:?}");
+    }
+    assert!(refused(&s, "silent").await >= 4.0);
+    // The four slots they held are free again.
+    client(s.endpoint())
+        .await
+        .export(stackline::otlp::synth::request("svc", 0, 5, 3))
+        .await
+        .unwrap();
+
+    // TLS: a connection that never finishes the handshake.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let tls = format!(
+        r#", handshake_timeout: 1s, tls: {{ cert_file: "{}", key_file: "{}" }}"#,
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let s = Stackline::start(dir.path(), &gateway(&tls, ""));
+    let mut c = std::net::TcpStream::connect(s.otlp).unwrap();
+    // The start of a ClientHello, and then nothing.
+    c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    let t = closed_after(c, Duration::from_secs(10)).expect("a stalled handshake stayed open");
+    assert!(t < Duration::from_secs(5), "closed only after {t:?}");
+    assert!(refused(&s, "tls_handshake").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_in_flight_budget_are_refused_for_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Stackline::start(dir.path(), &gateway("", "max_in_flight_mib: 1"));
+    let mut c = client(s.endpoint()).await;
+    // About 2 MiB once decoded: more than the whole budget.
+    let big = stackline::otlp::synth::request("svc", 0, 20_000, 4);
+    let e = c.export(big).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_in_flight_mib"), "{e:?}");
+    // Smaller ones fit, one after another: each gives its share back when answered.
+    for i in 0..5 {
+        c.export(stackline::otlp::synth::request("svc", i * 100, 100, 4))
+            .await
+            .unwrap();
+    }
+    assert!(
+        s.metric(
+            "otelcol_receiver_refused_profile_samples_total",
+            &[("reason", "over_budget")]
+        )
+        .await
+            >= 20_000.0
+    );
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(10)).success(), "{}", s.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_body_that_trickles_in_is_answered_408_at_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Stackline::start(dir.path(), &gateway("", ""));
+    let mut c = std::net::TcpStream::connect(s.http).unwrap();
+    write!(
+        c,
+        "POST /v1development/profiles HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\n"
+    )
+    .unwrap();
+    c.write_all(&[0u8; 10]).unwrap();
+    let t = Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = c.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
