@@ -123,6 +123,8 @@ metric_names! {
     gauge EBPF_UNWIND_TABLES_PENDING = "stackline_ebpf_unwind_tables_pending";
     /// Unwind tables evicted, least recently used first, to stay within `unwind.max_memory`.
     counter EBPF_UNWIND_TABLE_EVICTIONS = "stackline_ebpf_unwind_table_evictions_total";
+    /// Executable mappings left out of the unwind index, by reason: `process_cap` (one process past its share of the index), `index_full`; tried again at the process's next read. Label: `reason`.
+    counter EBPF_UNWIND_MAPPINGS_REFUSED = "stackline_ebpf_unwind_mappings_refused_total";
     /// Requests from the eBPF program for unwind information, by result: `sent`, `lost` (ring buffer full). Label: `result`.
     counter EBPF_UNWIND_EVENTS = "stackline_ebpf_unwind_events_total";
 

@@ -268,9 +268,16 @@ impl Worker {
         start: u64,
         limit: u64,
     ) -> FileChoice {
+        // Per process when files are looked up on this host: two processes may map
+        // different files at one path that declare one build ID (containers, or a
+        // forged ELF), and each must get its own. Debug directories are not per process.
         let key = (
             build_id.cloned(),
-            if build_id.is_some() { None } else { pid },
+            if build_id.is_some() && !self.cfg.uses(SymbolSource::Host) {
+                None
+            } else {
+                pid
+            },
             path.to_owned(),
             if build_id.is_some() { 0 } else { start },
         );
@@ -331,6 +338,13 @@ impl Worker {
             (Some(h), _) => (Some(h), None),
             (None, d) => (d, None),
         };
+        // The chosen file's identity names it in the cache, with its build ID: two files
+        // that declare one build ID (a process can run an ELF carrying libc's) are still
+        // two files, and one's names must never be given to the other's frames.
+        let ident = chosen.as_ref().and_then(|f| f.metadata().ok()).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        });
         let chosen = chosen.map(|f| self.unpack(f, build_id));
         let choice = match chosen.map(|(f, private)| {
             if private {
@@ -344,7 +358,13 @@ impl Worker {
                     self.handed += 1;
                     self.copied += copied;
                     self.meters.copied.increment(copied);
-                    let name: Rc<str> = Rc::from(build_id.map_or(path, BuildId::as_str));
+                    let name: Rc<str> = match (build_id, ident) {
+                        (Some(b), Some((dev, ino))) => {
+                            Rc::from(format!("{}@{dev}:{ino}", b.as_str()))
+                        }
+                        (Some(b), None) => Rc::from(b.as_str()),
+                        (None, _) => Rc::from(path),
+                    };
                     let next = self.file_ids.len() as u32;
                     let id = *self.file_ids.entry(name).or_insert(next);
                     FileChoice::Found {

@@ -5,8 +5,9 @@
 //! `/proc/PID/maps` at first sight, on exec, pid reuse and when the program asks), it
 //! maps each executable mapping to its executable's table id and loads the table if
 //! needed; the process's address ranges go into the mapping index. Executables are
-//! keyed by GNU build ID (else a hash of their first and last 4 KiB and length), so a
-//! library shared by many processes has one table. Tables are evicted least recently
+//! keyed by GNU build ID (else a hash of their first and last 4 KiB and length) together
+//! with the file's identity (device, inode, size, change time), so a library shared by
+//! many processes has one table, and a file that claims another's build ID has its own. Tables are evicted least recently
 //! used first to stay within `unwind.max_memory`.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +20,7 @@ use aya::maps::lpm_trie::Key;
 use metrics::{Counter, Gauge, Histogram};
 
 use super::rules::{Chunk, MappingInfo};
-use super::table::{Table, bias, build};
+use super::table::{Table, bias};
 use crate::host::elf::{Segment, segments, segments_in};
 use crate::host::proc::MapEntry;
 use crate::receivers::ebpf_profiler::loader::TableMaps;
@@ -77,7 +78,7 @@ pub fn spawn(maps: TableMaps, max_memory: u64) -> std::io::Result<Handle> {
     let built = tx.clone();
     std::thread::Builder::new()
         .name("unwind-build".into())
-        .spawn(move || build_loop(jobs_rx, built))?;
+        .spawn(move || build_loop(jobs_rx, built, super::table::Bounds::for_budget(max_memory)))?;
     let mut m = Manager::new(maps, max_memory, jobs_tx);
     std::thread::Builder::new()
         .name("unwind-tables".into())
@@ -121,10 +122,10 @@ impl Source {
         }
     }
 
-    fn build(&self) -> Result<Table, super::table::TableError> {
+    fn build(&self, bounds: super::table::Bounds) -> Result<Table, super::table::TableError> {
         match self {
-            Source::File(f) => build(&object::ReadCache::new(&**f)),
-            Source::Bytes(b) => build(&b[..]),
+            Source::File(f) => super::table::build_within(&object::ReadCache::new(&**f), bounds),
+            Source::Bytes(b) => super::table::build_within(&b[..], bounds),
         }
     }
 }
@@ -143,7 +144,12 @@ struct Range {
     bias: u64,
 }
 
+/// Entries of the mapping index (an LPM trie of 2^20) one process may hold.
+const MAX_PREFIXES_PER_PROCESS: usize = 16 << 10;
+
 struct Meters {
+    refused_cap: Counter,
+    refused_full: Counter,
     bytes: Gauge,
     tables: Gauge,
     pending: Gauge,
@@ -173,7 +179,7 @@ struct Manager {
 }
 
 /// Builds tables as they are asked for, smallest file first among those waiting.
-fn build_loop(jobs: Receiver<(u64, Source)>, done: SyncSender<Msg>) {
+fn build_loop(jobs: Receiver<(u64, Source)>, done: SyncSender<Msg>, bounds: super::table::Bounds) {
     let mut waiting: Vec<(u64, Source)> = Vec::new();
     loop {
         if waiting.is_empty() {
@@ -190,10 +196,11 @@ fn build_loop(jobs: Receiver<(u64, Source)>, done: SyncSender<Msg>) {
         };
         let (id, f) = waiting.swap_remove(i);
         let t0 = Instant::now();
-        let table = crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || f.build())
-            .unwrap_or(Err(super::table::TableError::Frames(
-                "the table build panicked".into(),
-            )));
+        let table =
+            crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || f.build(bounds))
+                .unwrap_or(Err(super::table::TableError::Frames(
+                    "the table build panicked".into(),
+                )));
         let msg = Msg::Built {
             id,
             table,
@@ -205,9 +212,19 @@ fn build_loop(jobs: Receiver<(u64, Source)>, done: SyncSender<Msg>) {
     }
 }
 
-/// The table id of an executable: its build ID's first 8 bytes, else a hash of its
-/// first and last 4 KiB and its length. Never 0 (which means "no table").
-fn exe_id<'d, R: object::ReadRef<'d>>(data: R) -> u64 {
+/// A file's identity on this host: device, inode, size and change time. Two files
+/// that declare the same build ID are still two files: a process that runs an ELF
+/// carrying libc's build ID must not change how every other process's libc is unwound.
+fn identity(f: &std::fs::File) -> Option<(u64, u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec()))
+}
+
+/// The table id of an executable: a hash of its build ID (else of its first and last
+/// 4 KiB and its length) and of the file's identity where there is one (not for the
+/// vDSO). Never 0 (which means "no table").
+fn exe_id<'d, R: object::ReadRef<'d>>(data: R, file: Option<(u64, u64, u64, i64, i64)>) -> u64 {
     let from_id = crate::host::elf::build_id_in(data)
         .filter(|id| id.as_str().len() >= 16)
         .map(|id| id.prefix_u64());
@@ -223,6 +240,14 @@ fn exe_id<'d, R: object::ReadRef<'d>>(data: R) -> u64 {
         len.hash(&mut h);
         h.finish()
     });
+    let id = match file {
+        None => id,
+        Some(ident) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (id, ident).hash(&mut h);
+            h.finish()
+        }
+    };
     id.max(1)
 }
 
@@ -263,6 +288,8 @@ impl Manager {
             pending: HashSet::new(),
             jobs,
             meters: Meters {
+                refused_cap: metrics::counter!(names::EBPF_UNWIND_MAPPINGS_REFUSED, "reason" => "process_cap"),
+                refused_full: metrics::counter!(names::EBPF_UNWIND_MAPPINGS_REFUSED, "reason" => "index_full"),
                 bytes: metrics::gauge!(names::EBPF_UNWIND_TABLE_BYTES),
                 tables: metrics::gauge!(names::EBPF_UNWIND_TABLES),
                 pending: metrics::gauge!(names::EBPF_UNWIND_TABLES_PENDING),
@@ -300,7 +327,7 @@ impl Manager {
                 self.vdso = Some(own_vdso().and_then(|data| {
                     let data: std::sync::Arc<[u8]> = data.into();
                     let info = FileInfo {
-                        exe_id: exe_id(&data[..]),
+                        exe_id: exe_id(&data[..], None),
                         segments: segments_in(&data[..])?.into(),
                     };
                     Some((info, data))
@@ -315,7 +342,7 @@ impl Manager {
         }
         let file = crate::host::open::open_mapped(pid, m.start, m.end, &m.path).ok()?;
         let info = segments(&file).map(|segs| FileInfo {
-            exe_id: exe_id(&object::ReadCache::new(&file)),
+            exe_id: exe_id(&object::ReadCache::new(&file), identity(&file)),
             segments: segs.into(),
         });
         // Bound the cache: files come and go with processes.
@@ -369,6 +396,12 @@ impl Manager {
         self.meters.build.record(took.as_secs_f64());
         let table = match table {
             Ok(t) => t,
+            Err(e @ super::table::TableError::TooLarge { .. }) => {
+                tracing::warn!(exe_id = format!("{id:x}"), error = %e, "an unwind table was refused before it was built; its frames fall back to frame pointers");
+                build_result("too_large").increment(1);
+                self.no_table.insert(id);
+                return;
+            }
             Err(e) => {
                 tracing::debug!(exe_id = format!("{id:x}"), error = %e, "no unwind table");
                 build_result("no_frames").increment(1);
@@ -463,8 +496,11 @@ impl Manager {
         }
     }
 
-    fn set_range(&mut self, pid: u32, r: &Range, insert: bool) {
-        for (addr, bits) in prefixes(r.start, r.end) {
+    /// Inserts (or removes) a range's prefixes; an insert that fails part-way (the
+    /// index is full) is undone and reported as false, so it is tried again later.
+    fn set_range(&mut self, pid: u32, r: &Range, insert: bool) -> bool {
+        let all = prefixes(r.start, r.end);
+        for (i, &(addr, bits)) in all.iter().enumerate() {
             // The pid's 32 bits, then the address's `bits`.
             let key = Key::new(
                 MAPPING_KEY_BITS - 64 + bits,
@@ -488,8 +524,21 @@ impl Manager {
                 && insert
             {
                 tracing::debug!(pid, error = %e, "cannot add a mapping to the unwind index");
+                let done = all[..i].to_vec();
+                for (addr, bits) in done {
+                    let key = Key::new(
+                        MAPPING_KEY_BITS - 64 + bits,
+                        MappingKeyData {
+                            pid_be: pid.to_be(),
+                            addr_be: addr.to_be(),
+                        },
+                    );
+                    let _ = self.maps.mappings.remove(&key);
+                }
+                return false;
             }
         }
+        true
     }
 
     fn process(&mut self, pid: u32, maps: &[MapEntry]) {
@@ -532,10 +581,26 @@ impl Manager {
         if removed {
             self.bump_generation();
         }
-        for r in want.iter().filter(|r| !old.contains(r)) {
-            self.set_range(pid, r, true);
+        // One process may hold at most MAX_PREFIXES_PER_PROCESS entries of the index,
+        // so that one with tens of thousands of executable mappings cannot fill it for
+        // everyone. Ranges left out (past the cap, or refused by a full index) are not
+        // remembered as in the index, so the next read of the process tries them again.
+        let mut kept = Vec::with_capacity(want.len());
+        let mut used = 0;
+        for r in want {
+            let n = prefixes(r.start, r.end).len();
+            if used + n > MAX_PREFIXES_PER_PROCESS {
+                self.meters.refused_cap.increment(1);
+                continue;
+            }
+            if old.contains(&r) || self.set_range(pid, &r, true) {
+                used += n;
+                kept.push(r);
+            } else {
+                self.meters.refused_full.increment(1);
+            }
         }
-        self.procs.insert(pid, want);
+        self.procs.insert(pid, kept);
     }
 
     fn gone(&mut self, pid: u32) {

@@ -136,6 +136,37 @@ pub enum TableError {
     NoFrames,
     #[error("reading the frame section failed: {0}")]
     Frames(String),
+    /// Past the memory bound, found before the table is built in full.
+    #[error("{what} is larger than the unwind table budget allows ({limit}; unwind.max_memory)")]
+    TooLarge { what: String, limit: u64 },
+}
+
+/// What building one table may take. The rows read from the frame section are held
+/// (16 bytes each, before merging) until the table is packed; a crafted section packs
+/// a row into two bytes. So both the section and the rows are bounded before they are
+/// read, not after: a table is refused as soon as either passes its bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Bytes of the `.eh_frame` or `.debug_frame` section.
+    pub section_bytes: u64,
+    /// Rows read from it, all FDEs together.
+    pub rows: u64,
+}
+
+impl Bounds {
+    /// For a budget of `max_memory` bytes of tables: a section no larger than the
+    /// budget, and rows whose raw form takes no more than it.
+    pub fn for_budget(max_memory: u64) -> Bounds {
+        Bounds {
+            section_bytes: max_memory,
+            rows: max_memory / 16,
+        }
+    }
+
+    pub const NONE: Bounds = Bounds {
+        section_bytes: u64::MAX,
+        rows: u64::MAX,
+    };
 }
 
 /// The x86_64 lazy-PLT CFA expression: `rsp + 8 + ((rip & 15) >= N) << 3`, with N in byte 6.
@@ -235,10 +266,12 @@ fn read_fdes<R: gimli::Reader, S: UnwindSection<R>>(
     text: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
     stats: &mut TableStats,
     out: &mut Vec<Fde>,
+    max_rows: u64,
 ) -> Result<(), TableError>
 where
     S::Offset: std::hash::Hash,
 {
+    let mut held: u64 = 0;
     let mut ctx = Box::new(UnwindContext::new());
     let mut cies = std::collections::HashMap::new();
     let mut entries = section.entries(bases);
@@ -311,6 +344,13 @@ where
                         stats.plt_rows += 1;
                     }
                     rows.push((row.start_address(), rule));
+                    held += 1;
+                    if held > max_rows {
+                        return Err(TableError::TooLarge {
+                            what: format!("the frame section's rows (over {max_rows})"),
+                            limit: max_rows,
+                        });
+                    }
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -331,13 +371,38 @@ where
 
 /// Builds the table of an ELF file's bytes.
 pub fn build<'d, R: object::ReadRef<'d>>(data: R) -> Result<Table, TableError> {
-    let (fdes, mut stats) = fdes(data)?;
+    build_within(data, Bounds::NONE)
+}
+
+/// Builds the table of an ELF file's bytes, refused as soon as it passes `bounds`.
+pub fn build_within<'d, R: object::ReadRef<'d>>(
+    data: R,
+    bounds: Bounds,
+) -> Result<Table, TableError> {
+    let (fdes, mut stats) = fdes_within(data, bounds)?;
     Ok(paginate(intervals(fdes, &mut stats), stats))
 }
 
 /// Every FDE of an ELF file's bytes, with its rows as compact rules (before merging).
 pub fn fdes<'d, R: object::ReadRef<'d>>(data: R) -> Result<(Vec<Fde>, TableStats), TableError> {
+    fdes_within(data, Bounds::NONE)
+}
+
+fn fdes_within<'d, R: object::ReadRef<'d>>(
+    data: R,
+    bounds: Bounds,
+) -> Result<(Vec<Fde>, TableStats), TableError> {
     let file = object::File::parse(data).map_err(|e| TableError::Elf(e.to_string()))?;
+    // Checked before a section is read: its data is read whole.
+    let sized = |size: u64| -> Result<(), TableError> {
+        if size > bounds.section_bytes {
+            return Err(TableError::TooLarge {
+                what: format!("a {size}-byte frame section"),
+                limit: bounds.section_bytes,
+            });
+        }
+        Ok(())
+    };
     let mut stats = TableStats::default();
     let mut fdes = Vec::new();
     // Only the bytes asked for: through a `ReadCache`, a segment's `data_range` reads and
@@ -354,6 +419,7 @@ pub fn fdes<'d, R: object::ReadRef<'d>>(data: R) -> Result<(Vec<Fde>, TableStats
     };
     let text_addr = file.section_by_name(".text").map_or(0, |s| s.address());
     if let Some(eh) = file.section_by_name(".eh_frame") {
+        sized(eh.size())?;
         let data = eh.data().map_err(|e| TableError::Frames(e.to_string()))?;
         let mut bases = BaseAddresses::default()
             .set_eh_frame(eh.address())
@@ -365,11 +431,19 @@ pub fn fdes<'d, R: object::ReadRef<'d>>(data: R) -> Result<(Vec<Fde>, TableStats
             bases = bases.set_got(got.address());
         }
         let section = EhFrame::new(data, LittleEndian);
-        read_fdes(&section, &bases, &text_bytes, &mut stats, &mut fdes)?;
+        read_fdes(
+            &section,
+            &bases,
+            &text_bytes,
+            &mut stats,
+            &mut fdes,
+            bounds.rows,
+        )?;
     }
     if fdes.is_empty()
         && let Some(df) = file.section_by_name(".debug_frame")
     {
+        sized(df.size())?;
         let data = df.data().map_err(|e| TableError::Frames(e.to_string()))?;
         let mut section = DebugFrame::new(data, LittleEndian);
         section.set_address_size(8);
@@ -379,6 +453,7 @@ pub fn fdes<'d, R: object::ReadRef<'d>>(data: R) -> Result<(Vec<Fde>, TableStats
             &text_bytes,
             &mut stats,
             &mut fdes,
+            bounds.rows,
         )?;
     }
     if fdes.is_empty() {

@@ -490,3 +490,41 @@ fn walks_core_files_frame_by_frame_like_gdb() {
         );
     }
 }
+
+/// A table past its bounds is refused while it is read, not after it is built: a
+/// crafted frame section packs a row into two bytes, and the rows are held until the
+/// table is packed.
+#[test]
+fn a_table_past_its_bounds_is_refused_before_it_is_built() {
+    let libc = [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libc");
+    let data = std::fs::read(libc).unwrap();
+    let whole = super::table::build_within(&data[..], super::table::Bounds::for_budget(64 << 20))
+        .expect("libc fits the default budget");
+    assert!(whole.stats.rows > 1000);
+    let few_rows = super::table::Bounds {
+        section_bytes: u64::MAX,
+        rows: 1000,
+    };
+    let Err(e) = super::table::build_within(&data[..], few_rows) else {
+        panic!("a table of over 1000 rows was built within a 1000-row bound");
+    };
+    assert!(
+        matches!(e, super::table::TableError::TooLarge { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("unwind.max_memory"), "{e}");
+    let small_section = super::table::Bounds {
+        section_bytes: 4096,
+        rows: u64::MAX,
+    };
+    let Err(e) = super::table::build_within(&data[..], small_section) else {
+        panic!("a table was built from a section over its bound");
+    };
+    assert!(e.to_string().contains("frame section"), "{e}");
+}
