@@ -138,6 +138,8 @@ metric_names! {
     counter SYMBOLIZER_COPIED_BYTES = "stackline_symbolizer_copied_bytes_total";
     /// Files with compressed debug sections given a decompressed copy on disk (`result="ok"`), or left to blazesym to decompress in memory because the copy could not be made: `unwritable` (decompress_dir), `too_large` (over 512 MiB), `invalid` (malformed sections).
     counter SYMBOLIZER_UNPACKED = "stackline_symbolizer_unpacked_files_total";
+    /// Stripped binaries whose `.gnu_debuglink` was followed, once per file: `found` (a debug file in `debug_dirs` with the right CRC32, used), or symbolized without one: `not_found`, `crc_mismatch`, `invalid_name` (not a plain file name, or a malformed section), `unusable_file` (not a regular file, over 1 GiB, or unreadable). Label: `result`.
+    counter SYMBOLIZER_DEBUGLINKS = "stackline_symbolizer_debuglinks_total";
     /// Time to symbolize one request, in seconds.
     histogram SYMBOLIZER_DURATION = "stackline_symbolizer_duration_seconds";
 }

@@ -13,7 +13,9 @@ use crate::config::{ConfigError, Validate};
 pub struct SymbolizerConfig {
     /// Where separate debug files and binaries are found by GNU build ID, laid out as
     /// `.build-id/ab/cdef….debug`, or as a flat directory of ELF files (indexed at start
-    /// and again when the directory changes). Also searched for `.gnu_debuglink` files.
+    /// and again when the directory changes). Also where a stripped binary's
+    /// `.gnu_debuglink` name is looked up (`DIR/<the binary's directory>/NAME`, then
+    /// `DIR/NAME`; never next to the binary), its CRC checked.
     /// Default `[/usr/lib/debug]`.
     pub debug_dirs: Vec<PathBuf>,
     /// Resolved frames kept, by (file or build ID, offset). Default 262144.

@@ -7,6 +7,7 @@
 //! queue; each thread sends what it finished on down the pipeline itself.
 
 mod config;
+mod debuglink;
 pub mod files;
 mod unpack;
 pub mod worker;

@@ -26,6 +26,7 @@ use lru::LruCache;
 use metrics::{Counter, Histogram};
 
 use super::SymbolizerConfig;
+use super::debuglink;
 use super::files::{BuildIdIndex, ElfFile, host_candidates};
 use crate::host::elf::BuildId;
 use crate::host::open::open_regular;
@@ -104,10 +105,27 @@ enum Key {
     Kernel(u64),
 }
 
+/// Whether blazesym reads a file's DWARF, and with it may follow the file's debug links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dwarf {
+    /// ELF symbols only: the file names other files (a sampled process chose them).
+    Off,
+    /// Its DWARF, with no directory to search: the file names no other file (see
+    /// [`debuglink::names_other_files`]).
+    Own,
+    /// A debug file from `debug_dirs` (the operator's): its DWARF, and the supplementary
+    /// (dwz) files it names, looked for in `debug_dirs` as distributions lay them out.
+    Trusted,
+}
+
 /// How a mapping's file was found, cached per mapping identity.
 #[derive(Debug, Clone)]
 enum FileChoice {
-    Found { id: u32, file: Rc<ElfFile> },
+    Found {
+        id: u32,
+        file: Rc<ElfFile>,
+        dwarf: Dwarf,
+    },
     Missing(&'static str),
 }
 
@@ -122,6 +140,8 @@ struct Meters {
 pub struct Worker {
     cfg: SymbolizerConfig,
     sym: Symbolizer,
+    /// For debug files from `debug_dirs` (see [`Dwarf::Trusted`]).
+    sym_trusted: Symbolizer,
     /// Files handed to `sym` since it was made, and the bytes of those that had to be
     /// copied: blazesym keeps every file it opened, so past a bound it is made anew.
     handed: usize,
@@ -194,7 +214,8 @@ impl Worker {
             // on a node with many short-lived processes).
             cache: LruCache::unbounded_with_hasher(Fast::default()),
             files: HashMap::new(),
-            sym: make_symbolizer(&cfg),
+            sym: make_symbolizer(&cfg, false),
+            sym_trusted: make_symbolizer(&cfg, true),
             handed: 0,
             copied: 0,
             file_ids: HashMap::new(),
@@ -230,16 +251,20 @@ const MAX_UNPACKED_BYTES: u64 = 1 << 30;
 /// symbolized.
 const MAX_COPY: u64 = 1 << 30;
 
-fn make_symbolizer(cfg: &SymbolizerConfig) -> Symbolizer {
+/// A symbolizer; `trusted` ones search `debug_dirs` for the files a debug file links to.
+fn make_symbolizer(cfg: &SymbolizerConfig, trusted: bool) -> Symbolizer {
     Symbolizer::builder()
         .enable_code_info(cfg.code_info)
         .enable_inlined_fns(cfg.inlines)
         // Names are demangled here, so the mangled name stays available as system_name.
         .enable_demangling(false)
-        // Host binaries' .gnu_debuglink targets are looked for in debug_dirs only when
-        // that source is listed (an empty list: nowhere; None would mean blazesym's
-        // defaults).
-        .set_debug_dirs(Some(if cfg.uses(SymbolSource::DebugDirs) {
+        // blazesym searches no directory of its own (None would mean its defaults).
+        // That alone does not stop it following links: it still looks next to the file
+        // and takes absolute names as they are. So every file it gets whose links it
+        // would follow is given with `debug_syms` off, and `.gnu_debuglink` is resolved
+        // here instead (see `debuglink`).
+        // Only the trusted one, for files from debug_dirs, searches those.
+        .set_debug_dirs(Some(if trusted && cfg.uses(SymbolSource::DebugDirs) {
             cfg.debug_dirs.clone()
         } else {
             Vec::new()
@@ -292,7 +317,8 @@ impl Worker {
             || self.unpacked_bytes >= MAX_UNPACKED_BYTES
         {
             self.files.clear();
-            self.sym = make_symbolizer(&self.cfg);
+            self.sym = make_symbolizer(&self.cfg, false);
+            self.sym_trusted = make_symbolizer(&self.cfg, true);
             self.handed = 0;
             self.copied = 0;
             // The copies close with blazesym's handles and these: their disk is freed.
@@ -330,11 +356,29 @@ impl Worker {
                 }
             }
         }
-        let debug = by_id.and_then(|p| open_regular(&p).ok());
+        let mut debug = by_id.and_then(|p| open_regular(&p).ok());
+        // A debug file is only ever found in debug_dirs (so `debug` is None without them).
+        let stripped = host.as_ref().is_some_and(|h| {
+            self.cfg.uses(SymbolSource::DebugDirs) && !crate::host::elf::has_dwarf(h)
+        });
+        if let Some(h) = host.as_ref().filter(|_| stripped && debug.is_none()) {
+            let found = debuglink::find(h, path, &self.cfg.debug_dirs, MAX_COPY);
+            if let Some(result) = found.result() {
+                metrics::counter!(names::SYMBOLIZER_DEBUGLINKS, "result" => result).increment(1);
+            }
+            if let debuglink::Lookup::Found(d) = found {
+                debug = Some(d);
+            }
+        }
         // The host file first; a stripped one yields to a debug file with the same build
-        // ID, and then gives the layout.
+        // ID (or the one its .gnu_debuglink names), and then gives the layout.
+        let from_debug_dirs = match (&host, &debug) {
+            (Some(_), Some(_)) => stripped,
+            (None, d) => d.is_some(),
+            _ => false,
+        };
         let (chosen, layout) = match (host, debug) {
-            (Some(h), Some(d)) if !crate::host::elf::has_dwarf(&h) => (Some(d), Some(h)),
+            (Some(h), Some(d)) if stripped => (Some(d), Some(h)),
             (Some(h), _) => (Some(h), None),
             (None, d) => (d, None),
         };
@@ -353,8 +397,17 @@ impl Worker {
                 crate::host::open::mappable(f, MAX_COPY)
             }
         }) {
-            Some(Ok((f, copied))) => match ElfFile::new(f, layout.as_ref()) {
-                Some(f) => {
+            Some(Ok((f, copied))) => match (
+                if from_debug_dirs {
+                    Dwarf::Trusted
+                } else if debuglink::names_other_files(&f) {
+                    Dwarf::Off
+                } else {
+                    Dwarf::Own
+                },
+                ElfFile::new(f, layout.as_ref()),
+            ) {
+                (dwarf, Some(f)) => {
                     self.handed += 1;
                     self.copied += copied;
                     self.meters.copied.increment(copied);
@@ -370,9 +423,10 @@ impl Worker {
                     FileChoice::Found {
                         id,
                         file: Rc::new(f),
+                        dwarf,
                     }
                 }
-                None => FileChoice::Missing("unreadable_file"),
+                (_, None) => FileChoice::Missing("unreadable_file"),
             },
             Some(Err(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
                 FileChoice::Missing("file_too_large_to_copy")
@@ -512,13 +566,18 @@ impl Worker {
         }
     }
 
-    /// Symbolizes addresses of one ELF file (virtual addresses in that file).
-    pub fn symbolize_elf(&self, path: &std::path::Path, vaddrs: &[u64]) -> Vec<Resolved> {
-        let src = Source::Elf(Elf::new(path));
-        self.convert(
-            self.sym.symbolize(&src, Input::VirtOffset(vaddrs)),
-            vaddrs.len(),
-        )
+    /// Symbolizes addresses of one ELF file (virtual addresses in that file), reading
+    /// its DWARF as `dwarf` says.
+    fn symbolize_elf(&self, path: &std::path::Path, vaddrs: &[u64], dwarf: Dwarf) -> Vec<Resolved> {
+        let mut elf = Elf::new(path);
+        elf.debug_syms = dwarf != Dwarf::Off;
+        let src = Source::Elf(elf);
+        let sym = if dwarf == Dwarf::Trusted {
+            &self.sym_trusted
+        } else {
+            &self.sym
+        };
+        self.convert(sym.symbolize(&src, Input::VirtOffset(vaddrs)), vaddrs.len())
     }
 
     /// Symbolizes kernel addresses.
@@ -580,9 +639,10 @@ impl Worker {
             m.memory_start,
             m.memory_limit,
         ) {
-            FileChoice::Found { id, file } => Plan::File {
+            FileChoice::Found { id, file, dwarf } => Plan::File {
                 id,
                 file,
+                dwarf,
                 memory_start: m.memory_start,
                 memory_limit: m.memory_limit,
                 file_offset: m.file_offset,
@@ -606,7 +666,7 @@ impl Worker {
         // Pass 1: the cache answers what it can; the rest is grouped per file.
         let mut ready: Vec<(usize, Rc<Resolved>)> = Vec::new();
         let mut pending: Vec<(usize, Key)> = Vec::new();
-        let mut missing_files: HashMap<u32, (Rc<ElfFile>, Vec<u64>)> = HashMap::new();
+        let mut missing_files: HashMap<u32, (Rc<ElfFile>, Dwarf, Vec<u64>)> = HashMap::new();
         let mut missing_kernel: Vec<u64> = Vec::new();
         let mut queued: HashSet<Key, Fast> = HashSet::default();
         for li in 1..dict.location_table.len() {
@@ -647,6 +707,7 @@ impl Worker {
                     memory_start,
                     memory_limit,
                     file_offset,
+                    ..
                 } => {
                     if !(memory_start <= loc.address && loc.address < memory_limit) {
                         *unresolved.entry("address_outside_mapping").or_default() += 1;
@@ -676,10 +737,10 @@ impl Worker {
             }
             if queued.insert(key.clone()) {
                 match (&key, &plan) {
-                    (Key::File(id, vaddr), Plan::File { file, .. }) => missing_files
+                    (Key::File(id, vaddr), Plan::File { file, dwarf, .. }) => missing_files
                         .entry(*id)
-                        .or_insert_with(|| (file.clone(), Vec::new()))
-                        .1
+                        .or_insert_with(|| (file.clone(), *dwarf, Vec::new()))
+                        .2
                         .push(*vaddr),
                     (Key::Kernel(a), _) => missing_kernel.push(*a),
                     _ => {}
@@ -692,8 +753,8 @@ impl Worker {
         // Pass 2: one blazesym call per file, and one for the kernel. Fresh results are
         // kept here too, so a cache smaller than one request cannot lose them.
         let mut fresh: HashMap<Key, Rc<Resolved>, Fast> = HashMap::default();
-        for (id, (file, vaddrs)) in missing_files {
-            let results = self.symbolize_elf(&file.path, &vaddrs);
+        for (id, (file, dwarf, vaddrs)) in missing_files {
+            let results = self.symbolize_elf(&file.path, &vaddrs, dwarf);
             for (v, r) in vaddrs.into_iter().zip(results) {
                 fresh.insert(Key::File(id, v), Rc::new(r));
             }
@@ -746,6 +807,7 @@ enum Plan {
     File {
         id: u32,
         file: Rc<ElfFile>,
+        dwarf: Dwarf,
         memory_start: u64,
         memory_limit: u64,
         file_offset: u64,
