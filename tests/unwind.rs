@@ -297,7 +297,7 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
     let before_pid = line.trim().strip_prefix("ready ").unwrap().to_owned();
 
     let mut s = Stackline::start(dir.path(), &agent_config());
-    let loaded = eventually(Duration::from_secs(10), async || {
+    let loaded = eventually(Duration::from_secs(60), async || {
         s.metric(
             "stackline_ebpf_program_loads_total",
             &[("program", "stackline_unwind"), ("outcome", "success")],
@@ -479,7 +479,7 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
         "report_interval: 1s\n    unwind: { mode: frame_pointer }",
     );
     let mut s = Stackline::start(dir.path(), &config);
-    let loaded = eventually(Duration::from_secs(10), async || {
+    let loaded = eventually(Duration::from_secs(60), async || {
         s.metric(
             "stackline_ebpf_program_loads_total",
             &[("program", "stackline_sample"), ("outcome", "success")],
@@ -507,7 +507,7 @@ async fn frame_pointer_mode_follows_the_chain_through_deep_and_large_frames() {
         .collect();
     // The program walked the chains itself (the kernel's walk, its fallback, counts
     // no frames), and ended them where RBP stopped pointing at a frame.
-    let walked = eventually(Duration::from_secs(10), async || {
+    let walked = eventually(Duration::from_secs(60), async || {
         s.metric(
             "stackline_ebpf_unwind_frames_total",
             &[("method", "frame_pointer")],

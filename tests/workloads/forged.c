@@ -2,7 +2,7 @@
  * and -DVARIANT=2 and one build ID given to both (-Wl,--build-id=0x...), without frame
  * pointers. Their functions have other names and other frame sizes, so a table or a
  * symbol taken from the other program gives a broken or misnamed stack.
- * Usage: forged SECONDS. Prints "ready PID". */
+ * Usage: forged SECONDS (of CPU time). Prints "ready PID". */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,11 +44,16 @@ int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 3.0;
     printf("ready %d\n", getpid());
     fflush(stdout);
-    struct timespec a, b;
+    /* SECONDS of CPU time (ten times that of wall time at most): as often sampled on a
+     * busy machine as on an idle one. */
+    struct timespec a, b, ca, cb;
     clock_gettime(CLOCK_MONOTONIC, &a);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ca);
     do {
         OUTER(1000000);
         clock_gettime(CLOCK_MONOTONIC, &b);
-    } while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9 < seconds);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cb);
+    } while ((cb.tv_sec - ca.tv_sec) + (cb.tv_nsec - ca.tv_nsec) * 1e-9 < seconds
+             && (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9 < 10 * seconds);
     return 0;
 }

@@ -11,7 +11,7 @@
  *   deep      the shares rounds under a 13-deep recursion: 20-frame stacks (benchmarks)
  *   forever   a -> b -> c -> spin until killed (for core files)
  *   qsort     spin inside a qsort comparator, under libc's qsort (for core files)
- * Prints "ready PID" once calibrated, then runs for SECONDS of wall time.
+ * Prints "ready PID" once calibrated, then runs for SECONDS of each thread's CPU time.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -101,9 +101,17 @@ __attribute__((noinline)) static void calibrate(void) {
     chunk = per_ms / 10 + 1;
 }
 
+/* True while the thread has spent less than SECONDS of CPU time since `cpu0` (and less
+ * than ten times that of wall time since `wall0`): on a busy machine a run takes longer
+ * and is sampled as often as on an idle one. */
+static int running(double cpu0, double wall0) {
+    return now(CLOCK_THREAD_CPUTIME_ID) - cpu0 < seconds
+        && now(CLOCK_MONOTONIC) - wall0 < 10 * seconds;
+}
+
 __attribute__((noinline)) void rounds(void) {
-    double start = now(CLOCK_MONOTONIC);
-    while (now(CLOCK_MONOTONIC) - start < seconds) {
+    double cpu0 = now(CLOCK_THREAD_CPUTIME_ID), wall0 = now(CLOCK_MONOTONIC);
+    while (running(cpu0, wall0)) {
         if (use_big) big_frame(60); else hot_a(60);
         hot_b(30);
         read_zero(fd, 10);
@@ -123,8 +131,8 @@ __attribute__((noinline)) void *thread_main(void *arg) {
 
 __attribute__((noinline)) uint64_t recurse(int depth) {
     if (depth == 0) {
-        double start = now(CLOCK_MONOTONIC);
-        while (now(CLOCK_MONOTONIC) - start < seconds) spin(per_ms);
+        double cpu0 = now(CLOCK_THREAD_CPUTIME_ID), wall0 = now(CLOCK_MONOTONIC);
+        while (running(cpu0, wall0)) spin(per_ms);
         return sink;
     }
     uint64_t r = recurse(depth - 1);
