@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-30}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(otlp_path symbolizer_request config_loader)
+[ ${#targets[@]} -gt 0 ] || targets=(otlp_path otlp_json symbolizer_request config_loader)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 # No sanitizer: the code under test is safe Rust, and libFuzzer alone runs it several
 # times faster, so a bounded run covers more inputs.
