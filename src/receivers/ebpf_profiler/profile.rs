@@ -646,7 +646,13 @@ impl IntervalProfile {
             let fp = i < 128 && s.user_by_fp & (1 << i) != 0;
             let f = self.user_frame(s.tgid, addr, fp, s.ktime_ns, r, now);
             if !f.mapped && known {
-                unmapped += 1;
+                // In no mapping even though the maps were read after the sample was
+                // taken: not an address of the process as it is (a sample taken inside
+                // execve carries the old image's user registers), and what was walked
+                // from it is no better. The stack is cut here and the frames counted,
+                // rather than sent as locations that belong to no mapping.
+                unmapped += (s.user.len() - i) as u64;
+                break;
             }
             locations.push(f.location);
         }
