@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -57,30 +57,8 @@ service:
   telemetry: { metrics: { address: "{METRICS}" } }
 "#;
     let mut s = Stackline::start(dir.path(), config);
-    let loaded = eventually(Duration::from_secs(20), async || {
-        s.metric(
-            "stackline_ebpf_program_loads_total",
-            &[("program", "stackline_unwind"), ("outcome", "success")],
-        )
-        .await
-            >= 1.0
-    })
-    .await;
-    assert!(loaded, "the unwinder did not load:\n{}", s.logs());
-    let start = |exe: &std::path::Path| {
-        let mut c = Command::new(exe)
-            .arg("6")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        (c, line.trim().strip_prefix("ready ").unwrap().to_owned())
-    };
+    wait_unwinder_loaded(&s).await;
+    let start = |exe: &std::path::Path| spawn_ready(Command::new(exe).arg("6"));
     // Side by side: both are sampled while both are mapped.
     let (mut c1, pid1) = start(&one);
     let (mut c2, pid2) = start(&two);

@@ -283,30 +283,10 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
     ));
 
     // A process started before the agent.
-    let mut before = Command::new(&gcc)
-        .args(["shares", "12"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(before.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let before_pid = line.trim().strip_prefix("ready ").unwrap().to_owned();
+    let (mut before, before_pid) = spawn_ready(Command::new(&gcc).args(["shares", "12"]));
 
     let mut s = Stackline::start(dir.path(), &agent_config());
-    let loaded = eventually(Duration::from_secs(60), async || {
-        s.metric(
-            "stackline_ebpf_program_loads_total",
-            &[("program", "stackline_unwind"), ("outcome", "success")],
-        )
-        .await
-            >= 1.0
-    })
-    .await;
-    assert!(loaded, "the unwinder did not load:\n{}", s.logs());
+    wait_unwinder_loaded(&s).await;
     // Warm-up: the tables of what runs now (libc, the loader, this test's own binary)
     // are built once; the cases below measure a warm agent.
     let built = eventually(Duration::from_secs(20), async || {

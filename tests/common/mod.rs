@@ -580,6 +580,38 @@ pub fn build_c_workload(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
     out
 }
 
+/// Starts `cmd` (a test workload) and reads the `ready PID` line it prints once it
+/// runs: the child, still running, and its pid.
+pub fn spawn_ready(cmd: &mut Command) -> (Child, String) {
+    let mut c = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = line
+        .trim()
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("no `ready PID` line: {line:?}"))
+        .to_owned();
+    (c, pid)
+}
+
+/// Waits (at most 60 s) until the agent `s` has loaded its native unwinder.
+pub async fn wait_unwinder_loaded(s: &Stackline) {
+    let loaded = eventually(Duration::from_secs(60), async || {
+        s.metric(
+            "stackline_ebpf_program_loads_total",
+            &[("program", "stackline_unwind"), ("outcome", "success")],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(loaded, "the unwinder did not load:\n{}", s.logs());
+}
+
 /// Output of a command that must succeed.
 pub fn run_tool(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd)
