@@ -67,6 +67,61 @@ fn is(name: &str, want: &str) -> bool {
     name == want || name.ends_with(&format!("::{want}"))
 }
 
+/// One sample as a line: its stop reason, then its frames, leaf first.
+fn describe(x: &FlatSample) -> String {
+    let frames: Vec<String> = x
+        .frames
+        .iter()
+        .map(|f| {
+            format!(
+                "{:#x}:{}@{}({})",
+                f.address,
+                f.functions.join("/"),
+                f.filename,
+                f.unwind_method
+            )
+        })
+        .collect();
+    format!(
+        "  stop {:?}, {} sample(s): {}",
+        x.attrs.get("stackline.unwind.stop"),
+        x.timestamps.len(),
+        frames.join(" <- ")
+    )
+}
+
+/// The samples of `pid` that do not reach `root`, each with its time after the
+/// process's first sample: when they were taken says whether they are the start-up gap.
+fn stopped_early(all: &[FlatSample], pid: &str, root: &str) -> String {
+    let mine: Vec<&FlatSample> = all
+        .iter()
+        .filter(|x| x.attrs.get("process.pid").map(String::as_str) == Some(pid))
+        .collect();
+    let first = mine
+        .iter()
+        .flat_map(|x| x.timestamps.iter().copied())
+        .min()
+        .unwrap_or(0);
+    let mut lines: Vec<(u64, String)> = mine
+        .iter()
+        .filter(|x| !x.frames.iter().any(|f| names(f).any(|n| is(n, root))))
+        .map(|x| {
+            let t = x.timestamps.iter().copied().min().unwrap_or(first);
+            (t, describe(x))
+        })
+        .collect();
+    lines.sort();
+    let shown: Vec<String> = lines
+        .iter()
+        .take(30)
+        .map(|(t, d)| format!("  +{:.1} ms {d}", (t - first) as f64 / 1e6))
+        .collect();
+    format!(
+        "  samples of {pid} not reaching {root}:\n{}",
+        shown.join("\n")
+    )
+}
+
 fn analyze(all: &[FlatSample], pid: &str, root: &str) -> Seen {
     let has = |x: &FlatSample, f: &str| x.frames.iter().any(|fr| names(fr).any(|n| is(n, f)));
     // Start-up calibration (before "ready") is not what a case measures.
@@ -380,7 +435,12 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
                 );
             }
         }
-        if !check_case(c, &seen, 0.95, &mut failures) {
+        let before = failures.len();
+        let ok = check_case(c, &seen, 0.95, &mut failures);
+        if failures.len() > before {
+            failures.push(stopped_early(&all, pid, c.root));
+        }
+        if !ok {
             continue;
         }
         match c.name {
@@ -393,9 +453,22 @@ async fn stacks_without_frame_pointers_reach_main_with_their_shares() {
                     .map(|(_, n)| n)
                     .sum::<usize>();
                 if (clone3 as f64) < 0.95 * seen.samples as f64 {
+                    // Show a few of the others whole: where they stop says why.
+                    let others: Vec<String> = all
+                        .iter()
+                        .filter(|x| x.attrs.get("process.pid") == Some(pid))
+                        .filter(|x| {
+                            !x.frames
+                                .last()
+                                .is_some_and(|f| names(f).any(|n| n.contains("clone3")))
+                        })
+                        .take(4)
+                        .map(describe)
+                        .collect();
                     failures.push(format!(
-                        "threads: stacks end at {:?}, not clone3",
-                        seen.bottoms
+                        "threads: stacks end at {:?}, not clone3; for example:\n{}",
+                        seen.bottoms,
+                        others.join("\n")
                     ));
                 }
             }

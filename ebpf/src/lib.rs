@@ -55,7 +55,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 16, 0);
 #[map]
 pub static EVENT_RATE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
-pub const EVENT_EVERY_NS: u64 = 200_000_000;
+/// 20 ms: a process's first read often lands while its loader is still mapping
+/// libraries, and until the next one its frames in them go unwound (at 200 ms that was
+/// a fifth of a second of broken stacks per new process). User space backs off on its
+/// side when re-reading finds nothing new.
+pub const EVENT_EVERY_NS: u64 = 20_000_000;
 
 /// Offset of `stack` in the kernel's `task_struct`, from its BTF (set at load).
 #[unsafe(no_mangle)]

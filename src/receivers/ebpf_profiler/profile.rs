@@ -107,6 +107,10 @@ struct Cached {
     /// The main thread's comm when last seen: it changes exactly when the process execs.
     main_comm: Option<String>,
     refreshed: Instant,
+    /// Least time before the program's next request re-reads the maps: short while
+    /// re-reads find new mappings (a process starting, a library loaded), doubling up
+    /// to REQUEST_REFRESH_MAX while they find nothing (code with no table: JIT, …).
+    request_wait: Duration,
     /// CLOCK_MONOTONIC (the samples' clock) when the maps were last read: a sample taken
     /// after it may be in a mapping made since.
     read_ns: u64,
@@ -172,8 +176,11 @@ const EVICT_AFTER: Duration = Duration::from_secs(120);
 const EXITED_AFTER: Duration = Duration::from_secs(1);
 /// Least time between two re-reads of one process's maps.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
-/// The same, when the eBPF program asks (it asks at most every 200 ms per process).
-const REQUEST_REFRESH_EVERY: Duration = Duration::from_millis(50);
+/// The same, when the eBPF program asks (it asks at most every 20 ms per process):
+/// at first, and again once a re-read found new mappings.
+const REQUEST_REFRESH_MIN: Duration = Duration::from_millis(20);
+/// The most it waits once re-reads keep finding nothing new.
+const REQUEST_REFRESH_MAX: Duration = Duration::from_secs(1);
 
 impl Resolver {
     pub fn new() -> Self {
@@ -201,13 +208,19 @@ impl Resolver {
     }
 
     /// The program could not unwind through an address of `pid`: re-read the process
-    /// (at most every REQUEST_REFRESH_EVERY), so its new mappings (exec, dlopen) get tables.
+    /// (at most every `request_wait`), so its new mappings (exec, dlopen) get tables.
     pub fn requested(&mut self, pid: u32, now: Instant) {
         match self.procs.get_mut(&pid) {
-            Some(c) if now.duration_since(c.refreshed) >= REQUEST_REFRESH_EVERY => {
+            Some(c) if now.duration_since(c.refreshed) >= c.request_wait => {
                 c.refreshed = now;
                 c.read_ns = sys::monotonic_ns();
                 if let Ok(fresh) = self.reader.read(pid) {
+                    let same = c.info.as_ref().is_some_and(|old| old.maps == fresh.maps);
+                    c.request_wait = if same {
+                        (c.request_wait * 2).min(REQUEST_REFRESH_MAX)
+                    } else {
+                        REQUEST_REFRESH_MIN
+                    };
                     c.info = Some(fresh);
                 }
             }
@@ -229,6 +242,7 @@ impl Resolver {
             main_comm: None,
             futile: false,
             refreshed: now,
+            request_wait: REQUEST_REFRESH_MIN,
             seen: now,
             checked: interval,
         });
