@@ -363,11 +363,48 @@ async fn http_listeners_cap_connections_and_close_silent_clients() {
         "the server did not take the two connections: {}",
         gw.get("/metrics").await.1
     );
-    // ...a third is closed at once.
-    let mut third = std::net::TcpStream::connect(gw.http).unwrap();
+    // ...a third takes the place of the one idle the longest, which is closed at once.
+    let third = std::net::TcpStream::connect(gw.http).unwrap();
     assert!(
-        closed_within(&mut third, Duration::from_secs(2)),
-        "the connection over the cap was kept"
+        closed_within(&mut quiet[0], Duration::from_secs(2)),
+        "the oldest idle connection was kept past the cap"
+    );
+    assert!(
+        gw.metric(
+            "stackline_http_connections_refused_total",
+            &[("listener", "otlp/http"), ("reason", "idle_evicted")]
+        )
+        .await
+            >= 1.0
+    );
+    // The silent ones are closed once the header-read time is over.
+    let t = Instant::now();
+    for q in [&mut quiet[1], &mut { third }] {
+        assert!(
+            closed_within(q, Duration::from_secs(8)),
+            "a silent client kept its connection"
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(8));
+    drop(quiet);
+    assert!(eventually(Duration::from_secs(10), async || open().await == 0.0).await);
+    // Connections with a request in flight (headers in, body awaited) are not idle:
+    // past the cap, a new connection is refused at once instead.
+    let mut busy: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(gw.http).unwrap();
+            c.write_all(format!("POST {PATH} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret-token\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000\r\n\r\n").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(3), async || open().await == 2.0).await);
+    // Give the server the time to start both requests.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fourth = std::net::TcpStream::connect(gw.http).unwrap();
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(2)),
+        "a connection over the cap was kept while every other one was busy"
     );
     assert!(
         gw.metric(
@@ -380,15 +417,14 @@ async fn http_listeners_cap_connections_and_close_silent_clients() {
         .await
             >= 1.0
     );
-    // The silent ones are closed once the header-read time is over.
-    let t = Instant::now();
-    for q in &mut quiet {
+    for b in &mut busy {
         assert!(
-            closed_within(q, Duration::from_secs(8)),
-            "a silent client kept its connection"
+            !closed_within(b, Duration::from_millis(300)),
+            "a connection with a request in flight was closed"
         );
     }
-    assert!(t.elapsed() < Duration::from_secs(8));
+    drop(busy);
+    assert!(eventually(Duration::from_secs(10), async || open().await == 0.0).await);
     // And the listener serves again.
     let r = reqwest::Client::new()
         .post(format!("http://{}{PATH}", gw.http))

@@ -185,3 +185,91 @@ async fn an_http_body_that_trickles_in_is_answered_408_at_the_read_timeout() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+/// Connections held open and idle, up to the listener's cap (64), once HTTP/1.1 with
+/// keep-alive and once HTTP/2, plus as many that connect and say nothing: a liveness
+/// probe on a new connection is still answered at once (the connection idle the longest
+/// is closed to make room), and a pull request in flight on the pprof endpoint is not
+/// the one closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_lock_out_health_probes_or_cut_a_request_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"
+receivers:
+  otlp: { protocols: { grpc: { endpoint: "{OTLP}" } } }
+exporters:
+  pprof: { directory: "", endpoint: "127.0.0.1:0" }
+service:
+  pipelines: { profiles: { receivers: [otlp], exporters: [pprof] } }
+  telemetry: { metrics: { address: "{METRICS}" } }
+  shutdown_timeout: 5s
+"#;
+    let s = Stackline::start(dir.path(), cfg);
+    let metrics = s.listener("service.telemetry.metrics.address");
+    let pprof = s.listener("exporters.pprof.endpoint");
+
+    // A pull in flight for 3 s.
+    let pull = tokio::spawn(async move {
+        reqwest::get(format!("http://{pprof}/debug/pprof/profile?seconds=3"))
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Held until the end of the test.
+    let (mut tcp, mut h2s) = (Vec::new(), Vec::new());
+    for target in [metrics, pprof] {
+        for i in 0..64 {
+            // HTTP/1.1 keep-alive after one request, HTTP/2 after one request, or silent.
+            let mut c = std::net::TcpStream::connect(target).unwrap();
+            match i % 3 {
+                0 => {
+                    c.write_all(b"GET /debug/pprof/symbol HTTP/1.1\r\nhost: x\r\n\r\n")
+                        .unwrap();
+                    tcp.push(c);
+                }
+                1 => {
+                    let h2 = reqwest::Client::builder()
+                        .http2_prior_knowledge()
+                        .build()
+                        .unwrap();
+                    let _ = h2
+                        .get(format!("http://{target}/debug/pprof/symbol"))
+                        .send()
+                        .await;
+                    h2s.push(h2);
+                    tcp.push(c);
+                }
+                _ => tcp.push(c),
+            }
+        }
+    }
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = reqwest::Client::new()
+            .get(format!("http://{metrics}/health/live"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("the liveness probe got no answer");
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the probe took {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(
+        pull.await.unwrap().expect("the pull in flight was cut"),
+        200,
+        "the pull in flight was cut"
+    );
+    let evicted = s
+        .metric(
+            "stackline_http_connections_refused_total",
+            &[("listener", "telemetry"), ("reason", "idle_evicted")],
+        )
+        .await;
+    assert!(evicted >= 1.0, "no idle connection was closed to make room");
+    drop((tcp, h2s));
+}

@@ -237,6 +237,8 @@ pub(super) async fn serve(
     let admission = crate::net::admit::Admission {
         max_connections: cfg.max_connections,
         handshake_timeout: cfg.handshake_timeout,
+        // tonic does not say which connections are idle: past the cap, refuse.
+        evict_idle: false,
     };
     tracing::info!(receiver = %id, endpoint = %local, tls = cfg.tls.is_some(), "OTLP gRPC receiver listening");
     ctx.health.running();
