@@ -41,7 +41,16 @@ pub struct PprofExporterConfig {
     pub max_age: Option<Duration>,
     /// `host:port` to serve `GET /debug/pprof/profile?seconds=N` on: a pprof of the
     /// samples that arrive in the next N seconds (default 30, at most 300). Default: off.
+    /// A port alone (`"6060"`) binds loopback. Beyond loopback `auth` is required:
+    /// profiles show what the node's programs do.
     pub endpoint: Option<String>,
+    /// Bearer token the endpoint requires (`Authorization: Bearer …`), as the receivers'
+    /// `auth`. Default: none (loopback only).
+    pub auth: Option<crate::auth::AuthConfig>,
+    /// Bytes of profiles one pull request may hold while it collects, in MiB; what
+    /// arrives past it is left out of that pull and counted in
+    /// `stackline_pipeline_dropped_samples_total{reason="pull_window_full"}`. Default 64.
+    pub max_window_mib: usize,
     /// Permissions of the files written, in octal. Default `"0640"`.
     pub file_mode: FileMode,
     /// `endpoint` requests collecting at once; more get 503 with `Retry-After` (each
@@ -64,6 +73,8 @@ impl Default for PprofExporterConfig {
             max_files: 100,
             max_age: None,
             endpoint: None,
+            auth: None,
+            max_window_mib: 64,
             file_mode: FileMode::default(),
             max_subscribers: 4,
         }
@@ -92,13 +103,25 @@ impl Validate for PprofExporterConfig {
                 "must be at least 1 (or leave `endpoint` unset)",
             ));
         }
-        if let Some(e) = &self.endpoint
-            && crate::config::units::parse_endpoint(e).is_none()
-        {
-            errs.push(ConfigError::new(
-                "endpoint",
-                format!("`{e}` is not a `host:port` address"),
-            ));
+        if let Some(e) = &self.endpoint {
+            let e = endpoint_address(e);
+            if crate::config::units::parse_endpoint(&e).is_none() {
+                errs.push(ConfigError::new(
+                    "endpoint",
+                    format!("`{e}` is not a `host:port` address"),
+                ));
+            } else if !crate::auth::is_loopback(&e) && self.auth.is_none() {
+                errs.push(ConfigError::new(
+                    "endpoint",
+                    format!("`{e}` is reachable beyond this host and `auth` is not set: anyone who reaches it can read the node's profiles; bind 127.0.0.1 (and use kubectl port-forward or ssh), or set auth.bearer_token_file"),
+                ));
+            }
+        }
+        if let Some(a) = &self.auth {
+            a.validate("auth", &mut errs);
+        }
+        if self.max_window_mib == 0 {
+            errs.push(ConfigError::new("max_window_mib", "must be at least 1"));
         }
         if self.directory.as_os_str().is_empty() && self.endpoint.is_none() {
             errs.push(ConfigError::new(
@@ -107,6 +130,16 @@ impl Validate for PprofExporterConfig {
             ));
         }
         errs
+    }
+}
+
+/// The address to bind: a port alone means loopback.
+fn endpoint_address(e: &str) -> String {
+    let port = e.strip_prefix(':').unwrap_or(e);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        e.to_owned()
     }
 }
 
@@ -129,7 +162,7 @@ pub struct PprofExporter {
 /// Live `/debug/pprof/profile` requests, each collecting what arrives while it waits.
 #[derive(Clone, Default)]
 struct Subscribers(
-    Arc<Mutex<Vec<mpsc::Sender<Checked>>>>,
+    Arc<Mutex<Vec<Subscriber>>>,
     /// Requests admitted and not yet answered (collecting, merging or encoding).
     Arc<std::sync::atomic::AtomicUsize>,
 );
@@ -143,29 +176,43 @@ impl Drop for Slot {
     }
 }
 
+/// One pull request collecting: what it holds is bounded by bytes, not by requests (a
+/// request may be anything up to the receivers' size limit).
+struct Subscriber {
+    tx: mpsc::UnboundedSender<Checked>,
+    /// Bytes (encoded) it may still take.
+    room: usize,
+}
+
 impl Subscribers {
     fn publish(&self, req: &Checked, dropped: &metrics::Counter) {
         let mut subs = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|tx| match tx.try_send(req.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(r)) => {
-                // A slow HTTP client must not slow the pipeline.
-                dropped.increment(sample_count(&r));
-                true
+        if subs.is_empty() {
+            return;
+        }
+        let size = prost::Message::encoded_len(&**req);
+        subs.retain_mut(|s| {
+            if s.tx.is_closed() {
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            if size > s.room {
+                dropped.increment(sample_count(req));
+                return true;
+            }
+            s.room -= size;
+            s.tx.send(req.clone()).is_ok()
         });
     }
     /// Adds a subscriber unless `max` requests are already being served.
-    fn add(&self, tx: mpsc::Sender<Checked>, max: usize) -> Option<Slot> {
+    fn add(&self, tx: mpsc::UnboundedSender<Checked>, room: usize, max: usize) -> Option<Slot> {
         use std::sync::atomic::Ordering::SeqCst;
         let mut subs = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|t| !t.is_closed());
+        subs.retain(|t| !t.tx.is_closed());
         if self.1.load(SeqCst) >= max {
             return None;
         }
         self.1.fetch_add(1, SeqCst);
-        subs.push(tx);
+        subs.push(Subscriber { tx, room });
         Some(Slot(self.1.clone()))
     }
 }
@@ -193,12 +240,25 @@ impl Exporter for PprofExporter {
         let stop = CancellationToken::new();
         if let Some(endpoint) = &cfg.endpoint {
             let key = format!("exporters.{}.endpoint", ctx.id);
-            let (listener, local) = crate::net::bind(&key, endpoint).await?;
-            tracing::info!(exporter = %ctx.id, endpoint = %local, "serving /debug/pprof/profile");
+            let (listener, local) = crate::net::bind(&key, &endpoint_address(endpoint)).await?;
+            let auth = match &cfg.auth {
+                Some(a) => Some(Arc::new(crate::auth::TokenFile::open(a).map_err(|e| {
+                    format!(
+                        "cannot read exporters.{}.auth.bearer_token_file: {e}",
+                        ctx.id
+                    )
+                })?)),
+                None => None,
+            };
+            tracing::info!(exporter = %ctx.id, endpoint = %local, auth = auth.is_some(), "serving /debug/pprof/profile");
             tokio::spawn(serve(
                 listener,
-                subs.clone(),
-                cfg.max_subscribers,
+                Pull {
+                    subs: subs.clone(),
+                    max_subscribers: cfg.max_subscribers,
+                    window: cfg.max_window_mib.saturating_mul(1 << 20),
+                    auth,
+                },
                 stop.clone(),
             ));
         }
@@ -209,7 +269,7 @@ impl Exporter for PprofExporter {
             dir: dir.map(Arc::new),
             split: cfg.split_by == SplitBy::Process,
             subs,
-            dropped: metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => "pull_client_too_slow"),
+            dropped: metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => "pull_window_full"),
         };
         let again = w.clone();
         let shell = shell::start_writer(
@@ -291,12 +351,23 @@ struct ProfileQuery {
     seconds: Option<u64>,
 }
 
-async fn serve(
-    listener: tokio::net::TcpListener,
+/// What the pull endpoint serves from, and its bounds.
+#[derive(Clone)]
+struct Pull {
     subs: Subscribers,
     max_subscribers: usize,
-    stop: CancellationToken,
-) {
+    /// Bytes one pull may hold (`max_window_mib`).
+    window: usize,
+    auth: Option<Arc<crate::auth::TokenFile>>,
+}
+
+async fn serve(listener: tokio::net::TcpListener, pull: Pull, stop: CancellationToken) {
+    let Pull {
+        subs,
+        max_subscribers,
+        window,
+        auth,
+    } = pull;
     let refused = metrics::counter!(names::HTTP_CONNECTIONS_REFUSED, "listener" => "pprof", "reason" => "max_subscribers");
     use axum::extract::Query;
     use axum::http::StatusCode;
@@ -310,12 +381,26 @@ async fn serve(
         .route("/debug/pprof/symbol", symbol)
         .route(
             "/debug/pprof/profile",
-            get(move |Query(q): Query<ProfileQuery>| {
+            get(move |headers: axum::http::HeaderMap, Query(q): Query<ProfileQuery>| {
                 let (subs, stop, refused) = (subs.clone(), stop2.clone(), refused.clone());
+                let auth = auth.clone();
                 async move {
+                    if let Some(auth) = &auth {
+                        let given = headers
+                            .get(axum::http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok());
+                        if !auth.allows(given) {
+                            return (
+                                StatusCode::UNAUTHORIZED,
+                                [("www-authenticate", "Bearer".to_string())],
+                                "a bearer token is required (exporters.pprof.auth)\n".to_string(),
+                            )
+                                .into_response();
+                        }
+                    }
                     let secs = q.seconds.unwrap_or(30).clamp(1, 300);
-                    let (tx, mut rx) = mpsc::channel(4096);
-                    let Some(_slot) = subs.add(tx, max_subscribers) else {
+                    let (tx, mut rx) = mpsc::unbounded_channel();
+                    let Some(_slot) = subs.add(tx, window, max_subscribers) else {
                         refused.increment(1);
                         return (
                             StatusCode::SERVICE_UNAVAILABLE,

@@ -305,6 +305,100 @@ async fn the_pull_endpoint_serves_at_most_max_subscribers_at_once() {
     assert_eq!(r.status(), 200);
 }
 
+#[test]
+fn the_pull_endpoint_binds_loopback_unless_it_has_auth() {
+    use crate::config::Validate;
+    let with = |endpoint: &str, auth: bool| super::PprofExporterConfig {
+        directory: "".into(),
+        endpoint: Some(endpoint.into()),
+        auth: auth.then(|| crate::auth::AuthConfig {
+            bearer_token_file: "/nonexistent/token".into(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(super::endpoint_address("6060"), "127.0.0.1:6060");
+    assert_eq!(super::endpoint_address(":6060"), "127.0.0.1:6060");
+    assert!(with("6060", false).validate().is_empty());
+    assert!(with("localhost:6060", false).validate().is_empty());
+    let errs = with("0.0.0.0:6060", false).validate();
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("auth") && e.to_string().contains("endpoint")),
+        "{errs:?}"
+    );
+    // With auth the address is allowed (and the token file is checked).
+    let errs = with("0.0.0.0:6060", true).validate();
+    assert!(
+        errs.iter()
+            .all(|e| e.to_string().contains("bearer_token_file")),
+        "{errs:?}"
+    );
+}
+
+/// With `auth`, a pull needs the token; what one pull holds is bounded by
+/// `max_window_mib`, and what does not fit is counted, not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_endpoint_takes_a_token_and_holds_at_most_its_window() {
+    use crate::config::ComponentId;
+    use crate::otlp::synth::{request, valid};
+    use crate::pipeline::{Context, Exporter, Input};
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "pull-token\n").unwrap();
+    let (tx, rx) = crate::pipeline::channel::channel();
+    let ctx = Context::standalone("exporter", ComponentId::parse("pprof/auth").unwrap());
+    let cfg = super::PprofExporterConfig {
+        directory: "".into(),
+        endpoint: Some("127.0.0.1:0".into()),
+        auth: Some(crate::auth::AuthConfig {
+            bearer_token_file: token,
+        }),
+        max_window_mib: 1,
+        ..Default::default()
+    };
+    let _task = Box::new(super::PprofExporter { cfg })
+        .start(ctx, Input::new(rx, None))
+        .await
+        .unwrap();
+    let addr = crate::net::listen::bound()["exporters.pprof/auth.endpoint"];
+    let url = format!("http://{addr}/debug/pprof/profile?seconds=2");
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let pull = tokio::spawn(c.get(&url).bearer_auth("pull-token").send());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // A small request fits the 1 MiB window; a large one (about 2 MiB) does not.
+    let small = request("small", 0, 10, 4);
+    let mut large = request("large", 100, 20_000, 4);
+    for s in &mut large.resource_profiles[0].scope_profiles[0].profiles[0].samples {
+        s.timestamps_unix_nano = vec![1; 12];
+    }
+    assert!(prost::Message::encoded_len(&large) > 1 << 20);
+    tx.send(valid(small).into()).await.unwrap();
+    tx.send(valid(large).into()).await.unwrap();
+    let r = pull.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let p = super::proto::Profile::decode(&raw[..]).unwrap();
+    let total: i64 = p.sample.iter().map(|s| s.value[0]).sum();
+    assert_eq!(
+        total, 10,
+        "only the request that fits the window is in the pull"
+    );
+}
+
 /// Found by `cargo fuzz run otlp_path`: a profile whose time plus duration passes
 /// u64::MAX overflowed in the conversion (and in folding).
 #[test]
