@@ -2,7 +2,9 @@
 #
 # Stackline image: one binary for both roles.
 #   gateway (default): runs as the non-root user `stackline` (uid/gid 10001) with
-#                      /etc/stackline/gateway.yaml.
+#                      /etc/stackline/gateway.yaml, which needs TLS and token files
+#                      (scripts/gen-secrets.sh): mount them and set STACKLINE_TLS_DIR
+#                      and STACKLINE_TOKEN_FILE, as the Kubernetes manifests do.
 #   agent:             the DaemonSet (deploy/kubernetes/agent-daemonset.yaml) overrides
 #                      the user to root (runAsUser: 0) and adds only the capabilities
 #                      eBPF sampling needs; the args switch to /etc/stackline/agent.yaml.

@@ -21,6 +21,7 @@ const TOOLS: &[&str] = &[
     "prometheus",
     "python_otlp",
     "test_kernels",
+    "openssl",
 ];
 
 fn main() {
@@ -60,6 +61,7 @@ fn present(tool: &str) -> bool {
             &["-c", "import opentelemetry.proto.collector.profiles"],
         ),
         "go" => runs("go", &["version"]),
+        "openssl" => runs("openssl", &["version"]),
         "prometheus" => runs("prometheus", &["--version"]) && runs("promtool", &["--version"]),
         "test_kernels" => {
             runs("qemu-system-x86_64", &["--version"])

@@ -266,6 +266,46 @@ PY
 }
 check "ConfigMaps match config/agent.yaml and config/gateway.yaml" configmaps_in_sync
 
+secrets_match() {
+    bash scripts/gen-secrets.sh "$tmp/secrets" >/dev/null || return 1
+    k8s_validate -k "$K8S_VERSION" "$tmp/secrets/secrets.yaml" || return 1
+    # Every Secret a workload mounts is one the script makes, with the files the shipped
+    # config reads from that mount (STACKLINE_TLS_DIR, STACKLINE_TOKEN_FILE).
+    python3 - "$K8S" "$tmp/secrets/secrets.yaml" <<'PY'
+import sys, yaml
+made = {d['metadata']['name']: set(d['data']) for d in yaml.safe_load_all(open(sys.argv[2]))}
+errs = []
+for f, role, wants in (('agent-daemonset.yaml', 'agent', {'ca.crt', 'token'}),
+                       ('gateway-deployment.yaml', 'gateway', {'tls.crt', 'tls.key', 'token'})):
+    w = next(d for d in yaml.safe_load_all(open(f'{sys.argv[1]}/{f}'))
+             if d and d['kind'] in ('DaemonSet', 'Deployment'))
+    spec = w['spec']['template']['spec']
+    c = spec['containers'][0]
+    env = {e['name']: e.get('value') for e in c.get('env', [])}
+    vols = {v['name']: v['secret']['secretName'] for v in spec.get('volumes', []) if 'secret' in v}
+    files = set()
+    for m in c.get('volumeMounts', []):
+        if m['name'] not in vols:
+            continue
+        name = vols[m['name']]
+        if name not in made:
+            errs.append(f'{f}: mounts Secret {name}, which scripts/gen-secrets.sh does not make')
+            continue
+        for key in made[name]:
+            files.add((m['mountPath'], key))
+    got = set()
+    for want in wants:
+        path = (env.get('STACKLINE_TLS_DIR'), want) if want != 'token' else tuple(env.get('STACKLINE_TOKEN_FILE', '/').rsplit('/', 1))
+        if path in files:
+            got.add(want)
+    if got != wants:
+        errs.append(f'{f}: the {role} config reads {sorted(wants)} but the mounts give {sorted(got)}')
+print('\n'.join(errs))
+sys.exit(1 if errs else 0)
+PY
+}
+check "Secrets mounted by the workloads are those scripts/gen-secrets.sh makes, at the paths the configs read" secrets_match
+
 # ---------------------------------------------------------------- systemd
 systemd_verify() {
     local unit=$1 dir=$tmp/systemd

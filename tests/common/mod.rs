@@ -120,14 +120,38 @@ impl Stackline {
             .replace("{DIR}", &dir.display().to_string());
         let cfg = dir.join("stackline.yaml");
         std::fs::write(&cfg, text).unwrap();
+        Self::launch(program, dir, &[cfg], &[])
+    }
+
+    /// Starts the binary on config files as they are (merged in order, as repeated
+    /// `--config` merges them), with `env` set and `dir` as its working directory.
+    pub fn start_files(dir: &Path, configs: &[PathBuf], env: &[(String, String)]) -> Stackline {
+        Self::launch(
+            Path::new(env!("CARGO_BIN_EXE_stackline")),
+            dir,
+            configs,
+            env,
+        )
+    }
+
+    fn launch(
+        program: &Path,
+        dir: &Path,
+        configs: &[PathBuf],
+        env: &[(String, String)],
+    ) -> Stackline {
         let log = dir.join("stackline.log");
         let ready = dir.join("stackline.ready.json");
         let _ = std::fs::remove_file(&ready);
-        let child = Command::new(program)
-            .arg("--config")
-            .arg(&cfg)
+        let mut cmd = Command::new(program);
+        for c in configs {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .arg("--ready-file")
             .arg(&ready)
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
