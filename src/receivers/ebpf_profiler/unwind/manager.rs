@@ -572,9 +572,18 @@ impl Manager {
                 bias,
             });
         }
-        let old = self.procs.remove(&pid).unwrap_or_default();
+        // Sets, not Vec::contains: a process may have tens of thousands of ranges, and
+        // a quadratic diff kept this thread (and every other process's ranges) waiting
+        // for seconds on each re-read of such a process.
+        let old: HashSet<Range> = self
+            .procs
+            .remove(&pid)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let wanted: HashSet<Range> = want.iter().copied().collect();
         let mut removed = false;
-        for r in old.iter().filter(|r| !want.contains(r)) {
+        for r in old.iter().filter(|r| !wanted.contains(r)) {
             self.set_range(pid, r, false);
             removed = true;
         }
