@@ -627,26 +627,55 @@ async fn a_queue_on_a_full_disk_refuses_recovers_when_freed_and_loses_nothing() 
         return;
     }
     for sync in ["0s", "1s"] {
-        full_disk_under_the_queue(sync).await;
+        disk_fault_under_the_queue(sync, DiskFault::Full).await;
     }
 }
 
-async fn full_disk_under_the_queue(sync_interval: &str) {
+/// The same with a disk that answers EIO (an in-memory FUSE file system that fails on
+/// demand): the queue is reopened with back-off while the disk fails, readiness is
+/// false and liveness true, and nothing acknowledged is lost or counted corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(missing = "root", ignore = "needs root")]
+async fn a_queue_on_a_disk_that_answers_eio_refuses_recovers_and_loses_nothing() {
+    if !stackline::testing::root_or_skip("EIO queue disk", "mounting a FUSE file system needs root")
+    {
+        return;
+    }
+    for sync in ["0s", "1s"] {
+        disk_fault_under_the_queue(sync, DiskFault::Eio).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum DiskFault {
+    /// A small tmpfs, filled: ENOSPC.
+    Full,
+    /// A FUSE file system that fails writes and syncs: EIO.
+    Eio,
+}
+
+async fn disk_fault_under_the_queue(sync_interval: &str, fault: DiskFault) {
     let dir = tempfile::tempdir().unwrap();
     let queue = dir.path().join("queue");
-    let _fs = Tmpfs::mount(&queue, "8m");
+    let (_tmpfs, faulty) = match fault {
+        DiskFault::Full => (Some(Tmpfs::mount(&queue, "8m")), None),
+        DiskFault::Eio => (None, Some(faulty_fs::FaultyFs::mount(&queue))),
+    };
     let backend_port = ReservedPort::new();
     let backend_addr = backend_port.addr().to_string();
     let cfg = persistent_gateway(&backend_addr, sync_interval);
     let mut s = Stackline::start(dir.path(), &cfg);
     let mut acked = send_all(s.endpoint(), 0, 2_000, 100).await;
     assert_eq!(acked.len(), 2_000, "{}", s.logs());
-    // Fill what is left of the disk.
+    // Fill what is left of the disk, or make it fail.
     let filler = queue.join("filler");
-    {
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![0u8; 64 << 10];
-        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    match &faulty {
+        None => {
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let block = vec![0u8; 64 << 10];
+            while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        }
+        Some(fs) => fs.fail(true),
     }
     let mut c = client(s.endpoint()).await;
     let mut refused = 0;
@@ -661,7 +690,7 @@ async fn full_disk_under_the_queue(sync_interval: &str) {
     }
     assert!(
         refused > 0,
-        "sync {sync_interval}: nothing was refused on a full disk"
+        "sync {sync_interval}, {fault:?}: nothing was refused on a failing disk"
     );
     let (ready, _) = s.get("/health/ready").await;
     assert_eq!(
@@ -670,7 +699,10 @@ async fn full_disk_under_the_queue(sync_interval: &str) {
     );
     assert_eq!(s.get("/health/live").await.0, 200, "liveness must hold");
     // Freed: the queue reopens and takes requests again, without a restart.
-    std::fs::remove_file(&filler).unwrap();
+    match &faulty {
+        None => std::fs::remove_file(&filler).unwrap(),
+        Some(fs) => fs.fail(false),
+    }
     let recovered = eventually(Duration::from_secs(30), async || {
         let ok = c.export(request("svc", next, 100, POOL)).await.is_ok();
         if ok {
@@ -711,7 +743,7 @@ async fn full_disk_under_the_queue(sync_interval: &str) {
         "sync {sync_interval}: records counted corrupt"
     );
     eprintln!(
-        "sync {sync_interval}: {refused} requests refused while the disk was full; {} acknowledged, all delivered",
+        "sync {sync_interval}, {fault:?}: {refused} requests refused while the disk failed; {} acknowledged, all delivered",
         acked.len()
     );
     s.sigterm();

@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `stackline` binary against real sockets and files.
 #![allow(dead_code)]
 
+pub mod faulty_fs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
