@@ -5,7 +5,9 @@
 //! least any gateway must spend. Prints both and their ratio (the goal is ≤ 3).
 //!
 //! `cargo bench --bench gateway_cpu`. Two sizes are sent and the marginal cost is
-//! taken between them, so the gateway's start-up and idle CPU cancel out.
+//! taken between them, so the gateway's start-up and idle CPU cancel out. Then each
+//! shape of the adversarial corpus (`synth::hostile`) within the default limits: the
+//! gateway's CPU per input byte beside a bare prost decode of the same bytes.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -223,6 +225,28 @@ service:
                 / ((long_len - short_len) * PER_REQUEST) as f64,
         );
     }
+    // The adversarial corpus: each shape within the limits, three times, the gateway's
+    // CPU per input byte beside a bare prost decode of the same bytes.
+    let mut shapes = Vec::new();
+    for shape in synth::hostile::shapes()
+        .into_iter()
+        .filter(|s| s.within_limits)
+    {
+        let wire = shape.request.encoded_len() as f64;
+        let (cpu, _) = run(vec![shape.request.clone(); 3]);
+        let encoded = shape.request.encode_to_vec();
+        let t0 = thread_cpu();
+        for _ in 0..3 {
+            std::hint::black_box(ExportProfilesServiceRequest::decode(encoded.as_slice()).unwrap());
+        }
+        let decode = thread_cpu() - t0;
+        shapes.push((
+            shape.name,
+            wire,
+            cpu.as_nanos() as f64 / (3.0 * wire),
+            decode.as_nanos() as f64 / (3.0 * wire),
+        ));
+    }
     let ratios: Vec<f64> = gateway.iter().zip(&prost).map(|(g, p)| g / p).collect();
     let (gateway_ns, prost_ns) = (median(gateway.clone()), median(prost.clone()));
     let (short_n, long_n) = (short_len * PER_REQUEST, long_len * PER_REQUEST);
@@ -242,4 +266,18 @@ service:
         "  (marginal between {short_n} and {long_n} samples; gateway CPU per round {:?})",
         cpus
     );
+    println!("adversarial shapes (synth::hostile), 3 of each: CPU per input byte");
+    println!(
+        "  {:<58} {:>9} {:>10} {:>10} {:>7}",
+        "shape", "wire KiB", "gateway", "prost", "ratio"
+    );
+    for (name, wire, g, p) in shapes {
+        println!(
+            "  {name:<58} {:>9.0} {:>7.1} ns {:>7.1} ns {:>7.1}",
+            wire / 1024.0,
+            g,
+            p,
+            g / p
+        );
+    }
 }

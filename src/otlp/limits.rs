@@ -30,7 +30,10 @@ pub struct DecodeLimits {
     /// eBPF receiver 256; a deep recursion in a JIT runtime reaches a few thousand.
     /// Every stage's work per stack is linear in this.
     pub max_stack_depth: u64,
-    /// Estimated memory of the decoded request, in MiB. Default 512.
+    /// Estimated memory of the decoded request, in MiB. Default 128: the stages after
+    /// the receiver (checks, symbolizer, batch) hold up to about three times the decoded
+    /// request at their peak (`tests/hostile.rs` prints it per shape), so one request
+    /// at the limit peaks near 384 MiB, within a 1 GiB gateway.
     pub max_decoded_size_mib: u64,
 }
 
@@ -41,7 +44,7 @@ impl Default for DecodeLimits {
             max_stacks: 1_000_000,
             max_locations: 1_000_000,
             max_stack_depth: 16_384,
-            max_decoded_size_mib: 512,
+            max_decoded_size_mib: 128,
         }
     }
 }

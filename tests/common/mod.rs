@@ -234,6 +234,11 @@ impl Stackline {
             .map_or(0, |kb| kb / 1024)
     }
 
+    /// Resets the peak RSS (`VmHWM`) to the current RSS, so the next peak is one stage's.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").unwrap();
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }

@@ -36,14 +36,19 @@ pub struct InFlight(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit
 #[derive(Clone)]
 pub struct Budget {
     kib: std::sync::Arc<tokio::sync::Semaphore>,
+    /// All of it, in KiB.
+    total: u32,
     mib: u64,
 }
 
 impl Budget {
     pub fn new(mib: u64) -> Budget {
-        let kib = (mib.saturating_mul(1024) as usize).min(tokio::sync::Semaphore::MAX_PERMITS);
+        let kib = (mib.saturating_mul(1024) as usize)
+            .min(tokio::sync::Semaphore::MAX_PERMITS)
+            .min(u32::MAX as usize);
         Budget {
             kib: std::sync::Arc::new(tokio::sync::Semaphore::new(kib)),
+            total: kib as u32,
             mib,
         }
     }
@@ -121,7 +126,12 @@ impl Intake {
     /// for as long as the returned value is held; refuses at once when the budget is
     /// spent, so that many large requests at once cannot take the memory of the process.
     pub fn reserve(&self, bytes: u64, samples: u64) -> Result<InFlight, Refusal> {
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        // A request within the decode limits but larger than the whole budget takes all
+        // of it, and so runs alone: asked for more it would be refused forever, while
+        // its client retried as told.
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.budget.total);
         match self.budget.kib.clone().try_acquire_many_owned(kib) {
             Ok(p) => Ok(InFlight(Some(p))),
             Err(_) => {

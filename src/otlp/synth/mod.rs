@@ -4,6 +4,8 @@
 //! functions, so requests share most of their dictionary entries (what merging must
 //! deduplicate) while every sample stays identifiable after any merge or split.
 
+pub mod hostile;
+
 use super::ProfilesRequest;
 use super::collector::ExportProfilesServiceRequest;
 use super::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
