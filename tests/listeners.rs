@@ -138,29 +138,62 @@ async fn a_grpc_client_that_connects_and_stalls_is_cut_off_at_the_handshake_time
     assert!(refused(&s, "tls_handshake").await >= 1.0);
 }
 
+/// The receiver's budget of requests in flight (`max_in_flight_mib`): while it is spent,
+/// a request is refused at once for a retry; one larger than the whole budget (within
+/// the limits) takes all of it and runs alone rather than never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_in_flight_budget_are_refused_for_a_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Stackline::start(dir.path(), &gateway("", "max_in_flight_mib: 1"));
-    let mut c = client(s.endpoint()).await;
-    // About 2 MiB once decoded: more than the whole budget.
+    // A slow backend and no sending queue: a request stays in flight until the backend
+    // answers, 3 s after it arrives.
+    let backend = Backend::default();
+    *backend.delay.lock().unwrap() = Duration::from_secs(3);
+    let port = ReservedPort::new();
+    let cfg = format!(
+        r#"
+receivers:
+  otlp:
+    protocols: {{ grpc: {{ endpoint: "{{OTLP}}" }} }}
+    max_in_flight_mib: 1
+exporters:
+  otlp: {{ endpoint: "{}", tls: {{ insecure: true }}, timeout: 10s, sending_queue: {{ enabled: false }} }}
+service:
+  pipelines: {{ profiles: {{ receivers: [otlp], exporters: [otlp] }} }}
+  telemetry: {{ metrics: {{ address: "{{METRICS}}" }} }}
+  shutdown_timeout: 5s
+"#,
+        port.addr()
+    );
+    let _stop = backend.serve(port).await;
+    let mut s = Stackline::start(dir.path(), &cfg);
+    // About 2 MiB once decoded: more than the whole budget, so it takes all of it.
     let big = stackline::otlp::synth::request("svc", 0, 20_000, 4);
-    let e = c.export(big).await.unwrap_err();
+    let mut c = client(s.endpoint()).await;
+    let first = tokio::spawn(async move { c.export(big).await });
+    let at_backend = eventually(Duration::from_secs(30), async || {
+        backend.calls.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(at_backend, "the large request never reached the backend");
+    // Meanwhile the budget is spent: a small request is refused at once.
+    let mut c = client(s.endpoint()).await;
+    let small = |i: u64| stackline::otlp::synth::request("svc", 100_000 + i * 100, 100, 4);
+    let e = c.export(small(0)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("max_in_flight_mib"), "{e:?}");
-    // Smaller ones fit, one after another: each gives its share back when answered.
-    for i in 0..5 {
-        c.export(stackline::otlp::synth::request("svc", i * 100, 100, 4))
-            .await
-            .unwrap();
-    }
+    first
+        .await
+        .unwrap()
+        .expect("a request larger than the budget runs once it has all of it");
+    // Then the budget is back: a small one fits.
+    c.export(small(1)).await.unwrap();
     assert!(
         s.metric(
             "otelcol_receiver_refused_profile_samples_total",
             &[("reason", "over_budget")]
         )
         .await
-            >= 20_000.0
+            >= 100.0
     );
     s.sigterm();
     assert!(s.wait(Duration::from_secs(10)).success(), "{}", s.logs());
