@@ -306,3 +306,33 @@ service:
     assert!(evicted >= 1.0, "no idle connection was closed to make room");
     drop((tcp, h2s));
 }
+
+/// A client in the middle of connecting (silent, or mid-TLS handshake) when the process
+/// is told to stop does not hold the stop up for the handshake time (10 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_delay_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"
+receivers:
+  otlp: { protocols: { http: { endpoint: "{HTTP}", read_header_timeout: 10s } } }
+exporters: { debug: {} }
+service:
+  pipelines: { profiles: { receivers: [otlp], exporters: [debug] } }
+  telemetry: { metrics: { address: "{METRICS}" } }
+  shutdown_timeout: 20s
+"#;
+    let mut s = Stackline::start(dir.path(), cfg);
+    let _silent: Vec<_> = [s.http, s.metrics]
+        .iter()
+        .map(|a| std::net::TcpStream::connect(a).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    s.sigterm();
+    assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.logs());
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped {took:?} after SIGTERM with silent connections open"
+    );
+}

@@ -245,6 +245,7 @@ pub fn incoming(
             let (silent, failed) = (silent.clone(), handshake_failed.clone());
             let timeout = admission.handshake_timeout;
             let gone = activity.evicted();
+            let stopping = shutdown.clone();
             // Off the accept loop: a client that stalls holds up no one else.
             tokio::spawn(async move {
                 let admitted = match tls {
@@ -262,6 +263,7 @@ pub fn incoming(
                                 }
                             },
                             _ = gone.cancelled() => None,
+                            _ = stopping.cancelled() => None,
                         }
                     }
                     Some(acceptor) => tokio::select! {
@@ -279,6 +281,7 @@ pub fn incoming(
                             }
                         },
                         _ = gone.cancelled() => None,
+                        _ = stopping.cancelled() => None,
                     },
                 };
                 if let Some(io) = admitted {

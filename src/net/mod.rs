@@ -63,9 +63,17 @@ pub async fn serve_http(
     };
     let mut conns = admit::incoming(name, listener, tls, admission, shutdown.clone());
     let tasks = tokio_util::task::TaskTracker::new();
-    // The stream ends when `shutdown` fires.
-    while let Some(conn) = conns.next().await {
-        let Ok(conn) = conn else { continue };
+    loop {
+        // Not only the stream's end: connections still in their handshake hold it open
+        // for up to the handshake time.
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = conns.next() => match c {
+                Some(Ok(c)) => c,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+        };
         tasks.spawn(serve_connection(
             conn,
             app.clone(),

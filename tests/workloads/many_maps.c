@@ -1,12 +1,16 @@
 /* Maps one page of its own executable, readable and executable, COUNT times (argv[1]),
- * each a mapping of its own (file offset 0 every time, so none merge), prints
- * "ready PID", then spins for SECONDS (argv[2]) of CPU time. For the per-process cap
- * on the unwinder's mapping index. */
+ * each a mapping of its own (file offset 0 every time, so none merge), then forks: the
+ * child, which has all of them from its first instant, prints "ready PID" and spins for
+ * SECONDS (argv[2]) of CPU time. For the per-process cap on the unwinder's mapping
+ * index. (Spinning in the process that did the mapping raced with the agent: if its
+ * first read of the maps came in the middle of the loop, the process was never
+ * over the cap, and nothing made the agent read it again.) */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +30,13 @@ int main(int argc, char **argv) {
             perror("mmap");
             return 1;
         }
+    }
+    pid_t child = fork();
+    if (child < 0) { perror("fork"); return 1; }
+    if (child > 0) {
+        int status;
+        if (waitpid(child, &status, 0) < 0) return 1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
     }
     printf("ready %d\n", getpid());
     fflush(stdout);
