@@ -681,7 +681,19 @@ async fn disk_fault_under_the_queue(sync_interval: &str, fault: DiskFault) {
     let mut refused = 0;
     let mut next = 2_000u64;
     for _ in 0..200 {
-        if c.export(request("svc", next, 100, POOL)).await.is_ok() {
+        // Bounded: a request never answered (a queue wedged by the fault) fails the
+        // test instead of hanging it.
+        let sent = tokio::time::timeout(
+            Duration::from_secs(30),
+            c.export(request("svc", next, 100, POOL)),
+        )
+        .await;
+        assert!(
+            sent.is_ok(),
+            "sync {sync_interval}, {fault:?}: a request was never answered\n{}",
+            s.logs()
+        );
+        if sent.is_ok_and(|r| r.is_ok()) {
             acked.extend(next..next + 100);
         } else {
             refused += 1;
@@ -704,7 +716,12 @@ async fn disk_fault_under_the_queue(sync_interval: &str, fault: DiskFault) {
         Some(fs) => fs.fail(false),
     }
     let recovered = eventually(Duration::from_secs(30), async || {
-        let ok = c.export(request("svc", next, 100, POOL)).await.is_ok();
+        let ok = tokio::time::timeout(
+            Duration::from_secs(30),
+            c.export(request("svc", next, 100, POOL)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         if ok {
             acked.extend(next..next + 100);
         }

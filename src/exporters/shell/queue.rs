@@ -456,6 +456,14 @@ impl Disk {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
             let Some(d) = me.upgrade() else { return };
+            // The journal first, then the database, as `append` and `sync` take them:
+            // taken the other way round, a request being appended (holding the journal,
+            // waiting for the database) and this (holding the database, waiting for the
+            // journal) waited for each other for ever.
+            let mut jg = d
+                .journal
+                .as_ref()
+                .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()));
             let mut g = d.db.write().unwrap_or_else(|p| p.into_inner());
             // Closing releases redb's lock on the file, so it can be opened again.
             *g = None;
@@ -467,9 +475,9 @@ impl Disk {
                 }
             };
             // What was acknowledged since the last sync goes back in from the journal.
-            if let Some(j) = &d.journal {
+            if let Some(j) = jg.as_mut() {
                 match recover_journal(&db, &d.path) {
-                    Ok(fresh) => *j.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+                    Ok(fresh) => **j = fresh,
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "cannot restore the queue's journal yet");
                         continue;
