@@ -1,5 +1,7 @@
 //! Configuration loading and validation: every error is reported, with its path.
 
+mod common;
+
 use std::io::Write;
 use std::process::Command;
 
@@ -382,25 +384,13 @@ fn validate_shipped(
     )
 }
 
-fn shipped_secrets(dir: &std::path::Path) -> std::path::PathBuf {
-    let out = dir.join("secrets");
-    let st = std::process::Command::new("bash")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-secrets.sh"))
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "scripts/gen-secrets.sh failed");
-    out
-}
-
 /// Every file in config/ is valid as shipped, given the files of scripts/gen-secrets.sh;
 /// without them, the gateway and the agent refuse to start and name the missing file.
 #[test]
 #[cfg_attr(missing = "openssl", ignore = "needs openssl")]
 fn every_shipped_config_is_valid() {
     let tmp = tempfile::tempdir().unwrap();
-    let secrets = shipped_secrets(tmp.path());
+    let secrets = common::gen_secrets(tmp.path());
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -496,6 +486,6 @@ fn a_symbolizer_fed_from_the_network_with_host_sources_is_warned_about() {
     // The shipped gateway configuration follows its own advice.
     let tmp = tempfile::tempdir().unwrap();
     let gw = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.yaml");
-    let (ok, out) = validate_shipped(&gw, Some(&shipped_secrets(tmp.path())));
+    let (ok, out) = validate_shipped(&gw, Some(&common::gen_secrets(tmp.path())));
     assert!(ok && !out.contains("symbolizer"), "{out}");
 }

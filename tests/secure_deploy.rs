@@ -14,18 +14,6 @@ fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-/// Runs scripts/gen-secrets.sh into `dir/secrets`.
-fn secrets(dir: &Path) -> PathBuf {
-    let out = dir.join("secrets");
-    let st = std::process::Command::new("bash")
-        .arg(repo("scripts/gen-secrets.sh"))
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "scripts/gen-secrets.sh failed");
-    out
-}
-
 fn env(secrets: &Path) -> Vec<(String, String)> {
     vec![
         ("STACKLINE_TLS_DIR".into(), secrets.display().to_string()),
@@ -68,7 +56,7 @@ service:
 #[cfg_attr(missing = "openssl", ignore = "needs openssl")]
 async fn the_shipped_gateway_refuses_clients_without_the_token_or_without_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = secrets(dir.path());
+    let secrets = gen_secrets(dir.path());
     let gw = gateway(dir.path(), &secrets);
     let ca = std::fs::read(secrets.join("ca.crt")).unwrap();
     let token = std::fs::read_to_string(secrets.join("token")).unwrap();
@@ -165,7 +153,7 @@ async fn the_shipped_agent_sends_to_the_shipped_gateway_over_tls_with_the_token(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let secrets = secrets(dir.path());
+    let secrets = gen_secrets(dir.path());
     let gw = gateway(dir.path(), &secrets);
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();

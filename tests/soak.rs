@@ -153,14 +153,7 @@ service:
         let (peak, stop) = (peak.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
-                let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .unwrap_or_default()
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-                    / 1024;
-                peak.fetch_max(rss, Ordering::SeqCst);
+                peak.fetch_max(status_mib(pid, "VmRSS"), Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })

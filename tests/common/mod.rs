@@ -226,12 +226,7 @@ impl Stackline {
 
     /// Peak resident memory of the process so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb / 1024)
+        status_mib(self.pid(), "VmHWM")
     }
 
     /// Resets the peak RSS (`VmHWM`) to the current RSS, so the next peak is one stage's.
@@ -821,4 +816,27 @@ for n, line in enumerate(open(sys.argv[1], encoding="utf-8")):
         rest = &rest[4 + n..];
     }
     Some(reqs)
+}
+
+/// A memory field of `/proc/PID/status` (`VmRSS`, `VmHWM`…), in MiB; 0 if unreadable.
+pub fn status_mib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Runs scripts/gen-secrets.sh into `dir/secrets` and returns that directory.
+pub fn gen_secrets(dir: &Path) -> PathBuf {
+    let out = dir.join("secrets");
+    let st = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-secrets.sh"))
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "scripts/gen-secrets.sh failed");
+    out
 }
