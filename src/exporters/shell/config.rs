@@ -66,7 +66,8 @@ pub struct QueueConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Directory for the queue files (`<exporter>.redb`), created if missing. Required.
+    /// Directory for the queue files (`<exporter>.redb`, with `<exporter>.journal` and
+    /// `<exporter>.floor` beside it), created if missing. Required.
     pub directory: std::path::PathBuf,
     /// Most bytes of requests held on disk; past it the queue is full. Default `1GiB`.
     #[serde(

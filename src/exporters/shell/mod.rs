@@ -20,7 +20,9 @@
 mod config;
 mod journal;
 pub mod queue;
+mod record;
 mod retry;
+mod salvage;
 
 use std::future::Future;
 use std::pin::Pin;

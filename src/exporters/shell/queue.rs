@@ -14,24 +14,24 @@
 //! the last commit), it reuses freed pages so the file does not grow with churn, and
 //! its durability switch gives the fsync policy directly. Each record also carries a
 //! CRC32 of its contents, so a record damaged on disk is detected, skipped and counted
-//! rather than sent as garbage.
+//! rather than sent as garbage; and it names its own sequence number, so that a file
+//! redb can no longer open is not lost with what it held (see `salvage.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Notify;
 
 use super::journal::Journal;
+use super::record::{self, HEADER};
+use super::salvage::{self, Floor};
 use super::{Encoded, QueueConfig, StorageConfig};
 use crate::telemetry::names;
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
-/// crc32 (4) + samples (8) + profiles (8).
-const HEADER: usize = 20;
 
 /// One request taken from the queue by a worker; give it back to [`Queue::settle`].
 pub struct Taken {
@@ -257,7 +257,9 @@ struct Disk {
     /// With `sync_interval` > 0: appends since the last sync, so that they survive
     /// SIGKILL (see `journal.rs`). Its lock also orders appends against syncs.
     journal: Option<std::sync::Mutex<Journal>>,
-    next: AtomicU64,
+    held: std::sync::Mutex<Held>,
+    /// The smallest sequence number still held, beside the file, for a salvage.
+    floor: Floor,
     bytes: AtomicU64,
     max_bytes: u64,
     /// fsync every append (sync_interval 0), or leave it to the syncer.
@@ -270,30 +272,17 @@ struct Disk {
     bytes_gauge: metrics::Gauge,
 }
 
-fn record(item: &Encoded) -> Vec<u8> {
-    let mut v = Vec::with_capacity(HEADER + item.bytes.len());
-    v.extend_from_slice(&[0; 4]);
-    v.extend_from_slice(&item.samples.to_le_bytes());
-    v.extend_from_slice(&item.profiles.to_le_bytes());
-    v.extend_from_slice(&item.bytes);
-    let crc = crc32fast::hash(&v[4..]);
-    v[..4].copy_from_slice(&crc.to_le_bytes());
-    v
+/// The sequence numbers the queue holds (appended and not yet settled).
+struct Held {
+    next: u64,
+    seqs: std::collections::BTreeSet<u64>,
 }
 
-fn parse_record(v: &[u8]) -> Option<Encoded> {
-    if v.len() < HEADER {
-        return None;
+impl Held {
+    /// Every sequence number below this is settled.
+    fn floor(&self) -> u64 {
+        self.seqs.first().copied().unwrap_or(self.next)
     }
-    let crc = u32::from_le_bytes(v[..4].try_into().ok()?);
-    if crc32fast::hash(&v[4..]) != crc {
-        return None;
-    }
-    Some(Encoded {
-        samples: u64::from_le_bytes(v[4..12].try_into().ok()?),
-        profiles: u64::from_le_bytes(v[12..20].try_into().ok()?),
-        bytes: Bytes::copy_from_slice(&v[HEADER..]),
-    })
 }
 
 impl Disk {
@@ -307,7 +296,13 @@ impl Disk {
         let path = queue_file(&cfg.directory, exporter);
         let corrupt =
             metrics::counter!(names::EXPORTER_QUEUE_CORRUPT, "exporter" => exporter.to_owned());
-        let db = open_db(&path, &corrupt)?;
+        let (floor, floor_was) = Floor::open(&path).map_err(|e| {
+            format!(
+                "cannot open the queue's floor file beside {}: {e}",
+                path.display()
+            )
+        })?;
+        let db = open_db(&path, &corrupt, floor_was)?;
         let journal = if cfg.sync_interval.is_zero() {
             None
         } else {
@@ -319,7 +314,12 @@ impl Disk {
             me: std::sync::OnceLock::new(),
             journal,
             path,
-            next: AtomicU64::new(1),
+            held: std::sync::Mutex::new(Held {
+                // Numbers are never used twice, even if the file was lost.
+                next: floor_was.max(1),
+                seqs: Default::default(),
+            }),
+            floor,
             bytes: AtomicU64::new(0),
             max_bytes: cfg.max_size.as_u64(),
             sync_each: cfg.sync_interval.is_zero(),
@@ -362,7 +362,7 @@ impl Disk {
                         };
                         let seq = k.value();
                         last = last.max(seq);
-                        match parse_record(v.value()) {
+                        match record::decode(v.value()) {
                             Some(item) => {
                                 bytes += v.value().len() as u64;
                                 samples += item.samples;
@@ -394,11 +394,28 @@ impl Disk {
                 .increment(samples);
         }
         self.replayed.store(samples, Ordering::Relaxed);
-        self.next.store(last + 1, Ordering::Relaxed);
+        {
+            let mut held = self.held();
+            held.next = held.next.max(last + 1);
+            held.seqs = good.iter().copied().collect();
+            self.floor.set(held.floor());
+        }
         self.bytes.store(bytes, Ordering::Relaxed);
         self.bytes_gauge.set(bytes as f64);
         *self.replay.lock().unwrap_or_else(|p| p.into_inner()) = good;
         Ok(())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `seq` is settled (delivered, given up, or never written): it no longer holds
+    /// the floor down.
+    fn settled(&self, seq: u64) {
+        let mut held = self.held();
+        held.seqs.remove(&seq);
+        self.floor.set(held.floor());
     }
 
     fn replay_seqs(&self) -> Vec<u64> {
@@ -496,14 +513,29 @@ impl Disk {
     /// otherwise written to the journal first. Either way it survives SIGKILL once this
     /// returns.
     fn append(&self, item: &Encoded) -> Result<u64, String> {
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let rec = record(item);
+        let seq = {
+            let mut held = self.held();
+            let seq = held.next;
+            held.next += 1;
+            // Held from before it is written, so the floor never passes it.
+            held.seqs.insert(seq);
+            seq
+        };
+        let rec = record::encode(seq, item);
+        let written = self.write(seq, &rec);
+        if written.is_err() {
+            self.settled(seq);
+        }
+        written
+    }
+
+    fn write(&self, seq: u64, rec: &[u8]) -> Result<u64, String> {
         let mut journal = self
             .journal
             .as_ref()
             .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(j) = journal.as_mut() {
-            j.append(seq, &rec)
+            j.append(seq, rec)
                 .map_err(|e| format!("writing the queue's journal {}: {e}", j.path().display()))?;
         }
         let durability = if self.sync_each {
@@ -516,7 +548,7 @@ impl Disk {
             w.set_durability(durability)?;
             {
                 let mut t = w.open_table(TABLE)?;
-                t.insert(seq, rec.as_slice())?;
+                t.insert(seq, rec)?;
             }
             w.commit()?;
             Ok(())
@@ -550,7 +582,7 @@ impl Disk {
             }
             Err(e) => return Err(e),
         };
-        let item = bytes.as_deref().and_then(parse_record);
+        let item = bytes.as_deref().and_then(record::decode);
         if item.is_none() {
             tracing::error!(path = %self.path.display(), seq, "a request in the sending queue on disk is damaged or missing; skipped (counted)");
             self.corrupt.increment(1);
@@ -586,6 +618,7 @@ impl Disk {
                 tracing::error!(error = %e, "a delivered request could not be removed from the queue; it will be sent again after a restart")
             }
         }
+        self.settled(seq);
         self.room.notify_waiters();
     }
 
@@ -646,7 +679,7 @@ impl Disk {
             };
             Ok(t.iter()?
                 .flatten()
-                .filter_map(|(_, v)| parse_record(v.value()))
+                .filter_map(|(_, v)| record::decode(v.value()))
                 .map(|i| i.samples)
                 .sum())
         })
@@ -657,13 +690,21 @@ impl Disk {
 /// Opens (creating) the queue file. An I/O error is tried again for up to
 /// OPEN_RETRY_FOR (a disk that is briefly full or failing at start); a file redb says
 /// is corrupt is moved aside for inspection (`….redb.corrupt-<time>`), counted, and a
-/// new one started; anything else stops the exporter with a message saying what to do.
-fn open_db(path: &Path, corrupt: &metrics::Counter) -> Result<Database, String> {
+/// new one started, into which the requests still readable in the old one are put
+/// (those at or above `floor`: see `salvage.rs`); anything else stops the exporter with
+/// a message saying what to do.
+fn open_db(path: &Path, corrupt: &metrics::Counter, floor: u64) -> Result<Database, String> {
     let until = std::time::Instant::now() + OPEN_RETRY_FOR;
     let mut backoff = Duration::from_millis(100);
+    let mut aside: Option<PathBuf> = None;
     loop {
         let e = match Database::create(path) {
-            Ok(db) => return Ok(db),
+            Ok(db) => {
+                if let Some(old) = &aside {
+                    salvage_into(&db, old, floor);
+                }
+                return Ok(db);
+            }
             Err(e) => e,
         };
         match &e {
@@ -673,23 +714,23 @@ fn open_db(path: &Path, corrupt: &metrics::Counter) -> Result<Database, String> 
                     path.display()
                 ));
             }
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))
-            | redb::DatabaseError::RepairAborted => {
-                let aside = path.with_extension(format!(
+            _ if damaged(&e) => {
+                let to = path.with_extension(format!(
                     "redb.corrupt-{}",
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
                         .unwrap_or(0)
                 ));
-                tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "the sending queue on disk is corrupt and cannot be opened; it is moved aside and a new one started (what it held is not replayed)");
+                tracing::error!(path = %path.display(), error = %e, aside = %to.display(), "the sending queue on disk is corrupt and cannot be opened; it is moved aside, a new one started, and the requests still readable in it are put into the new one");
                 corrupt.increment(1);
-                std::fs::rename(path, &aside).map_err(|e| {
+                std::fs::rename(path, &to).map_err(|e| {
                     format!(
                         "cannot move the corrupt queue {} aside: {e}",
                         path.display()
                     )
                 })?;
+                aside = Some(to);
                 continue;
             }
             redb::DatabaseError::Storage(redb::StorageError::Io(_))
@@ -706,6 +747,53 @@ fn open_db(path: &Path, corrupt: &metrics::Counter) -> Result<Database, String> 
                 ));
             }
         }
+    }
+}
+
+/// Puts the whole records found in the corrupt file `old` (at or above `floor`) into
+/// the new queue `db`, durably. On failure the old file stays where it is, and the log
+/// says so.
+fn salvage_into(db: &Database, old: &Path, floor: u64) {
+    let mut samples = 0u64;
+    let mut run = || -> Result<salvage::Found, String> {
+        let w = db.begin_write().map_err(|e| e.to_string())?;
+        let found = {
+            let mut t = w.open_table(TABLE).map_err(|e| e.to_string())?;
+            salvage::scan(old, floor, |seq, rec| {
+                samples += record::decode(&rec).map_or(0, |i| i.samples);
+                t.insert(seq, rec.as_slice())
+                    .map(|_| ())
+                    .map_err(std::io::Error::other)
+            })
+            .map_err(|e| e.to_string())?
+        };
+        w.commit().map_err(|e| e.to_string())?;
+        Ok(found)
+    };
+    match run() {
+        Ok(found) => {
+            tracing::warn!(from = %old.display(), requests = found.records, samples, settled_before = found.settled, floor, "requests read back from the corrupt sending queue; they are replayed (those delivered out of turn before the damage may be delivered again)");
+            if found.cut_short {
+                tracing::error!(from = %old.display(), "reading the corrupt sending queue back stopped early: it holds more candidate records than it can hold real ones; the rest of it was not read");
+            }
+        }
+        Err(e) => {
+            tracing::error!(from = %old.display(), error = %e, "the requests in the corrupt sending queue could not be read back; it is kept for inspection")
+        }
+    }
+}
+
+/// redb says the file is damaged. A header without redb's magic number comes back as
+/// "not a redb database", an I/O error of kind InvalidData: the file is ours, so that
+/// is damage too.
+fn damaged(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))
+        | redb::DatabaseError::RepairAborted => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            io.kind() == std::io::ErrorKind::InvalidData
+        }
+        _ => false,
     }
 }
 
