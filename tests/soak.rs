@@ -3,7 +3,7 @@
 //! exactly once, peak RSS stays under its bound, and the process stops cleanly within
 //! its drain timeout afterwards.
 //!
-//! `cargo test --test soak` runs it for 20 s; `scripts/soak.sh SECONDS` runs the long
+//! `cargo test --test soak` runs it for 10 s; `scripts/soak.sh SECONDS` runs the long
 //! version (release build, `STACKLINE_SOAK_SECS`).
 
 mod common;
@@ -26,7 +26,7 @@ async fn attacks_beside_valid_traffic_lose_nothing_and_stay_within_memory() {
     let secs: u64 = std::env::var("STACKLINE_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::default();
     let port = ReservedPort::new();
