@@ -159,6 +159,15 @@ service:
     )
 }
 
+/// Records the exporter counted as damaged.
+async fn corrupt_records(s: &Stackline) -> f64 {
+    s.metric(
+        "stackline_exporter_queue_corrupt_records_total",
+        &[("exporter", "otlp/backend")],
+    )
+    .await
+}
+
 /// Waits until the exporter has queued `n` samples (they are on disk by then).
 async fn wait_queued(s: &Stackline, n: f64) {
     let ok = eventually(Duration::from_secs(30), async || {
@@ -434,14 +443,7 @@ async fn a_damaged_record_in_the_queue_is_skipped_and_counted_and_the_rest_deliv
     })
     .await;
     assert!(done, "{} of {want}\n{}", backend.samples().len(), s.logs());
-    assert_eq!(
-        s.metric(
-            "stackline_exporter_queue_corrupt_records_total",
-            &[("exporter", "otlp/backend")]
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(corrupt_records(&s).await, 1.0);
     // New data still flows.
     send_all(s.endpoint(), 50_000, 100, 100).await;
     assert!(
@@ -566,14 +568,7 @@ async fn queue_file_redb_cannot_open(sync_interval: &str, damage: Damage) {
     let mut got: Vec<u64> = backend.samples().iter().map(|x| x.0).collect();
     got.sort_unstable();
     assert_eq!(got, acked, "delivered after the salvage\n{}", s.logs());
-    assert_eq!(
-        s.metric(
-            "stackline_exporter_queue_corrupt_records_total",
-            &[("exporter", "otlp/backend")]
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(corrupt_records(&s).await, 1.0);
     let aside = std::fs::read_dir(&queue)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -885,11 +880,7 @@ async fn disk_fault_under_the_queue(sync_interval: &str, fault: DiskFault) {
         s.logs()
     );
     assert_eq!(
-        s.metric(
-            "stackline_exporter_queue_corrupt_records_total",
-            &[("exporter", "otlp/backend")]
-        )
-        .await,
+        corrupt_records(&s).await,
         0.0,
         "sync {sync_interval}: records counted corrupt"
     );
