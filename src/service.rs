@@ -24,13 +24,7 @@ pub fn load_config(files: &[PathBuf]) -> Result<Config, ConfigErrors> {
 /// Loads and validates everything `run` would, without starting anything.
 pub fn validate(files: &[PathBuf]) -> Result<Vec<String>, ConfigErrors> {
     let cfg = load_config(files)?;
-    Graph::build(&cfg, &Factories::builtin()).map(|g| warnings(&cfg, g.warnings))
-}
-
-/// The graph's warnings and those about how components are combined.
-fn warnings(cfg: &crate::config::Config, mut w: Vec<String>) -> Vec<String> {
-    w.extend(crate::processors::symbolizer::network_fed_warnings(cfg));
-    w
+    Graph::build(&cfg, &Factories::builtin()).map(|g| g.warnings)
 }
 
 /// Runs until SIGINT or SIGTERM, then drains. With `ready_file`, writes there (as JSON,
@@ -40,7 +34,7 @@ pub async fn run(files: &[PathBuf], ready_file: Option<&Path>) -> anyhow::Result
     let cfg = load_config(files)?;
     telemetry::init_logs(&cfg.service.telemetry.logs.level);
     let mut graph = Graph::build(&cfg, &Factories::builtin())?;
-    for w in warnings(&cfg, std::mem::take(&mut graph.warnings)) {
+    for w in std::mem::take(&mut graph.warnings) {
         tracing::warn!("{w}");
     }
     let health = Health::default();

@@ -463,17 +463,18 @@ service: { pipelines: { profiles: { receivers: [ebpf_profiler], exporters: [debu
 #[test]
 #[cfg_attr(missing = "openssl", ignore = "needs openssl")]
 fn a_symbolizer_fed_from_the_network_with_host_sources_is_warned_about() {
-    let warnings = |sources: &str| {
+    let warnings_fed_by = |receiver: &str, sources: &str| {
         let dir = tempfile::tempdir().unwrap();
         let p = write(
             dir.path(),
             "gw.yaml",
             &format!(
-                "receivers: {{ otlp: {{}} }}\nprocessors: {{ symbolizer: {{ {sources} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [otlp], processors: [symbolizer], exporters: [debug] }} }} }}\n"
+                "receivers: {{ {receiver}: {{}} }}\nprocessors: {{ symbolizer: {{ {sources} }} }}\nexporters: {{ debug: {{}} }}\nservice: {{ pipelines: {{ profiles: {{ receivers: [{receiver}], processors: [symbolizer], exporters: [debug] }} }} }}\n"
             ),
         );
         stackline::service::validate(&[p]).unwrap()
     };
+    let warnings = |sources: &str| warnings_fed_by("otlp", sources);
     let w = warnings("");
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
@@ -483,6 +484,8 @@ fn a_symbolizer_fed_from_the_network_with_host_sources_is_warned_about() {
         "{w:?}"
     );
     assert!(warnings("sources: [debug_dirs]").is_empty());
+    // The eBPF receiver's pids and paths are this host's: host sources are right there.
+    assert!(warnings_fed_by("ebpf_profiler", "").is_empty());
     // The shipped gateway configuration follows its own advice.
     let tmp = tempfile::tempdir().unwrap();
     let gw = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.yaml");

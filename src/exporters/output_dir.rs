@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::ConfigError;
+use crate::host::fs::create_new;
 
 /// How files are named, created and kept (the exporters' `max_files`, `max_age` and
 /// `file_mode`).
@@ -23,20 +24,6 @@ pub struct RetentionConfig {
     pub prefix: &'static str,
     /// Permissions of the files created (`file_mode`).
     pub mode: u32,
-}
-
-/// Creates `path` for writing: never through a symlink, never over an existing file,
-/// with exactly `mode` (the process umask would otherwise narrow it).
-pub fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    Ok(f)
 }
 
 impl RetentionConfig {

@@ -1,9 +1,11 @@
 //! What the agent reads from the host it runs on, shared by the eBPF receiver (which
 //! describes processes) and the symbolizer (which reads their files): `/proc`, cgroups,
-//! ELF files, and the rules for opening files other users control ([`open`]).
+//! ELF files, the rules for opening files other users control ([`open`]), and for
+//! writing into directories they can write to ([`fs`]).
 
 pub mod cgroup;
 pub mod elf;
+pub mod fs;
 pub mod open;
 pub mod proc;
 

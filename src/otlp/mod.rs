@@ -28,6 +28,16 @@ pub use opentelemetry_proto::tonic::common::v1 as common;
 pub use opentelemetry_proto::tonic::profiles::v1development as profiles;
 pub use opentelemetry_proto::tonic::resource::v1 as resource;
 
+/// The OTLP/HTTP path for profiles (served by the `otlp` receiver, posted to by the
+/// `otlphttp` exporter).
+pub const HTTP_PATH: &str = "/v1development/profiles";
+
+/// The gRPC service that receives profiles, and the path of its `Export` method.
+pub const GRPC_SERVICE: &str =
+    "opentelemetry.proto.collector.profiles.v1development.ProfilesService";
+pub const GRPC_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
+
 /// The unit of data that flows between pipeline stages.
 pub type ProfilesRequest = collector::ExportProfilesServiceRequest;
 

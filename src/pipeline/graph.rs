@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::ack::Envelope;
 use super::channel::channel;
 use super::{
-    Context, Exporter, Factories, Fanout, Input, Processor, ProcessorFactory, Receiver, StartError,
+    Context, Exporter, Factories, Fanout, Feeders, Input, Processor, ProcessorFactory, Receiver,
+    StartError,
 };
 use crate::config::{ComponentId, Config, ConfigErrors};
 use crate::telemetry::{Health, HealthReporter, names};
@@ -170,6 +171,7 @@ impl Graph {
                 "no pipeline is defined; add one, e.g. `profiles: { receivers: [otlp], processors: [batch], exporters: [file] }`",
             );
         }
+        let mut warnings = Vec::new();
         let mut pipelines = Vec::new();
         let mut receiver_pipelines: BTreeMap<ComponentId, Vec<usize>> = BTreeMap::new();
         let mut used_exporters = BTreeSet::new();
@@ -199,15 +201,31 @@ impl Graph {
             let p_ids = resolve_ids(pid, "processor", &p.processors, &def_p, &mut errors);
             let e_ids = resolve_ids(pid, "exporter", &p.exporters, &def_e, &mut errors);
             let index = pipelines.len();
-            for r in r_ids {
-                receiver_pipelines.entry(r).or_default().push(index);
+            for r in &r_ids {
+                receiver_pipelines.entry(r.clone()).or_default().push(index);
             }
+            let feeders = Feeders {
+                pipeline: pid,
+                receivers: r_ids
+                    .iter()
+                    .filter_map(|r| {
+                        let f = factories
+                            .receivers
+                            .iter()
+                            .find(|f| f.type_name == r.type_name)?;
+                        Some((r, f.origin))
+                    })
+                    .collect(),
+            };
             let mut processors = Vec::new();
             for id in p_ids {
                 used_processors.insert(id.clone());
                 if let Some((f, v)) = processor_defs.get(&id)
                     && let Ok(instance) = (f.create)(&id, v)
                 {
+                    if let Some(w) = f.check_feeders.and_then(|check| check(v, &feeders)) {
+                        warnings.push(format!("processors.{id}: {w}"));
+                    }
                     processors.push((id, instance));
                 }
             }
@@ -219,7 +237,6 @@ impl Graph {
             });
         }
 
-        let mut warnings = Vec::new();
         for (kind, defined, used) in [
             (
                 "receiver",

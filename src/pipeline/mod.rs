@@ -37,8 +37,8 @@ pub use ack::{Ack, Acks, Envelope};
 pub use channel::{Fanout, Input};
 pub use graph::{Graph, Running};
 pub use registry::{
-    Exporter, ExporterFactory, Factories, Processor, ProcessorFactory, Receiver, ReceiverFactory,
-    StartError,
+    Exporter, ExporterFactory, Factories, Feeders, Origin, Processor, ProcessorFactory, Receiver,
+    ReceiverFactory, StartError,
 };
 pub use supervise::{Panicked, catch, catch_async};
 

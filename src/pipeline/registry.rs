@@ -43,16 +43,41 @@ pub trait Exporter: Send {
 /// instance, without acquiring any resource yet: `stackline validate` calls this too.
 pub type CreateFn<T> = fn(&ComponentId, &Value) -> Result<Box<T>, Vec<ConfigError>>;
 
+/// Where a receiver's data comes from: what a processor may need to know about what
+/// feeds it (the symbolizer must not read this host's files for another host's data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Made on this host (the eBPF receiver: its pids and paths are this host's).
+    ThisHost,
+    /// Sent by other machines (the OTLP receiver: pids and paths the sender chose).
+    Network,
+}
+
 pub struct ReceiverFactory {
     pub type_name: &'static str,
     pub description: &'static str,
+    pub origin: Origin,
     pub create: CreateFn<dyn Receiver>,
 }
+
+/// What a processor is told about one of its pipelines: the pipeline's id and the
+/// receivers that feed it, with their origins.
+pub struct Feeders<'a> {
+    pub pipeline: &'a str,
+    pub receivers: Vec<(&'a ComponentId, Origin)>,
+}
+
+/// Checks a processor's (valid) config section against what feeds it in one pipeline
+/// and returns a warning (without the `processors.ID: ` prefix) when the combination is
+/// legal but probably wrong.
+pub type FeedersCheck = fn(&Value, &Feeders) -> Option<String>;
 
 pub struct ProcessorFactory {
     pub type_name: &'static str,
     pub description: &'static str,
     pub create: CreateFn<dyn Processor>,
+    /// Called once per pipeline the processor is in, when the graph is built.
+    pub check_feeders: Option<FeedersCheck>,
 }
 
 pub struct ExporterFactory {

@@ -17,7 +17,7 @@ use crate::exporters::shell::{Delivered, Encoded, SendError, Sender};
 use crate::otlp::collector::ExportProfilesServiceResponse;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-const PATH: &str = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
+use crate::otlp::GRPC_EXPORT_PATH as PATH;
 
 /// Sends pre-encoded protobuf bytes, so a retried request is not encoded again.
 #[derive(Clone, Default)]

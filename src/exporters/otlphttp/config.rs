@@ -86,7 +86,7 @@ impl OtlpHttpExporterConfig {
             None => format!(
                 "{}{}",
                 self.endpoint.trim_end_matches('/'),
-                crate::receivers::otlp::http::PATH
+                crate::otlp::HTTP_PATH
             ),
         }
     }

@@ -27,6 +27,7 @@ pub fn factory() -> ProcessorFactory {
                 cfg: parse_component(v)?,
             }))
         },
+        check_feeders: None,
     }
 }
 

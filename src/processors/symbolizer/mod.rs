@@ -16,57 +16,11 @@ use tokio::task::JoinHandle;
 
 pub use config::{SymbolSource, SymbolizerConfig};
 
-/// Receivers whose data comes from other machines.
-const NETWORK_RECEIVERS: &[&str] = &["otlp"];
-
-/// A warning for each pipeline in which data from the network reaches a symbolizer
-/// that reads host files or this machine's kernel symbols: a request's paths and pids
-/// would then name files here (ones its sender chose), and its kernel is not ours.
-pub fn network_fed_warnings(cfg: &crate::config::Config) -> Vec<String> {
-    use crate::config::ComponentId;
-    let type_of = |id: &str| {
-        ComponentId::parse(id)
-            .map(|c| c.type_name)
-            .unwrap_or_default()
-    };
-    let mut out = Vec::new();
-    for (pid, p) in &cfg.service.pipelines {
-        let Some(net) = p
-            .receivers
-            .iter()
-            .find(|r| NETWORK_RECEIVERS.contains(&type_of(r).as_str()))
-        else {
-            continue;
-        };
-        for proc_id in p.processors.iter().filter(|x| type_of(x) == "symbolizer") {
-            let Some(Ok(c)) = cfg
-                .processors
-                .get(proc_id)
-                .map(crate::config::parse_component::<SymbolizerConfig>)
-            else {
-                continue;
-            };
-            let local: Vec<&str> = [
-                (c.uses(SymbolSource::Host), "host"),
-                (c.kernel_on(), "kernel"),
-            ]
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| n)
-            .collect();
-            if !local.is_empty() {
-                out.push(format!(
-                    "processors.{proc_id}: in pipeline {pid} it symbolizes data from receiver {net} (other machines) with sources {local:?} of this machine; on a gateway set `sources: [debug_dirs]`"
-                ));
-            }
-        }
-    }
-    out
-}
-
 use crate::config::parse_component;
 use crate::otlp::sample_count;
-use crate::pipeline::{Context, Envelope, Fanout, Input, Processor, ProcessorFactory, catch};
+use crate::pipeline::{
+    Context, Envelope, Fanout, Feeders, Input, Origin, Processor, ProcessorFactory, catch,
+};
 use crate::telemetry::names;
 
 pub fn factory() -> ProcessorFactory {
@@ -78,7 +32,30 @@ pub fn factory() -> ProcessorFactory {
                 cfg: parse_component(v)?,
             }))
         },
+        check_feeders: Some(network_fed_warning),
     }
+}
+
+/// Data from the network reaching a symbolizer that reads host files or this machine's
+/// kernel symbols: a request's paths and pids would then name files here (ones its
+/// sender chose), and its kernel is not ours.
+fn network_fed_warning(v: &figment::value::Value, f: &Feeders) -> Option<String> {
+    let (net, _) = f.receivers.iter().find(|(_, o)| *o == Origin::Network)?;
+    let c: SymbolizerConfig = parse_component(v).ok()?;
+    let local: Vec<&str> = [
+        (c.uses(SymbolSource::Host), "host"),
+        (c.kernel_on(), "kernel"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| n)
+    .collect();
+    (!local.is_empty()).then(|| {
+        format!(
+            "in pipeline {} it symbolizes data from receiver {net} (other machines) with sources {local:?} of this machine; on a gateway set `sources: [debug_dirs]`",
+            f.pipeline
+        )
+    })
 }
 
 pub struct SymbolizerProcessor {

@@ -49,6 +49,7 @@ pub fn factory() -> ReceiverFactory {
     ReceiverFactory {
         type_name: "ebpf_profiler",
         description: "samples every CPU with eBPF (perf_event): user and kernel stacks of all processes",
+        origin: crate::pipeline::Origin::ThisHost,
         create: |_, v| {
             Ok(Box::new(EbpfProfiler {
                 cfg: parse_component(v)?,
@@ -144,16 +145,11 @@ fn record_log(cfg: &VerifierLogConfig, program: &str, log: &VerifierLog) {
         return;
     }
     let dir = Path::new(&cfg.output);
-    let path = dir.join(format!("{program}.log"));
-    // Written aside and renamed, so a reader never sees half a log.
-    let tmp = dir.join(format!(".{program}.log.tmp"));
-    // Created afresh without following links: the agent runs as root, and the
-    // directory may be one others can write to.
-    let _ = std::fs::remove_file(&tmp);
+    let name = format!("{program}.log");
+    let path = dir.join(&name);
+    // Written whole (aside, then renamed), so a reader never sees half a log.
     let written = std::fs::create_dir_all(dir)
-        .and_then(|_| crate::exporters::output_dir::create_new(&tmp, 0o640))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, log.text.as_bytes()))
-        .and_then(|_| std::fs::rename(&tmp, &path));
+        .and_then(|_| crate::host::fs::replace_whole(dir, &name, 0o640, log.text.as_bytes()));
     if let Err(e) = written {
         tracing::error!(path = %path.display(), error = %e, "cannot write the verifier log (verifier_log.output)");
     } else {

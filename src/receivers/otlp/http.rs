@@ -16,12 +16,10 @@ use tokio::task::JoinHandle;
 
 use super::HttpConfig;
 use super::intake::{Intake, Refusal};
+use crate::otlp::HTTP_PATH as PATH;
 use crate::otlp::ProfilesRequest;
 use crate::otlp::collector::ExportProfilesServiceResponse;
 use crate::pipeline::{Context, Fanout, StartError};
-
-/// The OTLP/HTTP path for profiles.
-pub const PATH: &str = "/v1development/profiles";
 
 struct Server {
     intake: Intake,

@@ -14,12 +14,13 @@ use tokio::task::JoinHandle;
 pub use config::{GrpcConfig, HttpConfig, OtlpReceiverConfig, Protocols, ServerTlsConfig};
 
 use crate::config::parse_component;
-use crate::pipeline::{Context, Fanout, Receiver, ReceiverFactory, StartError};
+use crate::pipeline::{Context, Fanout, Origin, Receiver, ReceiverFactory, StartError};
 
 pub fn factory() -> ReceiverFactory {
     ReceiverFactory {
         type_name: "otlp",
         description: "OTLP profiles over gRPC and HTTP (protobuf or JSON; gzip and zstd), as sent by agents, SDKs and other collectors",
+        origin: Origin::Network,
         create: |_, v| {
             Ok(Box::new(OtlpReceiver {
                 cfg: parse_component(v)?,

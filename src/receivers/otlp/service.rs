@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::GrpcConfig;
 use super::intake::{Budget, InFlight, Intake, Refusal};
 use crate::otlp::collector::{ExportProfilesServiceRequest, ExportProfilesServiceResponse};
+use crate::otlp::{GRPC_EXPORT_PATH as EXPORT_PATH, GRPC_SERVICE as SERVICE_NAME};
 use crate::pipeline::{Context, Fanout, StartError};
 use crate::telemetry::names;
 
@@ -155,10 +156,6 @@ where
         })
     }
 }
-
-const SERVICE_NAME: &str = "opentelemetry.proto.collector.profiles.v1development.ProfilesService";
-const EXPORT_PATH: &str =
-    "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export";
 
 pub(super) async fn serve(
     cfg: GrpcConfig,

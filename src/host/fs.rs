@@ -1,0 +1,63 @@
+//! Writing files into directories others may also write to (the exporters' output
+//! directories, the eBPF receiver's verifier-log directory). The agent runs as root, so
+//! a file is created afresh, never through a symlink and never over an existing file,
+//! with exactly the mode asked for.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Creates `path` for writing: never through a symlink, never over an existing file,
+/// with exactly `mode` (the process umask would otherwise narrow it).
+pub fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// Writes `bytes` as `dir/name`, replacing what was there, so that a reader sees the
+/// old file or the new one and never half of one: the bytes go to a hidden file beside
+/// it (`.NAME.tmp`, created with [`create_new`]), which is then renamed over `name`.
+pub fn replace_whole(dir: &Path, name: &str, mode: u32, bytes: &[u8]) -> io::Result<PathBuf> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    // A leftover of an earlier crash: the name is private to the caller.
+    let _ = fs::remove_file(&tmp);
+    let written = create_new(&tmp, mode)
+        .and_then(|mut f| io::Write::write_all(&mut f, bytes))
+        .and_then(|_| fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|_| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_whole_replaces_a_file_but_not_through_a_planted_temporary_link() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        fs::write(&outside, b"precious").unwrap();
+        fs::write(d.path().join("x.log"), b"old").unwrap();
+        // A symlink where the temporary file goes is removed, not followed.
+        std::os::unix::fs::symlink(&outside, d.path().join(".x.log.tmp")).unwrap();
+        let p = replace_whole(d.path(), "x.log", 0o640, b"new").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert!(!d.path().join(".x.log.tmp").exists());
+    }
+}
