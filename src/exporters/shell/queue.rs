@@ -22,16 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use tokio::sync::Notify;
 
 use super::journal::Journal;
-use super::record::{self, HEADER};
-use super::salvage::{self, Floor};
+use super::record::{self, HEADER, TABLE};
+use super::salvage::{self, Marks};
 use super::{Encoded, QueueConfig, StorageConfig};
 use crate::telemetry::names;
-
-const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
 
 /// One request taken from the queue by a worker; give it back to [`Queue::settle`].
 pub struct Taken {
@@ -258,8 +256,9 @@ struct Disk {
     /// SIGKILL (see `journal.rs`). Its lock also orders appends against syncs.
     journal: Option<std::sync::Mutex<Journal>>,
     held: std::sync::Mutex<Held>,
-    /// The smallest sequence number still held, beside the file, for a salvage.
-    floor: Floor,
+    /// Beside the file, for a salvage: the smallest sequence number still held, and the
+    /// reservation above every number handed out.
+    marks: Marks,
     bytes: AtomicU64,
     max_bytes: u64,
     /// fsync every append (sync_interval 0), or leave it to the syncer.
@@ -275,8 +274,14 @@ struct Disk {
 /// The sequence numbers the queue holds (appended and not yet settled).
 struct Held {
     next: u64,
+    /// `marks` says durably that no number at or above this was handed out; `next`
+    /// reaching it reserves the next block first.
+    reserved: u64,
     seqs: std::collections::BTreeSet<u64>,
 }
+
+/// Sequence numbers reserved at a time (one fsync of the marks file each).
+const RESERVE_BLOCK: u64 = 1 << 16;
 
 impl Held {
     /// Every sequence number below this is settled.
@@ -296,13 +301,13 @@ impl Disk {
         let path = queue_file(&cfg.directory, exporter);
         let corrupt =
             metrics::counter!(names::EXPORTER_QUEUE_CORRUPT, "exporter" => exporter.to_owned());
-        let (floor, floor_was) = Floor::open(&path).map_err(|e| {
+        let (marks, was) = Marks::open(&path).map_err(|e| {
             format!(
-                "cannot open the queue's floor file beside {}: {e}",
+                "cannot open the queue's marks file (.floor) beside {}: {e}",
                 path.display()
             )
         })?;
-        let db = open_db(&path, &corrupt, floor_was)?;
+        let db = open_db(&path, &corrupt, was)?;
         let journal = if cfg.sync_interval.is_zero() {
             None
         } else {
@@ -315,11 +320,13 @@ impl Disk {
             journal,
             path,
             held: std::sync::Mutex::new(Held {
-                // Numbers are never used twice, even if the file was lost.
-                next: floor_was.max(1),
+                // Numbers are never used twice, even with records of the last run still
+                // held (some settled out of turn above them) or the file lost.
+                next: was.floor.max(was.reserved).max(1),
+                reserved: was.reserved,
                 seqs: Default::default(),
             }),
-            floor,
+            marks,
             bytes: AtomicU64::new(0),
             max_bytes: cfg.max_size.as_u64(),
             sync_each: cfg.sync_interval.is_zero(),
@@ -396,9 +403,9 @@ impl Disk {
         self.replayed.store(samples, Ordering::Relaxed);
         {
             let mut held = self.held();
-            held.next = held.next.max(last + 1);
+            held.next = held.next.max(last.saturating_add(1));
             held.seqs = good.iter().copied().collect();
-            self.floor.set(held.floor());
+            self.marks.set_floor(held.floor());
         }
         self.bytes.store(bytes, Ordering::Relaxed);
         self.bytes_gauge.set(bytes as f64);
@@ -415,7 +422,7 @@ impl Disk {
     fn settled(&self, seq: u64) {
         let mut held = self.held();
         held.seqs.remove(&seq);
-        self.floor.set(held.floor());
+        self.marks.set_floor(held.floor());
     }
 
     fn replay_seqs(&self) -> Vec<u64> {
@@ -486,6 +493,20 @@ impl Disk {
             *g = None;
             let db = match Database::create(&d.path) {
                 Ok(db) => db,
+                Err(e) if damaged(&e) => {
+                    d.corrupt.increment(1);
+                    let held = {
+                        let h = d.held();
+                        salvage::Held {
+                            floor: h.floor(),
+                            reserved: h.reserved,
+                        }
+                    };
+                    if let Err(e) = salvage::replace_damaged(&d.path, &e, held) {
+                        tracing::error!(error = %e, retry_in = ?backoff, "cannot reopen the sending queue yet");
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(path = %d.path.display(), error = %e, retry_in = ?backoff, "cannot reopen the sending queue yet");
                     continue;
@@ -516,7 +537,16 @@ impl Disk {
         let seq = {
             let mut held = self.held();
             let seq = held.next;
-            held.next += 1;
+            if seq >= held.reserved {
+                let upto = seq.saturating_add(RESERVE_BLOCK);
+                self.marks
+                    .reserve(upto)
+                    .map_err(|e| self.err("reserving sequence numbers (.floor) beside", e))?;
+                held.reserved = upto;
+            }
+            held.next = seq
+                .checked_add(1)
+                .ok_or_else(|| self.err("writing", "its sequence numbers are used up"))?;
             // Held from before it is written, so the floor never passes it.
             held.seqs.insert(seq);
             seq
@@ -689,22 +719,21 @@ impl Disk {
 
 /// Opens (creating) the queue file. An I/O error is tried again for up to
 /// OPEN_RETRY_FOR (a disk that is briefly full or failing at start); a file redb says
-/// is corrupt is moved aside for inspection (`….redb.corrupt-<time>`), counted, and a
-/// new one started, into which the requests still readable in the old one are put
-/// (those at or above `floor`: see `salvage.rs`); anything else stops the exporter with
-/// a message saying what to do.
-fn open_db(path: &Path, corrupt: &metrics::Counter, floor: u64) -> Result<Database, String> {
+/// is corrupt is counted and replaced by one holding the requests still readable in it
+/// ([`salvage::replace_damaged`]); anything else stops the exporter with a message saying what
+/// to do.
+fn open_db(
+    path: &Path,
+    corrupt: &metrics::Counter,
+    held: salvage::Held,
+) -> Result<Database, String> {
+    salvage::finish_replacement(path)?;
     let until = std::time::Instant::now() + OPEN_RETRY_FOR;
     let mut backoff = Duration::from_millis(100);
-    let mut aside: Option<PathBuf> = None;
+    let mut replaced = false;
     loop {
         let e = match Database::create(path) {
-            Ok(db) => {
-                if let Some(old) = &aside {
-                    salvage_into(&db, old, floor);
-                }
-                return Ok(db);
-            }
+            Ok(db) => return Ok(db),
             Err(e) => e,
         };
         match &e {
@@ -714,24 +743,10 @@ fn open_db(path: &Path, corrupt: &metrics::Counter, floor: u64) -> Result<Databa
                     path.display()
                 ));
             }
-            _ if damaged(&e) => {
-                let to = path.with_extension(format!(
-                    "redb.corrupt-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0)
-                ));
-                tracing::error!(path = %path.display(), error = %e, aside = %to.display(), "the sending queue on disk is corrupt and cannot be opened; it is moved aside, a new one started, and the requests still readable in it are put into the new one");
+            _ if damaged(&e) && !replaced => {
                 corrupt.increment(1);
-                std::fs::rename(path, &to).map_err(|e| {
-                    format!(
-                        "cannot move the corrupt queue {} aside: {e}",
-                        path.display()
-                    )
-                })?;
-                aside = Some(to);
-                continue;
+                salvage::replace_damaged(path, &e, held)?;
+                replaced = true;
             }
             redb::DatabaseError::Storage(redb::StorageError::Io(_))
                 if std::time::Instant::now() < until =>
@@ -746,39 +761,6 @@ fn open_db(path: &Path, corrupt: &metrics::Counter, floor: u64) -> Result<Databa
                     path.display()
                 ));
             }
-        }
-    }
-}
-
-/// Puts the whole records found in the corrupt file `old` (at or above `floor`) into
-/// the new queue `db`, durably. On failure the old file stays where it is, and the log
-/// says so.
-fn salvage_into(db: &Database, old: &Path, floor: u64) {
-    let mut samples = 0u64;
-    let mut run = || -> Result<salvage::Found, String> {
-        let w = db.begin_write().map_err(|e| e.to_string())?;
-        let found = {
-            let mut t = w.open_table(TABLE).map_err(|e| e.to_string())?;
-            salvage::scan(old, floor, |seq, rec| {
-                samples += record::decode(&rec).map_or(0, |i| i.samples);
-                t.insert(seq, rec.as_slice())
-                    .map(|_| ())
-                    .map_err(std::io::Error::other)
-            })
-            .map_err(|e| e.to_string())?
-        };
-        w.commit().map_err(|e| e.to_string())?;
-        Ok(found)
-    };
-    match run() {
-        Ok(found) => {
-            tracing::warn!(from = %old.display(), requests = found.records, samples, settled_before = found.settled, floor, "requests read back from the corrupt sending queue; they are replayed (those delivered out of turn before the damage may be delivered again)");
-            if found.cut_short {
-                tracing::error!(from = %old.display(), "reading the corrupt sending queue back stopped early: it holds more candidate records than it can hold real ones; the rest of it was not read");
-            }
-        }
-        Err(e) => {
-            tracing::error!(from = %old.display(), error = %e, "the requests in the corrupt sending queue could not be read back; it is kept for inspection")
         }
     }
 }
@@ -868,3 +850,6 @@ pub fn queue_file(directory: &Path, exporter: &str) -> PathBuf {
         .collect();
     directory.join(format!("{name}.redb"))
 }
+
+#[cfg(test)]
+mod tests;

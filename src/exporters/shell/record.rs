@@ -13,6 +13,9 @@ use bytes::Bytes;
 
 use super::Encoded;
 
+/// The redb table records are kept in, by sequence number.
+pub(super) const TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("requests");
+
 pub(super) const MAGIC: [u8; 4] = *b"SLQ\x02";
 /// Everything before the payload.
 pub(super) const HEADER: usize = 40;
@@ -38,7 +41,7 @@ pub(super) fn encode(seq: u64, item: &Encoded) -> Vec<u8> {
 pub(super) struct Header {
     pub seq: u64,
     pub len: u64,
-    payload_crc: u32,
+    pub payload_crc: u32,
 }
 
 /// The header at the start of `h` (at least HEADER bytes), if it is one.
