@@ -18,7 +18,7 @@
 # Then:  kubectl apply -f OUT/secrets.yaml && kubectl apply -k deploy/kubernetes
 # Outside Kubernetes: copy tls.crt, tls.key (gateway) or ca.crt (agent) to
 # /etc/stackline/tls/ and token to /etc/stackline/token, mode 0600, owned by the user
-# Stackline runs as. README "Secure deployment" has the rotation steps.
+# Stackline runs as. docs/deploy.md, "Secure deployment" has the rotation steps.
 set -euo pipefail
 out=${1:?usage: $0 OUT [--namespace NS] [--name DNS]... [--renew-cert]}
 shift

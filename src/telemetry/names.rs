@@ -54,9 +54,9 @@ metric_names! {
     counter EXPORTER_QUEUE_REPLAYED = "stackline_exporter_queue_replayed_samples_total";
     /// Records of a persistent sending queue that were corrupt or torn and skipped. Label: `exporter`.
     counter EXPORTER_QUEUE_CORRUPT = "stackline_exporter_queue_corrupt_records_total";
-    /// Connections open on an HTTP listener. Label: `listener`.
+    /// Connections open on an HTTP listener. Label: `listener` (`otlp/http`, `otlp/grpc`, `telemetry`, `pprof`).
     gauge HTTP_CONNECTIONS = "stackline_http_connections";
-    /// Connections an HTTP listener closed at once (`too_many_connections`) or whose TLS handshake failed or timed out (`tls_handshake`). Labels: `listener`, `reason`.
+    /// Connections a listener closed: at once, all being taken (`too_many_connections`); idle, to make room for a new one (`idle_evicted`); whose TLS handshake failed or timed out (`tls_handshake`); that sent nothing within the handshake time (`silent`). Labels: `listener`, `reason`.
     counter HTTP_CONNECTIONS_REFUSED = "stackline_http_connections_refused_total";
     /// Addresses a `dns:///` endpoint resolved to, by state (`healthy`, or `down` after a failed attempt, until it is tried again). Labels: `exporter`, `state`.
     gauge EXPORTER_ENDPOINTS = "stackline_exporter_endpoints";
@@ -96,7 +96,7 @@ metric_names! {
     gauge EBPF_VERIFIER_SECONDS = "stackline_ebpf_verifier_time_seconds";
     /// CPU samples received from the kernel.
     counter EBPF_SAMPLES = "stackline_ebpf_samples_total";
-    /// Samples, or parts of them, lost. Label: `reason`.
+    /// Samples, or parts of them, lost. Label: `reason`: `ring_buffer_full`, `user_stack_unreadable`, `kernel_stack_unreadable`, `process_exited_before_maps_read`, `frame_outside_any_mapping`, `undecodable`, `invalid_profile` (a profile the receiver built failed the index check: a bug).
     counter EBPF_SAMPLES_LOST = "stackline_ebpf_samples_lost_total";
     /// Cumulative run time of the program in the kernel, in seconds, as the kernel counts it (only while `kernel.bpf_stats_enabled` = 1). Label: `program`.
     gauge EBPF_PROGRAM_RUN_SECONDS = "stackline_ebpf_program_run_time_seconds";
@@ -142,4 +142,35 @@ metric_names! {
     counter SYMBOLIZER_DEBUGLINKS = "stackline_symbolizer_debuglinks_total";
     /// Time to symbolize one request, in seconds.
     histogram SYMBOLIZER_DURATION = "stackline_symbolizer_duration_seconds";
+}
+
+#[cfg(test)]
+mod tests {
+    /// `docs/metrics.md` is generated from [`super::ALL`]: the names and help texts
+    /// above are the one place metrics are described.
+    #[test]
+    fn the_metrics_reference_in_docs_is_current() {
+        let mut md = String::from(
+            "# Metrics reference\n\nEvery metric Stackline serves on `/metrics`, with the help text Prometheus shows. \
+             Generated from [`src/telemetry/names.rs`](../src/telemetry/names.rs) by its test \
+             (`STACKLINE_BLESS=1 cargo test --lib the_metrics_reference` rewrites this file); \
+             [telemetry.md](telemetry.md) says how to use them. Back to the [README](../README.md).\n\n\
+             | metric | kind | meaning and labels |\n|---|---|---|\n",
+        );
+        for (name, kind, help) in super::ALL {
+            md += &format!(
+                "| `{name}` | {kind} | {} |\n",
+                help.trim().replace('|', "\\|")
+            );
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md");
+        if std::env::var_os("STACKLINE_BLESS").is_some() {
+            std::fs::write(&path, &md).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == md,
+            "docs/metrics.md is not what src/telemetry/names.rs says: run `STACKLINE_BLESS=1 cargo test --lib the_metrics_reference` and commit it"
+        );
+    }
 }
