@@ -278,6 +278,9 @@ struct Held {
     /// reaching it reserves the next block first.
     reserved: u64,
     seqs: std::collections::BTreeSet<u64>,
+    /// The floor may not rise above this (`u64::MAX`: no pin): the floor found at start
+    /// when records past an unreadable page could not be seen.
+    pin: u64,
 }
 
 /// Sequence numbers reserved at a time (one fsync of the marks file each).
@@ -286,7 +289,11 @@ const RESERVE_BLOCK: u64 = 1 << 16;
 impl Held {
     /// Every sequence number below this is settled.
     fn floor(&self) -> u64 {
-        self.seqs.first().copied().unwrap_or(self.next)
+        self.seqs
+            .first()
+            .copied()
+            .unwrap_or(self.next)
+            .min(self.pin)
     }
 }
 
@@ -325,6 +332,7 @@ impl Disk {
                 next: was.floor.max(was.reserved).max(1),
                 reserved: was.reserved,
                 seqs: Default::default(),
+                pin: u64::MAX,
             }),
             marks,
             bytes: AtomicU64::new(0),
@@ -353,6 +361,7 @@ impl Disk {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let (mut bytes, mut samples, mut last) = (0u64, 0u64, 0u64);
+        let mut whole = true;
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         let db = guard
             .as_ref()
@@ -365,6 +374,7 @@ impl Disk {
                         let Ok((k, v)) = entry else {
                             // An unreadable page ends the scan; what was read is kept.
                             self.corrupt.increment(1);
+                            whole = false;
                             break;
                         };
                         let seq = k.value();
@@ -405,6 +415,11 @@ impl Disk {
             let mut held = self.held();
             held.next = held.next.max(last.saturating_add(1));
             held.seqs = good.iter().copied().collect();
+            // Records past an unreadable page were not seen: the floor stays where it
+            // was, so that a salvage does not take them for settled.
+            if !whole {
+                held.pin = self.marks.floor();
+            }
             self.marks.set_floor(held.floor());
         }
         self.bytes.store(bytes, Ordering::Relaxed);
@@ -491,6 +506,12 @@ impl Disk {
             let mut g = d.db.write().unwrap_or_else(|p| p.into_inner());
             // Closing releases redb's lock on the file, so it can be opened again.
             *g = None;
+            // A replacement that failed half-way (the read-back file not yet in place)
+            // is finished first: creating the file now would start an empty queue.
+            if let Err(e) = salvage::finish_replacement(&d.path) {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot reopen the sending queue yet");
+                continue;
+            }
             let db = match Database::create(&d.path) {
                 Ok(db) => db,
                 Err(e) if damaged(&e) => {
@@ -520,6 +541,17 @@ impl Disk {
                         tracing::warn!(error = %e, retry_in = ?backoff, "cannot restore the queue's journal yet");
                         continue;
                     }
+                }
+            }
+            // A salvage or the journal changed what the file holds: count it again.
+            match stored_bytes(&db) {
+                Ok(b) => {
+                    d.bytes.store(b, Ordering::Relaxed);
+                    d.bytes_gauge.set(b as f64);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the reopened sending queue yet");
+                    continue;
                 }
             }
             *g = Some(db);
@@ -834,6 +866,21 @@ fn recover_journal(db: &Database, path: &Path) -> Result<Journal, String> {
         .clear()
         .map_err(|e| format!("emptying the queue's journal {}: {e}", jpath.display()))?;
     Ok(journal)
+}
+
+/// Bytes of the records `db` holds.
+fn stored_bytes(db: &Database) -> Result<u64, redb::Error> {
+    let r = db.begin_read()?;
+    let t = match r.open_table(TABLE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut n = 0;
+    for entry in t.iter()? {
+        n += entry?.1.value().len() as u64;
+    }
+    Ok(n)
 }
 
 /// The queue file of an exporter (for tests and tools).

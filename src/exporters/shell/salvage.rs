@@ -97,6 +97,11 @@ impl Marks {
         Ok((m, held))
     }
 
+    /// The floor last written (or read at open).
+    pub fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Relaxed)
+    }
+
     /// Records that every sequence number below `floor` is settled.
     pub fn set_floor(&self, floor: u64) {
         if self.floor.load(Ordering::Relaxed) == floor {
@@ -114,9 +119,13 @@ impl Marks {
     /// Durably records that no sequence number at or above `upto` is handed out yet.
     /// Called with the numbers' lock held, before the first number of a new block.
     pub fn reserve(&self, upto: u64) -> io::Result<()> {
-        let slot = self.slot.fetch_xor(1, Ordering::Relaxed) as usize;
+        // The slot flips only once a write is durable: a retry after a failure goes over
+        // the same slot, never over the one holding the newest good reservation.
+        let slot = self.slot.load(Ordering::Relaxed) as usize;
         write_mark(&self.file, RESERVED_AT[slot], upto)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.slot.store(slot as u64 ^ 1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -265,15 +274,16 @@ pub(super) fn replace_damaged(
             into.display()
         )
     })?;
-    let aside = path.with_extension(format!(
-        "redb.corrupt-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    ));
-    let moved = std::fs::rename(path, &aside)
-        .and_then(|_| std::fs::rename(&into, path))
+    let aside = aside_name(path);
+    // The read-back file's name is durable before the damaged file leaves its place.
+    let moved = sync_dir(path)
+        .and_then(|_| std::fs::rename(path, &aside))
+        .and_then(|_| {
+            std::fs::rename(&into, path).inspect_err(|_| {
+                // Back where it was, so that nothing creates an empty queue in its place.
+                let _ = std::fs::rename(&aside, path);
+            })
+        })
         .and_then(|_| sync_dir(path));
     moved.map_err(|e| {
         format!(
@@ -286,6 +296,22 @@ pub(super) fn replace_damaged(
         tracing::error!(aside = %aside.display(), "reading the corrupt sending queue back skipped candidate records: it holds more of them than it can hold real ones");
     }
     Ok(())
+}
+
+/// `<queue>.redb.corrupt-<unix seconds>`, with `-N` added if that name is taken.
+fn aside_name(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let base = path.with_extension(format!("redb.corrupt-{secs}"));
+    let mut p = base.clone();
+    let mut n = 0;
+    while p.exists() {
+        n += 1;
+        p = PathBuf::from(format!("{}-{n}", base.display()));
+    }
+    p
 }
 
 /// Completes a replacement a crash interrupted: a read-back file with the damaged one
