@@ -63,15 +63,7 @@ impl OutputDir {
         // Re-created if someone removed it meanwhile.
         fs::create_dir_all(&self.dir)?;
         let stem = name.strip_suffix(suffix).unwrap_or(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        // A leftover of a crash (ours: the name is private to this exporter).
-        let _ = fs::remove_file(&tmp);
-        let written = create_new(&tmp, self.retention.mode)
-            .and_then(|mut f| io::Write::write_all(&mut f, bytes));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let tmp = crate::host::fs::write_aside(&self.dir, name, self.retention.mode, bytes)?;
         // Renamed without replacing anything: a name taken meanwhile, by a file or a
         // symlink, is left alone and the next `-N` is tried.
         let mut n = 0;

@@ -21,21 +21,33 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<fs::File> {
     Ok(f)
 }
 
+/// Writes `bytes` whole into a hidden file beside `dir/name` (`.NAME.tmp`, created with
+/// [`create_new`], a leftover of an earlier crash removed first: the name is private to
+/// the caller) and returns its path, for the caller to rename into place. On failure
+/// nothing is left behind.
+pub fn write_aside(dir: &Path, name: &str, mode: u32, bytes: &[u8]) -> io::Result<PathBuf> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let written = create_new(&tmp, mode).and_then(|mut f| io::Write::write_all(&mut f, bytes));
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Writes `bytes` as `dir/name`, replacing what was there, so that a reader sees the
-/// old file or the new one and never half of one: the bytes go to a hidden file beside
-/// it (`.NAME.tmp`, created with [`create_new`]), which is then renamed over `name`.
+/// old file or the new one and never half of one: [`write_aside`], then renamed over
+/// `name`.
 pub fn replace_whole(dir: &Path, name: &str, mode: u32, bytes: &[u8]) -> io::Result<PathBuf> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    // A leftover of an earlier crash: the name is private to the caller.
-    let _ = fs::remove_file(&tmp);
-    let written = create_new(&tmp, mode)
-        .and_then(|mut f| io::Write::write_all(&mut f, bytes))
-        .and_then(|_| fs::rename(&tmp, &path));
-    if written.is_err() {
+    let tmp = write_aside(dir, name, mode, bytes)?;
+    fs::rename(&tmp, &path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-    }
-    written.map(|_| path)
+    })?;
+    Ok(path)
 }
 
 #[cfg(test)]
