@@ -57,7 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    one_malloc_arena();
+    stackline::host::one_malloc_arena();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Validate) => match service::validate(&cli.config) {
@@ -153,22 +153,6 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }
-    }
-}
-
-/// All threads allocate from one glibc arena. With an arena per thread (glibc's default,
-/// up to 8 per core) the agent's anonymous memory was 57 MiB in the native unwinding
-/// mode, most of it free space held by the arenas of threads that had once built a
-/// table or symbolized a file; with one it is 24 MiB. The threads allocate little per
-/// sample (samples are aggregated per stack), so they do not contend for it.
-/// `MALLOC_ARENA_MAX` in the environment still overrides this.
-fn one_malloc_arena() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: called first thing in main, before any other thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

@@ -11,8 +11,7 @@ pub fn skip(test: &str, why: &str) {
 
 /// True when running as root; otherwise the test is skipped (see [`skip`]) with `why`.
 pub fn root_or_skip(test: &str, why: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::host::is_root();
     if !root {
         skip(test, why);
     }

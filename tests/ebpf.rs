@@ -768,7 +768,7 @@ async fn go_tool_pprof_and_flamegraphs_show_the_workload_with_its_shares() {
 /// Opens the maps by id, so call it only while their agent runs: polling a dying agent's
 /// program array this way can leak it in the kernel (see `sys::map_name`).
 fn profiler_objects(except: &[u32]) -> Vec<String> {
-    use stackline::receivers::ebpf_profiler::sys::{loaded_programs, map_name};
+    use stackline::receivers::ebpf_profiler::bpf::sys::{loaded_programs, map_name};
     let progs: Vec<_> = loaded_programs()
         .unwrap()
         .into_iter()
@@ -790,7 +790,7 @@ fn profiler_objects(except: &[u32]) -> Vec<String> {
 /// Which of `objects` (as [`profiler_objects`] names them) the kernel still has, by id
 /// alone: opens nothing.
 fn still_loaded(objects: &[String]) -> Vec<String> {
-    use stackline::receivers::ebpf_profiler::sys::loaded_ids;
+    use stackline::receivers::ebpf_profiler::bpf::sys::loaded_ids;
     let (progs, maps) = (loaded_ids(true).unwrap(), loaded_ids(false).unwrap());
     objects
         .iter()
@@ -846,7 +846,7 @@ async fn after_sigkill_nothing_stays_in_the_kernel_and_a_restart_profiles_again(
         return;
     }
     let _serial = SYSTEM_WIDE.lock().await;
-    let before: Vec<u32> = stackline::receivers::ebpf_profiler::sys::loaded_ids(true).unwrap();
+    let before: Vec<u32> = stackline::receivers::ebpf_profiler::bpf::sys::loaded_ids(true).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_c_workload("cpu_shares", dir.path(), &[]);
     let mut s = start_loaded(dir.path(), &agent_config("")).await;

@@ -1,8 +1,7 @@
 //! Maps and shared types of Stackline's eBPF programs.
 #![no_std]
 
-pub mod shared;
-pub mod unwind;
+pub use stackline_ebpf_common::{shared, unwind};
 
 use core::cell::UnsafeCell;
 use core::ffi::c_void;

@@ -60,8 +60,14 @@ fn typed(tag: figment::value::Tag, text: String) -> Value {
     Value::String(tag, text)
 }
 
-/// Expands every reference in `s`. Returns the text and whether `s` was exactly one reference.
+/// Expands every reference in `s` from the process's environment. Returns the text and
+/// whether `s` was exactly one reference.
 fn expand_str(s: &str) -> Result<(String, bool), String> {
+    expand_with(s, &|name| std::env::var(name).ok())
+}
+
+/// [`expand_str`] with the variables `lookup` gives.
+fn expand_with(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, bool), String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     let mut refs = 0;
@@ -98,10 +104,10 @@ fn expand_str(s: &str) -> Result<(String, bool), String> {
                 "invalid environment variable name `{name}` in `{s}`"
             ));
         }
-        match (std::env::var(name), default) {
-            (Ok(v), _) => out.push_str(&v),
-            (Err(_), Some(d)) => out.push_str(d),
-            (Err(_), None) => {
+        match (lookup(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
                 return Err(format!(
                     "environment variable `{name}` is not set; set it or give a default with `${{env:{name}:-default}}`"
                 ));
@@ -118,15 +124,17 @@ fn expand_str(s: &str) -> Result<(String, bool), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_str;
+    use super::expand_with;
+
+    /// The environment these tests see: STACKLINE_T_A is set, nothing else is.
+    fn expand_str(s: &str) -> Result<(String, bool), String> {
+        expand_with(s, &|name| {
+            (name == "STACKLINE_T_A").then(|| "alpha".to_owned())
+        })
+    }
 
     #[test]
     fn expands_set_unset_default_and_escape() {
-        // SAFETY: tests in this module are the only ones touching these variables.
-        unsafe {
-            std::env::set_var("STACKLINE_T_A", "alpha");
-            std::env::remove_var("STACKLINE_T_UNSET");
-        }
         assert_eq!(
             expand_str("${env:STACKLINE_T_A}").unwrap(),
             ("alpha".into(), true)

@@ -73,7 +73,7 @@ impl OutputDir {
             } else {
                 self.dir.join(format!("{stem}-{n}{suffix}"))
             };
-            match Self::rename_noreplace(&tmp, &path) {
+            match crate::host::fs::rename_noreplace(&tmp, &path) {
                 Ok(()) => break path,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
                 Err(e) => {
@@ -84,31 +84,6 @@ impl OutputDir {
         };
         self.retain(suffix)?;
         Ok(path)
-    }
-
-    /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
-    fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
-        };
-        let (from, to) = (c(from)?, c(to)?);
-        // SAFETY: both paths are NUL-terminated; renameat2 only reads them.
-        let r = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                libc::AT_FDCWD,
-                to.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
     }
 
     /// Whether `name` is one this exporter writes: prefix, a [`timestamp`], suffix.

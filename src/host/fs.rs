@@ -3,7 +3,7 @@
 //! a file is created afresh, never through a symlink and never over an existing file,
 //! with exactly the mode asked for.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,46 @@ pub fn replace_whole(dir: &Path, name: &str, mode: u32, bytes: &[u8]) -> io::Res
         let _ = fs::remove_file(&tmp);
     })?;
     Ok(path)
+}
+
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated; renameat2 only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether the filesystem of `f` keeps its files in memory (tmpfs, ramfs): a copy there
+/// would take as much memory as decompressing on the heap, only less visibly.
+pub fn in_memory(f: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain C struct, zero is a valid value; fstatfs fills it or fails.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to a statfs.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    Ok(matches!(s.f_type as i64, libc::TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
 #[cfg(test)]

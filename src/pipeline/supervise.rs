@@ -50,22 +50,23 @@ pub fn catch<T>(component: &str, f: impl FnOnce() -> T) -> Result<T, Panicked> {
 
 /// Awaits `fut`, catching a panic in any of its polls (see [`catch`]).
 pub async fn catch_async<F: Future>(component: &str, fut: F) -> Result<F::Output, Panicked> {
-    CatchUnwind { fut }.await.map_err(|p| {
+    CatchUnwind { fut: Box::pin(fut) }.await.map_err(|p| {
         let message = panic_message(&*p);
         record_panic(component, &message);
         Panicked { message }
     })
 }
 
+/// The future is boxed, so polling it needs no pin projection (one allocation per
+/// supervised task, made once when it starts).
 struct CatchUnwind<F> {
-    fut: F,
+    fut: Pin<Box<F>>,
 }
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        // SAFETY: `fut` is structurally pinned: it is never moved out of `self`.
-        let fut = unsafe { self.map_unchecked_mut(|s| &mut s.fut) };
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let fut = self.fut.as_mut();
         match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),

@@ -16,6 +16,28 @@ use tokio_util::sync::CancellationToken;
 
 pub use health::{Health, HealthReporter, Status};
 
+/// An error and its causes, `outer: inner: …`, for logs and health: a `Display` of
+/// the error alone would drop what its `source` holds (the kernel's errno, an I/O
+/// error, the parser's reason).
+pub fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> Chain<'a> {
+    Chain(e)
+}
+
+/// See [`chain`].
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once; later calls return the same handle.

@@ -157,11 +157,7 @@ fn cgroup_limit(own: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64>
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        p if p > 0 => p as u64,
-        _ => 4096,
-    };
+    let page = crate::host::page_size();
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())

@@ -649,7 +649,6 @@ fn a_debug_file_whose_crc_does_not_match_is_not_used_and_is_counted() {
 
 #[test]
 fn a_debuglink_naming_a_fifo_neither_blocks_nor_is_used() {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let bin = build_c(dir.path());
@@ -662,14 +661,8 @@ fn a_debuglink_naming_a_fifo_neither_blocks_nor_is_used() {
     std::fs::create_dir_all(&below).unwrap();
     let fifos = [&debug, &below, &dir.path().to_owned()].map(|d| d.join("inlines.fifo"));
     for f in &fifos {
-        let c = std::ffi::CString::new(f.as_os_str().as_bytes()).unwrap();
-        // SAFETY: mkfifo reads the NUL-terminated path only.
-        assert_eq!(
-            unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
-            0,
-            "{}",
-            f.display()
-        );
+        nix::unistd::mkfifo(f.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap_or_else(|e| panic!("mkfifo {}: {e}", f.display()));
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let path = stripped.to_str().unwrap().to_owned();

@@ -49,19 +49,7 @@ fn bad(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Whether the filesystem of `f` keeps its files in memory (tmpfs, ramfs): a copy there
-/// would take as much memory as decompressing on the heap, only less visibly.
-pub fn in_memory(f: &File) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain C struct, zero is a valid value; fstatfs fills it or fails.
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a pointer to a statfs.
-    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut s) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    Ok(matches!(s.f_type as i64, libc::TMPFS_MAGIC | RAMFS_MAGIC))
-}
+pub use crate::host::fs::in_memory;
 
 /// Largest zstd window accepted (16 MiB): a frame may ask for more, which the decoder
 /// would allocate before writing a byte.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::verifier_log::{KERNEL_MAX_LOG_SIZE, KERNEL_MIN_LOG_SIZE, LogSettings};
+use super::bpf::verifier_log::{KERNEL_MAX_LOG_SIZE, KERNEL_MIN_LOG_SIZE, LogSettings};
 use crate::config::units::{ByteSize, byte_size};
 use crate::config::{ConfigError, Validate};
 
@@ -174,6 +174,18 @@ impl UnwindConfig {
             UnwindMode::Auto => mode::AUTO,
             UnwindMode::FramePointer => mode::FRAME_POINTER,
             UnwindMode::EhFrame => mode::EH_FRAME,
+        }
+    }
+
+    /// The settings the program reads from its `CONFIG` map.
+    pub fn program_config(&self, include_idle: bool, kernel_stacks: bool) -> super::shared::Config {
+        super::shared::Config {
+            include_idle: include_idle as u32,
+            kernel_stacks: kernel_stacks as u32,
+            mode: self.program_mode(),
+            max_frames: self.max_frames,
+            generation: 0,
+            _pad: 0,
         }
     }
 }

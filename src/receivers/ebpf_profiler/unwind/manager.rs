@@ -23,12 +23,14 @@ use super::rules::{Chunk, MappingInfo};
 use super::table::{Table, bias};
 use crate::host::elf::{Segment, segments, segments_in};
 use crate::host::proc::MapEntry;
-use crate::receivers::ebpf_profiler::loader::TableMaps;
+use crate::receivers::ebpf_profiler::bpf::loader::TableMaps;
+use crate::receivers::ebpf_profiler::bpf::{pod, sys};
+use crate::receivers::ebpf_profiler::process::{Listener, ProcessEvent};
 use crate::receivers::ebpf_profiler::shared::{MAPPING_KEY_BITS, MappingKeyData};
-use crate::receivers::ebpf_profiler::sys;
 use crate::telemetry::names;
 
-/// What the sample reader tells the manager.
+/// What the manager is told: by the process model (through [`Handle`]'s [`Listener`]),
+/// and by its builder thread.
 pub enum Msg {
     /// A process's current executable mappings (at first sight, exec, pid reuse, or refresh).
     Process { pid: u32, maps: Vec<MapEntry> },
@@ -67,6 +69,21 @@ impl Handle {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(msg) {
             self.dropped.increment(1);
         }
+    }
+}
+
+/// The manager follows the process model: tables for what is mapped, ranges dropped for
+/// what is gone, and each interval's sampled processes to rank what to keep.
+impl Listener for Handle {
+    fn on(&mut self, event: &ProcessEvent<'_>) {
+        self.send(match *event {
+            ProcessEvent::Mapped { pid, maps } => Msg::Process {
+                pid,
+                maps: maps.to_vec(),
+            },
+            ProcessEvent::Gone { pid } => Msg::Gone(pid),
+            ProcessEvent::Interval { sampled } => Msg::Interval(sampled.to_vec()),
+        });
     }
 }
 
@@ -467,14 +484,11 @@ impl Manager {
             "unwind_rows",
         )?;
         for (i, c) in t.chunks.iter().enumerate() {
-            // SAFETY: Chunk is #[repr(C)] plain integers; its bytes are its value.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(
-                    c as *const Chunk as *const u8,
-                    std::mem::size_of::<Chunk>(),
-                )
-            };
-            sys::map_update(inner.as_fd(), &(i as u32).to_ne_bytes(), Some(bytes))?;
+            sys::map_update(
+                inner.as_fd(),
+                &(i as u32).to_ne_bytes(),
+                Some(pod::bytes_of(c)),
+            )?;
         }
         sys::map_update(
             self.maps.tables.as_fd(),
@@ -490,8 +504,7 @@ impl Manager {
     /// Tells the program to forget the mappings its CPUs remember: one was removed or changed.
     fn bump_generation(&mut self) {
         self.maps.settings.generation = self.maps.settings.generation.wrapping_add(1);
-        let cfg = crate::receivers::ebpf_profiler::loader::PodConfig(self.maps.settings);
-        if let Err(e) = self.maps.config.set(0, cfg, 0) {
+        if let Err(e) = self.maps.config.set(0, self.maps.settings, 0) {
             tracing::debug!(error = %e, "cannot update the program's settings");
         }
     }

@@ -5,8 +5,7 @@
 //! - [`walk`]: the same walk in user space, over any memory (tests run it on core files).
 
 pub mod manager;
-#[path = "../../../../ebpf/src/unwind.rs"]
-pub mod rules;
+pub use stackline_ebpf_common::unwind as rules;
 pub mod table;
 
 pub use rules::{MappingInfo, Regs};

@@ -102,6 +102,12 @@ fn with_directory(pages: &[(u64, PageInfo)], rows: Vec<Chunk>) -> Vec<Chunk> {
             ..*info
         };
     }
+    let header = DirHeader {
+        first_page: first,
+        pages: n as u32,
+        dir_chunks: dir_chunks as u32,
+    };
+    dir[..DIR_HEADER as usize].copy_from_slice(&header.as_entries());
     let mut out: Vec<Chunk> = dir
         .chunks(CHUNK_ROWS)
         .map(|c| {
@@ -109,21 +115,11 @@ fn with_directory(pages: &[(u64, PageInfo)], rows: Vec<Chunk>) -> Vec<Chunk> {
                 rows: [Row::default(); CHUNK_ROWS],
             };
             for (r, e) in chunk.rows.iter_mut().zip(c) {
-                // SAFETY: both are 8-byte #[repr(C)] plain integers.
-                *r = unsafe { std::mem::transmute::<PageInfo, Row>(*e) };
+                *r = Row::from_entry(*e);
             }
             chunk
         })
         .collect();
-    let header = DirHeader {
-        first_page: first,
-        pages: n as u32,
-        dir_chunks: dir_chunks as u32,
-    };
-    // SAFETY: the header is 16 plain-integer bytes written over the first two entries.
-    unsafe {
-        std::ptr::write_unaligned(out[0].rows.as_mut_ptr() as *mut DirHeader, header);
-    }
     out.extend(rows);
     out
 }

@@ -1,7 +1,7 @@
 //! Types shared by the eBPF program and user space (`#[repr(C)]`, plain integers only).
-//! User space includes this same file, so both sides always agree on the layout.
+//! Both sides build them from this one file, so they always agree on the layout.
 
-use super::unwind::{MappingInfo, Regs};
+use crate::unwind::{MappingInfo, Regs};
 
 /// Kernel frames captured per sample (the kernel's default `perf_event_max_stack`).
 pub const MAX_KERNEL_FRAMES: usize = 127;

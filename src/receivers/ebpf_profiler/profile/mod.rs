@@ -3,20 +3,20 @@
 //! Every frame becomes a Location whose address lies inside its Mapping's
 //! `[memory_start, memory_limit)`, with the Mapping's file offset, file name and GNU
 //! build ID (`process.executable.build_id.gnu`). Kernel frames map to
-//! `[kernel.kallsyms]` or their module. Processes are read at first sight and cached,
-//! so short-lived ones still resolve after they exit.
+//! `[kernel.kallsyms]` or their module. Processes come from the [process model](super::process).
+//!
+//! - [`decode`]: the ring buffer's records.
 
 use crate::otlp::semconv;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::Counter;
 
-use super::shared::{COMM_LEN, FRAME_BY_FP, MAX_KERNEL_FRAMES, MAX_USER_FRAMES, RecordHeader};
-use super::sys;
-use super::unwind::manager::{self, Msg};
+use super::process::Processes;
+use super::shared::COMM_LEN;
 use super::unwind::rules::stop;
-use crate::host::proc::{BuildIds, KernelMaps, MapEntry, ProcessInfo};
+use crate::host::proc::{BuildIds, KernelMaps, MapEntry};
 use crate::otlp::common::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use crate::otlp::profiles::{
     KeyValueAndUnit, Location, Mapping, Profile, Sample, Stack, ValueType,
@@ -25,102 +25,9 @@ use crate::otlp::resource::Resource;
 use crate::otlp::{DictionaryBuilder, ProfilesRequest};
 use crate::telemetry::names;
 
-/// A sample decoded from the ring buffer. The reader keeps one and decodes every
-/// record into it, so its buffers are reused rather than allocated per sample.
-#[derive(Debug, Clone, Default)]
-pub struct DecodedSample {
-    pub tgid: u32,
-    pub tid: u32,
-    pub cpu: u32,
-    pub ktime_ns: u64,
-    pub comm: String,
-    /// The raw `comm` bytes, NUL-padded (a cheap key for the thread).
-    pub comm_raw: [u8; COMM_LEN],
-    /// User frames, leaf first (return addresses after the first).
-    pub user: Vec<u64>,
-    /// Bit i set: user frame i was reached by frame pointer (its code had no table).
-    pub user_by_fp: u128,
-    pub user_error: Option<i64>,
-    pub kernel: Vec<u64>,
-    pub kernel_error: Option<i64>,
-    /// Why the native walk ended (`unwind::stop`; 0 in frame-pointer mode).
-    pub stop: u8,
-}
+mod decode;
 
-const HEADER: usize = std::mem::size_of::<RecordHeader>();
-
-impl DecodedSample {
-    /// Decodes one ring-buffer record (a header, then its frames) into `self`, reusing
-    /// its buffers; false (and `self` left unspecified) if the record is cut short.
-    pub fn decode_from(&mut self, bytes: &[u8]) -> bool {
-        if bytes.len() < HEADER {
-            return false;
-        }
-        // SAFETY: the length is checked; RecordHeader is #[repr(C)] plain integers,
-        // valid for any bit pattern; the read is unaligned-safe.
-        let h: RecordHeader =
-            unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const RecordHeader) };
-        let (k, u) = (h.kernel_len as usize, h.user_len as usize);
-        if k > MAX_KERNEL_FRAMES || u > MAX_USER_FRAMES {
-            return false;
-        }
-        let Some(frames) = bytes.get(HEADER..HEADER + (k + u) * 8) else {
-            return false;
-        };
-        let mut words = frames
-            .chunks_exact(8)
-            .map(|w| u64::from_ne_bytes(w.try_into().unwrap_or_default()));
-        self.kernel.clear();
-        self.kernel
-            .extend(words.by_ref().take(k).filter(|&a| a != 0));
-        self.user.clear();
-        self.user_by_fp = 0;
-        for a in words {
-            if a & FRAME_BY_FP != 0 && self.user.len() < 128 {
-                self.user_by_fp |= 1 << self.user.len();
-            }
-            let a = a & !FRAME_BY_FP;
-            if a != 0 {
-                self.user.push(a);
-            }
-        }
-        let comm_end = h.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        if self.comm_raw != h.comm {
-            self.comm_raw = h.comm;
-            self.comm.clear();
-            self.comm
-                .push_str(&String::from_utf8_lossy(&h.comm[..comm_end]));
-        }
-        self.tgid = h.tgid;
-        self.tid = h.tid;
-        self.cpu = h.cpu;
-        self.ktime_ns = h.ktime_ns;
-        self.user_error = (h.user_error < 0).then_some(h.user_error as i64);
-        self.kernel_error = (h.kernel_error < 0).then_some(h.kernel_error as i64);
-        self.stop = h.stop;
-        true
-    }
-}
-
-struct Cached {
-    info: Option<ProcessInfo>,
-    /// The main thread's comm when last seen: it changes exactly when the process execs.
-    main_comm: Option<String>,
-    refreshed: Instant,
-    /// Least time before the program's next request re-reads the maps: short while
-    /// re-reads find new mappings (a process starting, a library loaded), doubling up
-    /// to REQUEST_REFRESH_MAX while they find nothing (code with no table: JIT, …).
-    request_wait: Duration,
-    /// CLOCK_MONOTONIC (the samples' clock) when the maps were last read: a sample taken
-    /// after it may be in a mapping made since.
-    read_ns: u64,
-    /// The last re-read for an address in no mapping did not find it either (anonymous
-    /// code, memory unmapped since): such misses re-read at most every REFRESH_EVERY.
-    futile: bool,
-    seen: Instant,
-    /// Report interval in which the start time was last compared.
-    checked: u64,
-}
+pub use decode::DecodedSample;
 
 /// Counters for frames and samples that could not be fully resolved.
 struct Meters {
@@ -130,35 +37,10 @@ struct Meters {
     kernel_stack: Counter,
 }
 
-/// Reads processes, and tells the unwind-table manager (in the native modes) what it
-/// read, so the program can walk them.
-#[derive(Default)]
-struct Reader {
-    tables: Option<manager::Handle>,
-}
-
-impl Reader {
-    fn read(&self, pid: u32) -> std::io::Result<ProcessInfo> {
-        let info = ProcessInfo::read(pid)?;
-        if let Some(t) = &self.tables {
-            t.send(Msg::Process {
-                pid,
-                maps: info.maps.clone(),
-            });
-        }
-        Ok(info)
-    }
-}
-
-/// Process, build-ID and kernel-range lookups, cached.
+/// What building a profile looks up: processes (the model), build IDs and kernel
+/// ranges, and the counters of what could not be resolved.
 pub struct Resolver {
-    procs: HashMap<u32, Cached>,
-    reader: Reader,
-    /// Processes sampled in the current interval (their tables count as used).
-    sampled: std::collections::HashSet<u32>,
-    /// Current report interval: each process's start time is compared once per interval,
-    /// so a reused pid is never resolved against the maps of the process it replaced.
-    interval: u64,
+    pub processes: Processes,
     build_ids: BuildIds,
     kernel: KernelMaps,
     meters: Meters,
@@ -170,27 +52,12 @@ impl Default for Resolver {
     }
 }
 
-/// How long a process may go unsampled before its cache entry is dropped.
-const EVICT_AFTER: Duration = Duration::from_secs(120);
-/// How long an exited process's entry is kept after its last sample.
-const EXITED_AFTER: Duration = Duration::from_secs(1);
-/// Least time between two re-reads of one process's maps.
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
-/// The same, when the eBPF program asks (it asks at most every 20 ms per process):
-/// at first, and again once a re-read found new mappings.
-const REQUEST_REFRESH_MIN: Duration = Duration::from_millis(20);
-/// The most it waits once re-reads keep finding nothing new.
-const REQUEST_REFRESH_MAX: Duration = Duration::from_secs(1);
-
 impl Resolver {
     pub fn new() -> Self {
         let lost =
             |reason: &'static str| metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => reason);
         Resolver {
-            procs: HashMap::new(),
-            reader: Reader::default(),
-            sampled: Default::default(),
-            interval: 0,
+            processes: Processes::default(),
             build_ids: BuildIds::default(),
             kernel: KernelMaps::read(),
             meters: Meters {
@@ -199,156 +66,6 @@ impl Resolver {
                 user_stack: lost("user_stack_unreadable"),
                 kernel_stack: lost("kernel_stack_unreadable"),
             },
-        }
-    }
-
-    /// Feeds the unwind-table manager from now on.
-    pub fn set_tables(&mut self, tables: manager::Handle) {
-        self.reader.tables = Some(tables);
-    }
-
-    /// The program could not unwind through an address of `pid`: re-read the process
-    /// (at most every `request_wait`), so its new mappings (exec, dlopen) get tables.
-    pub fn requested(&mut self, pid: u32, now: Instant) {
-        match self.procs.get_mut(&pid) {
-            Some(c) if now.duration_since(c.refreshed) >= c.request_wait => {
-                c.refreshed = now;
-                c.read_ns = sys::monotonic_ns();
-                if let Ok(fresh) = self.reader.read(pid) {
-                    let same = c.info.as_ref().is_some_and(|old| old.maps == fresh.maps);
-                    c.request_wait = if same {
-                        (c.request_wait * 2).min(REQUEST_REFRESH_MAX)
-                    } else {
-                        REQUEST_REFRESH_MIN
-                    };
-                    c.info = Some(fresh);
-                }
-            }
-            Some(_) => {}
-            None => {
-                self.cached(pid, now);
-            }
-        }
-    }
-
-    /// The cache entry of a process: read at first sight, its start time compared once
-    /// per interval.
-    fn cached(&mut self, pid: u32, now: Instant) -> &mut Cached {
-        let interval = self.interval;
-        let reader = &self.reader;
-        let entry = self.procs.entry(pid).or_insert_with(|| Cached {
-            read_ns: sys::monotonic_ns(),
-            info: reader.read(pid).ok(),
-            main_comm: None,
-            futile: false,
-            refreshed: now,
-            request_wait: REQUEST_REFRESH_MIN,
-            seen: now,
-            checked: interval,
-        });
-        entry.seen = now;
-        if entry.checked != interval {
-            entry.checked = interval;
-            let cached_start = entry.info.as_ref().map(|i| i.start_time);
-            // A different start time (or none, after a failed read) means another process
-            // now has this pid. If the pid is gone, keep what was read at first sight.
-            let read_ns = sys::monotonic_ns();
-            if let Ok(start) = crate::host::proc::start_time(pid)
-                && cached_start != Some(start)
-                && let Ok(fresh) = reader.read(pid)
-            {
-                entry.info = Some(fresh);
-                entry.refreshed = now;
-                entry.read_ns = read_ns;
-                entry.futile = false;
-            }
-        }
-        entry
-    }
-
-    fn process(&mut self, pid: u32, now: Instant) -> Option<&ProcessInfo> {
-        self.cached(pid, now).info.as_ref()
-    }
-
-    /// The process a sample came from. A new comm on the main thread means the process
-    /// exec'd (its pid and start time stay the same), so it is read again at once.
-    fn sampled(&mut self, pid: u32, tid: u32, comm: &str, now: Instant) -> Option<&ProcessInfo> {
-        self.sampled.insert(pid);
-        self.cached(pid, now);
-        let reader = &self.reader;
-        let c = self.procs.get_mut(&pid)?;
-        if pid == tid {
-            match &c.main_comm {
-                Some(old) if old != comm => {
-                    let read_ns = sys::monotonic_ns();
-                    if let Ok(fresh) = reader.read(pid) {
-                        c.info = Some(fresh);
-                        c.refreshed = now;
-                        c.read_ns = read_ns;
-                        c.futile = false;
-                    }
-                    c.main_comm = Some(comm.to_owned());
-                }
-                Some(_) => {}
-                None => c.main_comm = Some(comm.to_owned()),
-            }
-        }
-        c.info.as_ref()
-    }
-
-    /// The mapping of a user address taken at `ktime_ns`, re-reading the maps when the
-    /// address is in none of them: the process exec'd, its loader mapped a library, it
-    /// called dlopen, or its pid was reused. A sample taken after the last read is
-    /// re-read for at once: the address was mapped when it was taken, so the maps read
-    /// now have it unless it was unmapped since. On a busy machine a new process's first
-    /// read often lands between exec and its loader mapping libc. Once such a re-read
-    /// has not found its address either, misses wait REFRESH_EVERY.
-    fn user_mapping(
-        &mut self,
-        pid: u32,
-        addr: u64,
-        ktime_ns: u64,
-        now: Instant,
-    ) -> Option<MapEntry> {
-        if let Some(m) = self.process(pid, now).and_then(|p| p.mapping_for(addr)) {
-            return Some(m.clone());
-        }
-        let c = self.procs.get_mut(&pid)?;
-        let newer = ktime_ns > c.read_ns && !c.futile;
-        if newer || now.duration_since(c.refreshed) >= REFRESH_EVERY {
-            c.refreshed = now;
-            c.read_ns = sys::monotonic_ns();
-            if let Ok(fresh) = self.reader.read(pid) {
-                c.info = Some(fresh);
-            }
-            let found = c.info.as_ref()?.mapping_for(addr).cloned();
-            c.futile = found.is_none();
-            return found;
-        }
-        c.info.as_ref()?.mapping_for(addr).cloned()
-    }
-
-    /// Starts a new report interval: drops processes not sampled for a while (and
-    /// their entries in the unwind index), and tells the table manager what was used.
-    pub fn next_interval(&mut self, now: Instant) {
-        self.interval += 1;
-        let tables = &self.reader.tables;
-        self.procs.retain(|&pid, c| {
-            let idle = now.duration_since(c.seen);
-            // An exited process goes once its last samples are surely read (they were
-            // taken over a second ago, and the ring was drained just before this): on a
-            // node that starts many short-lived processes, keeping each for
-            // EVICT_AFTER held tens of MiB of maps.
-            let keep = idle < EVICT_AFTER
-                && (idle < EXITED_AFTER || std::fs::exists(format!("/proc/{pid}")).unwrap_or(true));
-            if !keep && let Some(t) = tables {
-                t.send(Msg::Gone(pid));
-            }
-            keep
-        });
-        let sampled: Vec<u32> = self.sampled.drain().collect();
-        if let Some(t) = tables {
-            t.send(Msg::Interval(sampled));
         }
     }
 }
@@ -584,7 +301,7 @@ impl IntervalProfile {
         let info = if idle {
             None
         } else {
-            r.sampled(s.tgid, s.tid, &s.comm, now)
+            r.processes.sampled(s.tgid, s.tid, &s.comm, now)
         };
         let (known, user_process) = match (idle, info) {
             (true, _) | (false, None) => (false, false),
@@ -700,7 +417,7 @@ impl IntervalProfile {
         if let Some(&f) = self.user_frames.get(&(pid, addr, fp)) {
             return f;
         }
-        let (mapping, mapped) = match r.user_mapping(pid, addr, ktime_ns, now) {
+        let (mapping, mapped) = match r.processes.user_mapping(pid, addr, ktime_ns, now) {
             Some(m) => (self.user_mapping(pid, &m, r), true),
             None => (0, false),
         };

@@ -67,6 +67,38 @@ pub struct DirHeader {
 /// Directory entries the header takes (16 bytes = 2 entries).
 pub const DIR_HEADER: u64 = 2;
 
+impl DirHeader {
+    /// The header as the first [`DIR_HEADER`] directory entries it is stored in: the
+    /// same bytes that [`lookup`] reads back as a header.
+    pub fn as_entries(&self) -> [PageInfo; 2] {
+        let entry = |b: [u8; 8]| PageInfo {
+            chunk: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            first: u16::from_ne_bytes([b[4], b[5]]),
+            count: u16::from_ne_bytes([b[6], b[7]]),
+        };
+        let (p, d) = (self.pages.to_ne_bytes(), self.dir_chunks.to_ne_bytes());
+        [
+            entry(self.first_page.to_ne_bytes()),
+            entry([p[0], p[1], p[2], p[3], d[0], d[1], d[2], d[3]]),
+        ]
+    }
+}
+
+impl Row {
+    /// A directory entry in a row's slot of a chunk: the same bytes, which [`entries`]
+    /// reads back as the entry.
+    pub fn from_entry(e: PageInfo) -> Row {
+        let c = e.chunk.to_ne_bytes();
+        Row {
+            pc_low: u16::from_ne_bytes([c[0], c[1]]),
+            cfa: c[2],
+            rbp: c[3],
+            cfa_off: e.first,
+            rbp_off: e.count as i16,
+        }
+    }
+}
+
 /// A chunk seen as directory entries.
 #[inline(always)]
 pub fn entries(c: &Chunk) -> &[PageInfo; CHUNK_ROWS] {

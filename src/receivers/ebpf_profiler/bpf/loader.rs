@@ -9,15 +9,14 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use aya::Pod;
 use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
 use aya_obj::generated::{bpf_map_type, bpf_prog_type};
 use aya_obj::obj::{EbpfSectionKind, ProgramSection};
 
+use super::super::shared::{self, Config, MappingKeyData};
+use super::super::unwind::rules::{Chunk, MappingInfo};
 use super::kernel::TaskOffsets;
-use super::shared::{self, Config, MappingKeyData};
-use super::sys::{self, ProgLoad, errno_name};
-use super::unwind::rules::{Chunk, MappingInfo};
+use super::sys::{self, ProgLoad};
 use super::verifier_log::{self, LoadFailure, LogSettings, VerifierLog};
 
 /// The entry program's name in the object.
@@ -30,22 +29,12 @@ pub const FP_WALKER: &str = "stackline_fp_walk";
 pub const MAX_TABLES: u32 = 4096;
 
 /// The profiler object built from `ebpf/` (see scripts/build-ebpf.sh).
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../ebpf/prebuilt/stackline.bpf.o");
-
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub struct PodConfig(pub Config);
-// SAFETY: Config is #[repr(C)] and holds only integers.
-unsafe impl Pod for PodConfig {}
-
-// SAFETY: each is #[repr(C)] (or packed) and holds only integers, valid for any bit pattern.
-unsafe impl Pod for MappingKeyData {}
-unsafe impl Pod for MappingInfo {}
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../ebpf/prebuilt/stackline.bpf.o");
 
 /// The maps user space fills so the unwinder can walk stacks without frame pointers.
 pub struct TableMaps {
     /// The program's settings, whose `generation` tells it to forget cached mappings.
-    pub config: Array<MapData, PodConfig>,
+    pub config: Array<MapData, Config>,
     pub settings: Config,
     /// (pid, address) → mapping (an LPM trie).
     pub mappings: LpmTrie<MapData, MappingKeyData, MappingInfo>,
@@ -53,39 +42,104 @@ pub struct TableMaps {
     pub tables: OwnedFd,
 }
 
-/// Why the profiler could not start.
+/// Why the profiler could not start. Each kind keeps its cause ([`std::error::Error::source`]),
+/// and [`LoadError::errno`] gives the kernel's errno where the kernel said no.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
         "the ebpf_profiler receiver needs root, or CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE to read other processes' memory maps); this process has {have}. Run it as root, or grant them, e.g. `setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep stackline`"
     )]
     Capabilities { have: String },
-    #[error("cannot read the eBPF object {path}: {source}")]
-    ReadObject {
-        path: String,
+    /// The object does not parse, or lacks what the loader needs (not the kernel's doing).
+    #[error("the eBPF object is unusable: {what}")]
+    Object {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The kernel refused to create, fill or freeze a map.
+    #[error("{what} failed (hint: check capabilities, and RLIMIT_MEMLOCK on kernels before 5.11)")]
+    Map {
+        what: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("the eBPF object is unusable: {0}")]
-    Object(String),
-    #[error(
-        "creating the eBPF maps failed: {0}; hint: check capabilities and RLIMIT_MEMLOCK (kernels before 5.11)"
-    )]
-    Maps(String),
     #[error("{}", .failure.describe(.program))]
     Program {
         program: String,
         failure: LoadFailure,
     },
-    #[error(
-        "attaching `{program}` to the cpu-clock event of CPU {cpu} failed: {}; hint: {hint}",
-        errno_name(*.errno)
-    )]
+    #[error("attaching `{program}` to the cpu-clock event of CPU {cpu} failed ({hint})")]
     Attach {
         program: String,
         cpu: u32,
-        errno: i32,
         hint: &'static str,
+        #[source]
+        source: std::io::Error,
     },
+    /// The load ran on a blocking thread that panicked (a bug).
+    #[error("the load attempt panicked: {0}")]
+    Panicked(String),
+}
+
+impl LoadError {
+    /// A structural problem of the object, with its cause where there is one.
+    fn object(what: impl Into<String>) -> Self {
+        LoadError::Object {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    fn object_because(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        LoadError::Object {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    fn map(what: impl Into<String>, source: std::io::Error) -> Self {
+        LoadError::Map {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The errno the kernel answered with, if the kernel refused something.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            LoadError::Capabilities { .. } => Some(libc::EPERM),
+            LoadError::Map { source, .. } | LoadError::Attach { source, .. } => {
+                source.raw_os_error()
+            }
+            LoadError::Program { failure, .. } => Some(failure.errno),
+            LoadError::Object { .. } | LoadError::Panicked(_) => None,
+        }
+    }
+
+    /// The failure's kind, as the `reason` label of the load-failure metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoadError::Capabilities { .. } => "missing_capabilities",
+            LoadError::Object { .. } | LoadError::Panicked(_) => "object",
+            LoadError::Map { .. } => "maps",
+            LoadError::Program { failure, .. } => failure.reason(),
+            LoadError::Attach { .. } => "attach",
+        }
+    }
+}
+
+/// An aya map error as its io::Error where it has one (the kernel's errno), or as one
+/// that says what it was.
+fn map_io(e: aya::maps::MapError) -> std::io::Error {
+    match e {
+        aya::maps::MapError::CreateError { io_error, .. } => io_error,
+        aya::maps::MapError::SyscallError(s) => s.io_error,
+        other => std::io::Error::other(other),
+    }
 }
 
 /// A loaded, attached profiler.
@@ -161,7 +215,7 @@ fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
 ) -> Result<T, LoadError> {
     let data = maps
         .remove(name)
-        .ok_or_else(|| LoadError::Object(format!("map `{name}` missing")))?;
+        .ok_or_else(|| LoadError::object(format!("map `{name}` missing")))?;
     let kind = declared.get(name).map_or(0, |m| m.map_type());
     let map = match kind {
         k if k == bpf_map_type::BPF_MAP_TYPE_ARRAY as u32 => Map::Array(data),
@@ -169,12 +223,12 @@ fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
         k if k == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 => Map::RingBuf(data),
         k if k == bpf_map_type::BPF_MAP_TYPE_LPM_TRIE as u32 => Map::LpmTrie(data),
         _ => {
-            return Err(LoadError::Object(format!(
+            return Err(LoadError::object(format!(
                 "map `{name}` is of type {kind}, which the reader does not use"
             )));
         }
     };
-    T::try_from(map).map_err(|e| LoadError::Object(format!("map `{name}`: {e}")))
+    T::try_from(map).map_err(|e| LoadError::object_because(format!("map `{name}`"), e))
 }
 
 /// Checks privileges, loads and attaches. On failure the error says what to do;
@@ -198,8 +252,8 @@ pub fn load(
         task_stack: 0,
         pt_regs: 0,
     });
-    let mut obj =
-        aya_obj::Object::parse(req.object).map_err(|e| LoadError::Object(e.to_string()))?;
+    let mut obj = aya_obj::Object::parse(req.object)
+        .map_err(|e| LoadError::object_because("parsing it", e))?;
     let (task_stack, pt_regs) = (
         offsets.task_stack.to_ne_bytes(),
         offsets.pt_regs.to_ne_bytes(),
@@ -208,7 +262,7 @@ pub fn load(
         ("TASK_STACK_OFFSET", (&task_stack[..], false)),
         ("PT_REGS_OFFSET", (&pt_regs[..], false)),
     ]))
-    .map_err(|e| LoadError::Object(e.to_string()))?;
+    .map_err(|e| LoadError::object_because("setting its task offsets", e))?;
     // The tables' map-of-maps: arrays of chunks, each sized for its executable.
     let tables = if native && obj.maps.contains_key("TABLES") {
         let template = sys::map_create(
@@ -220,7 +274,7 @@ pub fn load(
             None,
             "unwind_tmpl",
         )
-        .map_err(|e| LoadError::Maps(format!("creating the unwind table template: {e}")))?;
+        .map_err(|e| LoadError::map("creating the unwind table template", e))?;
         Some(
             sys::map_create(
                 bpf_map_type::BPF_MAP_TYPE_HASH_OF_MAPS as u32,
@@ -232,9 +286,10 @@ pub fn load(
                 "TABLES",
             )
             .map_err(|e| {
-                LoadError::Maps(format!(
-                    "creating the unwind tables' map-of-maps: {e} (BPF_F_INNER_MAP needs Linux 5.10+)"
-                ))
+                LoadError::map(
+                    "creating the unwind tables' map-of-maps (BPF_F_INNER_MAP needs Linux 5.10+)",
+                    e,
+                )
             })?,
         )
     } else {
@@ -261,37 +316,32 @@ pub fn load(
             }
             let size = def.max_entries();
             if !size.is_power_of_two() || size < 4096 {
-                return Err(LoadError::Object(format!(
+                return Err(LoadError::object(format!(
                     "ring buffer `{name}` is {size} bytes; it must be a power of two of at least 4 KiB"
                 )));
             }
         }
         let data = def.data().to_vec();
         if !data.is_empty() && data.len() != def.value_size() as usize {
-            return Err(LoadError::Object(format!(
+            return Err(LoadError::object(format!(
                 "global data map `{name}` holds {} bytes for a {}-byte value",
                 data.len(),
                 def.value_size()
             )));
         }
         let rodata = matches!(def.section_kind(), EbpfSectionKind::Rodata);
-        let map = MapData::create(def, name, None).map_err(|e| {
-            let why = match &e {
-                aya::maps::MapError::CreateError { io_error, .. } => io_error.to_string(),
-                other => other.to_string(),
-            };
-            LoadError::Maps(format!("creating map `{name}`: {why}"))
-        })?;
+        let map = MapData::create(def, name, None)
+            .map_err(|e| LoadError::map(format!("creating map `{name}`"), map_io(e)))?;
         // Global data (`.rodata`, `.data`, `.bss`) is one value at key 0; read-only data is
         // frozen so that the verifier may treat it as constant (aya's `MapData::finalize`
         // does the same, but is not public).
         if !data.is_empty() {
             sys::map_update(map.fd().as_fd(), &0u32.to_ne_bytes(), Some(&data))
-                .map_err(|e| LoadError::Maps(format!("filling map `{name}`: {e}")))?;
+                .map_err(|e| LoadError::map(format!("filling map `{name}`"), e))?;
         }
         if rodata {
             sys::map_freeze(map.fd().as_fd())
-                .map_err(|e| LoadError::Maps(format!("freezing map `{name}`: {e}")))?;
+                .map_err(|e| LoadError::map(format!("freezing map `{name}`"), e))?;
         }
         maps.insert(name.clone(), map);
     }
@@ -306,25 +356,25 @@ pub fn load(
         fds.iter().map(|(n, fd)| (n.as_str(), *fd, &obj_maps[n])),
         &text_sections,
     )
-    .map_err(|e| LoadError::Object(e.to_string()))?;
+    .map_err(|e| LoadError::object_because("relocating its map references", e))?;
     obj.relocate_calls(&text_sections)
-        .map_err(|e| LoadError::Object(e.to_string()))?;
+        .map_err(|e| LoadError::object_because("relocating its calls", e))?;
     obj.sanitize_functions(aya::features());
 
     let load_one = |name: &str| -> Result<verifier_log::Loaded, LoadError> {
         let prog = obj
             .programs
             .get(name)
-            .ok_or_else(|| LoadError::Object(format!("no program `{name}` in the object")))?;
+            .ok_or_else(|| LoadError::object(format!("no program `{name}` in the object")))?;
         if !matches!(prog.section, ProgramSection::PerfEvent) {
-            return Err(LoadError::Object(format!(
+            return Err(LoadError::object(format!(
                 "`{name}` is not a perf_event program"
             )));
         }
         let function = obj
             .functions
             .get(&prog.function_key())
-            .ok_or_else(|| LoadError::Object(format!("no code for `{name}`")))?;
+            .ok_or_else(|| LoadError::object(format!("no code for `{name}`")))?;
         verifier_log::load(
             &ProgLoad {
                 prog_type: bpf_prog_type::BPF_PROG_TYPE_PERF_EVENT as u32,
@@ -353,20 +403,20 @@ pub fn load(
         on_loaded(walker, &u.log);
         let progs = maps
             .get("PROGS")
-            .ok_or_else(|| LoadError::Object("map `PROGS` missing".into()))?;
+            .ok_or_else(|| LoadError::object("map `PROGS` missing"))?;
         sys::map_update(
             progs.fd().as_fd(),
             &index.to_ne_bytes(),
             Some(&(u.fd.as_raw_fd() as u32).to_ne_bytes()),
         )
-        .map_err(|e| LoadError::Maps(format!("installing `{walker}`: {e}")))?;
+        .map_err(|e| LoadError::map(format!("installing `{walker}` in `PROGS`"), e))?;
         u.fd
     };
 
-    let mut config: Array<MapData, PodConfig> = take(&mut maps, &obj_maps, "CONFIG")?;
+    let mut config: Array<MapData, Config> = take(&mut maps, &obj_maps, "CONFIG")?;
     config
-        .set(0, PodConfig(req.config), 0)
-        .map_err(|e| LoadError::Maps(e.to_string()))?;
+        .set(0, req.config, 0)
+        .map_err(|e| LoadError::map("writing the settings into `CONFIG`", map_io(e)))?;
     let samples: RingBuf<MapData> = take(&mut maps, &obj_maps, "SAMPLES")?;
     let counters: PerCpuArray<MapData, u64> = take(&mut maps, &obj_maps, "COUNTERS")?;
     let (events, table_maps) = match tables {
@@ -396,7 +446,7 @@ pub fn load(
             LoadError::Attach {
                 program: PROGRAM.to_owned(),
                 cpu,
-                errno,
+                source: e,
                 hint: match errno {
                     libc::EACCES | libc::EPERM => {
                         "needs CAP_PERFMON (or kernel.perf_event_paranoid <= -1)"
@@ -434,6 +484,3 @@ pub fn counter(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
         .map(|per_cpu| per_cpu.iter().sum())
         .unwrap_or(0)
 }
-
-/// Re-exported for the reader.
-pub use shared::counter as counters_index;
