@@ -19,13 +19,13 @@ WORKDIR /build
 
 # Only what the build reads: the manifest (its [[bench]] targets must exist), the
 # sources, config/default.yaml (include_str!), the eBPF object (include_bytes!) and
-# ebpf/src, whose shared.rs and unwind.rs src/ compiles in with #[path].
+# ebpf-common, the crate of types and unwind rules the object and src/ share.
 COPY Cargo.toml Cargo.lock ./
+COPY ebpf-common ./ebpf-common
 COPY src ./src
 COPY benches ./benches
 COPY config ./config
 COPY ebpf/prebuilt ./ebpf/prebuilt
-COPY ebpf/src ./ebpf/src
 
 # The binary is copied out of target/ inside the same step: target/ is a cache mount.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

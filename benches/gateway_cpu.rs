@@ -9,9 +9,6 @@
 //! shape of the adversarial corpus (`synth::hostile`) within the default limits: the
 //! gateway's CPU per input byte beside a bare prost decode of the same bytes.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -7,9 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[path = "common/mod.rs"]
-mod common;
 use common::Tally;
+use stackline_testkit as common;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};

@@ -18,9 +18,8 @@ use stackline::processors::symbolizer::SymbolizerConfig;
 use stackline::processors::symbolizer::files::segments;
 use stackline::processors::symbolizer::worker::Worker;
 
-#[path = "common/mod.rs"]
-mod common;
 use common::Tally;
+use stackline_testkit as common;
 
 const N: usize = 10_000;
 

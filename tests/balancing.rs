@@ -2,7 +2,7 @@
 //! resolves to, as a Kubernetes headless Service does: several real gateway processes on
 //! 127.0.0.x behind one name in /etc/hosts (the system resolver's own source).
 
-mod common;
+use stackline_testkit as common;
 
 use std::time::Duration;
 

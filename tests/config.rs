@@ -1,6 +1,6 @@
 //! Configuration loading and validation: every error is reported, with its path.
 
-mod common;
+use stackline_testkit as common;
 
 use std::io::Write;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! every sample at shutdown, a persistent queue survives SIGKILL, a full disk tears no
 //! record, and health tells liveness from readiness.
 
-mod common;
+use stackline_testkit as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;

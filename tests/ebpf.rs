@@ -1,7 +1,7 @@
 //! The eBPF profiling receiver on this machine's real kernel, through the real binary.
 //! Needs root (CI runs as root); skipped loudly otherwise.
 
-mod common;
+use stackline_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

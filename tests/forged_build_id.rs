@@ -2,7 +2,7 @@
 //! can run an ELF carrying libc's) are unwound with their own tables and named from
 //! their own symbols, side by side, by the real agent on this kernel.
 
-mod common;
+use stackline_testkit as common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! End to end with the real binary: OTLP clients → receiver → batch → file + OTLP
 //! exporter → a real gRPC backend.
 
-mod common;
+use stackline_testkit as common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

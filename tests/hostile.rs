@@ -2,7 +2,7 @@
 //! answered quickly, within a memory bound, and leave the process serving and able to
 //! stop cleanly.
 
-mod common;
+use stackline_testkit as common;
 
 use std::time::{Duration, Instant};
 

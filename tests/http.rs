@@ -1,7 +1,7 @@
 //! OTLP over HTTP both ways, bearer-token auth on every protocol, and the bounds of the
 //! HTTP listeners, against the real binary, real sockets and a real HTTP client.
 
-mod common;
+use stackline_testkit as common;
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};

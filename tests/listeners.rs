@@ -2,7 +2,7 @@
 //! or send more than the receiver can hold: each bound is a setting, and each is tried
 //! here with a real client.
 
-mod common;
+use stackline_testkit as common;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

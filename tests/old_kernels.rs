@@ -4,8 +4,6 @@
 //! unwinder) must load, with their verifier instruction counts well under the limit. scripts/fetch-test-kernels.sh (run by
 //! .ci/run) fetches the kernels; without them the test is skipped, loudly.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

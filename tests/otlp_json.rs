@@ -2,7 +2,7 @@
 //! with the OpenTelemetry Python protos (PyPI `opentelemetry-proto` 1.45.2, proto
 //! v1.10). Every line Stackline writes must parse, and mean the same request again.
 
-mod common;
+use stackline_testkit as common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! busy instance's /metrics, and a real Prometheus server evaluating the shipped
 //! alerting rules against an agent whose eBPF program cannot load.
 
-mod common;
+use stackline_testkit as common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

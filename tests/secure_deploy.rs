@@ -3,7 +3,7 @@
 //! reach the gateway over TLS with the token, and a client without the token, or
 //! without TLS, is refused.
 
-mod common;
+use stackline_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

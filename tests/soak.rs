@@ -6,7 +6,7 @@
 //! `cargo test --test soak` runs it for 10 s; `scripts/soak.sh SECONDS` runs the long
 //! version (release build, `STACKLINE_SOAK_SECS`).
 
-mod common;
+use stackline_testkit as common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

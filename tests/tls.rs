@@ -2,7 +2,7 @@
 //! the OTLP receiver, and the OTLP exporter → the backend. Real certificates (rcgen),
 //! real tonic servers and clients, the real binary.
 
-mod common;
+use stackline_testkit as common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

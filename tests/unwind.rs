@@ -5,7 +5,7 @@
 //! reach `main` in at least 95% of its samples with its CPU shares within 5 points.
 //! Code built with frame pointers is walked in `frame_pointer` mode, too.
 
-mod common;
+use stackline_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

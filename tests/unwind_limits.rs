@@ -3,7 +3,7 @@
 //! thousands of executable mappings gets no more than its share of the mapping index.
 //! Either is counted, and neither keeps another process from being unwound.
 
-mod common;
+use stackline_testkit as common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -50,7 +50,6 @@ pub fn replace_whole(dir: &Path, name: &str, mode: u32, bytes: &[u8]) -> io::Res
     Ok(path)
 }
 
-
 /// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

@@ -6,6 +6,8 @@
 //! Owns unsafe code: the system calls std does not wrap (openat2, renameat2, fstatfs,
 //! PROCMAP_QUERY, memfd seals) and allocator settings, each behind a safe function.
 
+#![allow(unsafe_code)]
+
 pub mod cgroup;
 pub mod elf;
 pub mod fs;

@@ -17,6 +17,7 @@ mod check;
 pub mod json;
 pub mod limits;
 pub mod semconv;
+#[cfg(any(test, feature = "test-support"))]
 pub mod synth;
 pub mod view;
 

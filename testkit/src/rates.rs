@@ -1,10 +1,10 @@
 //! Rate bookkeeping shared by the benchmarks: each measured routine adds its time and
 //! item count, and the bench prints rates and ratios after criterion's own output.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[derive(Default)]
 pub struct Tally {
     nanos: AtomicU64,
     items: AtomicU64,
