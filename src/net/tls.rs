@@ -1,5 +1,6 @@
-//! Server-side TLS for the HTTP listeners, from the same PEM files as the gRPC
-//! receiver's `tls` settings.
+//! TLS written once: server-side TLS for the HTTP listeners (from the same PEM files as
+//! the gRPC receiver's `tls` settings), and the checks every TLS client's files get
+//! when the configuration is validated.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,4 +58,37 @@ pub fn acceptor(
     })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The checks every TLS client's `tls` files get at validation (the `otlp` and
+/// `otlphttp` exporters): `cert_file` and `key_file` come together, and each file named
+/// is readable. Paths in the errors are relative to the component (`tls.ca_file`).
+pub fn validate_client_files(
+    ca_file: Option<&Path>,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> Vec<crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let mut errs = Vec::new();
+    if cert_file.is_some() != key_file.is_some() {
+        errs.push(ConfigError::new(
+            "tls",
+            "cert_file and key_file go together (mutual TLS needs both)",
+        ));
+    }
+    for (name, f) in [
+        ("ca_file", ca_file),
+        ("cert_file", cert_file),
+        ("key_file", key_file),
+    ] {
+        if let Some(f) = f
+            && std::fs::metadata(f).is_err()
+        {
+            errs.push(ConfigError::new(
+                format!("tls.{name}"),
+                format!("cannot read {}", f.display()),
+            ));
+        }
+    }
+    errs
 }

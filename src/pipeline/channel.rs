@@ -6,8 +6,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::ack::Envelope;
+use super::stage::DropReason;
 use crate::otlp::sample_count;
-use crate::telemetry::{HealthReporter, names};
+use crate::telemetry::HealthReporter;
 
 /// Requests buffered between two stages. Small on purpose: memory is bounded by the
 /// exporters' queues, and a full channel is what slows a receiver down.
@@ -108,12 +109,11 @@ impl Fanout {
         ctx: &Context,
         outgoing: Option<Counter>,
     ) -> Self {
-        let dropped = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => reason);
         Fanout {
             outputs,
             outgoing,
-            stopped: dropped("downstream_stopped"),
-            deadline_dropped: dropped("shutdown_deadline"),
+            stopped: ctx.drops.counter(DropReason::DownstreamStopped).clone(),
+            deadline_dropped: ctx.drops.counter(DropReason::ShutdownDeadline).clone(),
             deadline: ctx.deadline.clone(),
             health: ctx.health.clone(),
         }

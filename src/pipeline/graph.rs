@@ -286,6 +286,7 @@ impl Graph {
         let ctx = |kind: &str, id: &ComponentId, suffix: &str| Context {
             id: id.clone(),
             component: format!("{kind}/{id}"),
+            drops: super::Drops::new(&format!("{kind}/{id}")),
             health: health.reporter(format!("{kind}/{id}{suffix}")),
             shutdown: shutdown.clone(),
             deadline: deadline.clone(),

@@ -10,6 +10,8 @@
 //! - [`channel`]: the bounded channels between stages and the fanout. A full channel
 //!   makes the sender wait, so a slow exporter slows its pipeline instead of growing memory.
 //!
+//! - [`stage`]: what every stage needs, written once: drops counted by typed reason,
+//!   the per-request processor loop with its shutdown drain and health.
 //! - [`supervise`]: catching panics per request, so one bad request costs one request
 //!   and the component keeps serving.
 //!
@@ -26,6 +28,7 @@ pub mod ack;
 pub mod channel;
 pub mod graph;
 pub mod registry;
+pub mod stage;
 pub mod supervise;
 
 use tokio_util::sync::CancellationToken;
@@ -40,6 +43,7 @@ pub use registry::{
     Exporter, ExporterFactory, Factories, Feeders, Origin, Processor, ProcessorFactory, Receiver,
     ReceiverFactory, StartError,
 };
+pub use stage::{DropReason, Drops, Stage, Verdict, run_per_request};
 pub use supervise::{Panicked, catch, catch_async};
 
 /// What a running component gets from the pipeline.
@@ -53,6 +57,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Fires when the drain time is over: stop retrying and count what is left as dropped.
     pub deadline: CancellationToken,
+    /// This component's drop counters, by reason.
+    pub drops: Drops,
 }
 
 impl Context {
@@ -63,6 +69,7 @@ impl Context {
         let component = format!("{kind}/{id}");
         Context {
             health: health.reporter(component.clone()),
+            drops: Drops::new(&component),
             component,
             id,
             shutdown: CancellationToken::new(),

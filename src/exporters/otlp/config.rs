@@ -125,26 +125,11 @@ impl Validate for OtlpExporterConfig {
                 "the endpoint says http:// (plaintext): set `tls: { insecure: true }` to send without TLS",
             ));
         }
-        if t.cert_file.is_some() != t.key_file.is_some() {
-            errs.push(ConfigError::new(
-                "tls",
-                "cert_file and key_file go together (mutual TLS needs both)",
-            ));
-        }
-        for (name, f) in [
-            ("ca_file", &t.ca_file),
-            ("cert_file", &t.cert_file),
-            ("key_file", &t.key_file),
-        ] {
-            if let Some(f) = f
-                && std::fs::metadata(f).is_err()
-            {
-                errs.push(ConfigError::new(
-                    format!("tls.{name}"),
-                    format!("cannot read {}", f.display()),
-                ));
-            }
-        }
+        errs.extend(crate::net::tls::validate_client_files(
+            t.ca_file.as_deref(),
+            t.cert_file.as_deref(),
+            t.key_file.as_deref(),
+        ));
         if self.timeout.is_zero() {
             errs.push(ConfigError::new(
                 "timeout",

@@ -269,7 +269,10 @@ impl Exporter for PprofExporter {
             dir: dir.map(Arc::new),
             split: cfg.split_by == SplitBy::Process,
             subs,
-            dropped: metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => "pull_window_full"),
+            dropped: ctx
+                .drops
+                .counter(crate::pipeline::DropReason::PullWindowFull)
+                .clone(),
         };
         let again = w.clone();
         let shell = shell::start_writer(

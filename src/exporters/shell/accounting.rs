@@ -1,6 +1,7 @@
 //! Taking requests from the input and counting every sample's fate: accepted, sent, failed, dropped (a full queue, a panic, the deadline) and kept, each a metric, logged as one line when the exporter ends.
 
 use super::*;
+use crate::pipeline::DropReason;
 
 /// A counter that also keeps its total, for the shutdown summary.
 pub(super) struct Tally {
@@ -43,20 +44,16 @@ pub(super) struct Accounting {
 impl Accounting {
     pub(super) fn new(ctx: &Context) -> Self {
         let e = [("exporter", ctx.id.to_string())];
-        let dropped = |reason: &'static str| {
-            Tally::new(
-                metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => reason),
-            )
-        };
+        let dropped = |reason: DropReason| Tally::new(ctx.drops.counter(reason).clone());
         Accounting {
             component: ctx.component.clone(),
             accepted: Tally::new(metrics::counter!(names::EXPORTER_ACCEPTED, &e)),
             sent: Tally::new(metrics::counter!(names::EXPORTER_SENT, &e)),
             failed: Tally::new(metrics::counter!(names::EXPORTER_SEND_FAILED, &e)),
             enqueue_failed: Tally::new(metrics::counter!(names::EXPORTER_ENQUEUE_FAILED, &e)),
-            deadline: dropped("shutdown_deadline"),
-            panic: dropped("panic"),
-            queue_write: dropped("queue_write_failed"),
+            deadline: dropped(DropReason::ShutdownDeadline),
+            panic: dropped(DropReason::Panic),
+            queue_write: dropped(DropReason::QueueWriteFailed),
             rejected_profiles: metrics::counter!(names::EXPORTER_REJECTED_PROFILES, &e),
             replayed: AtomicU64::new(0),
         }

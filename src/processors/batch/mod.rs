@@ -7,7 +7,6 @@
 
 mod config;
 
-use metrics::Counter;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -15,8 +14,9 @@ pub use config::BatchConfig;
 
 use crate::config::parse_component;
 use crate::otlp::{DictionaryBuilder, sample_count, split};
-use crate::pipeline::{Acks, Context, Envelope, Fanout, Input, Processor, ProcessorFactory, catch};
-use crate::telemetry::names;
+use crate::pipeline::{
+    Acks, Context, DropReason, Envelope, Fanout, Input, Processor, ProcessorFactory, Stage, catch,
+};
 
 pub fn factory() -> ProcessorFactory {
     ProcessorFactory {
@@ -37,24 +37,7 @@ pub struct BatchProcessor {
 
 impl Processor for BatchProcessor {
     fn start(self: Box<Self>, ctx: Context, input: Input, out: Fanout) -> JoinHandle<()> {
-        let meters = Meters::new(&ctx.component);
-        tokio::spawn(run(self.cfg, ctx, input, out, meters))
-    }
-}
-
-/// What the batch processor gives up, by reason.
-struct Meters {
-    panic: Counter,
-    deadline: Counter,
-}
-
-impl Meters {
-    fn new(component: &str) -> Self {
-        let c = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => component.to_owned(), "reason" => reason);
-        Meters {
-            panic: c("panic"),
-            deadline: c("shutdown_deadline"),
-        }
+        tokio::spawn(run(self.cfg, ctx, input, out))
     }
 }
 
@@ -85,7 +68,7 @@ impl Pending {
     }
 }
 
-async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, m: Meters) {
+async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout) {
     ctx.health.running();
     let mut pending = Pending::new();
     loop {
@@ -93,38 +76,35 @@ async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout, m: M
         tokio::select! {
             item = input.recv() => match item {
                 Some(Envelope { req, acks }) => {
-                    let n = sample_count(&req);
                     // Checked where it entered: importing cannot fail on an index.
                     match catch(&ctx.component, || pending.builder.import(&req)) {
                         Ok(()) => pending.acks.extend(acks),
                         Err(_) => {
                             // The builder may be half-updated: what it held goes with the request.
-                            acks.reject("the batch processor panicked");
-                            m.panic.increment(n + pending.reject("the batch processor panicked"));
+                            let held = pending.reject(DropReason::Panic.message());
+                            ctx.drops.give_up(Envelope::new(req, acks), DropReason::Panic);
+                            ctx.drops.count(DropReason::Panic, held);
                             continue;
                         }
                     }
                     pending.since.get_or_insert_with(Instant::now);
                     if pending.samples() >= cfg.send_batch_size {
-                        flush(&cfg, &ctx, &mut pending, &out, &m, true).await;
+                        flush(&cfg, &ctx, &mut pending, &out, true).await;
                     }
                 }
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                flush(&cfg, &ctx, &mut pending, &out, &m, false).await;
+                flush(&cfg, &ctx, &mut pending, &out, false).await;
             }
             _ = ctx.deadline.cancelled() => break,
         }
     }
     if ctx.deadline.is_cancelled() {
-        let held = pending.reject("dropped at the shutdown deadline") + input.close();
-        m.deadline.increment(held);
-        if held > 0 {
-            tracing::warn!(processor = %ctx.id, samples = held, "shutdown deadline: dropping what was still batched (counted)");
-        }
+        let held = pending.reject(DropReason::ShutdownDeadline.message());
+        Stage::give_up_input(&ctx, &mut input, held);
     } else {
-        flush(&cfg, &ctx, &mut pending, &out, &m, false).await;
+        flush(&cfg, &ctx, &mut pending, &out, false).await;
     }
     ctx.health.stopping();
 }
@@ -137,7 +117,6 @@ async fn flush(
     ctx: &Context,
     pending: &mut Pending,
     out: &Fanout,
-    m: &Meters,
     by_size: bool,
 ) {
     if pending.samples() == 0 {
@@ -154,8 +133,8 @@ async fn flush(
     let parts = match catch(&ctx.component, || split(builder.finish_imported(), chunk)) {
         Ok(p) => p,
         Err(_) => {
-            m.panic.increment(held);
-            acks.reject("the batch processor panicked");
+            ctx.drops.count(DropReason::Panic, held);
+            acks.reject(DropReason::Panic.message());
             return;
         }
     };
@@ -171,8 +150,8 @@ async fn flush(
             match catch(&ctx.component, || pending.builder.import(&part)) {
                 Ok(()) => pending.since = Some(Instant::now()),
                 Err(_) => {
-                    m.panic
-                        .increment(n + pending.reject("the batch processor panicked"));
+                    let held = pending.reject(DropReason::Panic.message());
+                    ctx.drops.count(DropReason::Panic, n + held);
                 }
             }
             continue;

@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, Validate, parse_component};
 use crate::otlp::sample_count;
-use crate::pipeline::{Context, Envelope, Fanout, Input, Processor, ProcessorFactory};
+use crate::pipeline::{
+    Context, DropReason, Fanout, Input, Processor, ProcessorFactory, Verdict, run_per_request,
+};
 use crate::telemetry::names;
 
 /// `processors.memory_limiter`.
@@ -187,7 +189,7 @@ impl Processor for MemoryLimiter {
     }
 }
 
-async fn run(cfg: MemoryLimiterConfig, ctx: Context, mut input: Input, out: Fanout) {
+async fn run(cfg: MemoryLimiterConfig, ctx: Context, input: Input, out: Fanout) {
     let (soft, hard) = limits(&cfg, total_memory());
     tracing::info!(processor = %ctx.id, soft_limit_mib = soft >> 20, hard_limit_mib = hard >> 20, "memory limiter on");
     let refusing = Arc::new(AtomicBool::new(false));
@@ -195,7 +197,6 @@ async fn run(cfg: MemoryLimiterConfig, ctx: Context, mut input: Input, out: Fano
     // Data from a client that was told to retry is refused, not lost; data nobody waits
     // on (the eBPF receiver's) is dropped.
     let refused = metrics::counter!(names::PROCESSOR_REFUSED, "processor" => ctx.id.to_string());
-    let dropped = metrics::counter!(names::PIPELINE_DROPPED, "component" => component.clone(), "reason" => "memory_limit");
     let gauge = metrics::gauge!(names::MEMORY_LIMITER_REFUSING, "component" => component.clone());
     let rss_gauge = metrics::gauge!(names::MEMORY_LIMITER_RSS, "component" => component);
     gauge.set(0.0);
@@ -230,22 +231,18 @@ async fn run(cfg: MemoryLimiterConfig, ctx: Context, mut input: Input, out: Fano
             }
         })
     };
-    ctx.health.running();
-    while let Some(Envelope { req, acks }) = input.recv().await {
-        if refusing.load(Ordering::Relaxed) {
-            let n = sample_count(&req);
-            if acks.is_empty() {
-                dropped.increment(n);
-            } else {
-                refused.increment(n);
-            }
-            acks.reject("the memory limiter is refusing data; retry later");
-            continue;
+    run_per_request(ctx, input, out, |env| {
+        if !refusing.load(Ordering::Relaxed) {
+            Verdict::Pass
+        } else if env.acks.is_empty() {
+            Verdict::Drop(DropReason::MemoryLimit)
+        } else {
+            refused.increment(sample_count(&env.req));
+            Verdict::Refuse(DropReason::MemoryLimit.message())
         }
-        let _ = out.send(Envelope::new(req, acks)).await;
-    }
+    })
+    .await;
     checker.abort();
-    ctx.health.stopping();
 }
 
 #[cfg(test)]

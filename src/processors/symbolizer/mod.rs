@@ -19,9 +19,9 @@ pub use config::{SymbolSource, SymbolizerConfig};
 use crate::config::parse_component;
 use crate::otlp::sample_count;
 use crate::pipeline::{
-    Context, Envelope, Fanout, Feeders, Input, Origin, Processor, ProcessorFactory, catch,
+    Context, DropReason, Envelope, Fanout, Feeders, Input, Origin, Processor, ProcessorFactory,
+    Stage, catch,
 };
-use crate::telemetry::names;
 
 pub fn factory() -> ProcessorFactory {
     ProcessorFactory {
@@ -69,8 +69,6 @@ impl Processor for SymbolizerProcessor {
 }
 
 async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout) {
-    let dropped = |reason: &'static str| metrics::counter!(names::PIPELINE_DROPPED, "component" => ctx.component.clone(), "reason" => reason);
-    let (deadline_dropped, gone_dropped) = (dropped("shutdown_deadline"), dropped("stage_gone"));
     let (tx, rx) = async_channel::bounded::<Envelope>(cfg.workers * 2);
     let rt = tokio::runtime::Handle::current();
     let mut threads = Vec::new();
@@ -82,7 +80,6 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
             cfg.clone(),
             ctx.clone(),
         );
-        let panicked = dropped("panic");
         let spawned = std::thread::Builder::new()
             .name(format!("symbolizer-{i}"))
             .spawn(move || {
@@ -91,8 +88,7 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
                     let busy = ctx.health.busy();
                     if catch(&ctx.component, || env.req.modify(|r| w.symbolize(r))).is_err() {
                         // The worker may be half-updated: start a fresh one (its cache is lost).
-                        panicked.increment(sample_count(&env.req));
-                        env.acks.reject("the symbolizer panicked on this request");
+                        ctx.drops.give_up(env, DropReason::Panic);
                         w = worker::Worker::new(cfg.clone());
                         continue;
                     }
@@ -128,8 +124,8 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
                 if let Err(env) = sent {
                     // Every thread is gone (cannot happen while panics are caught): refuse
                     // further input so receivers answer UNAVAILABLE instead of OK.
-                    gone_dropped.increment(sample_count(&env.req) + input.close());
-                    env.acks.reject("the symbolizer stage is gone");
+                    ctx.drops.count(DropReason::StageGone, input.close());
+                    ctx.drops.give_up(env, DropReason::StageGone);
                     ctx.health.dead("every symbolizer thread has ended");
                     return;
                 }
@@ -140,12 +136,12 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
     if ctx.deadline.is_cancelled() {
         // What waits for a thread, or in the input, is given up; the threads finish the
         // request in hand and the fanout counts it if it is too late.
-        let mut held = input.close();
+        let mut held = 0;
         while let Ok(r) = rx.try_recv() {
             held += sample_count(&r.req);
-            r.acks.reject("dropped at the shutdown deadline");
+            r.acks.reject(DropReason::ShutdownDeadline.message());
         }
-        deadline_dropped.increment(held);
+        Stage::give_up_input(&ctx, &mut input, held);
     }
     drop(tx);
     drop(rx);

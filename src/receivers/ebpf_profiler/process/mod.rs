@@ -292,6 +292,14 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // Until its exec is done the child is a copy of this test binary.
+        let exec_done = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|p| p.to_string_lossy().ends_with("sleep"))
+        {
+            assert!(Instant::now() < exec_done, "the child never exec'd sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let heard = Heard::default();
         let mut model = Processes::default();
         model.subscribe(Box::new(heard.clone()));
