@@ -65,7 +65,7 @@ metric_names! {
     /// Profiles a backend rejected in a partial success answer. Label: `exporter`.
     counter EXPORTER_REJECTED_PROFILES = "stackline_exporter_rejected_profiles_total";
 
-    /// Samples dropped inside the pipeline itself. Labels: `component`, `reason`.
+    /// Samples dropped inside the pipeline itself. Labels: `component`, `reason` (`panic`, `shutdown_deadline`, `downstream_stopped`, `stage_gone`, `memory_limit`, `queue_write_failed`, `pull_window_full`: `pipeline::stage::DropReason`).
     counter PIPELINE_DROPPED = "stackline_pipeline_dropped_samples_total";
     /// 1 while a memory_limiter refuses data (resident memory above its soft limit), else 0. Label: `component`.
     gauge MEMORY_LIMITER_REFUSING = "stackline_memory_limiter_refusing";
@@ -80,7 +80,7 @@ metric_names! {
 
     /// eBPF program load attempts. Labels: `program`, `outcome` (`success`, `failure`).
     counter EBPF_PROGRAM_LOADS = "stackline_ebpf_program_loads_total";
-    /// Failed loads. Labels: `program`, `errno` (e.g. `EACCES`), `reason`.
+    /// Failed loads. Labels: `program` (the refused program, else the entry program), `errno` (the kernel's answer, e.g. `EACCES`, `EINVAL`, `EPERM` for missing capabilities; `errno_N` for one without a name here; `none` where the kernel was not asked: a broken object), `reason` (`verifier_rejected`, `permission_denied`, `too_large`, `invalid`, `no_space`, `out_of_memory`, `other` for a refused program; `maps`, `missing_capabilities`, `object`).
     counter EBPF_PROGRAM_LOAD_FAILURES = "stackline_ebpf_program_load_failures_total";
     /// Failed attaches to perf events. Labels: `program`, `errno`.
     counter EBPF_ATTACH_FAILURES = "stackline_ebpf_attach_failures_total";

@@ -38,23 +38,19 @@ pub(super) async fn read_samples(
     out: &Fanout,
 ) -> std::io::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::otlp::Checked>(2);
-    let (cfg2, stop2) = (cfg.clone(), stop.clone());
-    let mut reader = tokio::task::spawn_blocking(move || reader_loop(profiler, &cfg2, &stop2, &tx));
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            req = rx.recv() => match req {
-                Some(req) => { let _ = out.send(Envelope::unacked(req)).await; }
-                None => break,
-            },
-            _ = ctx.shutdown.cancelled(), if !stopping => {
-                stopping = true;
-                stop.store(true, Ordering::SeqCst);
-            }
-        }
-    }
-    match (&mut reader).await {
+    // Shutdown tells the reader to send its last, partial interval and end.
+    let watch = {
+        let (stop, shutdown) = (stop.clone(), ctx.shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let (cfg, out, rt) = (cfg.clone(), out.clone(), tokio::runtime::Handle::current());
+    let reader =
+        tokio::task::spawn_blocking(move || reader_loop(profiler, &cfg, &stop, &out, &rt)).await;
+    watch.abort();
+    match reader {
         Ok(r) => r,
         Err(e) => Err(std::io::Error::other(format!(
             "sample reader panicked: {e}"
@@ -91,7 +87,8 @@ fn reader_loop(
     mut p: Profiler,
     cfg: &EbpfProfilerConfig,
     stop: &AtomicBool,
-    tx: &tokio::sync::mpsc::Sender<crate::otlp::Checked>,
+    out: &Fanout,
+    rt: &tokio::runtime::Handle,
 ) -> std::io::Result<()> {
     let mut offset = sys::monotonic_to_unix_offset_ns();
     let host = if cfg.host_name.trim().is_empty() {
@@ -178,10 +175,11 @@ fn reader_loop(
                 let req = done.finish(end, &host);
                 let n = crate::otlp::sample_count(&req);
                 match crate::otlp::Checked::new(req) {
+                    // Straight into the pipeline, waiting while it is full (the ring
+                    // buffers hold what arrives meanwhile); what downstream does not take
+                    // is counted by the fanout.
                     Ok(req) => {
-                        if tx.blocking_send(req).is_err() {
-                            break;
-                        }
+                        let _ = rt.block_on(out.send(Envelope::unacked(req)));
                     }
                     Err(e) => {
                         invalid.increment(n);

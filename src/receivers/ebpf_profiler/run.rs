@@ -28,9 +28,9 @@ pub(super) async fn run(
         Ok(Ok(o)) => Some(o),
         Ok(Err(e)) => {
             if cfg.unwind.mode == UnwindMode::FramePointer {
-                tracing::debug!(receiver = %ctx.id, "{e}");
+                tracing::debug!(receiver = %ctx.id, "{}", crate::telemetry::chain(&e));
             } else {
-                tracing::warn!(receiver = %ctx.id, "{e}");
+                tracing::warn!(receiver = %ctx.id, "{}", crate::telemetry::chain(&e));
             }
             None
         }

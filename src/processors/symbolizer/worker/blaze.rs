@@ -61,6 +61,7 @@ impl Worker {
         &self,
         r: Result<Vec<Symbolized<'_>>, blazesym::Error>,
         n: usize,
+        source: &dyn std::fmt::Display,
     ) -> Vec<Resolved> {
         match r {
             Ok(v) => v
@@ -70,7 +71,13 @@ impl Worker {
                     Symbolized::Unknown(reason) => Resolved::Unknown(reason_label(*reason)),
                 })
                 .collect(),
-            Err(_) => vec![Resolved::Unknown("symbolizer_error"); n],
+            Err(e) => {
+                // Each frame is counted (reason `symbolizer_error`); the cause goes to
+                // the log, whole, at debug level (a broken file fails every request
+                // that names it).
+                tracing::debug!(source = %source, frames = n, error = %crate::telemetry::chain(&e), "blazesym could not symbolize");
+                vec![Resolved::Unknown("symbolizer_error"); n]
+            }
         }
     }
 
@@ -90,7 +97,11 @@ impl Worker {
         } else {
             &self.sym
         };
-        self.convert(sym.symbolize(&src, Input::VirtOffset(vaddrs)), vaddrs.len())
+        self.convert(
+            sym.symbolize(&src, Input::VirtOffset(vaddrs)),
+            vaddrs.len(),
+            &path.display(),
+        )
     }
 
     /// Symbolizes kernel addresses.
@@ -103,6 +114,10 @@ impl Worker {
             ..Default::default()
         };
         let src = Source::Kernel(k);
-        self.convert(self.sym.symbolize(&src, Input::AbsAddr(addrs)), addrs.len())
+        self.convert(
+            self.sym.symbolize(&src, Input::AbsAddr(addrs)),
+            addrs.len(),
+            &"the kernel",
+        )
     }
 }

@@ -63,7 +63,10 @@ pub fn check(log: &VerifierLogConfig, unwind: &UnwindConfig) -> CheckReport {
         record_log(log, program, &failure.log);
         seen.push((program.to_string(), failure.log.clone(), false));
     }
-    let error = r.as_ref().err().map(|e| e.to_string());
+    let error = r
+        .as_ref()
+        .err()
+        .map(|e| crate::telemetry::chain(e).to_string());
     let entry = seen
         .iter()
         .find(|(n, _, _)| n == PROGRAM)

@@ -21,7 +21,11 @@ const PT_REGS_SIZE: u64 = 168;
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(
-        "cannot read the kernel's BTF at /sys/kernel/btf/vmlinux: {0} (kernels need CONFIG_DEBUG_INFO_BTF; without it, samples taken in the kernel get no user stack in the native unwinding modes)"
+        "cannot read the kernel's BTF at /sys/kernel/btf/vmlinux (kernels need CONFIG_DEBUG_INFO_BTF; without it, samples taken in the kernel get no user stack in the native unwinding modes)"
+    )]
+    ReadBtf(#[source] std::io::Error),
+    #[error(
+        "the kernel's BTF at /sys/kernel/btf/vmlinux is unusable: {0}; samples taken in the kernel get no user stack in the native unwinding modes"
     )]
     Btf(String),
 }
@@ -133,8 +137,7 @@ pub fn pt_regs_offset(config: Option<&str>) -> u64 {
 /// and stack segments), so an offset that is off shows as `read_fault` stops, not as
 /// wrong stacks.
 pub fn task_offsets() -> Result<TaskOffsets, KernelError> {
-    let btf =
-        std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| KernelError::Btf(e.to_string()))?;
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(KernelError::ReadBtf)?;
     Ok(TaskOffsets {
         task_stack: task_stack_offset(&btf)?,
         pt_regs: pt_regs_offset(kernel_config().as_deref()),

@@ -92,12 +92,14 @@ fn with_directory(pages: &[(u64, PageInfo)], rows: Vec<Chunk>) -> Vec<Chunk> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("not an ELF file: {0}")]
-    Elf(String),
+    #[error("not an ELF file")]
+    Elf(#[source] object::Error),
     #[error("no .eh_frame or .debug_frame")]
     NoFrames,
-    #[error("reading the frame section failed: {0}")]
-    Frames(String),
+    #[error("reading the frame section failed")]
+    Frames(#[source] gimli::Error),
+    #[error("building the table panicked (a bug; counted with the component's panics)")]
+    Panicked,
     /// Past the memory bound, found before the table is built in full.
     #[error("{what} is larger than the unwind table budget allows ({limit}; unwind.max_memory)")]
     TooLarge { what: String, limit: u64 },

@@ -75,9 +75,7 @@ pub(super) fn build_loop(
         let t0 = Instant::now();
         let table =
             crate::pipeline::catch("receiver/ebpf_profiler/unwind-build", || f.build(bounds))
-                .unwrap_or(Err(super::super::table::TableError::Frames(
-                    "the table build panicked".into(),
-                )));
+                .unwrap_or(Err(super::super::table::TableError::Panicked));
         let msg = Msg::Built {
             id,
             table,
@@ -210,13 +208,13 @@ impl Manager {
         let table = match table {
             Ok(t) => t,
             Err(e @ super::super::table::TableError::TooLarge { .. }) => {
-                tracing::warn!(exe_id = format!("{id:x}"), error = %e, "an unwind table was refused before it was built; its frames fall back to frame pointers");
+                tracing::warn!(exe_id = format!("{id:x}"), error = %crate::telemetry::chain(&e), "an unwind table was refused before it was built; its frames fall back to frame pointers");
                 build_result("too_large").increment(1);
                 self.no_table.insert(id);
                 return;
             }
             Err(e) => {
-                tracing::debug!(exe_id = format!("{id:x}"), error = %e, "no unwind table");
+                tracing::debug!(exe_id = format!("{id:x}"), error = %crate::telemetry::chain(&e), "no unwind table");
                 build_result("no_frames").increment(1);
                 self.no_table.insert(id);
                 return;

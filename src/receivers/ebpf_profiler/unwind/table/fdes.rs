@@ -154,7 +154,7 @@ where
                 tracing::debug!(error = %e, "frame section ends in an unreadable entry");
                 break;
             }
-            Err(e) => return Err(TableError::Frames(e.to_string())),
+            Err(e) => return Err(TableError::Frames(e)),
         };
         let CieOrFde::Fde(partial) = entry else {
             continue;
@@ -248,7 +248,7 @@ pub(super) fn fdes_within<'d, R: object::ReadRef<'d>>(
     data: R,
     bounds: Bounds,
 ) -> Result<(Vec<Fde>, TableStats), TableError> {
-    let file = object::File::parse(data).map_err(|e| TableError::Elf(e.to_string()))?;
+    let file = object::File::parse(data).map_err(TableError::Elf)?;
     // Checked before a section is read: its data is read whole.
     let sized = |size: u64| -> Result<(), TableError> {
         if size > bounds.section_bytes {
@@ -276,7 +276,7 @@ pub(super) fn fdes_within<'d, R: object::ReadRef<'d>>(
     let text_addr = file.section_by_name(".text").map_or(0, |s| s.address());
     if let Some(eh) = file.section_by_name(".eh_frame") {
         sized(eh.size())?;
-        let data = eh.data().map_err(|e| TableError::Frames(e.to_string()))?;
+        let data = eh.data().map_err(TableError::Elf)?;
         let mut bases = BaseAddresses::default()
             .set_eh_frame(eh.address())
             .set_text(text_addr);
@@ -300,7 +300,7 @@ pub(super) fn fdes_within<'d, R: object::ReadRef<'d>>(
         && let Some(df) = file.section_by_name(".debug_frame")
     {
         sized(df.size())?;
-        let data = df.data().map_err(|e| TableError::Frames(e.to_string()))?;
+        let data = df.data().map_err(TableError::Elf)?;
         let mut section = DebugFrame::new(data, LittleEndian);
         section.set_address_size(8);
         read_fdes(
