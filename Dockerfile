@@ -19,9 +19,11 @@ WORKDIR /build
 
 # Only what the build reads: the manifest (its [[bench]] targets must exist), the
 # sources, config/default.yaml (include_str!), the eBPF object (include_bytes!) and
-# ebpf-common, the crate of types and unwind rules the object and src/ share.
+# ebpf-common, the crate of types and unwind rules the object and src/ share; testkit
+# only because the workspace names it (cargo loads every member; nothing of it is built).
 COPY Cargo.toml Cargo.lock ./
 COPY ebpf-common ./ebpf-common
+COPY testkit ./testkit
 COPY src ./src
 COPY benches ./benches
 COPY config ./config

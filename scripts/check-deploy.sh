@@ -74,7 +74,8 @@ quiet() {
 docker_context() {
     # No docker daemon here, so check by reading: every COPY source exists and is not
     # excluded by .dockerignore, and every file the crate pulls in from outside src/
-    # (#[path], include_str!, include_bytes!) is copied into the builder.
+    # (#[path], include_str!, include_bytes!) is copied into the builder, and so is every
+    # workspace member and path dependency the manifest names (cargo loads them all).
     python3 - <<'PY'
 import fnmatch, glob, os, re, sys
 ignore = [l.strip().rstrip('/') for l in open('.dockerignore') if l.strip() and not l.startswith('#')]
@@ -104,6 +105,16 @@ for f in glob.glob('src/**/*.rs', recursive=True):
             bad.append(f'{f} uses {target}, which the Dockerfile does not COPY')
         elif ignored(target):
             bad.append(f'{f} uses {target}, excluded by .dockerignore pattern {ignored(target)}')
+manifest = open('Cargo.toml').read()
+members = re.search(r'members\s*=\s*\[([^\]]*)\]', manifest)
+paths = re.findall(r'"([^"]+)"', members.group(1)) if members else []
+paths += re.findall(r'path\s*=\s*"([^"]+)"', manifest)
+for p in dict.fromkeys(paths):
+    p = os.path.normpath(p)
+    if p in ('.', 'src/lib.rs', 'src/main.rs') or p.startswith(('src/', 'benches/')):
+        continue
+    if not any(p == c or p.startswith(c + '/') for c in copied):
+        bad.append(f'Cargo.toml names {p} (a workspace member or path dependency), which the Dockerfile does not COPY')
 print('\n'.join(bad))
 sys.exit(1 if bad else 0)
 PY

@@ -32,8 +32,14 @@ fn rust_files(dir: &str) -> Vec<PathBuf> {
             }
         }
     }
+    let root = Path::new(ROOT).join(dir);
+    assert!(
+        root.is_dir(),
+        "{} is not a directory: fix the list in tests/layout.rs",
+        root.display()
+    );
     let mut out = Vec::new();
-    walk(&Path::new(ROOT).join(dir), &mut out);
+    walk(&root, &mut out);
     out.sort();
     out
 }
@@ -58,12 +64,24 @@ fn has_unsafe(code: &str) -> bool {
         "unsafe {",
         "unsafe fn",
         "unsafe impl",
+        "unsafe trait",
         "unsafe extern",
         "#[unsafe(",
-        "allow(unsafe_code)",
     ]
     .iter()
     .any(|t| code.contains(t))
+        || lifts_the_lint(code)
+}
+
+/// An attribute that allows (or expects) `unsafe_code`, alone or among other lints.
+fn lifts_the_lint(code: &str) -> bool {
+    ["allow(", "expect(", "warn("].iter().any(|a| {
+        code.match_indices(a).any(|(i, _)| {
+            let rest = &code[i + a.len()..];
+            rest.find(')')
+                .is_some_and(|end| rest[..end].contains("unsafe_code"))
+        })
+    })
 }
 
 /// The owner module of `file`: itself or the nearest `mod.rs`/`lib.rs` above it whose
@@ -108,6 +126,11 @@ fn unsafe_code_lives_only_in_the_modules_that_own_it() {
         }
     }
     assert!(
+        owners.contains("src/receivers/ebpf_profiler/bpf/mod.rs")
+            && owners.contains("src/host/mod.rs"),
+        "the scan found no unsafe code in its owners, so it is not looking where the code is: {owners:?}"
+    );
+    assert!(
         strays.is_empty(),
         "unsafe code outside the modules that own it (move it into host/ or the eBPF receiver's bpf/, behind a safe function): {strays:?}"
     );
@@ -129,7 +152,7 @@ fn unsafe_code_lives_only_in_the_modules_that_own_it() {
     }
     for f in rust_files("src") {
         let text = std::fs::read_to_string(&f).unwrap();
-        if code(&text).contains("allow(unsafe_code)") {
+        if lifts_the_lint(&code(&text)) {
             let r = rel(&f);
             assert!(
                 UNSAFE_OWNERS.contains(&r.as_str()),
@@ -146,6 +169,7 @@ fn no_crate_compiles_another_s_sources_through_path() {
         "src",
         "tests",
         "benches",
+        "testkit/src",
         "ebpf/src",
         "ebpf-common/src",
         "fuzz/fuzz_targets",
@@ -174,7 +198,13 @@ fn layers_point_down() {
         for f in rust_files(&format!("src/{kind}")) {
             let text = code(&std::fs::read_to_string(&f).unwrap());
             for other in kinds.iter().filter(|k| **k != kind) {
-                if text.contains(&format!("crate::{other}")) {
+                // `crate::exporters…`, or `exporters::` inside a `use crate::{…}` group.
+                let grouped = text.match_indices("crate::{").any(|(i, _)| {
+                    let group = &text[i..];
+                    let end = group.find("};").unwrap_or(group.len());
+                    group[..end].contains(&format!("{other}::"))
+                });
+                if text.contains(&format!("crate::{other}")) || grouped {
                     leaks.push(format!("{} uses crate::{other}", rel(&f)));
                 }
             }
@@ -186,7 +216,14 @@ fn layers_point_down() {
 #[test]
 fn source_files_stay_readable() {
     let mut long = Vec::new();
-    for dir in ["src", "tests", "benches", "ebpf-common/src"] {
+    for dir in [
+        "src",
+        "tests",
+        "benches",
+        "testkit/src",
+        "ebpf/src",
+        "ebpf-common/src",
+    ] {
         for f in rust_files(dir) {
             let n = std::fs::read_to_string(&f).unwrap().lines().count();
             if n > MAX_LINES {

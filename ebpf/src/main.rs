@@ -5,11 +5,9 @@
 //! `stackline_fp_walk` in `frame_pointer` mode, which follows RBP
 //! [`FP_FRAMES_PER_PROG`] frames per run. Each tail-calls itself for more. The finished
 //! record goes to user space with only the frames it holds.
+
 #![no_std]
 #![no_main]
-
-use core::ffi::c_void;
-use core::mem::size_of;
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{
@@ -24,6 +22,8 @@ use aya_ebpf::helpers::{
 };
 use aya_ebpf::macros::perf_event;
 use aya_ebpf::programs::PerfEventContext;
+use core::ffi::c_void;
+use core::mem::size_of;
 use stackline_ebpf::shared::{
     Event, FRAME_BY_FP, FRAME_MASK, MAPPING_CACHE, MAPPING_KEY_BITS, MAX_KERNEL_FRAMES,
     MAX_USER_FRAMES, MappingKeyData, RecordHeader, StackWindow, State, WINDOW_BYTES, WINDOW_MASK,
@@ -35,110 +35,33 @@ use stackline_ebpf::{
     SAMPLES, STATE, TABLES, TASK_STACK_OFFSET, add, bump, chunk,
 };
 
+mod fp;
+mod memory;
+mod native;
+use memory::*;
+use native::*;
+
 /// Pending bytes above which a submit wakes the reader. Below it, the reader's own
 /// periodic poll picks samples up: waking it for every sample costs an irq_work each.
 const WAKEUP_BYTES: u64 = 512 * 1024;
+
 /// Frames walked per run of the unwinder, which then tail-calls itself for more.
 /// Verification grows faster than linearly with it: at 8 the unwinder took 158k
 /// instructions and 170 ms of the agent's start to verify on 6.18, at 4 46k and 63 ms,
 /// with no measurable change per sample. 4 is also the least that fits MAX_USER_FRAMES
 /// in the kernel's 33 tail calls.
 const FRAMES_PER_PROG: u32 = 4;
+
 /// Tail calls per sample (the kernel allows 33): room for MAX_USER_FRAMES and the
 /// frame that shows a stack was truncated.
 const MAX_TAIL_CALLS: u32 = (MAX_USER_FRAMES as u32).div_ceil(FRAMES_PER_PROG);
+
 const HEADER: usize = size_of::<RecordHeader>();
+
 /// x86_64 `__USER_CS` and `__USER_DS`.
 const USER_CS: u64 = 0x33;
+
 const USER_DS: u64 = 0x2b;
-
-/// Reads `len` bytes of the sampled process's memory at `addr` into `dst`.
-#[inline(always)]
-fn read_user(dst: *mut c_void, len: u64, addr: u64) -> bool {
-    // SAFETY: the helper writes at most `len` bytes into `dst` (callers pass room for
-    // them), or fails without faulting.
-    unsafe { bpf_probe_read_user(dst, len as u32, addr as *const c_void) == 0 }
-}
-
-/// The sampled thread's stack, read a window at a time: a walk reads upwards from the
-/// interrupted stack pointer, and one read of [`WINDOW_BYTES`] serves the frames in it,
-/// where each frame would otherwise pay a read of its own. The window is read at one
-/// place only, at the start of each unwinder run ([`Window::fill`]): a read at every
-/// access site multiplied the verifier's work. Reads outside it go to memory directly.
-struct Window<'a>(&'a mut StackWindow);
-
-impl Window<'_> {
-    /// Makes the window start at `sp` unless it already holds the next few frames
-    /// from there. A window that would run past the stack's last page is cut at the
-    /// end of `sp`'s page.
-    #[inline(always)]
-    fn fill(&mut self, sp: u64) {
-        let w = &mut *self.0;
-        let off = sp.wrapping_sub(w.base);
-        if off < w.len && w.len - off >= WINDOW_BYTES / 2 || sp & 7 != 0 {
-            return;
-        }
-        w.len = 0;
-        let dst = w.words.as_mut_ptr() as *mut c_void;
-        let mut len = WINDOW_BYTES;
-        if !read_user(dst, len, sp) {
-            len = PAGE_SIZE - (sp & (PAGE_SIZE - 1));
-            if len > WINDOW_BYTES {
-                len = WINDOW_BYTES;
-            }
-            if !read_user(dst, len, sp) {
-                return;
-            }
-        }
-        w.base = sp;
-        w.len = len;
-    }
-
-    /// The index of the word at `addr`, if the window holds the `n` bytes from it.
-    #[inline(always)]
-    fn at(&self, addr: u64, n: u64) -> Option<usize> {
-        let w = &*self.0;
-        let off = addr.wrapping_sub(w.base);
-        if addr & 7 == 0 && off < w.len && w.len - off >= n {
-            Some(((off >> 3) as u32 & WINDOW_MASK) as usize)
-        } else {
-            None
-        }
-    }
-}
-
-impl Memory for Window<'_> {
-    #[inline(always)]
-    fn read(&mut self, addr: u64) -> Option<u64> {
-        if let Some(i) = self.at(addr, 8) {
-            return Some(self.0.words[i]);
-        }
-        let mut v = 0u64;
-        if read_user(&mut v as *mut u64 as *mut c_void, 8, addr) {
-            Some(v)
-        } else {
-            None
-        }
-    }
-
-    #[inline(always)]
-    fn read_pair(&mut self, addr: u64) -> Option<[u64; 2]> {
-        if let Some(i) = self.at(addr, 16) {
-            return Some([
-                self.0.words[i],
-                self.0.words[((i as u32 + 1) & WINDOW_MASK) as usize],
-            ]);
-        }
-        // Uninitialised: a zeroing would be a byte-wise memset the verifier walks.
-        let mut v = core::mem::MaybeUninit::<[u64; 2]>::uninit();
-        if read_user(v.as_mut_ptr() as *mut c_void, 16, addr) {
-            // SAFETY: on success all 16 bytes were written.
-            Some(unsafe { v.assume_init() })
-        } else {
-            None
-        }
-    }
-}
 
 /// Sends the record with only the frames it holds.
 #[inline(always)]
@@ -376,272 +299,6 @@ fn kernel_fp_walk(ctx: &PerfEventContext, st: &mut State) {
     } else {
         st.record.header.user_len = ((n as u64 / 8) & 0xff) as u16;
     }
-}
-
-/// Asks user space, at most every EVENT_EVERY_NS per process, for unwind information
-/// (once per sample, when the walk is over: a helper call less on each frame's paths).
-#[inline(always)]
-fn request(pid: u32, kind: u32, addr: u64) {
-    if kind == 0 {
-        return;
-    }
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match EVENT_RATE.get_ptr_mut(&pid) {
-        Some(last) => {
-            // SAFETY: a valid pointer into the map.
-            unsafe {
-                if now.wrapping_sub(*last) < EVENT_EVERY_NS {
-                    return;
-                }
-                *last = now;
-            }
-        }
-        None => {
-            let _ = EVENT_RATE.insert(&pid, &now, 0);
-        }
-    }
-    let e = Event { pid, kind, addr };
-    // Wake the reader at once: until it answers, this process's frames go unwound.
-    if EVENTS
-        .output::<Event>(&e, BPF_RB_FORCE_WAKEUP as u64)
-        .is_ok()
-    {
-        bump(counter::EVENTS_SENT);
-    } else {
-        bump(counter::EVENTS_LOST);
-    }
-}
-
-/// The table of the executable the walk is in, kept across the frames of one run (an
-/// inner map pointer cannot be stored in the per-CPU state), with its directory's first
-/// chunk and the last row chunk used: most frames then need one array lookup or none.
-struct Current<'a> {
-    exe_id: u64,
-    table: *mut c_void,
-    dir0: Option<&'a Chunk>,
-    last_index: u32,
-    last: Option<&'a Chunk>,
-}
-
-/// Finds the mapping of `pc` in this CPU's cache of recent mappings, else in the
-/// mapping index (and caches it). False if the process is not known to map it.
-#[inline(always)]
-fn find_mapping(st: &mut State, pid: u32, pc: u64) -> bool {
-    let mut i = 0;
-    while i < MAPPING_CACHE {
-        let m = &st.cache[i];
-        if st.cache_pid[i] == pid && m.start <= pc && pc < m.end {
-            // Field by field: a struct copy would be a byte-wise memcpy call.
-            st.map.exe_id = m.exe_id;
-            st.map.bias = m.bias;
-            st.map.start = m.start;
-            st.map.end = m.end;
-            return true;
-        }
-        i += 1;
-    }
-    let key = MappingKey::new(
-        MAPPING_KEY_BITS,
-        MappingKeyData {
-            pid_be: pid.to_be(),
-            addr_be: pc.to_be(),
-        },
-    );
-    let Some(m) = MAPPINGS.get(&key) else {
-        return false;
-    };
-    st.map.exe_id = m.exe_id;
-    st.map.bias = m.bias;
-    st.map.start = m.start;
-    st.map.end = m.end;
-    let slot = (st.cache_next as usize) % MAPPING_CACHE;
-    st.cache_next = st.cache_next.wrapping_add(1);
-    st.cache_pid[slot] = pid;
-    st.cache[slot].exe_id = m.exe_id;
-    st.cache[slot].bias = m.bias;
-    st.cache[slot].start = m.start;
-    st.cache[slot].end = m.end;
-    true
-}
-
-/// Records the current frame and steps to its caller; a stop reason when the walk ends.
-///
-/// Written so that every outcome flows through one lookup, one step and one fallback:
-/// the verifier prunes paths that meet at the same instruction, and separate copies of
-/// the fallback per failure would multiply its work.
-#[inline(always)]
-fn unwind_one(st: &mut State, cur: &mut Current<'_>, walk: u32, max_frames: u32) -> u8 {
-    let n = st.record.header.user_len as u32;
-    if n >= max_frames {
-        return stop::TRUNCATED;
-    }
-    let slot = (st.record.header.kernel_len as u32 + n) & FRAME_MASK;
-    let flag = if st.via_fp != 0 { FRAME_BY_FP } else { 0 };
-    st.record.frames[slot as usize] = st.regs.pc | flag;
-    st.record.header.user_len = (n + 1) as u16;
-    let pc = st.regs.lookup_pc();
-
-    // The rule for pc, or why there is none.
-    let pid = st.record.header.tgid;
-    let mut row = Err(stop::NO_MAPPING);
-    if (st.map.start <= pc && pc < st.map.end) || find_mapping(st, pid, pc) {
-        let exe_id = st.map.exe_id;
-        if exe_id == 0 {
-            row = Err(stop::NO_TABLE);
-        } else {
-            if exe_id != cur.exe_id {
-                cur.exe_id = exe_id;
-                cur.table = TABLES.table(&exe_id);
-                cur.dir0 = chunk(cur.table, 0);
-                cur.last = None;
-            }
-            let table = cur.table;
-            row = lookup(
-                |i| {
-                    if i == 0 {
-                        return cur.dir0;
-                    }
-                    if i != cur.last_index || cur.last.is_none() {
-                        cur.last_index = i;
-                        cur.last = chunk(table, i);
-                    }
-                    cur.last
-                },
-                pc.wrapping_sub(st.map.bias),
-            );
-            if row == Err(stop::NO_TABLE) {
-                st.event_kind = event::NO_TABLE;
-                st.event_addr = pc;
-            }
-        }
-    } else {
-        st.map.start = 0;
-        st.map.end = 0;
-        st.event_kind = event::NO_MAPPING;
-        st.event_addr = pc;
-    }
-
-    // A failed step leaves the registers as they were, so a gap (INVALID_RULE) can
-    // still be crossed by frame pointer below.
-    let r = match row {
-        Ok(row) => step(row, &mut st.regs, &mut Window(&mut st.window)),
-        Err(why) => Err(why),
-    };
-    let r = match r {
-        Ok(()) => {
-            st.via_fp = 0;
-            st.frames_table += 1;
-            Ok(())
-        }
-        Err(why @ (stop::NO_MAPPING | stop::NO_TABLE | stop::INVALID_RULE))
-            if walk == mode::AUTO =>
-        {
-            // Code without a usable rule: by frame pointer.
-            st.via_fp = 1;
-            st.frames_fp += 1;
-            fp_step(&mut st.regs, &mut Window(&mut st.window), why)
-        }
-        Err(e) => Err(e),
-    };
-    match r {
-        Ok(()) => stop::NONE,
-        Err(e) => e,
-    }
-}
-
-#[perf_event]
-pub fn stackline_unwind(ctx: PerfEventContext) -> u32 {
-    let Some(st) = STATE.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's state, set up by stackline_sample.
-    let st = unsafe { &mut *st };
-    let (walk, mut max_frames) = match CONFIG.get(0) {
-        Some(c) => (c.mode, c.max_frames),
-        None => (mode::AUTO, MAX_USER_FRAMES as u32),
-    };
-    if max_frames > MAX_USER_FRAMES as u32 {
-        max_frames = MAX_USER_FRAMES as u32;
-    }
-    let mut cur = Current {
-        exe_id: 0,
-        table: core::ptr::null_mut(),
-        dir0: None,
-        last_index: 0,
-        last: None,
-    };
-    Window(&mut st.window).fill(st.regs.sp);
-    let mut i = 0;
-    while i < FRAMES_PER_PROG {
-        let r = unwind_one(st, &mut cur, walk, max_frames);
-        if r != stop::NONE {
-            finish(st, r);
-            return 0;
-        }
-        i += 1;
-    }
-    if st.tail_calls < MAX_TAIL_CALLS {
-        st.tail_calls += 1;
-        // SAFETY: continues with this CPU's state.
-        unsafe { PROGS.tail_call(&ctx, prog::UNWINDER) };
-    }
-    // Out of tail calls (cannot happen below max_frames) or the call failed.
-    finish(st, stop::TRUNCATED);
-    0
-}
-
-/// Frames walked per run of the frame-pointer walker. A frame costs the verifier about
-/// 200 instructions here, against thousands for a table step, so a run takes many more
-/// than the unwinder's; 16 walks MAX_USER_FRAMES in 8 tail calls.
-const FP_FRAMES_PER_PROG: u32 = 16;
-const MAX_FP_TAIL_CALLS: u32 = (MAX_USER_FRAMES as u32).div_ceil(FP_FRAMES_PER_PROG);
-
-/// `frame_pointer` mode: follows the RBP chain from the sampled registers, reading the
-/// stack through the same window as the unwinder. It replaces the kernel's walk
-/// (`bpf_get_stack`), which pays a separate user-memory read for every frame.
-#[perf_event]
-pub fn stackline_fp_walk(ctx: PerfEventContext) -> u32 {
-    let Some(st) = STATE.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's state, set up by stackline_sample.
-    let st = unsafe { &mut *st };
-    let mut max_frames = match CONFIG.get(0) {
-        Some(c) => c.max_frames,
-        None => MAX_USER_FRAMES as u32,
-    };
-    if max_frames > MAX_USER_FRAMES as u32 {
-        max_frames = MAX_USER_FRAMES as u32;
-    }
-    Window(&mut st.window).fill(st.regs.sp);
-    let mut i = 0;
-    while i < FP_FRAMES_PER_PROG {
-        let n = st.record.header.user_len as u32;
-        if n >= max_frames {
-            finish(st, stop::TRUNCATED);
-            return 0;
-        }
-        let slot = (st.record.header.kernel_len as u32 + n) & FRAME_MASK;
-        st.record.frames[slot as usize] = st.regs.pc;
-        st.record.header.user_len = (n + 1) as u16;
-        // Where RBP stops pointing at a frame the chain ends, as the kernel's walk
-        // does: at the outermost frame, or in code built without frame pointers
-        // (glibc's start-up, often), which this mode cannot tell apart.
-        if let Err(e) = fp_step(&mut st.regs, &mut Window(&mut st.window), stop::COMPLETE) {
-            finish(st, e);
-            return 0;
-        }
-        st.frames_fp += 1;
-        i += 1;
-    }
-    if st.tail_calls < MAX_FP_TAIL_CALLS {
-        st.tail_calls += 1;
-        // SAFETY: continues with this CPU's state.
-        unsafe { PROGS.tail_call(&ctx, prog::FP_WALKER) };
-    }
-    finish(st, stop::TRUNCATED);
-    0
 }
 
 /// Ends a walk: counts why and how its frames were found, asks for what was missing,

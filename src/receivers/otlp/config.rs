@@ -284,21 +284,12 @@ impl Validate for OtlpReceiverConfig {
                     "counts from max_connection_age, which is not set: set both, or neither",
                 ));
             }
-            if crate::config::units::parse_endpoint(&g.endpoint).is_none() {
-                errs.push(ConfigError::new(
-                    "protocols.grpc.endpoint",
-                    format!("`{}` is not a `host:port` address", g.endpoint),
-                ));
-            }
-            if g.max_recv_msg_size_mib == 0 || g.max_recv_msg_size_mib > 2048 {
-                errs.push(ConfigError::new(
-                    "protocols.grpc.max_recv_msg_size_mib",
-                    format!(
-                        "{} is out of range; give a size in MiB from 1 to 2048",
-                        g.max_recv_msg_size_mib
-                    ),
-                ));
-            }
+            check_endpoint("protocols.grpc.endpoint", &g.endpoint, &mut errs);
+            check_mib(
+                "protocols.grpc.max_recv_msg_size_mib",
+                g.max_recv_msg_size_mib,
+                &mut errs,
+            );
             if let Some(t) = &g.tls {
                 t.validate("protocols.grpc.tls", &mut errs);
             }
@@ -307,21 +298,12 @@ impl Validate for OtlpReceiverConfig {
             }
         }
         if let Some(h) = &p.http {
-            if crate::config::units::parse_endpoint(&h.endpoint).is_none() {
-                errs.push(ConfigError::new(
-                    "protocols.http.endpoint",
-                    format!("`{}` is not a `host:port` address", h.endpoint),
-                ));
-            }
-            if h.max_request_body_size_mib == 0 || h.max_request_body_size_mib > 2048 {
-                errs.push(ConfigError::new(
-                    "protocols.http.max_request_body_size_mib",
-                    format!(
-                        "{} is out of range; give a size in MiB from 1 to 2048",
-                        h.max_request_body_size_mib
-                    ),
-                ));
-            }
+            check_endpoint("protocols.http.endpoint", &h.endpoint, &mut errs);
+            check_mib(
+                "protocols.http.max_request_body_size_mib",
+                h.max_request_body_size_mib,
+                &mut errs,
+            );
             if let Some(a) = &h.auth {
                 a.validate("protocols.http.auth", &mut errs);
             }
@@ -342,5 +324,25 @@ impl Validate for OtlpReceiverConfig {
             }
         }
         errs
+    }
+}
+
+/// A listener's `endpoint` must be `host:port`.
+fn check_endpoint(path: &str, endpoint: &str, errs: &mut Vec<ConfigError>) {
+    if crate::config::units::parse_endpoint(endpoint).is_none() {
+        errs.push(ConfigError::new(
+            path,
+            format!("`{endpoint}` is not a `host:port` address"),
+        ));
+    }
+}
+
+/// A size limit in MiB: from 1 to 2048 (gRPC and HTTP bodies alike).
+fn check_mib(path: &str, mib: u64, errs: &mut Vec<ConfigError>) {
+    if mib == 0 || mib > 2048 {
+        errs.push(ConfigError::new(
+            path,
+            format!("{mib} is out of range; give a size in MiB from 1 to 2048"),
+        ));
     }
 }

@@ -89,9 +89,13 @@ pub fn record_failure(cfg: &VerifierLogConfig, e: &LoadError) {
 }
 
 /// The `errno` label of a failure: the errno's name (`EACCES`), `errno_N` for one
-/// without a name here, `none` where the kernel did not refuse anything.
+/// without a name here, `none` where the kernel was not asked (a broken object), and
+/// `unknown` for a kernel failure that came without an errno.
 pub fn failure_errno(e: &LoadError) -> String {
     match e.errno() {
+        None if matches!(e, LoadError::Map { .. } | LoadError::Attach { .. }) => {
+            "unknown".to_owned()
+        }
         None => "none".to_owned(),
         Some(n) => match sys::errno_name(n).split(' ').next() {
             Some("errno") | None => format!("errno_{n}"),

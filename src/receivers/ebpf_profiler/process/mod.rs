@@ -17,8 +17,8 @@ use crate::host::proc::{MapEntry, ProcessInfo};
 /// What the process model learned.
 #[derive(Debug, Clone, Copy)]
 pub enum ProcessEvent<'a> {
-    /// A process's maps were read: at first sight, after an exec, or when a re-read
-    /// found new mappings (a library loaded).
+    /// A process's maps were read (at first sight, after an exec, on a re-read the
+    /// program or a sample asked for): every read is announced, changed or not.
     Mapped { pid: u32, maps: &'a [MapEntry] },
     /// A process left the model: it exited, or went unsampled for long.
     Gone { pid: u32 },
