@@ -103,3 +103,17 @@ pub fn build_unwind_workload(
         }
     }
 }
+
+/// Output of a command that must succeed.
+pub fn run_tool(cmd: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

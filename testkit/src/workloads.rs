@@ -60,20 +60,6 @@ pub async fn wait_unwinder_loaded(s: &Stackline) {
     assert!(loaded, "the unwinder did not load:\n{}", s.logs());
 }
 
-/// Output of a command that must succeed.
-pub fn run_tool(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Function symbols of an ELF file: (start, end, name), from `nm -S`.
 pub fn symbols(path: &Path) -> Vec<(u64, u64, String)> {
     run_tool("nm", &["-S", "--defined-only", path.to_str().unwrap()])

@@ -6,7 +6,6 @@ use crate::otlp::ProfilesRequest;
 use crate::otlp::synth::native_request;
 use crate::telemetry::names;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod debug_files;
 mod debuglink;
@@ -23,18 +22,7 @@ fn workload(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::testing::run_tool as run;
 
 fn build_c(dir: &Path) -> PathBuf {
     let out = dir.join("inlines");
