@@ -292,10 +292,16 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        // Until its exec is done the child is a copy of this test binary.
+        // Until its exec is done the child is a copy of this test binary, and for a
+        // moment after /proc/PID/exe names sleep its memory is still empty (the kernel
+        // switches the executable before it maps its segments): wait for the mapping.
         let exec_done = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_link(format!("/proc/{pid}/exe"))
             .is_ok_and(|p| p.to_string_lossy().ends_with("sleep"))
+            || !std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| {
+                m.lines()
+                    .any(|l| l.contains(" r-xp ") && l.ends_with("/sleep"))
+            })
         {
             assert!(Instant::now() < exec_done, "the child never exec'd sleep");
             std::thread::sleep(Duration::from_millis(5));
