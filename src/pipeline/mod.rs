@@ -43,7 +43,7 @@ pub use registry::{
     Exporter, ExporterFactory, Factories, Feeders, Origin, Processor, ProcessorFactory, Receiver,
     ReceiverFactory, StartError,
 };
-pub use stage::{DropReason, Drops, Stage, Verdict, run_per_request};
+pub use stage::{DropReason, Drops, Verdict, give_up_input, run_per_request};
 pub use supervise::{Panicked, catch, catch_async};
 
 /// What a running component gets from the pipeline.

@@ -4,7 +4,7 @@
 //! ([`run_per_request`]): health, the shutdown drain and panic containment.
 //!
 //! Processors with state of their own (`batch` holds samples, `symbolizer` hands
-//! requests to threads) keep their loop and use [`Drops`] and [`Stage::give_up_input`]
+//! requests to threads) keep their loop and use [`Drops`] and [`give_up_input`]
 //! for what they hold when the deadline passes.
 
 use std::sync::Arc;
@@ -118,18 +118,14 @@ impl Drops {
     }
 }
 
-/// A stage's side of the shutdown drain.
-pub struct Stage;
-
-impl Stage {
-    /// At the deadline: gives up what waits in `input` (counted, acks failed) plus
-    /// `held` samples the stage itself still had, and logs the total once.
-    pub fn give_up_input(ctx: &Context, input: &mut Input, held: u64) {
-        let n = held + input.close();
-        ctx.drops.count(DropReason::ShutdownDeadline, n);
-        if n > 0 {
-            tracing::warn!(component = %ctx.component, samples = n, "shutdown deadline: dropping what was still held (counted)");
-        }
+/// A stage's side of the shutdown drain: at the deadline, gives up what waits in
+/// `input` (counted, acks failed) plus `held` samples the stage itself still had, and
+/// logs the total once.
+pub fn give_up_input(ctx: &Context, input: &mut Input, held: u64) {
+    let n = held + input.close();
+    ctx.drops.count(DropReason::ShutdownDeadline, n);
+    if n > 0 {
+        tracing::warn!(component = %ctx.component, samples = n, "shutdown deadline: dropping what was still held (counted)");
     }
 }
 
@@ -159,7 +155,7 @@ pub async fn run_per_request(
         let env = tokio::select! {
             env = input.recv() => env,
             _ = ctx.deadline.cancelled() => {
-                Stage::give_up_input(&ctx, &mut input, 0);
+                give_up_input(&ctx, &mut input, 0);
                 break;
             }
         };

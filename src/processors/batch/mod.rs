@@ -15,7 +15,8 @@ pub use config::BatchConfig;
 use crate::config::parse_component;
 use crate::otlp::{DictionaryBuilder, sample_count, split};
 use crate::pipeline::{
-    Acks, Context, DropReason, Envelope, Fanout, Input, Processor, ProcessorFactory, Stage, catch,
+    Acks, Context, DropReason, Envelope, Fanout, Input, Processor, ProcessorFactory, catch,
+    give_up_input,
 };
 
 pub fn factory() -> ProcessorFactory {
@@ -102,7 +103,7 @@ async fn run(cfg: BatchConfig, ctx: Context, mut input: Input, out: Fanout) {
     }
     if ctx.deadline.is_cancelled() {
         let held = pending.reject(DropReason::ShutdownDeadline.message());
-        Stage::give_up_input(&ctx, &mut input, held);
+        give_up_input(&ctx, &mut input, held);
     } else {
         flush(&cfg, &ctx, &mut pending, &out, false).await;
     }

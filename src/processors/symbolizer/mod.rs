@@ -20,7 +20,7 @@ use crate::config::parse_component;
 use crate::otlp::sample_count;
 use crate::pipeline::{
     Context, DropReason, Envelope, Fanout, Feeders, Input, Origin, Processor, ProcessorFactory,
-    Stage, catch,
+    catch, give_up_input,
 };
 
 pub fn factory() -> ProcessorFactory {
@@ -141,7 +141,7 @@ async fn run(cfg: SymbolizerConfig, ctx: Context, mut input: Input, out: Fanout)
             held += sample_count(&r.req);
             r.acks.reject(DropReason::ShutdownDeadline.message());
         }
-        Stage::give_up_input(&ctx, &mut input, held);
+        give_up_input(&ctx, &mut input, held);
     }
     drop(tx);
     drop(rx);
