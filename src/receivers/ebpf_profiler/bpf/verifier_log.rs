@@ -16,6 +16,8 @@ use super::sys::{ProgLoad, errno_name, prog_load};
 pub const KERNEL_MAX_LOG_SIZE: u32 = u32::MAX >> 2;
 /// The kernel's lower bound on `log_size` when a level is set.
 pub const KERNEL_MIN_LOG_SIZE: u32 = 128;
+/// Bytes added to the size a 6.4+ kernel reports it needs (see [`next_step`]).
+pub(crate) const LOG_SLACK: u32 = 4096;
 /// `BPF_LOG_STATS`.
 const LOG_STATS: u32 = 4;
 
@@ -214,7 +216,10 @@ pub(crate) fn next_step(size: u32, true_size: u32, text_len: usize, max: u32) ->
         return Step::GiveUp;
     }
     let want = if true_size > size {
-        true_size
+        // The retry's log is not byte-identical: its `verification time N usec`
+        // line can gain a digit on a busy machine, and a retry at exactly the
+        // reported size would then come back ENOSPC once more.
+        true_size.saturating_add(LOG_SLACK)
     } else {
         size.saturating_mul(2)
     };
