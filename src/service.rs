@@ -69,7 +69,7 @@ pub async fn run(files: &[PathBuf], ready_file: Option<&Path>) -> anyhow::Result
         })?;
     }
 
-    wait_for_signal().await?;
+    wait_for_signal(files, &running).await?;
     tracing::info!(timeout = ?cfg.service.shutdown_timeout, "shutting down: receivers stop, data in flight drains");
     let report = running.shutdown().await;
     if report.timed_out.is_empty() {
@@ -84,12 +84,39 @@ pub async fn run(files: &[PathBuf], ready_file: Option<&Path>) -> anyhow::Result
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM. On SIGHUP, reads the configuration files again and,
+/// if they are valid, hands them to the running components: those that can apply a
+/// change live do (the `ebpf_profiler` receiver's `selection` and `probabilistic`);
+/// an invalid configuration is logged and the running one stays.
+async fn wait_for_signal(
+    files: &[PathBuf],
+    running: &crate::pipeline::Running,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r.context("cannot listen for SIGINT")?;
+                return Ok(());
+            }
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => reload(files, running),
+        }
     }
-    Ok(())
+}
+
+fn reload(files: &[PathBuf], running: &crate::pipeline::Running) {
+    let checked =
+        load_config(files).and_then(|cfg| Graph::build(&cfg, &Factories::builtin()).map(|_| cfg));
+    match checked {
+        Ok(cfg) => {
+            tracing::info!(config = ?cfg.sources, "SIGHUP: configuration reloaded; components apply what they can change live");
+            running.reload(cfg);
+        }
+        Err(errs) => {
+            tracing::error!("SIGHUP: the configuration is invalid, the running one stays:\n{errs}");
+        }
+    }
 }

@@ -14,7 +14,9 @@ pub mod unwind;
 
 #[cfg(feature = "user")]
 mod pod {
-    use crate::shared::{Config, Event, MappingKeyData, RecordHeader};
+    use crate::shared::{
+        Bucket, Config, Event, MappingKeyData, RecordHeader, SelectConfig, Verdict,
+    };
     use crate::unwind::{Chunk, MappingInfo};
 
     // SAFETY: each is #[repr(C)] (or packed) and holds only integers, so every bit
@@ -28,6 +30,12 @@ mod pod {
     unsafe impl aya::Pod for Chunk {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SelectConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Verdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Bucket {}
     // SAFETY: as above (its `_pad` makes the size a multiple of 8, with no hidden padding).
     unsafe impl aya::Pod for RecordHeader {}
 }

@@ -40,7 +40,13 @@ pub struct RecordHeader {
     pub stop: u8,
     /// The [`mode`] the stack was walked in.
     pub mode: u8,
-    pub _pad: [u8; 6],
+    /// Non-zero: selection rules only user space evaluates have not decided this
+    /// process yet; user space decides the sample (see `Verdict`).
+    pub select_pending: u8,
+    pub _pad: u8,
+    /// Bits 6..38 of the process's `mm` (its address space, new at each exec): with the
+    /// pid, what a user-space verdict is tied to. 0 when unknown.
+    pub mm_tag: u32,
 }
 
 /// A sample record as built in the per-CPU state; only the used frames are sent.
@@ -186,5 +192,96 @@ pub mod counter {
     /// Events sent to user space, and events the ring buffer had no room for.
     pub const EVENTS_SENT: u32 = 14;
     pub const EVENTS_LOST: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Samples skipped because sampling was paused (probabilistic profiling).
+    pub const PAUSED_SKIPPED: u32 = 16;
+    /// Samples of processes no rule includes, while include rules exist.
+    pub const NOT_SELECTED: u32 = 17;
+    /// Samples over their target's budget.
+    pub const BUDGET_SKIPPED: u32 = 18;
+    pub const COUNT: u32 = 19;
+}
+
+/// Most selection rules (include and exclude together): each is a bit of a `u64` mask.
+pub const MAX_RULES: usize = 64;
+
+/// Process selection and the sampling switch, in the `SELECT` array (index 0). User
+/// space rewrites it while the program runs: on a reload, and at each interval of
+/// probabilistic profiling. Rules are numbered 0..[`MAX_RULES`]; the maps `SEL_CGROUPS`,
+/// `SEL_UIDS` and `SEL_PIDS` give, for a cgroup, a uid or a pid, the mask of the rules
+/// it matches.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct SelectConfig {
+    /// [`select`] flags.
+    pub flags: u32,
+    /// Bumped whenever the rules change: cached verdicts of an older one are redone.
+    pub generation: u32,
+    /// Rules that include, and rules that exclude (exclude wins).
+    pub include_mask: u64,
+    pub exclude_mask: u64,
+    /// Nanoseconds of credit one sample costs (1e9 / samples per second); 0: no budget.
+    pub budget_cost_ns: u64,
+    /// Most credit a target banks, in nanoseconds (its burst).
+    pub budget_burst_ns: u64,
+}
+
+/// [`SelectConfig::flags`] and verdict flags.
+pub mod select {
+    /// Sampling is off for this interval (probabilistic profiling): every sample is
+    /// skipped before anything else is done.
+    pub const PAUSED: u32 = 1;
+    /// There are rules: each process gets a verdict.
+    pub const ACTIVE: u32 = 2;
+    /// Some include rule needs user space (executable, name, container id): a process no
+    /// kernel rule includes is sampled until user space has decided it.
+    pub const USER_INCLUDE: u32 = 4;
+    /// Some rule (include or exclude) needs user space: the kernel's verdict on a process
+    /// is not final until user space has written its own.
+    pub const USER_RULES: u32 = 32;
+    /// The budget is per cgroup (its own, innermost), not per process.
+    pub const BUDGET_PER_CGROUP: u32 = 8;
+    /// A verdict user space wrote: the whole decision (every rule), not the kernel's part.
+    pub const FINAL: u32 = 16;
+    /// Ancestor levels of the cgroup tree looked at (a Kubernetes container is at 4).
+    pub const MAX_CGROUP_DEPTH: u32 = 16;
+    /// Without the `mm` offset (exec and pid reuse cannot be seen), a verdict is redone
+    /// after this.
+    pub const FINAL_TTL_NS: u64 = 10_000_000_000;
+}
+
+/// A process's verdict, cached in `VERDICTS` (keyed by tgid). It holds while the
+/// process has the same address space (no exec, no pid reuse), cgroup and uid, under
+/// the same rules; without the `mm` offset, for a time ([`select::FINAL_TTL_NS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The rules it matches.
+    pub mask: u64,
+    /// The task's `mm` pointer (0: unknown).
+    pub mm: u64,
+    /// `bpf_get_current_cgroup_id()`.
+    pub cgroup: u64,
+    /// `bpf_ktime_get_ns()` when it was made.
+    pub at_ns: u64,
+    pub uid: u32,
+    /// [`select::FINAL`] or 0.
+    pub flags: u32,
+    /// [`SelectConfig::generation`] it was made under.
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// The tag of an `mm` pointer in a [`RecordHeader`].
+pub const fn mm_tag(mm: u64) -> u32 {
+    (mm >> 6) as u32
+}
+
+/// A target's sample budget (a token bucket counted in nanoseconds), in `BUDGETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Bucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+    pub taken: u64,
+    pub skipped: u64,
 }

@@ -10,9 +10,11 @@ use aya_ebpf::Global;
 use aya_ebpf::bindings::{bpf_map_def, bpf_map_type};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
+use aya_ebpf::maps::{
+    Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+};
 
-use shared::{Config, MappingKeyData, State, counter};
+use shared::{Bucket, Config, MAX_RULES, MappingKeyData, SelectConfig, State, Verdict, counter};
 use unwind::{Chunk, MappingInfo};
 
 /// Samples to user space. User space sets its size from the CPU count at load time.
@@ -26,6 +28,35 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// Settings from user space.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Selection and the sampling switch, rewritten by user space while the program runs.
+#[map]
+pub static SELECT: Array<SelectConfig> = Array::with_max_entries(1, 0);
+
+/// Cgroup id → the rules it matches (descendants match through their ancestors).
+#[map]
+pub static SEL_CGROUPS: HashMap<u64, u64> = HashMap::with_max_entries(1024, 0);
+
+/// Uid → the rules it matches.
+#[map]
+pub static SEL_UIDS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+/// Pid → the rules it matches (pid rules).
+#[map]
+pub static SEL_PIDS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+/// Tgid → its verdict, made by the program from the maps above or written by user
+/// space with the rules only it can evaluate.
+#[map]
+pub static VERDICTS: LruHashMap<u32, Verdict> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-rule sample counts: `2 * rule` taken, `2 * rule + 1` skipped.
+#[map]
+pub static SEL_RULES: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * MAX_RULES as u32, 0);
+
+/// Process (tgid) or cgroup id → its budget.
+#[map]
+pub static BUDGETS: LruHashMap<u64, Bucket> = LruHashMap::with_max_entries(16384, 0);
 
 /// One sample's walk, per CPU (perf_event programs do not nest on a CPU).
 #[map]
@@ -63,6 +94,9 @@ pub const EVENT_EVERY_NS: u64 = 20_000_000;
 /// Offset of `stack` in the kernel's `task_struct`, from its BTF (set at load).
 #[unsafe(no_mangle)]
 pub static TASK_STACK_OFFSET: Global<u64> = Global::new(0);
+/// Offset of `mm` in the kernel's `task_struct` (set at load; 0: unknown).
+#[unsafe(no_mangle)]
+pub static TASK_MM_OFFSET: Global<u64> = Global::new(0);
 /// Offset of a task's user `pt_regs` from `task->stack` (set at load).
 #[unsafe(no_mangle)]
 pub static PT_REGS_OFFSET: Global<u64> = Global::new(0);

@@ -114,6 +114,70 @@ fn is_uuid(s: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Where the cgroup v2 hierarchy is mounted in this mount namespace: `/sys/fs/cgroup`,
+/// or `/sys/fs/cgroup/unified` on a hybrid (v1 + v2) host. From /proc/self/mountinfo.
+pub fn v2_mount() -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        // `id parent major:minor root mount-point options… - fstype source super-options`
+        let (left, right) = line.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2").then(|| left.split(' ').nth(4).map(Into::into))?
+    })
+}
+
+/// The id of the cgroup at `path` (absolute, under the v2 mount `mount`): its
+/// directory's inode number, which is what the kernel's `bpf_get_current_cgroup_id`
+/// and `bpf_get_current_ancestor_cgroup_id` return for it.
+pub fn v2_id(mount: &std::path::Path, path: &str) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let rel = path.trim_start_matches('/');
+    let dir = if rel.is_empty() {
+        mount.to_path_buf()
+    } else {
+        mount.join(rel)
+    };
+    let m = std::fs::metadata(&dir)?;
+    if !m.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a cgroup directory",
+            dir.display()
+        )));
+    }
+    Ok(m.ino())
+}
+
+/// The path (under `mount`) of the cgroup with id `id`, by a walk of the hierarchy
+/// (bounded: at most 100,000 directories).
+pub fn v2_find(mount: &std::path::Path, id: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![mount.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return None;
+        }
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
+            let rel = dir.strip_prefix(mount).ok()?;
+            return Some(format!("/{}", rel.display()));
+        }
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            stack.extend(
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    None
+}
+
+/// A process's cgroup v2 path (the `0::` line of `/proc/PID/cgroup`), as this process's
+/// cgroup namespace shows it.
+pub fn v2_path(cgroup: &str) -> Option<&str> {
+    cgroup.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,5 +16,8 @@ pub const FRAME_TYPE_NATIVE: &str = "native";
 pub const FRAME_TYPE_KERNEL: &str = "kernel";
 /// How a frame was found (`frame_pointer` where tables were missing).
 pub const STACKLINE_UNWIND_METHOD: &str = "stackline.unwind.method";
+/// On a profile: the fraction of report intervals probabilistic profiling samples (only
+/// when below 1), so that a backend can scale totals by its inverse.
+pub const STACKLINE_PROBABILISTIC_FRACTION: &str = "stackline.probabilistic.fraction";
 /// Why a stack walk ended.
 pub const STACKLINE_UNWIND_STOP: &str = "stackline.unwind.stop";

@@ -282,8 +282,12 @@ impl Graph {
             receivers: Vec::new(),
             others: Vec::new(),
             timeout: self.shutdown_timeout,
+            reload: tokio::sync::watch::channel(None).0,
         };
+        let (reload_tx, reload) = tokio::sync::watch::channel(None);
+        running.reload = reload_tx;
         let ctx = |kind: &str, id: &ComponentId, suffix: &str| Context {
+            reload: reload.clone(),
             id: id.clone(),
             component: format!("{kind}/{id}"),
             drops: super::Drops::new(&format!("{kind}/{id}")),
@@ -408,6 +412,7 @@ pub struct Running {
     receivers: Vec<(String, JoinHandle<()>)>,
     others: Vec<(String, JoinHandle<()>)>,
     timeout: Duration,
+    reload: tokio::sync::watch::Sender<Option<std::sync::Arc<crate::config::Config>>>,
 }
 
 /// How a shutdown went.
@@ -419,6 +424,12 @@ pub struct ShutdownReport {
 }
 
 impl Running {
+    /// Hands a reloaded, validated configuration to every component (see
+    /// [`Context::reload`]).
+    pub fn reload(&self, cfg: crate::config::Config) {
+        self.reload.send_replace(Some(std::sync::Arc::new(cfg)));
+    }
+
     async fn abort(
         mut self,
         kind: &'static str,

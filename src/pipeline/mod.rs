@@ -59,7 +59,13 @@ pub struct Context {
     pub deadline: CancellationToken,
     /// This component's drop counters, by reason.
     pub drops: Drops,
+    /// The configuration, each time it is reloaded (SIGHUP), already validated. A
+    /// component that can apply a change live reads its part; the others ignore it.
+    pub reload: Reloads,
 }
+
+/// Reloaded configurations, newest first: `has_changed` says a new one is there.
+pub type Reloads = tokio::sync::watch::Receiver<Option<std::sync::Arc<crate::config::Config>>>;
 
 impl Context {
     /// A context outside any graph, with its own health table and tokens (for tests,
@@ -74,6 +80,8 @@ impl Context {
             id,
             shutdown: CancellationToken::new(),
             deadline: CancellationToken::new(),
+            // Nothing ever reloads a standalone component.
+            reload: tokio::sync::watch::channel(None).1,
         }
     }
 }

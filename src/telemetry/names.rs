@@ -80,7 +80,7 @@ metric_names! {
 
     /// eBPF program load attempts. Labels: `program`, `outcome` (`success`, `failure`).
     counter EBPF_PROGRAM_LOADS = "stackline_ebpf_program_loads_total";
-    /// Failed loads. Labels: `program` (the refused program, else the entry program), `errno` (the kernel's answer, e.g. `EACCES`, `EINVAL`, `EPERM` for missing capabilities; `errno_N` for one without a name here; `none` where the kernel was not asked: a broken object), `reason` (`verifier_rejected`, `permission_denied`, `too_large`, `invalid`, `no_space`, `out_of_memory`, `other` for a refused program; `maps`, `missing_capabilities`, `object`).
+    /// Failed loads. Labels: `program` (the refused program, else the entry program), `errno` (the kernel's answer, e.g. `EACCES`, `EINVAL`, `EPERM` for missing capabilities; `errno_N` for one without a name here; `none` where the kernel was not asked: a broken object), `reason` (`verifier_rejected`, `permission_denied`, `too_large`, `invalid`, `no_space`, `out_of_memory`, `other` for a refused program; `maps`, `missing_capabilities`, `object`, `config` (settings the program cannot take)).
     counter EBPF_PROGRAM_LOAD_FAILURES = "stackline_ebpf_program_load_failures_total";
     /// Failed attaches to perf events. Labels: `program`, `errno`.
     counter EBPF_ATTACH_FAILURES = "stackline_ebpf_attach_failures_total";
@@ -106,6 +106,19 @@ metric_names! {
     gauge EBPF_MAP_MEMORY = "stackline_ebpf_map_memory_bytes";
     /// CPU time the whole process had used when the receiver read its first sample (loading and verifying included), in seconds.
     gauge EBPF_STARTUP_CPU_SECONDS = "stackline_ebpf_startup_cpu_seconds";
+
+    /// Samples of processes a selection rule decided, by rule and result: `taken` (an include rule matched) or `skipped` (an exclude rule matched; skipped in the kernel before any walk, or in user space for a process's first samples when the rule is on its executable, name, build ID or container). Labels: `rule`, `result`.
+    counter EBPF_SELECTION_SAMPLES = "stackline_ebpf_selection_samples_total";
+    /// Samples skipped before any walk, by why: `not_selected` (include rules exist and none matched), `budget` (over the target's samples per second), `paused` (probabilistic profiling's interval off). Label: `reason`.
+    counter EBPF_SELECTION_SKIPPED = "stackline_ebpf_selection_skipped_total";
+    /// Processes each rule matched among those the program decided in the last 10 s. Label: `rule`.
+    gauge EBPF_SELECTION_PROCESSES = "stackline_ebpf_selection_processes";
+    /// Samples skipped over budget, by target: `process/<executable name>` or `cgroup/<path>` (the budget's `per`). Label: `target`.
+    counter EBPF_SELECTION_BUDGET_SKIPPED = "stackline_ebpf_selection_budget_skipped_total";
+    /// Report intervals of probabilistic profiling, by whether they were sampled. Label: `sampled` (`true`, `false`).
+    counter EBPF_PROBABILISTIC_INTERVALS = "stackline_ebpf_probabilistic_intervals_total";
+    /// Selection reloads (SIGHUP), by result: `applied`, `failed`. Label: `result`.
+    counter EBPF_SELECTION_RELOADS = "stackline_ebpf_selection_reloads_total";
 
     /// Native stack walks that ended, by why: `complete`, `truncated` (max_frames), `no_mapping`, `no_table`, `invalid_rule`, `read_fault`. Label: `reason`.
     counter EBPF_UNWIND_STOPS = "stackline_ebpf_unwind_stops_total";

@@ -180,6 +180,20 @@ impl Stackline {
         out
     }
 
+    /// Rewrites the config file `start` wrote (placeholders filled in the same way) and
+    /// sends SIGHUP, as an operator reloading a changed configuration would.
+    pub fn reload(&self, config: &str) {
+        let any = "127.0.0.1:0";
+        let text = config
+            .replace("{OTLP}", any)
+            .replace("{HTTP}", any)
+            .replace("{METRICS}", any)
+            .replace("{DIR}", &self.dir.display().to_string());
+        std::fs::write(self.dir.join("stackline.yaml"), text).unwrap();
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    }
+
     pub fn sigterm(&self) {
         let pid = nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();

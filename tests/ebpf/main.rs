@@ -13,6 +13,7 @@ mod hostile_files;
 mod lifecycle;
 mod readers;
 mod sampling;
+mod selection;
 mod verifier_log;
 
 /// Each test profiles the whole machine and most run a CPU-bound workload: run them one

@@ -32,6 +32,11 @@ pub struct EbpfProfilerConfig {
     /// Load this eBPF object file instead of the one built into the binary (for
     /// developing the eBPF program and for tests). Default: the built-in object.
     pub object_path: Option<PathBuf>,
+    /// Which processes are sampled, and how much (see [`SelectionConfig`]). Changes
+    /// take effect on SIGHUP without reloading the eBPF programs.
+    pub selection: SelectionConfig,
+    /// Sampling on for a random fraction of report intervals (see [`ProbabilisticConfig`]).
+    pub probabilistic: ProbabilisticConfig,
     /// `host.name` of the profiles. Default (empty): the hostname the agent sees. In a
     /// Kubernetes pod that is the pod's name, so the DaemonSet sets the node's name here
     /// (`host_name: ${env:NODE_NAME:-}` with NODE_NAME from `spec.nodeName`).
@@ -50,6 +55,8 @@ impl Default for EbpfProfilerConfig {
             load_retry: LoadRetryConfig::default(),
             unwind: UnwindConfig::default(),
             object_path: None,
+            selection: SelectionConfig::default(),
+            probabilistic: ProbabilisticConfig::default(),
             host_name: String::new(),
         }
     }
@@ -190,6 +197,87 @@ impl UnwindConfig {
     }
 }
 
+/// `selection`: which processes are sampled. With no rules, every process is (the
+/// default). A process is sampled if it matches an `include` rule (or there are none)
+/// and no `exclude` rule: exclude wins. Rules on cgroup, pid and uid are evaluated in
+/// the eBPF program before it walks a stack; the others (executable, build ID, process
+/// name, container id) in user space, once per process, and the verdict is pushed into
+/// the program, so an excluded process costs a map lookup per sample.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectionConfig {
+    pub include: Vec<Rule>,
+    pub exclude: Vec<Rule>,
+    /// A cap on samples per second per target, enforced in the eBPF program.
+    pub budget: Option<BudgetConfig>,
+}
+
+/// One selection rule: exactly one matcher, and an optional name.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rule {
+    /// The `rule` label of the selection metrics. Default: `include/N` or `exclude/N`.
+    pub name: Option<String>,
+    /// A cgroup v2 path, as under the agent's cgroup2 mount (`/sys/fs/cgroup`, or
+    /// `/sys/fs/cgroup/unified` on a hybrid host), e.g. `/system.slice/nginx.service` or
+    /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<UID_>.slice`.
+    /// Matches the cgroup and everything below it. Evaluated in the kernel.
+    pub cgroup: Option<String>,
+    /// A container id (64 hex digits, or a prefix of at least 12, as `docker ps` and
+    /// `crictl ps` print them), read from the process's cgroup path.
+    pub container_id: Option<String>,
+    /// A glob on the executable's path (`*` does not cross `/`; `**` does), e.g.
+    /// `/usr/bin/python3*` or `**/java`.
+    pub executable: Option<String>,
+    /// The executable's GNU build ID, in hex.
+    pub build_id: Option<String>,
+    /// A glob on the process's name (`/proc/PID/comm`, what `ps` and `top` show).
+    pub process_name: Option<String>,
+    /// A process id. Evaluated in the kernel.
+    pub pid: Option<u32>,
+    /// A real user id. Evaluated in the kernel.
+    pub uid: Option<u32>,
+}
+
+/// Whom a budget applies to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPer {
+    /// Each process (the default).
+    #[default]
+    Process,
+    /// Each cgroup (the process's own, innermost one: a container, a systemd unit).
+    Cgroup,
+}
+
+/// `selection.budget`: at most `samples_per_second` per target; the rest are skipped in
+/// the kernel before any walk and counted per target
+/// (`stackline_ebpf_selection_budget_skipped_total`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    pub samples_per_second: u32,
+    #[serde(default)]
+    pub per: BudgetPer,
+}
+
+/// `probabilistic`: sampling is on for a random `fraction` of report intervals, chosen
+/// independently on each node and interval, so a large fleet costs that fraction while
+/// each interval it samples is complete. Each profile carries the fraction
+/// (`stackline.probabilistic.fraction`) so a backend can scale.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbabilisticConfig {
+    /// 0 < fraction <= 1. Default 1 (every interval).
+    pub fraction: f64,
+}
+
+impl Default for ProbabilisticConfig {
+    fn default() -> Self {
+        ProbabilisticConfig { fraction: 1.0 }
+    }
+}
+
 /// `load_retry`: backoff between failed load or attach attempts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -274,6 +362,16 @@ impl Validate for EbpfProfilerConfig {
                 format!(
                     "{} is too small for any table; use at least 1MiB",
                     u.max_memory
+                ),
+            ));
+        }
+        errs.extend(self.selection.validate());
+        let f = self.probabilistic.fraction;
+        if !(f > 0.0 && f <= 1.0) {
+            errs.push(ConfigError::new(
+                "probabilistic.fraction",
+                format!(
+                    "{f} is out of range; use more than 0 and at most 1 (1 samples every interval)"
                 ),
             ));
         }

@@ -10,6 +10,8 @@
 //! - [`process`]: the process model; announces what it learns (mapped, gone) to
 //!   whoever subscribes.
 //! - [`profile`]: raw samples → OTLP locations, mappings (with build IDs) and attributes.
+//! - [`select`]: which processes are sampled (rules, budgets, probabilistic
+//!   profiling), decided in the program before any walk and reloaded live.
 //! - [`unwind`]: tables for native unwinding without frame pointers, built as the
 //!   process model announces new mappings.
 //!
@@ -26,6 +28,7 @@ pub mod process;
 pub mod profile;
 mod reader;
 mod run;
+pub mod select;
 pub mod unwind;
 
 pub use stackline_ebpf_common::shared;
@@ -37,7 +40,8 @@ use tokio::task::JoinHandle;
 
 pub use bpf::check::{CheckReport, ProgramReport, check};
 pub use config::{
-    EbpfProfilerConfig, LoadRetryConfig, UnwindConfig, UnwindMode, VerifierLogConfig,
+    BudgetConfig, BudgetPer, EbpfProfilerConfig, LoadRetryConfig, ProbabilisticConfig, Rule,
+    SelectionConfig, UnwindConfig, UnwindMode, VerifierLogConfig,
 };
 
 use crate::config::parse_component;

@@ -11,6 +11,7 @@ use super::EbpfProfilerConfig;
 use super::bpf::loader::{self, PROGRAM, Profiler};
 use super::bpf::{pod, sys};
 use super::profile::{DecodedSample, IntervalProfile, Resolver};
+use super::select::{Initial, Selector};
 use super::shared::{Event, counter};
 use super::unwind::{self, manager};
 use crate::pipeline::{Context, Envelope, Fanout};
@@ -33,6 +34,7 @@ fn hostname() -> String {
 /// one profile per report interval, and a last partial one on shutdown.
 pub(super) async fn read_samples(
     profiler: Profiler,
+    initial: Initial,
     cfg: &EbpfProfilerConfig,
     ctx: &Context,
     out: &Fanout,
@@ -47,8 +49,14 @@ pub(super) async fn read_samples(
         })
     };
     let (cfg, out, rt) = (cfg.clone(), out.clone(), tokio::runtime::Handle::current());
-    let reader =
-        tokio::task::spawn_blocking(move || reader_loop(profiler, &cfg, &stop, &out, &rt)).await;
+    let live = Live {
+        id: ctx.id.to_string(),
+        reload: ctx.reload.clone(),
+    };
+    let reader = tokio::task::spawn_blocking(move || {
+        reader_loop(profiler, initial, &cfg, live, &stop, &out, &rt)
+    })
+    .await;
     watch.abort();
     match reader {
         Ok(r) => r,
@@ -83,9 +91,84 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 /// 20 Hz when done every report interval.
 const MAP_MEMORY_EVERY: Duration = Duration::from_secs(60);
 
+/// Where the reader hears of a reloaded configuration.
+struct Live {
+    /// The receiver's key in `receivers`.
+    id: String,
+    reload: crate::pipeline::Reloads,
+}
+
+impl Live {
+    /// The receiver's new settings, if the configuration was reloaded since the last call.
+    fn changed(&mut self) -> Option<Result<EbpfProfilerConfig, String>> {
+        if !self.reload.has_changed().unwrap_or(false) {
+            return None;
+        }
+        let cfg = self.reload.borrow_and_update().clone()?;
+        Some(match cfg.receivers.get(&self.id) {
+            None => Err(format!(
+                "the reloaded configuration has no receivers.{}; restart to remove it",
+                self.id
+            )),
+            Some(v) => crate::config::parse_component::<EbpfProfilerConfig>(v).map_err(|errs| {
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+        })
+    }
+}
+
+/// Applies a reloaded configuration: selection and probabilistic profiling change in
+/// the running program; anything else waits for a restart, and says so.
+fn reload(
+    selector: &mut Selector,
+    running: &mut EbpfProfilerConfig,
+    new: Result<EbpfProfilerConfig, String>,
+    id: &str,
+) {
+    let new = match new {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(receiver = id, "reload not applied: {e}");
+            return;
+        }
+    };
+    match selector.reload(&new.selection, &new.probabilistic) {
+        Ok(()) => {
+            tracing::info!(
+                receiver = id,
+                include = new.selection.include.len(),
+                exclude = new.selection.exclude.len(),
+                budget = ?new.selection.budget.as_ref().map(|b| b.samples_per_second),
+                fraction = new.probabilistic.fraction,
+                "selection reloaded"
+            );
+            running.selection = new.selection.clone();
+            running.probabilistic = new.probabilistic.clone();
+        }
+        Err(e) => tracing::error!(
+            receiver = id,
+            "selection reload failed, the previous rules stay: {e}"
+        ),
+    }
+    let mut rest = new;
+    rest.selection = running.selection.clone();
+    rest.probabilistic = running.probabilistic.clone();
+    if format!("{rest:?}") != format!("{running:?}") {
+        tracing::warn!(
+            receiver = id,
+            "the reloaded configuration changes settings of receivers.{id} other than selection and probabilistic: those take effect at the next restart"
+        );
+    }
+}
+
 fn reader_loop(
     mut p: Profiler,
+    initial: Initial,
     cfg: &EbpfProfilerConfig,
+    mut live: Live,
     stop: &AtomicBool,
     out: &Fanout,
     rt: &tokio::runtime::Handle,
@@ -101,6 +184,11 @@ fn reader_loop(
         let manager = manager::spawn(tables, cfg.unwind.max_memory.as_u64())?;
         resolver.processes.subscribe(Box::new(manager));
     }
+    let mut running = cfg.clone();
+    let mut selector = match p.select.take() {
+        Some(maps) => Selector::new(maps, initial),
+        None => return Err(std::io::Error::other("the selection maps are missing")),
+    };
     let unwind_meters = UnwindMeters::new();
     let samples_total = metrics::counter!(names::EBPF_SAMPLES);
     let ringbuf_lost = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "ring_buffer_full");
@@ -110,6 +198,7 @@ fn reader_loop(
     let runs = metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => PROGRAM);
     let mut last_lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
     let mut interval = IntervalProfile::new(unix_now_ns(), cfg.sampling_frequency);
+    interval.sampling_fraction = selector.fraction();
     let mut next_report = Instant::now() + cfg.report_interval;
     let mut next_map_memory = Instant::now();
     let mut sample = DecodedSample::default();
@@ -125,6 +214,9 @@ fn reader_loop(
             sys::poll_readable(&fds, until.min(POLL_EVERY))?;
         }
         let now = Instant::now();
+        if let Some(new) = live.changed() {
+            reload(&mut selector, &mut running, new, &live.id);
+        }
         if let Some(events) = &mut p.events {
             while let Some(item) = events.next() {
                 if let Some(e) = pod::read::<Event>(&item) {
@@ -132,21 +224,50 @@ fn reader_loop(
                 }
             }
         }
+        let boundary = stopping || now >= next_report;
+        let mut flipped = false;
+        // Samples taken after the switch, read by the last drain: the next interval's.
+        let mut carry: Vec<(DecodedSample, u64)> = Vec::new();
+        let mut flip_ns = u64::MAX;
         let mut read = 0;
-        while let Some(item) = p.samples.next() {
-            if !started {
-                started = true;
-                let cpu = sys::process_cpu_seconds();
-                metrics::gauge!(names::EBPF_STARTUP_CPU_SECONDS).set(cpu);
-                tracing::info!(cpu_ms = (cpu * 1e3).round(), "first sample read");
+        loop {
+            while let Some(item) = p.samples.next() {
+                if !started {
+                    started = true;
+                    let cpu = sys::process_cpu_seconds();
+                    metrics::gauge!(names::EBPF_STARTUP_CPU_SECONDS).set(cpu);
+                    tracing::info!(cpu_ms = (cpu * 1e3).round(), "first sample read");
+                }
+                if sample.decode_from(&item) {
+                    if sample.select_pending && !selector.admit(sample.tgid, sample.mm_tag, now) {
+                        continue;
+                    }
+                    let unix = (sample.ktime_ns as i128 + offset).max(0) as u64;
+                    if sample.ktime_ns >= flip_ns {
+                        carry.push((sample.clone(), unix));
+                    } else {
+                        interval.add(&sample, unix, &mut resolver, now);
+                    }
+                    read += 1;
+                } else {
+                    undecodable.increment(1);
+                }
             }
-            if sample.decode_from(&item) {
-                let unix = (sample.ktime_ns as i128 + offset).max(0) as u64;
-                interval.add(&sample, unix, &mut resolver, now);
-                read += 1;
-            } else {
-                undecodable.increment(1);
+            if boundary && !flipped {
+                // The next interval's settings (probabilistic profiling's coin) go into
+                // the program first, then the ring is drained once more: what was taken
+                // before the switch belongs to this interval, not to the next.
+                // Taken after this, a sample is the next interval's; if that one is
+                // paused, there are no such samples (those taken while the switch is
+                // being written belong to this one).
+                let before = sys::monotonic_ns();
+                if selector.next_interval(&resolver.processes) {
+                    flip_ns = before;
+                }
+                flipped = true;
+                continue;
             }
+            break;
         }
         samples_total.increment(read);
         // The program's run time, as fresh as the sample count (one system call per
@@ -155,11 +276,12 @@ fn reader_loop(
             run_seconds.set(run_ns as f64 / 1e9);
             runs.absolute(run_cnt);
         }
-        if stopping || now >= next_report {
+        if boundary {
             let lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
             ringbuf_lost.increment(lost.saturating_sub(last_lost));
             last_lost = lost;
             unwind_meters.update(&p.counters);
+            selector.update_skips(&p.counters);
             if now >= next_map_memory {
                 map_memory(&p);
                 next_map_memory = now + MAP_MEMORY_EVERY;
@@ -169,6 +291,10 @@ fn reader_loop(
                 &mut interval,
                 IntervalProfile::new(end, cfg.sampling_frequency),
             );
+            interval.sampling_fraction = selector.fraction();
+            for (s, unix) in carry.drain(..) {
+                interval.add(&s, unix, &mut resolver, now);
+            }
             if !done.is_empty() {
                 // Checked like any input, here on the reader's thread: an invalid profile
                 // would be a bug in building it, and is counted rather than sent.

@@ -8,6 +8,7 @@ use super::bpf::loader::{self, LoadError, LoadRequest};
 use super::bpf::outcome::{record_failure, record_log};
 use super::bpf::{kernel, sys};
 use super::reader::read_samples;
+use super::select;
 use super::{EbpfProfilerConfig, UnwindMode};
 use crate::pipeline::{Context, Fanout};
 use crate::telemetry::names;
@@ -44,6 +45,11 @@ pub(super) async fn run(
         let (obj, cpus2) = (object.clone(), cpus.clone());
         let attempt = tokio::task::spawn_blocking(move || {
             let mut seen_logs = Vec::new();
+            // The rules were checked with the configuration: this cannot fail.
+            let initial = match select::Initial::new(&req_cfg.selection, &req_cfg.probabilistic) {
+                Ok(i) => i,
+                Err(e) => return (Err(LoadError::Config(e)), seen_logs),
+            };
             let r = loader::load(
                 &LoadRequest {
                     object: &obj,
@@ -54,10 +60,11 @@ pub(super) async fn run(
                     cpus: &cpus2,
                     frequency: req_cfg.sampling_frequency,
                     offsets,
+                    select: &|m| initial.write(m),
                 },
                 &mut |name, log| seen_logs.push((name.to_owned(), log.clone())),
             );
-            (r, seen_logs)
+            (r.map(|p| (p, initial)), seen_logs)
         })
         .await;
         let (result, logs) = match attempt {
@@ -74,7 +81,7 @@ pub(super) async fn run(
             metrics::counter!(names::EBPF_PROGRAM_LOADS, "program" => program.clone(), "outcome" => "success").increment(1);
         }
         match result {
-            Ok(profiler) => {
+            Ok((profiler, initial)) => {
                 tracing::info!(
                     receiver = %ctx.id,
                     cpus = cpus.len(),
@@ -87,7 +94,7 @@ pub(super) async fn run(
                 ctx.health.running();
                 wait = cfg.load_retry.initial_interval;
                 loaded_ok = true;
-                match read_samples(profiler, &cfg, &ctx, &out).await {
+                match read_samples(profiler, initial, &cfg, &ctx, &out).await {
                     Ok(()) => break,
                     Err(e) => {
                         ctx.health.unhealthy(format!("reading samples failed: {e}"));

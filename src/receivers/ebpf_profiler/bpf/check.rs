@@ -52,6 +52,8 @@ pub fn check(log: &VerifierLogConfig, unwind: &UnwindConfig) -> CheckReport {
             cpus: &[],
             frequency: 1,
             offsets: None,
+            // Nothing selected: every process, as without rules.
+            select: &|_| Ok(()),
         },
         &mut |name, l| {
             record_log(log, name, l);

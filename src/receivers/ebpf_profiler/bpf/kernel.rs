@@ -13,6 +13,9 @@ pub struct TaskOffsets {
     pub task_stack: u64,
     /// Offset of the user `pt_regs` from the start of the task's stack.
     pub pt_regs: u64,
+    /// Offset of `mm` in `struct task_struct` (0: unknown): a process's address space,
+    /// new at each exec, which selection verdicts are tied to.
+    pub task_mm: u64,
 }
 
 /// `sizeof(struct pt_regs)` on x86_64.
@@ -31,10 +34,15 @@ pub enum KernelError {
 }
 
 /// `task_struct.stack`'s offset from `btf`, the kernel's BTF.
-///
-/// One pass over the type section to the struct and its member, with every read
-/// bounds-checked: a full BTF parse (as btfparse does) took 220 ms of the agent's start.
 pub fn task_stack_offset(btf: &[u8]) -> Result<u64, KernelError> {
+    Ok(task_struct_offsets(btf, &["stack"])?[0])
+}
+
+/// The offsets of `members` of `struct task_struct`, from `btf`, the kernel's BTF.
+///
+/// One pass over the type section to the struct and its members, with every read
+/// bounds-checked: a full BTF parse (as btfparse does) took 220 ms of the agent's start.
+pub fn task_struct_offsets(btf: &[u8], members: &[&str]) -> Result<Vec<u64>, KernelError> {
     let bad = |what: &str| KernelError::Btf(what.to_string());
     let u16_at = |at: usize| -> Option<u16> {
         Some(u16::from_le_bytes(btf.get(at..at + 2)?.try_into().ok()?))
@@ -80,25 +88,34 @@ pub fn task_stack_offset(btf: &[u8]) -> Result<u64, KernelError> {
             _ => return Err(bad(&format!("unknown BTF kind {kind}"))),
         };
         if kind == 4 && name(name_off) == Some(b"task_struct") && vlen > 0 {
+            let mut found: Vec<Option<u64>> = vec![None; members.len()];
             for m in 0..vlen {
                 let mat = at + 12 + 12 * m;
                 let (Some(mname), Some(offset)) = (u32_at(mat), u32_at(mat + 8)) else {
                     return Err(bad("task_struct's members cut short"));
                 };
-                if name(mname) == Some(b"stack") {
-                    // With kind_flag, the low 24 bits are the bit offset.
-                    let bits = if kind_flag {
-                        offset & 0xff_ffff
-                    } else {
-                        offset
-                    };
-                    if bits % 8 != 0 {
-                        return Err(bad("task_struct.stack is a bit field"));
-                    }
-                    return Ok(bits as u64 / 8);
+                let Some(i) = members
+                    .iter()
+                    .position(|w| name(mname) == Some(w.as_bytes()))
+                else {
+                    continue;
+                };
+                // With kind_flag, the low 24 bits are the bit offset.
+                let bits = if kind_flag {
+                    offset & 0xff_ffff
+                } else {
+                    offset
+                };
+                if bits % 8 != 0 {
+                    return Err(bad(&format!("task_struct.{} is a bit field", members[i])));
                 }
+                found[i] = Some(bits as u64 / 8);
             }
-            return Err(bad("task_struct has no member `stack`"));
+            return found
+                .iter()
+                .zip(members)
+                .map(|(f, m)| f.ok_or_else(|| bad(&format!("task_struct has no member `{m}`"))))
+                .collect();
         }
         at += 12 + extra;
     }
@@ -138,9 +155,11 @@ pub fn pt_regs_offset(config: Option<&str>) -> u64 {
 /// wrong stacks.
 pub fn task_offsets() -> Result<TaskOffsets, KernelError> {
     let btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(KernelError::ReadBtf)?;
+    let at = task_struct_offsets(&btf, &["stack", "mm"])?;
     Ok(TaskOffsets {
-        task_stack: task_stack_offset(&btf)?,
+        task_stack: at[0],
         pt_regs: pt_regs_offset(kernel_config().as_deref()),
+        task_mm: at[1],
     })
 }
 
@@ -162,6 +181,9 @@ mod tests {
         );
         // `stack` sits right after thread_info and __state in every x86_64 layout.
         assert!((8..=64).contains(&off), "{off}");
+        let both = task_struct_offsets(&btf, &["stack", "mm"]).unwrap();
+        assert_eq!(both[0], off);
+        assert!(both[1] > off && both[1] < 16384, "mm at {}", both[1]);
         // Cut short or garbled BTF is an error, never a panic or a wrong offset.
         for cut in [0, 3, 24, 100, 4096, btf.len() / 2] {
             let r = task_stack_offset(&btf[..cut.min(btf.len())]);

@@ -9,11 +9,11 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHash, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
 use aya_obj::generated::{bpf_map_type, bpf_prog_type};
 use aya_obj::obj::{EbpfSectionKind, ProgramSection};
 
-use super::super::shared::{self, Config, MappingKeyData};
+use super::super::shared::{self, Bucket, Config, MappingKeyData, SelectConfig, Verdict};
 use super::super::unwind::rules::{Chunk, MappingInfo};
 use super::kernel::TaskOffsets;
 use super::sys::{self, ProgLoad};
@@ -40,6 +40,20 @@ pub struct TableMaps {
     pub mappings: LpmTrie<MapData, MappingKeyData, MappingInfo>,
     /// Executable id → its array of chunks (a hash of maps).
     pub tables: OwnedFd,
+}
+
+/// The maps of process selection, which user space rewrites while the program runs.
+pub struct SelectMaps {
+    pub select: Array<MapData, SelectConfig>,
+    pub cgroups: BpfHash<MapData, u64, u64>,
+    pub uids: BpfHash<MapData, u32, u64>,
+    pub pids: BpfHash<MapData, u32, u64>,
+    /// An LRU hash: tgid → verdict.
+    pub verdicts: BpfHash<MapData, u32, Verdict>,
+    /// Per-rule sample counts (`2 * rule` taken, `+ 1` skipped).
+    pub rules: PerCpuArray<MapData, u64>,
+    /// An LRU hash: target → budget.
+    pub budgets: BpfHash<MapData, u64, Bucket>,
 }
 
 /// Why the profiler could not start. Each kind keeps its cause ([`std::error::Error::source`]),
@@ -77,6 +91,9 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The receiver's settings could not be turned into what the program needs.
+    #[error("the receiver's settings are unusable: {0}")]
+    Config(String),
     /// The load ran on a blocking thread that panicked (a bug).
     #[error("the load attempt panicked: {0}")]
     Panicked(String),
@@ -116,7 +133,7 @@ impl LoadError {
                 source.raw_os_error()
             }
             LoadError::Program { failure, .. } => Some(failure.errno),
-            LoadError::Object { .. } | LoadError::Panicked(_) => None,
+            LoadError::Object { .. } | LoadError::Panicked(_) | LoadError::Config(_) => None,
         }
     }
 
@@ -125,6 +142,7 @@ impl LoadError {
         match self {
             LoadError::Capabilities { .. } => "missing_capabilities",
             LoadError::Object { .. } | LoadError::Panicked(_) => "object",
+            LoadError::Config(_) => "config",
             LoadError::Map { .. } => "maps",
             LoadError::Program { failure, .. } => failure.reason(),
             LoadError::Attach { .. } => "attach",
@@ -156,6 +174,8 @@ pub struct Profiler {
     pub events: Option<RingBuf<MapData>>,
     /// The unwind tables' maps, in the native modes.
     pub tables: Option<TableMaps>,
+    /// Process selection's maps (taken by the reader).
+    pub select: Option<SelectMaps>,
     /// One enabled perf event per sampled CPU; closing them detaches the program.
     _events: Vec<OwnedFd>,
 }
@@ -203,6 +223,8 @@ pub struct LoadRequest<'a> {
     /// without a user stack in the native modes, and to the kernel's walk in
     /// `frame_pointer` mode.
     pub offsets: Option<TaskOffsets>,
+    /// Writes the selection rules into their maps, before the program is attached.
+    pub select: &'a (dyn Fn(&mut SelectMaps) -> std::io::Result<()> + Sync),
 }
 
 /// Takes map `name` out of `maps` as the reader's wrapper `T`. The map is wrapped as the
@@ -222,6 +244,8 @@ fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
         k if k == bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32 => Map::PerCpuArray(data),
         k if k == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32 => Map::RingBuf(data),
         k if k == bpf_map_type::BPF_MAP_TYPE_LPM_TRIE as u32 => Map::LpmTrie(data),
+        k if k == bpf_map_type::BPF_MAP_TYPE_HASH as u32 => Map::HashMap(data),
+        k if k == bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32 => Map::LruHashMap(data),
         _ => {
             return Err(LoadError::object(format!(
                 "map `{name}` is of type {kind}, which the reader does not use"
@@ -251,16 +275,19 @@ pub fn load(
     let offsets = req.offsets.unwrap_or(TaskOffsets {
         task_stack: 0,
         pt_regs: 0,
+        task_mm: 0,
     });
     let mut obj = aya_obj::Object::parse(req.object)
         .map_err(|e| LoadError::object_because("parsing it", e))?;
-    let (task_stack, pt_regs) = (
+    let (task_stack, pt_regs, task_mm) = (
         offsets.task_stack.to_ne_bytes(),
         offsets.pt_regs.to_ne_bytes(),
+        offsets.task_mm.to_ne_bytes(),
     );
     obj.patch_map_data(HashMap::from([
         ("TASK_STACK_OFFSET", (&task_stack[..], false)),
         ("PT_REGS_OFFSET", (&pt_regs[..], false)),
+        ("TASK_MM_OFFSET", (&task_mm[..], false)),
     ]))
     .map_err(|e| LoadError::object_because("setting its task offsets", e))?;
     // The tables' map-of-maps: arrays of chunks, each sized for its executable.
@@ -419,6 +446,17 @@ pub fn load(
         .map_err(|e| LoadError::map("writing the settings into `CONFIG`", map_io(e)))?;
     let samples: RingBuf<MapData> = take(&mut maps, &obj_maps, "SAMPLES")?;
     let counters: PerCpuArray<MapData, u64> = take(&mut maps, &obj_maps, "COUNTERS")?;
+    let mut select = SelectMaps {
+        select: take(&mut maps, &obj_maps, "SELECT")?,
+        cgroups: take(&mut maps, &obj_maps, "SEL_CGROUPS")?,
+        uids: take(&mut maps, &obj_maps, "SEL_UIDS")?,
+        pids: take(&mut maps, &obj_maps, "SEL_PIDS")?,
+        verdicts: take(&mut maps, &obj_maps, "VERDICTS")?,
+        rules: take(&mut maps, &obj_maps, "SEL_RULES")?,
+        budgets: take(&mut maps, &obj_maps, "BUDGETS")?,
+    };
+    // Before the program is attached: the first samples already see the rules.
+    (req.select)(&mut select).map_err(|e| LoadError::map("writing the selection rules", e))?;
     let (events, table_maps) = match tables {
         Some(tables) => {
             let events: RingBuf<MapData> = take(&mut maps, &obj_maps, "EVENTS")?;
@@ -473,6 +511,7 @@ pub fn load(
         counters,
         events,
         tables: table_maps,
+        select: Some(select),
         _events: events_fds,
     })
 }

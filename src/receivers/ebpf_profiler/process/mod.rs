@@ -239,6 +239,11 @@ impl Processes {
         c.info.as_ref()?.mapping_for(addr).cloned()
     }
 
+    /// What the model read of `pid`, if it has read it (no read here).
+    pub fn info(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.procs.get(&pid)?.info.as_ref()
+    }
+
     /// Starts a new report interval: drops processes not sampled for a while and
     /// announces them gone, then announces the processes sampled in the one that ended.
     pub fn next_interval(&mut self, now: Instant) {

@@ -25,6 +25,10 @@ pub struct DecodedSample {
     pub kernel_error: Option<i64>,
     /// Why the native walk ended (`unwind::stop`; 0 in frame-pointer mode).
     pub stop: u8,
+    /// User space still has selection rules to decide this process by.
+    pub select_pending: bool,
+    /// The process's address-space tag (`shared::mm_tag`; 0: unknown).
+    pub mm_tag: u32,
 }
 
 const HEADER: usize = std::mem::size_of::<RecordHeader>();
@@ -74,6 +78,8 @@ impl DecodedSample {
         self.user_error = (h.user_error < 0).then_some(h.user_error as i64);
         self.kernel_error = (h.kernel_error < 0).then_some(h.kernel_error as i64);
         self.stop = h.stop;
+        self.select_pending = h.select_pending != 0;
+        self.mm_tag = h.mm_tag;
         true
     }
 }

@@ -97,6 +97,9 @@ pub struct IntervalProfile {
     raw_stacks: FastMap<u64, Vec<RawStack>>,
     /// The raw words of the sample being added (reused, no allocation per sample).
     scratch: Vec<u64>,
+    /// The fraction of intervals sampled, when probabilistic profiling is on: an
+    /// attribute of the profile.
+    pub sampling_fraction: Option<f64>,
     /// (pid, tid, comm) → index in `thread_list` of that thread's attributes this interval.
     threads: FastMap<(u32, u32, [u8; COMM_LEN]), u32>,
     thread_list: Vec<ThreadAttrs>,
@@ -155,6 +158,7 @@ impl IntervalProfile {
             thread_list: Vec::new(),
             sample_idx: FastMap::default(),
             user_frames: FastMap::default(),
+            sampling_fraction: None,
         }
     }
 
@@ -459,7 +463,23 @@ impl IntervalProfile {
         let start = self.start_unix_ns.min(self.first_ts);
         // The range is half-open: it must end after the last sample.
         let end = end_unix_ns.max(self.last_ts.saturating_add(1));
+        let attribute_indices = match self.sampling_fraction {
+            Some(f) => {
+                let key_strindex = self
+                    .b
+                    .intern_string(semconv::STACKLINE_PROBABILISTIC_FRACTION);
+                vec![self.b.intern_attribute(KeyValueAndUnit {
+                    key_strindex,
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::DoubleValue(f)),
+                    }),
+                    unit_strindex: 0,
+                })]
+            }
+            None => Vec::new(),
+        };
         let profile = Profile {
+            attribute_indices,
             sample_type: Some(sample_type),
             samples: std::mem::take(&mut self.samples),
             time_unix_nano: start,

@@ -1,0 +1,177 @@
+//! Process selection, before any walk: the sampled process's verdict (cached per
+//! process, or made from its pid, uid and cgroup ancestors), then its target's budget.
+//! A skipped sample costs these lookups and nothing else.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_get_current_uid_gid;
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
+    bpf_probe_read_kernel,
+};
+use stackline_ebpf::shared::{Bucket, SelectConfig, Verdict, counter, select};
+use stackline_ebpf::{
+    BUDGETS, SEL_CGROUPS, SEL_PIDS, SEL_RULES, SEL_UIDS, TASK_MM_OFFSET, VERDICTS, bump,
+};
+
+/// What the program decided of a sample.
+pub enum Choice {
+    Skip,
+    /// Take it; `pending`: user space has rules left to decide it by. `mm` is the
+    /// process's address space (0: unknown).
+    Take { pending: bool, mm: u64 },
+}
+
+/// Whether to sample `tgid` now. Counts what it skips, and why.
+#[inline(always)]
+pub fn selected(c: &SelectConfig, tgid: u32, now: u64) -> Choice {
+    if c.flags & select::PAUSED != 0 {
+        bump(counter::PAUSED_SKIPPED);
+        return Choice::Skip;
+    }
+    let mut pending = false;
+    let mut mm = 0;
+    if c.flags & select::ACTIVE != 0 {
+        let v = verdict(c, tgid, now);
+        mm = v.mm;
+        let fin = v.flags & select::FINAL != 0;
+        let excluded = v.mask & c.exclude_mask;
+        if excluded != 0 {
+            rule_count(excluded, 1);
+            return Choice::Skip;
+        }
+        // Decided whole: by user space, or with no rule left that only it evaluates.
+        let whole = fin || c.flags & select::USER_RULES == 0;
+        let included = v.mask & c.include_mask;
+        if included != 0 {
+            if whole {
+                rule_count(included, 0);
+            }
+        } else if c.include_mask != 0 && (fin || c.flags & select::USER_INCLUDE == 0) {
+            // Include rules exist and none can match.
+            bump(counter::NOT_SELECTED);
+            return Choice::Skip;
+        }
+        pending = !whole;
+    }
+    if c.budget_cost_ns != 0 && !within_budget(c, tgid, now) {
+        bump(counter::BUDGET_SKIPPED);
+        return Choice::Skip;
+    }
+    Choice::Take { pending, mm }
+}
+
+/// The current task's `mm`, or 0 if its offset is unknown.
+#[inline(always)]
+fn current_mm() -> u64 {
+    let off = TASK_MM_OFFSET.load();
+    if off == 0 {
+        return 0;
+    }
+    let mut mm = 0u64;
+    // SAFETY: the helper returns the current task; the read fails rather than faults.
+    let r = unsafe {
+        let task = bpf_get_current_task();
+        bpf_probe_read_kernel(
+            &mut mm as *mut u64 as *mut c_void,
+            8,
+            (task + off) as *const c_void,
+        )
+    };
+    if r != 0 { 0 } else { mm }
+}
+
+/// `tgid`'s verdict: the cached one while it holds (same rules, address space, cgroup
+/// and uid), else made from its pid, uid and cgroup ancestors and cached.
+#[inline(always)]
+fn verdict(c: &SelectConfig, tgid: u32, now: u64) -> Verdict {
+    let mm = current_mm();
+    // SAFETY: helpers without preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    let uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: a hash lookup; the value is copied out at once.
+    if let Some(v) = unsafe { VERDICTS.get(&tgid) } {
+        let v = *v;
+        let same = v.generation == c.generation
+            && v.mm == mm
+            && v.cgroup == cgroup
+            && v.uid == uid
+            && (mm != 0 || now.wrapping_sub(v.at_ns) < select::FINAL_TTL_NS);
+        if same {
+            return v;
+        }
+    }
+    // SAFETY: hash lookups, copied out at once.
+    let mut mask = unsafe { SEL_PIDS.get(&tgid).copied().unwrap_or(0) };
+    mask |= unsafe { SEL_UIDS.get(&uid).copied().unwrap_or(0) };
+    let mut level = 0;
+    while level < select::MAX_CGROUP_DEPTH {
+        // SAFETY: a helper without preconditions; 0 past the task's own cgroup.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        mask |= unsafe { SEL_CGROUPS.get(&id).copied().unwrap_or(0) };
+        level += 1;
+    }
+    let v = Verdict {
+        mask,
+        mm,
+        cgroup,
+        at_ns: now,
+        uid,
+        flags: 0,
+        generation: c.generation,
+        _pad: 0,
+    };
+    let _ = VERDICTS.insert(&tgid, &v, 0);
+    v
+}
+
+/// Counts a sample under the lowest rule of `mask`: taken (`skipped` 0) or skipped (1).
+#[inline(always)]
+fn rule_count(mask: u64, skipped: u32) {
+    let rule = mask.trailing_zeros() & 63;
+    if let Some(p) = SEL_RULES.get_ptr_mut(rule * 2 + skipped) {
+        // SAFETY: a per-CPU slot; this program is the only writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Takes one sample's credit from the target's bucket, if it has it.
+#[inline(always)]
+fn within_budget(c: &SelectConfig, tgid: u32, now: u64) -> bool {
+    let key = if c.flags & select::BUDGET_PER_CGROUP != 0 {
+        // SAFETY: a helper without preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        tgid as u64
+    };
+    let Some(b) = BUDGETS.get_ptr_mut(&key) else {
+        let b = Bucket {
+            credit_ns: c.budget_burst_ns.saturating_sub(c.budget_cost_ns),
+            last_ns: now,
+            taken: 1,
+            skipped: 0,
+        };
+        let _ = BUDGETS.insert(&key, &b, 0);
+        return true;
+    };
+    // SAFETY: a value in the map; racing CPUs may each take a sample's credit the other
+    // also saw, which lets a target past its budget by at most a sample per CPU.
+    let b = unsafe { &mut *b };
+    let mut credit = b.credit_ns + now.saturating_sub(b.last_ns);
+    if credit > c.budget_burst_ns {
+        credit = c.budget_burst_ns;
+    }
+    b.last_ns = now;
+    if credit >= c.budget_cost_ns {
+        b.credit_ns = credit - c.budget_cost_ns;
+        b.taken += 1;
+        true
+    } else {
+        b.credit_ns = credit;
+        b.skipped += 1;
+        false
+    }
+}

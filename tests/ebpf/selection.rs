@@ -1,0 +1,485 @@
+//! Choosing what to profile: rules by cgroup, executable and uid on real cgroups, a
+//! budget, probabilistic profiling and a live reload, each checked against the
+//! workloads' own CPU time (their cgroups' `cpu.stat`).
+
+use super::*;
+use std::path::PathBuf;
+use std::process::Child;
+
+/// A cgroup v2 directory the test made, removed when dropped.
+struct Group {
+    path: PathBuf,
+    /// Its path as a rule names it (from the v2 root).
+    rule: String,
+}
+
+impl Group {
+    fn new(v2: &Path, rel: &str) -> Group {
+        let path = v2.join(rel);
+        std::fs::create_dir_all(&path).unwrap();
+        Group {
+            path,
+            rule: format!("/{rel}"),
+        }
+    }
+
+    /// CPU seconds its processes used.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(self.path.join("cpu.stat")).unwrap();
+        let usec: f64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        usec / 1e6
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+        if let Some(parent) = self.path.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+fn v2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// Starts `exe SECONDS` inside `group` (the shell joins it, then execs the workload, so
+/// every instruction of the workload runs in the group), optionally as `uid`.
+fn spawn_in(group: &Group, exe: &Path, secs: &str, uid: Option<u32>) -> (Child, String) {
+    let procs = group.path.join("cgroup.procs");
+    let mut script = format!("echo $$ > {} && exec ", procs.display());
+    if let Some(u) = uid {
+        script += &format!("setpriv --reuid {u} --regid {u} --clear-groups ");
+    }
+    script += &format!("{} {secs}", exe.display());
+    spawn_ready(Command::new("sh").args(["-c", &script]))
+}
+
+/// Samples per pid in the profiles written so far, of the workloads only (`spin_*`):
+/// before its exec the process is the shell that moved itself into the cgroup (or
+/// `setpriv`, still root), which the rules rightly treat as what it was then.
+fn samples_by_pid(dir: &Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let file = dir.join("profiles.jsonl");
+    for s in read_json_lines(&file).iter().flat_map(flatten) {
+        let workload = s
+            .attrs
+            .get("thread.name")
+            .is_some_and(|n| n.starts_with("spin_") || n == "cpu_shares");
+        if let Some(pid) = s.attrs.get("process.pid")
+            && workload
+        {
+            *out.entry(pid.clone()).or_default() += s.timestamps.len().max(1);
+        }
+    }
+    out
+}
+
+/// Three copies of the workload with their own names (and so their own executables).
+fn three_workloads(dir: &Path) -> [PathBuf; 3] {
+    let exe = build_c_workload("cpu_shares", dir, &[]);
+    // Readable by the uid the uid rule runs a workload as.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    ["spin_a", "spin_b", "spin_c"].map(|n| {
+        let p = dir.join(n);
+        std::fs::copy(&exe, &p).unwrap();
+        p
+    })
+}
+
+fn config(selection: &str) -> String {
+    agent_config(&format!("    sampling_frequency: 999\n{selection}"))
+        .replace("    sampling_frequency: 99\n", "")
+}
+
+const FREQ: f64 = 999.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
+async fn cgroup_rules_include_exclude_and_reload_live() {
+    if !bpf_available("selection by cgroup") {
+        return;
+    }
+    let Some(v2) = v2_mount() else {
+        panic!("no cgroup v2 hierarchy mounted; the selection tests need one");
+    };
+    let _serial = SYSTEM_WIDE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exes = three_workloads(dir.path());
+    let base = format!("stackline-selection-{}", std::process::id());
+    let groups = ["a", "b", "c"].map(|g| Group::new(&v2, &format!("{base}/{g}")));
+    let include_a = format!(
+        "    selection:\n      include: [{{ cgroup: \"{}\", name: a }}]\n",
+        groups[0].rule
+    );
+    let s = start_loaded(dir.path(), &config(&include_a)).await;
+
+    // 1. include a: only a's samples, and all of them.
+    let before: Vec<f64> = groups.iter().map(Group::cpu_seconds).collect();
+    let mut kids: Vec<(Child, String)> = (0..3)
+        .map(|i| spawn_in(&groups[i], &exes[i], "1.5", None))
+        .collect();
+    for (k, _) in &mut kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let cpu: Vec<f64> = groups
+        .iter()
+        .zip(&before)
+        .map(|(g, b)| g.cpu_seconds() - b)
+        .collect();
+    let pids: Vec<String> = kids.iter().map(|(_, p)| p.clone()).collect();
+    let got = eventually(Duration::from_secs(10), async || {
+        let by = samples_by_pid(dir.path());
+        by.get(&pids[0]).copied().unwrap_or(0) as f64 >= 0.97 * cpu[0] * FREQ
+    })
+    .await;
+    let by = samples_by_pid(dir.path());
+    let n = |i: usize| by.get(&pids[i]).copied().unwrap_or(0);
+    eprintln!(
+        "include a: samples a {} b {} c {}; a's CPU time {:.2} s ({:.0} samples at {FREQ} Hz)",
+        n(0),
+        n(1),
+        n(2),
+        cpu[0],
+        cpu[0] * FREQ
+    );
+    assert!(got, "a kept {} of ~{:.0} samples", n(0), cpu[0] * FREQ);
+    assert_eq!((n(1), n(2)), (0, 0), "samples of excluded cgroups");
+    let skipped = s
+        .metric(
+            "stackline_ebpf_selection_skipped_total",
+            &[("reason", "not_selected")],
+        )
+        .await;
+    assert!(
+        skipped >= 0.9 * (cpu[1] + cpu[2]) * FREQ,
+        "the program skipped {skipped} samples of b and c ({:.1} CPU s)",
+        cpu[1] + cpu[2]
+    );
+    assert!(
+        s.metric(
+            "stackline_ebpf_selection_samples_total",
+            &[("rule", "a"), ("result", "taken")]
+        )
+        .await
+            >= n(0) as f64 * 0.99
+    );
+
+    // 2. Reload: exclude b, include nothing: a and c are profiled, with the shares
+    //    their CPU time says.
+    let exclude_b = format!(
+        "    selection:\n      exclude: [{{ cgroup: \"{}\" }}]\n",
+        groups[1].rule
+    );
+    s.reload(&config(&exclude_b));
+    let reloaded = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_selection_reloads_total",
+            &[("result", "applied")],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(reloaded, "the reload was not applied:\n{}", s.logs());
+    let before: Vec<f64> = groups.iter().map(Group::cpu_seconds).collect();
+    let mut kids: Vec<(Child, String)> = (0..3)
+        .map(|i| spawn_in(&groups[i], &exes[i], "1.5", None))
+        .collect();
+    for (k, _) in &mut kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let cpu: Vec<f64> = groups
+        .iter()
+        .zip(&before)
+        .map(|(g, b)| g.cpu_seconds() - b)
+        .collect();
+    let pids: Vec<String> = kids.iter().map(|(_, p)| p.clone()).collect();
+    eventually(Duration::from_secs(10), async || {
+        let by = samples_by_pid(dir.path());
+        let n = |i: usize| by.get(&pids[i]).copied().unwrap_or(0) as f64;
+        n(0) + n(2) >= 0.97 * (cpu[0] + cpu[2]) * FREQ
+    })
+    .await;
+    let by = samples_by_pid(dir.path());
+    let n = |i: usize| by.get(&pids[i]).copied().unwrap_or(0) as f64;
+    let share = n(0) / (n(0) + n(2));
+    let truth = cpu[0] / (cpu[0] + cpu[2]);
+    eprintln!(
+        "exclude b: samples a {} b {} c {}; a's share {share:.3}, by CPU time {truth:.3}",
+        n(0),
+        n(1),
+        n(2)
+    );
+    assert_eq!(n(1), 0.0, "samples of the excluded cgroup");
+    assert!(
+        n(0) + n(2) >= 0.97 * (cpu[0] + cpu[2]) * FREQ,
+        "a and c kept {} of ~{:.0}",
+        n(0) + n(2),
+        (cpu[0] + cpu[2]) * FREQ
+    );
+    assert!(
+        (share - truth).abs() < 0.03,
+        "share {share} against {truth}"
+    );
+
+    // 3. A long-running workload in b, excluded; a reload that includes b shows its
+    //    samples within one report interval (1 s) of the SIGHUP.
+    let (mut kid, pid) = spawn_in(&groups[1], &exes[1], "4", None);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let include_b = format!(
+        "    selection:\n      include: [{{ cgroup: \"{}\" }}]\n",
+        groups[1].rule
+    );
+    let sighup = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    s.reload(&config(&include_b));
+    assert!(kid.wait().unwrap().success());
+    let first = eventually(Duration::from_secs(10), async || {
+        samples_by_pid(dir.path()).contains_key(&pid)
+    })
+    .await;
+    assert!(first, "b never appeared after the reload:\n{}", s.logs());
+    let earliest = read_json_lines(&dir.path().join("profiles.jsonl"))
+        .iter()
+        .flat_map(flatten)
+        .filter(|x| {
+            x.attrs.get("process.pid") == Some(&pid)
+                && x.attrs.get("thread.name").map(String::as_str) == Some("spin_b")
+        })
+        .flat_map(|x| x.timestamps)
+        .min()
+        .unwrap();
+    let lag_ms = (earliest as i64 - sighup as i64) / 1_000_000;
+    eprintln!("b's first sample {lag_ms} ms after SIGHUP");
+    assert!(
+        (0..1000).contains(&lag_ms),
+        "b's first sample came {lag_ms} ms after SIGHUP (must be within one 1 s interval, and not before)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
+async fn executable_glob_and_uid_rules_and_a_budget() {
+    if !bpf_available("selection by executable and uid") {
+        return;
+    }
+    let Some(v2) = v2_mount() else {
+        panic!("no cgroup v2 hierarchy mounted; the selection tests need one");
+    };
+    let _serial = SYSTEM_WIDE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exes = three_workloads(dir.path());
+    let base = format!("stackline-selection-exe-{}", std::process::id());
+    let groups = ["a", "b", "c"].map(|g| Group::new(&v2, &format!("{base}/{g}")));
+    // Exclude spin_b by executable (user space decides it, once) and uid 54321 (the
+    // program decides it): only spin_a is profiled.
+    let rules = "    selection:\n      exclude: [{ executable: \"**/spin_b\", name: exe }, { uid: 54321, name: uid }]\n";
+    let s = start_loaded(dir.path(), &config(rules)).await;
+    let before: Vec<f64> = groups.iter().map(Group::cpu_seconds).collect();
+    let mut kids = vec![
+        spawn_in(&groups[0], &exes[0], "1.5", None),
+        spawn_in(&groups[1], &exes[1], "1.5", None),
+        spawn_in(&groups[2], &exes[2], "1.5", Some(54321)),
+    ];
+    for (k, _) in &mut kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let cpu: Vec<f64> = groups
+        .iter()
+        .zip(&before)
+        .map(|(g, b)| g.cpu_seconds() - b)
+        .collect();
+    let pids: Vec<String> = kids.iter().map(|(_, p)| p.clone()).collect();
+    eventually(Duration::from_secs(10), async || {
+        samples_by_pid(dir.path())
+            .get(&pids[0])
+            .copied()
+            .unwrap_or(0) as f64
+            >= 0.97 * cpu[0] * FREQ
+    })
+    .await;
+    let by = samples_by_pid(dir.path());
+    let n = |i: usize| by.get(&pids[i]).copied().unwrap_or(0);
+    eprintln!(
+        "exclude by executable and uid: samples a {} b {} c {}",
+        n(0),
+        n(1),
+        n(2)
+    );
+    assert!(
+        n(0) as f64 >= 0.97 * cpu[0] * FREQ,
+        "a kept {} of ~{:.0}",
+        n(0),
+        cpu[0] * FREQ
+    );
+    assert_eq!(n(1), 0, "samples of the excluded executable");
+    assert_eq!(n(2), 0, "samples of the excluded uid");
+    let by_exe = s
+        .metric(
+            "stackline_ebpf_selection_samples_total",
+            &[("rule", "exe"), ("result", "skipped")],
+        )
+        .await;
+    let by_uid = s
+        .metric(
+            "stackline_ebpf_selection_samples_total",
+            &[("rule", "uid"), ("result", "skipped")],
+        )
+        .await;
+    eprintln!(
+        "skipped: by executable {by_exe}, by uid {by_uid}; b's CPU {:.2} s, c's {:.2} s",
+        cpu[1], cpu[2]
+    );
+    assert!(by_exe >= 0.9 * cpu[1] * FREQ, "{by_exe}");
+    assert!(by_uid >= 0.9 * cpu[2] * FREQ, "{by_uid}");
+
+    // A budget of 50 samples/s per process on a workload sampled at 999 Hz.
+    let budget = "    selection:\n      budget: { samples_per_second: 50 }\n";
+    s.reload(&config(budget));
+    let reloaded = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_selection_reloads_total",
+            &[("result", "applied")],
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(reloaded, "{}", s.logs());
+    let (mut kid, pid) = spawn_in(&groups[0], &exes[0], "3", None);
+    let started = std::time::Instant::now();
+    assert!(kid.wait().unwrap().success());
+    let wall = started.elapsed().as_secs_f64();
+    let got = eventually(Duration::from_secs(10), async || {
+        samples_by_pid(dir.path()).get(&pid).copied().unwrap_or(0) as f64 >= 0.95 * 50.0 * wall
+    })
+    .await;
+    let kept = samples_by_pid(dir.path()).get(&pid).copied().unwrap_or(0) as f64;
+    let skip_metric = async || {
+        s.metric(
+            "stackline_ebpf_selection_budget_skipped_total",
+            &[("target", "process/spin_a")],
+        )
+        .await
+    };
+    // The metric is updated at each interval's end: wait until it has the last one.
+    eventually(Duration::from_secs(5), async || {
+        kept + skip_metric().await >= 0.9 * 3.0 * FREQ
+    })
+    .await;
+    let skipped = skip_metric().await;
+    eprintln!(
+        "budget 50/s: kept {kept} over {wall:.2} s ({:.1}/s), skipped {skipped}",
+        kept / wall
+    );
+    assert!(
+        got && (kept / wall - 50.0).abs() <= 2.5,
+        "kept {kept} in {wall:.2} s: {:.1}/s",
+        kept / wall
+    );
+    assert!(skipped > 0.0, "the skip metric counted nothing");
+    // Kept and skipped add up to what the program saw of the process.
+    let seen = kept + skipped;
+    assert!(
+        seen >= 0.9 * 3.0 * FREQ,
+        "kept {kept} + skipped {skipped} for 3 CPU seconds at {FREQ} Hz"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
+async fn probabilistic_profiling_samples_a_fraction_of_whole_intervals() {
+    if !bpf_available("probabilistic profiling") {
+        return;
+    }
+    let _serial = SYSTEM_WIDE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c_workload("cpu_shares", dir.path(), &[]);
+    let cfg = config("    probabilistic: { fraction: 0.25 }\n")
+        .replace("report_interval: 1s", "report_interval: 100ms");
+    let s = start_loaded(dir.path(), &cfg).await;
+    let (mut kid, pid) = spawn_ready(Command::new(&exe).arg("22"));
+    let n = |sampled: &'static str| {
+        let s = &s;
+        async move {
+            s.metric(
+                "stackline_ebpf_probabilistic_intervals_total",
+                &[("sampled", sampled)],
+            )
+            .await
+        }
+    };
+    let done = eventually(Duration::from_secs(40), async || {
+        n("true").await + n("false").await >= 200.0
+    })
+    .await;
+    assert!(done, "{}", s.logs());
+    let (on, off) = (n("true").await, n("false").await);
+    kid.kill().unwrap();
+    let _ = kid.wait();
+    let total = on + off;
+    // The binomial bound: 0.25 ± 4 standard deviations.
+    let sd = (total * 0.25 * 0.75).sqrt();
+    eprintln!(
+        "{on} of {total} intervals sampled (expected {:.0} ± {:.0})",
+        total * 0.25,
+        4.0 * sd
+    );
+    assert!((on - total * 0.25).abs() <= 4.0 * sd, "{on} of {total}");
+    // Each profile covers a sampled interval whole: the workload's samples per profile
+    // are about the same (no half intervals), and each says the fraction.
+    s.sigterm();
+    let mut s = s;
+    assert!(s.wait(Duration::from_secs(20)).success(), "{}", s.logs());
+    let reqs = read_json_lines(&dir.path().join("profiles.jsonl"));
+    let mut per_profile = Vec::new();
+    for r in &reqs {
+        let flat = flatten(r);
+        let n: usize = flat
+            .iter()
+            .filter(|x| x.attrs.get("process.pid") == Some(&pid))
+            .map(|x| x.timestamps.len().max(1))
+            .sum();
+        if n > 0 {
+            per_profile.push(n);
+        }
+        let fraction = &r.resource_profiles[0].scope_profiles[0].profiles[0].attribute_indices;
+        assert_eq!(fraction.len(), 1, "the profile carries the fraction");
+    }
+    // The first and last may be cut by the workload's start and end.
+    assert!(
+        per_profile.len() >= 3,
+        "{} profiles with the workload",
+        per_profile.len()
+    );
+    let inner = &per_profile[1..per_profile.len() - 1];
+    let mean = inner.iter().sum::<usize>() as f64 / inner.len() as f64;
+    eprintln!(
+        "workload samples per sampled 100 ms interval: mean {mean:.1}, min {:?}",
+        inner.iter().min()
+    );
+    assert!(
+        inner.len() as f64 >= 0.5 * on,
+        "{} profiles for {on} sampled intervals",
+        inner.len()
+    );
+    for &n in inner {
+        assert!(
+            n as f64 >= 0.5 * mean,
+            "an interval with {n} samples (mean {mean:.1}): not whole"
+        );
+    }
+}
