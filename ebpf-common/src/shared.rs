@@ -44,9 +44,9 @@ pub struct RecordHeader {
     /// process yet; user space decides the sample (see `Verdict`).
     pub select_pending: u8,
     pub _pad: u8,
-    /// Bits 6..38 of the process's `mm` (its address space, new at each exec): with the
-    /// pid, what a user-space verdict is tied to. 0 when unknown.
-    pub mm_tag: u32,
+    /// [`image_tag`] of the process image: with the pid, what a user-space verdict is
+    /// tied to. 0 when unknown.
+    pub image_tag: u32,
 }
 
 /// A sample record as built in the per-CPU state; only the used frames are sent.
@@ -102,8 +102,12 @@ pub struct State {
     /// Frames of this walk found by table, and by frame pointer.
     pub frames_table: u32,
     pub frames_fp: u32,
-    pub _pad: u32,
+    /// The process of [`State::verdict`] (0: none).
+    pub verdict_tgid: u32,
     pub event_addr: u64,
+    /// The last whole selection verdict this CPU used: a process sampled again on the
+    /// same CPU skips the `VERDICTS` lookup.
+    pub verdict: Verdict,
 }
 
 /// How user stacks are walked.
@@ -250,15 +254,16 @@ pub mod select {
 }
 
 /// A process's verdict, cached in `VERDICTS` (keyed by tgid). It holds while the
-/// process has the same address space (no exec, no pid reuse), cgroup and uid, under
-/// the same rules; without the `mm` offset, for a time ([`select::FINAL_TTL_NS`]).
+/// process is the same image (no exec, no pid reuse), in the same cgroup with the same
+/// uid, under the same rules; without the kernel offsets, for a time
+/// ([`select::FINAL_TTL_NS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// The rules it matches.
     pub mask: u64,
-    /// The task's `mm` pointer (0: unknown).
-    pub mm: u64,
+    /// The process image ([`image`]; 0: unknown).
+    pub image: u64,
     /// `bpf_get_current_cgroup_id()`.
     pub cgroup: u64,
     /// `bpf_ktime_get_ns()` when it was made.
@@ -271,9 +276,16 @@ pub struct Verdict {
     pub _pad: u32,
 }
 
-/// The tag of an `mm` pointer in a [`RecordHeader`].
-pub const fn mm_tag(mm: u64) -> u32 {
-    (mm >> 6) as u32
+/// A process image: its address space (`task->mm`) and its exec count
+/// (`task->self_exec_id`, one more at each exec). Either alone is not enough: the
+/// kernel often gives the new address space of an exec the address the old one had.
+pub const fn image(mm: u64, exec_id: u64) -> u64 {
+    mm ^ exec_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// An [`image`] in 32 bits, for a [`RecordHeader`].
+pub const fn image_tag(image: u64) -> u32 {
+    (image ^ (image >> 32)) as u32
 }
 
 /// A target's sample budget (a token bucket counted in nanoseconds), in `BUDGETS`.

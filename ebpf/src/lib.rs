@@ -94,9 +94,12 @@ pub const EVENT_EVERY_NS: u64 = 20_000_000;
 /// Offset of `stack` in the kernel's `task_struct`, from its BTF (set at load).
 #[unsafe(no_mangle)]
 pub static TASK_STACK_OFFSET: Global<u64> = Global::new(0);
-/// Offset of `mm` in the kernel's `task_struct` (set at load; 0: unknown).
+/// Offsets of `mm` and `self_exec_id` in the kernel's `task_struct` (set at load; 0:
+/// unknown): what a process image is (see `shared::image`).
 #[unsafe(no_mangle)]
 pub static TASK_MM_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_EXEC_ID_OFFSET: Global<u64> = Global::new(0);
 /// Offset of a task's user `pt_regs` from `task->stack` (set at load).
 #[unsafe(no_mangle)]
 pub static PT_REGS_OFFSET: Global<u64> = Global::new(0);

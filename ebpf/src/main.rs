@@ -27,7 +27,7 @@ use core::mem::size_of;
 use stackline_ebpf::shared::{
     Event, FRAME_BY_FP, FRAME_MASK, MAPPING_CACHE, MAPPING_KEY_BITS, MAX_KERNEL_FRAMES,
     MAX_USER_FRAMES, MappingKeyData, RecordHeader, StackWindow, State, WINDOW_BYTES, WINDOW_MASK,
-    counter, event, mm_tag, mode, prog,
+    counter, event, image_tag, mode, prog,
 };
 use stackline_ebpf::unwind::{Chunk, Memory, PAGE_SIZE, Regs, fp_step, lookup, step, stop};
 use stackline_ebpf::{
@@ -193,25 +193,24 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
         bump(counter::IDLE_SKIPPED);
         return 0;
     }
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (pending, mm) = match SELECT.get(0).map(|c| select::selected(c, tgid, now)) {
-        Some(select::Choice::Skip) => return 0,
-        Some(select::Choice::Take { pending, mm }) => (pending, mm),
-        None => (false, 0),
-    };
     let Some(st) = STATE.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's state; perf_event programs do not nest on a CPU.
     let st = unsafe { &mut *st };
+    let (pending, image) = match SELECT.get(0).map(|c| select::selected(c, tgid, st)) {
+        Some(select::Choice::Skip) => return 0,
+        Some(select::Choice::Take { pending, image }) => (pending, image),
+        None => (false, 0),
+    };
     {
         let h = &mut st.record.header;
         h.tgid = tgid;
         h.tid = pid_tgid as u32;
         // SAFETY: helpers without preconditions.
         h.cpu = unsafe { bpf_get_smp_processor_id() };
-        h.ktime_ns = now;
+        // SAFETY: a helper without preconditions.
+        h.ktime_ns = unsafe { bpf_ktime_get_ns() };
         h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
         h.kernel_len = 0;
         h.user_len = 0;
@@ -220,7 +219,7 @@ pub fn stackline_sample(ctx: PerfEventContext) -> u32 {
         h.stop = stop::NONE;
         h.mode = walk as u8;
         h.select_pending = pending as u8;
-        h.mm_tag = mm_tag(mm);
+        h.image_tag = image_tag(image);
     }
     if kernel_stacks {
         // SAFETY: writes at most MAX_KERNEL_FRAMES * 8 bytes into the frames array.

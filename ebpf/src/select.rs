@@ -7,33 +7,35 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::bpf_get_current_uid_gid;
 use aya_ebpf::helpers::generated::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
-    bpf_probe_read_kernel,
+    bpf_ktime_get_ns, bpf_probe_read_kernel,
 };
-use stackline_ebpf::shared::{Bucket, SelectConfig, Verdict, counter, select};
+use stackline_ebpf::shared::{Bucket, SelectConfig, State, Verdict, counter, image, select};
 use stackline_ebpf::{
-    BUDGETS, SEL_CGROUPS, SEL_PIDS, SEL_RULES, SEL_UIDS, TASK_MM_OFFSET, VERDICTS, bump,
+    BUDGETS, SEL_CGROUPS, SEL_PIDS, SEL_RULES, SEL_UIDS, TASK_EXEC_ID_OFFSET, TASK_MM_OFFSET,
+    VERDICTS, bump,
 };
 
 /// What the program decided of a sample.
 pub enum Choice {
     Skip,
-    /// Take it; `pending`: user space has rules left to decide it by. `mm` is the
-    /// process's address space (0: unknown).
-    Take { pending: bool, mm: u64 },
+    /// Take it; `pending`: user space has rules left to decide it by. `image` is the
+    /// process image (`shared::image`; 0: unknown).
+    Take { pending: bool, image: u64 },
 }
 
-/// Whether to sample `tgid` now. Counts what it skips, and why.
+/// Whether to sample `tgid` now. Counts what it skips, and why. `st` is this CPU's
+/// state, whose verdict cache this uses.
 #[inline(always)]
-pub fn selected(c: &SelectConfig, tgid: u32, now: u64) -> Choice {
+pub fn selected(c: &SelectConfig, tgid: u32, st: &mut State) -> Choice {
     if c.flags & select::PAUSED != 0 {
         bump(counter::PAUSED_SKIPPED);
         return Choice::Skip;
     }
     let mut pending = false;
-    let mut mm = 0;
+    let mut image = 0;
     if c.flags & select::ACTIVE != 0 {
-        let v = verdict(c, tgid, now);
-        mm = v.mm;
+        let v = verdict(c, tgid, st);
+        image = v.image;
         let fin = v.flags & select::FINAL != 0;
         let excluded = v.mask & c.exclude_mask;
         if excluded != 0 {
@@ -54,50 +56,83 @@ pub fn selected(c: &SelectConfig, tgid: u32, now: u64) -> Choice {
         }
         pending = !whole;
     }
-    if c.budget_cost_ns != 0 && !within_budget(c, tgid, now) {
+    // SAFETY: a helper without preconditions.
+    if c.budget_cost_ns != 0 && !within_budget(c, tgid, unsafe { bpf_ktime_get_ns() }) {
         bump(counter::BUDGET_SKIPPED);
         return Choice::Skip;
     }
-    Choice::Take { pending, mm }
+    Choice::Take { pending, image }
 }
 
-/// The current task's `mm`, or 0 if its offset is unknown.
+/// The current process image (`shared::image`), or 0 if the offsets are unknown.
 #[inline(always)]
-fn current_mm() -> u64 {
-    let off = TASK_MM_OFFSET.load();
-    if off == 0 {
+fn current_image() -> u64 {
+    let (mm_off, exec_off) = (TASK_MM_OFFSET.load(), TASK_EXEC_ID_OFFSET.load());
+    if mm_off == 0 || exec_off == 0 {
         return 0;
     }
-    let mut mm = 0u64;
-    // SAFETY: the helper returns the current task; the read fails rather than faults.
-    let r = unsafe {
+    let (mut mm, mut exec_id) = (0u64, 0u64);
+    // SAFETY: the helper returns the current task; the reads fail rather than fault.
+    let (r1, r2) = unsafe {
         let task = bpf_get_current_task();
-        bpf_probe_read_kernel(
-            &mut mm as *mut u64 as *mut c_void,
-            8,
-            (task + off) as *const c_void,
+        (
+            bpf_probe_read_kernel(
+                &mut mm as *mut u64 as *mut c_void,
+                8,
+                (task + mm_off) as *const c_void,
+            ),
+            bpf_probe_read_kernel(
+                &mut exec_id as *mut u64 as *mut c_void,
+                8,
+                (task + exec_off) as *const c_void,
+            ),
         )
     };
-    if r != 0 { 0 } else { mm }
+    if r1 != 0 || r2 != 0 || mm == 0 {
+        0
+    } else {
+        image(mm, exec_id)
+    }
 }
 
-/// `tgid`'s verdict: the cached one while it holds (same rules, address space, cgroup
-/// and uid), else made from its pid, uid and cgroup ancestors and cached.
+/// `tgid`'s verdict: the cached one while it holds (same rules, cgroup, uid and, with
+/// user-space rules, image), else made from its pid, uid and cgroup ancestors and
+/// cached. This CPU's last whole verdict is looked at first.
 #[inline(always)]
-fn verdict(c: &SelectConfig, tgid: u32, now: u64) -> Verdict {
-    let mm = current_mm();
+fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
+    let user_rules = c.flags & select::USER_RULES != 0;
+    // The image matters only to verdicts user space makes (an exec changes what the
+    // executable, name and build-ID rules see, not the pid, uid and cgroup rules): two
+    // kernel reads saved per sample when there are no such rules.
+    let img = if user_rules { current_image() } else { 0 };
     // SAFETY: helpers without preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let uid = bpf_get_current_uid_gid() as u32;
+    let holds = |v: &Verdict| {
+        v.generation == c.generation
+            && v.image == img
+            && v.cgroup == cgroup
+            && v.uid == uid
+            // Without the image, user-space verdicts are redone after a while.
+            && (img != 0
+                || !user_rules
+                // SAFETY: a helper without preconditions.
+                || unsafe { bpf_ktime_get_ns() }.wrapping_sub(v.at_ns) < select::FINAL_TTL_NS)
+    };
+    // Whole: made by user space, or with no rule left that only it evaluates. Only
+    // those are kept per CPU (user space replaces the others in the map).
+    let whole = |v: &Verdict| !user_rules || v.flags & select::FINAL != 0;
+    if st.verdict_tgid == tgid && holds(&st.verdict) {
+        return st.verdict;
+    }
     // SAFETY: a hash lookup; the value is copied out at once.
     if let Some(v) = unsafe { VERDICTS.get(&tgid) } {
         let v = *v;
-        let same = v.generation == c.generation
-            && v.mm == mm
-            && v.cgroup == cgroup
-            && v.uid == uid
-            && (mm != 0 || now.wrapping_sub(v.at_ns) < select::FINAL_TTL_NS);
-        if same {
+        if holds(&v) {
+            if whole(&v) {
+                st.verdict_tgid = tgid;
+                st.verdict = v;
+            }
             return v;
         }
     }
@@ -116,15 +151,20 @@ fn verdict(c: &SelectConfig, tgid: u32, now: u64) -> Verdict {
     }
     let v = Verdict {
         mask,
-        mm,
+        image: img,
         cgroup,
-        at_ns: now,
+        // SAFETY: a helper without preconditions.
+        at_ns: unsafe { bpf_ktime_get_ns() },
         uid,
         flags: 0,
         generation: c.generation,
         _pad: 0,
     };
     let _ = VERDICTS.insert(&tgid, &v, 0);
+    if whole(&v) {
+        st.verdict_tgid = tgid;
+        st.verdict = v;
+    }
     v
 }
 

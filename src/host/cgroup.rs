@@ -223,6 +223,23 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_v2_mount_and_a_cgroups_id_and_path() {
+        let Some(mount) = v2_mount() else {
+            crate::testing::skip("cgroup v2 ids", "no cgroup2 hierarchy is mounted here");
+            return;
+        };
+        let root = v2_id(&mount, "/").unwrap();
+        assert_eq!(v2_find(&mount, root).as_deref(), Some("/"));
+        // A cgroup of this process (its own, from /proc/self/cgroup) resolves both ways.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = v2_path(&own).expect("a 0:: line");
+        let id = v2_id(&mount, path).unwrap();
+        assert_eq!(v2_find(&mount, id).as_deref(), Some(path));
+        assert!(v2_id(&mount, "/no/such/cgroup").is_err());
+        assert_eq!(v2_path("1:name=systemd:/a\n0::/b/c\n"), Some("/b/c"));
+    }
+
+    #[test]
     fn attributes_nothing_that_is_not_a_container() {
         for cg in [
             "0::/user.slice/user-0.slice/session-3.scope".to_owned(),

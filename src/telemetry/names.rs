@@ -111,7 +111,7 @@ metric_names! {
     counter EBPF_SELECTION_SAMPLES = "stackline_ebpf_selection_samples_total";
     /// Samples skipped before any walk, by why: `not_selected` (include rules exist and none matched), `budget` (over the target's samples per second), `paused` (probabilistic profiling's interval off). Label: `reason`.
     counter EBPF_SELECTION_SKIPPED = "stackline_ebpf_selection_skipped_total";
-    /// Processes each rule matched among those the program decided in the last 10 s. Label: `rule`.
+    /// Live processes each rule matches, among those the program has a verdict on under the current rules (processes it sampled or skipped; at most 16,384 are remembered). Label: `rule`.
     gauge EBPF_SELECTION_PROCESSES = "stackline_ebpf_selection_processes";
     /// Samples skipped over budget, by target: `process/<executable name>` or `cgroup/<path>` (the budget's `per`). Label: `target`.
     counter EBPF_SELECTION_BUDGET_SKIPPED = "stackline_ebpf_selection_budget_skipped_total";

@@ -208,6 +208,11 @@ impl UnwindConfig {
 pub struct SelectionConfig {
     pub include: Vec<Rule>,
     pub exclude: Vec<Rule>,
+    /// Where `cgroup` rules' paths are looked up: the host's cgroup v2 tree as mounted
+    /// in the agent. Default: the agent's own cgroup2 mount. In a container (whose
+    /// `/sys/fs/cgroup` shows only its own cgroup), mount the host's `/sys/fs/cgroup`
+    /// read-only and give its path, e.g. `/host/sys/fs/cgroup`.
+    pub cgroup_root: Option<PathBuf>,
     /// A cap on samples per second per target, enforced in the eBPF program.
     pub budget: Option<BudgetConfig>,
 }

@@ -239,7 +239,8 @@ fn reader_loop(
                     tracing::info!(cpu_ms = (cpu * 1e3).round(), "first sample read");
                 }
                 if sample.decode_from(&item) {
-                    if sample.select_pending && !selector.admit(sample.tgid, sample.mm_tag, now) {
+                    if sample.select_pending && !selector.admit(sample.tgid, sample.image_tag, now)
+                    {
                         continue;
                     }
                     let unix = (sample.ktime_ns as i128 + offset).max(0) as u64;

@@ -13,9 +13,10 @@ pub struct TaskOffsets {
     pub task_stack: u64,
     /// Offset of the user `pt_regs` from the start of the task's stack.
     pub pt_regs: u64,
-    /// Offset of `mm` in `struct task_struct` (0: unknown): a process's address space,
-    /// new at each exec, which selection verdicts are tied to.
+    /// Offsets of `mm` and `self_exec_id` in `struct task_struct` (0: unknown): the
+    /// process image selection verdicts are tied to.
     pub task_mm: u64,
+    pub task_exec_id: u64,
 }
 
 /// `sizeof(struct pt_regs)` on x86_64.
@@ -155,11 +156,12 @@ pub fn pt_regs_offset(config: Option<&str>) -> u64 {
 /// wrong stacks.
 pub fn task_offsets() -> Result<TaskOffsets, KernelError> {
     let btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(KernelError::ReadBtf)?;
-    let at = task_struct_offsets(&btf, &["stack", "mm"])?;
+    let at = task_struct_offsets(&btf, &["stack", "mm", "self_exec_id"])?;
     Ok(TaskOffsets {
         task_stack: at[0],
         pt_regs: pt_regs_offset(kernel_config().as_deref()),
         task_mm: at[1],
+        task_exec_id: at[2],
     })
 }
 
@@ -181,9 +183,10 @@ mod tests {
         );
         // `stack` sits right after thread_info and __state in every x86_64 layout.
         assert!((8..=64).contains(&off), "{off}");
-        let both = task_struct_offsets(&btf, &["stack", "mm"]).unwrap();
-        assert_eq!(both[0], off);
-        assert!(both[1] > off && both[1] < 16384, "mm at {}", both[1]);
+        let all = task_struct_offsets(&btf, &["stack", "mm", "self_exec_id"]).unwrap();
+        assert_eq!(all[0], off);
+        assert!(all[1] > off && all[1] < 16384, "mm at {}", all[1]);
+        assert!(all[2] > off && all[2] < 16384, "self_exec_id at {}", all[2]);
         // Cut short or garbled BTF is an error, never a panic or a wrong offset.
         for cut in [0, 3, 24, 100, 4096, btf.len() / 2] {
             let r = task_stack_offset(&btf[..cut.min(btf.len())]);

@@ -276,18 +276,21 @@ pub fn load(
         task_stack: 0,
         pt_regs: 0,
         task_mm: 0,
+        task_exec_id: 0,
     });
     let mut obj = aya_obj::Object::parse(req.object)
         .map_err(|e| LoadError::object_because("parsing it", e))?;
-    let (task_stack, pt_regs, task_mm) = (
+    let (task_stack, pt_regs, task_mm, task_exec_id) = (
         offsets.task_stack.to_ne_bytes(),
         offsets.pt_regs.to_ne_bytes(),
         offsets.task_mm.to_ne_bytes(),
+        offsets.task_exec_id.to_ne_bytes(),
     );
     obj.patch_map_data(HashMap::from([
         ("TASK_STACK_OFFSET", (&task_stack[..], false)),
         ("PT_REGS_OFFSET", (&pt_regs[..], false)),
         ("TASK_MM_OFFSET", (&task_mm[..], false)),
+        ("TASK_EXEC_ID_OFFSET", (&task_exec_id[..], false)),
     ]))
     .map_err(|e| LoadError::object_because("setting its task offsets", e))?;
     // The tables' map-of-maps: arrays of chunks, each sized for its executable.

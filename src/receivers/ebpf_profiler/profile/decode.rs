@@ -27,8 +27,8 @@ pub struct DecodedSample {
     pub stop: u8,
     /// User space still has selection rules to decide this process by.
     pub select_pending: bool,
-    /// The process's address-space tag (`shared::mm_tag`; 0: unknown).
-    pub mm_tag: u32,
+    /// The process image's tag (`shared::image_tag`; 0: unknown).
+    pub image_tag: u32,
 }
 
 const HEADER: usize = std::mem::size_of::<RecordHeader>();
@@ -79,7 +79,7 @@ impl DecodedSample {
         self.kernel_error = (h.kernel_error < 0).then_some(h.kernel_error as i64);
         self.stop = h.stop;
         self.select_pending = h.select_pending != 0;
-        self.mm_tag = h.mm_tag;
+        self.image_tag = h.image_tag;
         true
     }
 }

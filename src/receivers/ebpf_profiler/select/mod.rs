@@ -106,6 +106,33 @@ pub fn write(
         .map_err(io)
 }
 
+/// Where cgroup rules are looked up: `cgroup_root` (empty counts as unset, so that a
+/// config may say `${env:STACKLINE_CGROUP_ROOT:-}`), else this process's cgroup2 mount.
+fn cgroup_root(sel: &SelectionConfig) -> Option<PathBuf> {
+    sel.cgroup_root
+        .clone()
+        .filter(|p| !p.as_os_str().is_empty())
+        .or_else(crate::host::cgroup::v2_mount)
+}
+
+/// Says which cgroup rules match nothing now (their directory is missing under `mount`,
+/// or there is no cgroup v2 mount): they are tried again at every interval.
+fn warn_unresolved(rules: &Compiled, mount: Option<&std::path::Path>) {
+    for (path, bit) in &rules.cgroups {
+        let name = &rules.names[bit.trailing_zeros() as usize];
+        match mount {
+            None => {
+                tracing::warn!(rule = %name, "no cgroup v2 hierarchy is mounted here: the cgroup rule `{path}` matches nothing; set selection.cgroup_root to the host's cgroup2 mount")
+            }
+            Some(m) => {
+                if let Err(e) = crate::host::cgroup::v2_id(m, path) {
+                    tracing::warn!(rule = %name, "cgroup rule `{path}` matches nothing yet ({e}, under {}); it is looked up again at every report interval", m.display());
+                }
+            }
+        }
+    }
+}
+
 /// Cgroup rule paths → ids (an id may serve several rules). A path that does not exist
 /// (yet) is left out, and tried again at the next interval.
 pub fn cgroup_ids(rules: &Compiled, mount: Option<&std::path::Path>) -> HashMap<u64, u64> {
@@ -147,7 +174,7 @@ impl Initial {
             rules,
             fraction: prob.fraction,
             paused: !coin(prob.fraction),
-            mount: crate::host::cgroup::v2_mount(),
+            mount: cgroup_root(sel),
         })
     }
 
@@ -170,7 +197,7 @@ pub struct Selector {
     generation: u32,
     mount: Option<PathBuf>,
     cgroup_ids: HashMap<u64, u64>,
-    /// User-space verdicts: (pid, mm tag) → (rules matched, when).
+    /// User-space verdicts: (pid, image tag) → (rules matched, when).
     decided: HashMap<(u32, u32), (u64, Instant)>,
     /// Samples user space decided, per rule: [taken, skipped].
     user_counts: Vec<[u64; 2]>,
@@ -195,6 +222,7 @@ impl Selector {
         let reloads =
             |s: &'static str| metrics::counter!(names::EBPF_SELECTION_RELOADS, "result" => s);
         let cgroup_ids = cgroup_ids(&initial.rules, initial.mount.as_deref());
+        warn_unresolved(&initial.rules, initial.mount.as_deref());
         let s = Selector {
             maps,
             user_counts: vec![[0; 2]; initial.rules.names.len()],
@@ -241,7 +269,9 @@ impl Selector {
                     .join("; ")
             })
             .and_then(|rules| {
-                let ids = cgroup_ids(&rules, self.mount.as_deref());
+                let mount = cgroup_root(sel);
+                let ids = cgroup_ids(&rules, mount.as_deref());
+                warn_unresolved(&rules, mount.as_deref());
                 write(
                     &mut self.maps,
                     &rules,
@@ -252,6 +282,7 @@ impl Selector {
                 .map_err(|e| format!("writing the rules into the program's maps failed: {e}"))?;
                 self.generation += 1;
                 self.cgroup_ids = ids;
+                self.mount = mount;
                 self.user_counts = vec![[0; 2]; rules.names.len()];
                 self.rules = rules;
                 self.fraction = prob.fraction;
@@ -264,17 +295,17 @@ impl Selector {
 
     /// Whether a sample the program left to user space (`select_pending`) is kept: true
     /// unless a rule only user space evaluates excludes its process (or include rules
-    /// exist and none matches). Decides each process image (pid and `mm_tag`) once and
+    /// exist and none matches). Decides each process image (pid and `image_tag`) once and
     /// tells the program, so its next samples are decided there.
-    pub fn admit(&mut self, pid: u32, mm_tag: u32, now: Instant) -> bool {
+    pub fn admit(&mut self, pid: u32, image_tag: u32, now: Instant) -> bool {
         if self.rules.user.is_empty() {
             return true;
         }
-        let mask = match self.decided.get(&(pid, mm_tag)) {
+        let mask = match self.decided.get(&(pid, image_tag)) {
             Some((mask, _)) => *mask,
             None => {
-                let mask = self.decide(pid, mm_tag);
-                self.decided.insert((pid, mm_tag), (mask, now));
+                let mask = self.decide(pid, image_tag);
+                self.decided.insert((pid, image_tag), (mask, now));
                 mask
             }
         };
@@ -301,13 +332,11 @@ impl Selector {
     /// cache: the process may have just exec'd, or been moved into a container's
     /// cgroup). Written back to the program as final if the process is still the image
     /// the sample came from.
-    fn decide(&mut self, pid: u32, mm_tag: u32) -> u64 {
-        let cached = self
-            .maps
-            .verdicts
-            .get(&pid, 0)
-            .ok()
-            .filter(|v| v.generation == self.generation && shared::mm_tag(v.mm) == mm_tag);
+    fn decide(&mut self, pid: u32, image_tag: u32) -> u64 {
+        let cached =
+            self.maps.verdicts.get(&pid, 0).ok().filter(|v| {
+                v.generation == self.generation && shared::image_tag(v.image) == image_tag
+            });
         let kernel = cached.map_or_else(|| self.kernel_mask_from_proc(pid), |v| v.mask);
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))

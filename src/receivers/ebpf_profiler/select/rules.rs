@@ -275,6 +275,7 @@ mod tests {
                 r.name = Some("root".into());
             })],
             budget: None,
+            cgroup_root: None,
         };
         let c = compile(&sel).unwrap();
         assert_eq!(c.names, ["include/0", "include/1", "root"]);
@@ -320,6 +321,7 @@ mod tests {
                 rule(|r| r.executable = Some("[".into())),
             ],
             exclude: vec![rule(|r| r.build_id = Some("xyz".into()))],
+            cgroup_root: None,
             budget: Some(super::super::super::config::BudgetConfig {
                 samples_per_second: 0,
                 per: BudgetPer::Process,

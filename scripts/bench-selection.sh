@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# What process selection costs and saves, beside an unfiltered run in the same script.
+#
+# 1. One busy process (the 20-frame C workload of bench-ebpf.sh, native unwinding) at
+#    999 Hz on CPU 0, in a cgroup of its own, under three settings: no rules (it is
+#    walked), `exclude` of its cgroup and an `include` of another cgroup (it is skipped
+#    before any walk). Only CPU 0 is sampled and the agent runs on CPU 1, so the
+#    program's runs are the workload's samples. Per run, over the workload's run: the
+#    eBPF program's run time (kernel.bpf_stats_enabled) and the agent's CPU.
+# 2. A node of ten busy processes, nine of them excluded (90 % of the node), against no
+#    rules: the agent's total CPU and BPF time over the same run.
+#
+# Needs root.   Usage: scripts/bench-selection.sh [SECONDS]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+long="${1:-20}"
+work="$(mktemp -d)"
+old_stats="$(sysctl -n kernel.bpf_stats_enabled)"
+v2="$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)"
+[ -n "$v2" ] || { echo "no cgroup v2 hierarchy is mounted" >&2; exit 1; }
+cg="stackline-bench-$$"
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  pkill -f "$work/" 2>/dev/null || true
+  sleep 0.2
+  for d in "$v2/$cg"/*/; do rmdir "$d" 2>/dev/null || true; done
+  rmdir "$v2/$cg" 2>/dev/null || true
+  sysctl -qw kernel.bpf_stats_enabled="$old_stats" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+command -v gcc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc; }
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+exe="$root/target/release/stackline"
+gcc -O2 -g -fno-omit-frame-pointer -shared -fPIC -o "$work/libunwhot.so" "$root/tests/workloads/unwhot.c"
+gcc -O2 -g -fno-omit-frame-pointer -DWITH_LIB -o "$work/unwind" "$root/tests/workloads/unwind.c" \
+  -L"$work" -lunwhot -Wl,-rpath,"$work" -lpthread -ldl
+mkdir -p "$v2/$cg/mine" "$v2/$cg/other"
+for i in $(seq 0 9); do mkdir -p "$v2/$cg/w$i"; done
+sysctl -qw kernel.bpf_stats_enabled=1
+
+cpu_ms() { python3 -c 'import sys, time; p = int(sys.argv[1]); print("%.6f" % (time.clock_gettime(((~p) << 3) | 2) * 1e3))' "$1"; }
+metric() { curl -s "http://127.0.0.1:$2/metrics" | awk -v n="$1" '$1 ~ "^"n"({|$)" { s += $NF } END { printf "%.9f\n", s + 0 }'; }
+# Runs `unwind deep SECONDS` in cgroup $1 on CPU $2, and waits for it.
+in_cgroup() { sh -c "echo \$\$ > $v2/$cg/$1/cgroup.procs && exec taskset -c $2 $work/unwind deep $3" >/dev/null; }
+
+agent_start() { # SELECTION_YAML [CPUS_YAML AGENT_CPU] → sets $agent and $port
+  port=$((19000 + RANDOM % 900))
+  cat > "$work/agent.yaml" <<YAML
+receivers:
+  ebpf_profiler:
+    sampling_frequency: 999
+    cpus: ${2:-null}
+    selection: $1
+processors: { symbolizer: {}, batch: {} }
+exporters: { file: { path: "$work/out.binpb", format: proto } }
+service:
+  pipelines: { profiles: { receivers: [ebpf_profiler], processors: [symbolizer, batch], exporters: [file] } }
+  telemetry: { metrics: { address: "127.0.0.1:$port" }, logs: { level: warn } }
+YAML
+  taskset -c "${3:-0-1}" "$exe" --config "$work/agent.yaml" 2>"$work/agent.log" &
+  agent=$!
+  until curl -sf "http://127.0.0.1:$port/metrics" >/dev/null; do sleep 0.05; done
+  until [ "$(metric stackline_ebpf_program_runs_total $port | cut -d. -f1)" -gt 0 ]; do sleep 0.02; done
+  # Warm-up: tables and symbols of the workload's binary are built before measuring.
+  in_cgroup mine 0 2; sleep 2
+}
+snap() { echo "$(metric stackline_ebpf_program_runs_total $port) $(cpu_ms $agent) $(metric stackline_ebpf_program_run_time_seconds $port) $(metric stackline_ebpf_samples_total $port)"; }
+delta() { awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.0f %.3f %.6f %.0f", y[1]-x[1], y[2]-x[2], y[3]-x[3], y[4]-x[4] }'; }
+
+one_run() { # SELECTION SECONDS → "runs cpu_ms bpf_s samples"
+  # The workload alone on CPU 0, sampled there only; the agent on CPU 1, unsampled.
+  agent_start "$1" "[0]" 1
+  local a b
+  a=$(snap); in_cgroup mine 0 "$2"; sleep 1.5; b=$(snap)
+  kill -INT $agent; wait $agent 2>/dev/null || true
+  delta "$a" "$b"
+}
+
+echo "One busy process at 999 Hz on CPU 0 for ${long}s, only CPU 0 sampled, the agent on CPU 1: per run of the"
+echo "program (a run is a sample taken or skipped), and the share of runs kept"
+printf '%-40s %10s %10s %12s\n' "setting" "BPF µs" "agent µs" "kept/runs"
+line() { # LABEL SELECTION
+  awk -v a="$(one_run "$2" "$long")" -v label="$1" 'BEGIN { split(a, x, " ");
+    printf "%-40s %10.3f %10.2f %12.3f\n", label, x[3] * 1e6 / x[1], x[2] * 1e3 / x[1], x[4] / x[1] }'
+}
+line "no rules (walked)" "{}"
+# The floor: a program run that returns at its first check (sampling paused nearly always).
+line "paused (probabilistic, the floor)" "{}"$'\n'"    probabilistic: { fraction: 0.000001 }"
+line "exclude its cgroup (skipped)" "{ exclude: [{ cgroup: \"/$cg/mine\" }] }"
+line "include another cgroup (skipped)" "{ include: [{ cgroup: \"/$cg/other\" }] }"
+line "exclude by executable (user space once)" "{ exclude: [{ executable: \"$work/unwind\" }] }"
+
+echo
+echo "A node of ten busy processes on both CPUs, ${long}s: totals"
+printf '%-40s %10s %10s %10s\n' "setting" "agent ms" "BPF ms" "samples"
+node() { # LABEL SELECTION
+  agent_start "$2"
+  local a b
+  a=$(snap)
+  local pids=()
+  for i in $(seq 0 9); do in_cgroup "w$i" $((i % 2)) "$long" & pids+=($!); done
+  wait "${pids[@]}"
+  sleep 1.5; b=$(snap)
+  kill -INT $agent; wait $agent 2>/dev/null || true
+  awk -v a="$a" -v b="$b" -v label="$1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    printf "%-40s %10.0f %10.1f %10.0f\n", label, y[2]-x[2], (y[3]-x[3]) * 1e3, y[4]-x[4] }'
+}
+node_idle() { # the agent alone for the same time: its floor (its own samples, intervals, metrics)
+  agent_start "{}"
+  local a b
+  a=$(snap); sleep "$long"; sleep 1.5; b=$(snap)
+  kill -INT $agent; wait $agent 2>/dev/null || true
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    printf "%-40s %10.0f %10.1f %10.0f\n", "no workload (the agent alone)", y[2]-x[2], (y[3]-x[3]) * 1e3, y[4]-x[4] }'
+}
+node_idle
+node "no rules" "{}"
+rules=""
+for i in $(seq 1 9); do rules="$rules{ cgroup: \"/$cg/w$i\" },"; done
+node "9 of 10 excluded by cgroup" "{ exclude: [${rules%,}] }"
