@@ -96,10 +96,17 @@ echo "A node of ten busy processes on both CPUs, ${long}s: totals"
 printf '%-40s %10s %10s %10s\n' "setting" "agent ms" "BPF ms" "samples"
 node() { # LABEL SELECTION
   agent_start "$2"
-  local a b
+  local a b pids=()
+  # Each workload joins its cgroup and waits at a gate, so the shells that launch them
+  # (sampled where they start, before they join) are not inside the measured span.
+  rm -f "$work/gate"; mkfifo "$work/gate"
+  for i in $(seq 0 9); do
+    sh -c "echo \$\$ > $v2/$cg/w$i/cgroup.procs; read _ < $work/gate; exec taskset -c $((i % 2)) $work/unwind deep $long" >/dev/null &
+    pids+=($!)
+  done
+  sleep 2
   a=$(snap)
-  local pids=()
-  for i in $(seq 0 9); do in_cgroup "w$i" $((i % 2)) "$long" & pids+=($!); done
+  for i in $(seq 0 9); do echo go; done > "$work/gate"
   wait "${pids[@]}"
   sleep 1.5; b=$(snap)
   kill -INT $agent; wait $agent 2>/dev/null || true

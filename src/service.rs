@@ -69,7 +69,7 @@ pub async fn run(files: &[PathBuf], ready_file: Option<&Path>) -> anyhow::Result
         })?;
     }
 
-    wait_for_signal(files, &running).await?;
+    wait_for_signal(files, &running, cfg.clone()).await?;
     tracing::info!(timeout = ?cfg.service.shutdown_timeout, "shutting down: receivers stop, data in flight drains");
     let report = running.shutdown().await;
     if report.timed_out.is_empty() {
@@ -91,6 +91,7 @@ pub async fn run(files: &[PathBuf], ready_file: Option<&Path>) -> anyhow::Result
 async fn wait_for_signal(
     files: &[PathBuf],
     running: &crate::pipeline::Running,
+    mut current: crate::config::Config,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
@@ -102,17 +103,56 @@ async fn wait_for_signal(
                 return Ok(());
             }
             _ = term.recv() => return Ok(()),
-            _ = hup.recv() => reload(files, running),
+            _ = hup.recv() => reload(files, running, &mut current),
         }
     }
 }
 
-fn reload(files: &[PathBuf], running: &crate::pipeline::Running) {
+/// Sections of a reloaded configuration that differ from the running one and that no
+/// component applies live, as `kind.id` (the `ebpf_profiler` receivers compare their
+/// own settings and say what waits for a restart).
+fn changed_needing_restart(
+    old: &crate::config::Config,
+    new: &crate::config::Config,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (kind, a, b) in [
+        ("receivers", &old.receivers, &new.receivers),
+        ("processors", &old.processors, &new.processors),
+        ("exporters", &old.exporters, &new.exporters),
+    ] {
+        let ids: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for id in ids {
+            let live = kind == "receivers"
+                && (id == "ebpf_profiler" || id.starts_with("ebpf_profiler/"))
+                && a.contains_key(id)
+                && b.contains_key(id);
+            if !live && format!("{:?}", a.get(id)) != format!("{:?}", b.get(id)) {
+                out.push(format!("{kind}.{id}"));
+            }
+        }
+    }
+    if format!("{:?}", old.service) != format!("{:?}", new.service) {
+        out.push("service".to_owned());
+    }
+    out
+}
+
+fn reload(
+    files: &[PathBuf],
+    running: &crate::pipeline::Running,
+    current: &mut crate::config::Config,
+) {
     let checked =
         load_config(files).and_then(|cfg| Graph::build(&cfg, &Factories::builtin()).map(|_| cfg));
     match checked {
         Ok(cfg) => {
             tracing::info!(config = ?cfg.sources, "SIGHUP: configuration reloaded; components apply what they can change live");
+            let waiting = changed_needing_restart(current, &cfg);
+            if !waiting.is_empty() {
+                tracing::warn!(sections = ?waiting, "SIGHUP: these changed sections take effect at the next restart");
+            }
+            *current = cfg.clone();
             running.reload(cfg);
         }
         Err(errs) => {

@@ -248,8 +248,8 @@ pub mod select {
     pub const FINAL: u32 = 16;
     /// Ancestor levels of the cgroup tree looked at (a Kubernetes container is at 4).
     pub const MAX_CGROUP_DEPTH: u32 = 16;
-    /// Without the `mm` offset (exec and pid reuse cannot be seen), a verdict is redone
-    /// after this.
+    /// With user-space rules, a verdict is redone after this: a reused pid can show the
+    /// same image (and without the kernel offsets there is no image at all).
     pub const FINAL_TTL_NS: u64 = 10_000_000_000;
 }
 

@@ -33,6 +33,7 @@ pub fn selected(c: &SelectConfig, tgid: u32, st: &mut State) -> Choice {
     }
     let mut pending = false;
     let mut image = 0;
+    let mut included = 0;
     if c.flags & select::ACTIVE != 0 {
         let v = verdict(c, tgid, st);
         image = v.image;
@@ -44,12 +45,8 @@ pub fn selected(c: &SelectConfig, tgid: u32, st: &mut State) -> Choice {
         }
         // Decided whole: by user space, or with no rule left that only it evaluates.
         let whole = fin || c.flags & select::USER_RULES == 0;
-        let included = v.mask & c.include_mask;
-        if included != 0 {
-            if whole {
-                rule_count(included, 0);
-            }
-        } else if c.include_mask != 0 && (fin || c.flags & select::USER_INCLUDE == 0) {
+        included = v.mask & c.include_mask;
+        if included == 0 && c.include_mask != 0 && (fin || c.flags & select::USER_INCLUDE == 0) {
             // Include rules exist and none can match.
             bump(counter::NOT_SELECTED);
             return Choice::Skip;
@@ -60,6 +57,10 @@ pub fn selected(c: &SelectConfig, tgid: u32, st: &mut State) -> Choice {
     if c.budget_cost_ns != 0 && !within_budget(c, tgid, unsafe { bpf_ktime_get_ns() }) {
         bump(counter::BUDGET_SKIPPED);
         return Choice::Skip;
+    }
+    // Counted per rule once taken and whole: user space counts the samples it decides.
+    if included != 0 && !pending {
+        rule_count(included, 0);
     }
     Choice::Take { pending, image }
 }
@@ -113,9 +114,9 @@ fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
             && v.image == img
             && v.cgroup == cgroup
             && v.uid == uid
-            // Without the image, user-space verdicts are redone after a while.
-            && (img != 0
-                || !user_rules
+            // User space's verdicts are redone after a while: an image can repeat when
+            // a pid is reused (same address-space address and exec count).
+            && (!user_rules
                 // SAFETY: a helper without preconditions.
                 || unsafe { bpf_ktime_get_ns() }.wrapping_sub(v.at_ns) < select::FINAL_TTL_NS)
     };

@@ -109,7 +109,7 @@ metric_names! {
 
     /// Samples of processes a selection rule decided, by rule and result: `taken` (an include rule matched) or `skipped` (an exclude rule matched; skipped in the kernel before any walk, or in user space for a process's first samples when the rule is on its executable, name, build ID or container). Labels: `rule`, `result`.
     counter EBPF_SELECTION_SAMPLES = "stackline_ebpf_selection_samples_total";
-    /// Samples skipped before any walk, by why: `not_selected` (include rules exist and none matched), `budget` (over the target's samples per second), `paused` (probabilistic profiling's interval off). Label: `reason`.
+    /// Samples skipped by selection, by why: `not_selected` (include rules exist and none matched; skipped in the kernel before any walk, or dropped in user space for a process's first samples when the deciding rule is one only user space evaluates), `budget` (over the target's samples per second) and `paused` (probabilistic profiling's interval off), both in the kernel. Label: `reason`.
     counter EBPF_SELECTION_SKIPPED = "stackline_ebpf_selection_skipped_total";
     /// Live processes each rule matches, among those the program has a verdict on under the current rules (processes it sampled or skipped; at most 16,384 are remembered). Label: `rule`.
     gauge EBPF_SELECTION_PROCESSES = "stackline_ebpf_selection_processes";

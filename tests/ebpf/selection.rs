@@ -85,16 +85,43 @@ fn samples_by_pid(dir: &Path) -> BTreeMap<String, usize> {
     out
 }
 
-/// Three copies of the workload with their own names (and so their own executables).
-fn three_workloads(dir: &Path) -> [PathBuf; 3] {
+/// Three copies of the workload with their own names (and so their own executables),
+/// and a cgroup for each (`stackline-selection-TEST-PID/{a,b,c}`).
+fn three_workloads(dir: &Path, test: &str) -> ([PathBuf; 3], [Group; 3]) {
+    let v2 = v2_mount().expect("no cgroup v2 hierarchy mounted; the selection tests need one");
     let exe = build_c_workload("cpu_shares", dir, &[]);
     // Readable by the uid the uid rule runs a workload as.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    ["spin_a", "spin_b", "spin_c"].map(|n| {
+    let exes = ["spin_a", "spin_b", "spin_c"].map(|n| {
         let p = dir.join(n);
         std::fs::copy(&exe, &p).unwrap();
         p
-    })
+    });
+    let base = format!("stackline-selection-{test}-{}", std::process::id());
+    let groups = ["a", "b", "c"].map(|g| Group::new(&v2, &format!("{base}/{g}")));
+    (exes, groups)
+}
+
+/// Runs the three workloads for 1.5 s of CPU each, workload i in group i (as `uids[i]`
+/// if given), and waits for them: their pids, and the CPU seconds each group used.
+fn run_three(
+    groups: &[Group; 3],
+    exes: &[PathBuf; 3],
+    uids: [Option<u32>; 3],
+) -> (Vec<String>, Vec<f64>) {
+    let before: Vec<f64> = groups.iter().map(Group::cpu_seconds).collect();
+    let mut kids: Vec<(Child, String)> = (0..3)
+        .map(|i| spawn_in(&groups[i], &exes[i], "1.5", uids[i]))
+        .collect();
+    for (k, _) in &mut kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let cpu = groups
+        .iter()
+        .zip(&before)
+        .map(|(g, b)| g.cpu_seconds() - b)
+        .collect();
+    (kids.into_iter().map(|(_, p)| p).collect(), cpu)
 }
 
 fn config(selection: &str) -> String {
@@ -110,14 +137,9 @@ async fn cgroup_rules_include_exclude_and_reload_live() {
     if !bpf_available("selection by cgroup") {
         return;
     }
-    let Some(v2) = v2_mount() else {
-        panic!("no cgroup v2 hierarchy mounted; the selection tests need one");
-    };
     let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let exes = three_workloads(dir.path());
-    let base = format!("stackline-selection-{}", std::process::id());
-    let groups = ["a", "b", "c"].map(|g| Group::new(&v2, &format!("{base}/{g}")));
+    let (exes, groups) = three_workloads(dir.path(), "cgroup");
     let include_a = format!(
         "    selection:\n      include: [{{ cgroup: \"{}\", name: a }}]\n",
         groups[0].rule
@@ -125,19 +147,7 @@ async fn cgroup_rules_include_exclude_and_reload_live() {
     let s = start_loaded(dir.path(), &config(&include_a)).await;
 
     // 1. include a: only a's samples, and all of them.
-    let before: Vec<f64> = groups.iter().map(Group::cpu_seconds).collect();
-    let mut kids: Vec<(Child, String)> = (0..3)
-        .map(|i| spawn_in(&groups[i], &exes[i], "1.5", None))
-        .collect();
-    for (k, _) in &mut kids {
-        assert!(k.wait().unwrap().success());
-    }
-    let cpu: Vec<f64> = groups
-        .iter()
-        .zip(&before)
-        .map(|(g, b)| g.cpu_seconds() - b)
-        .collect();
-    let pids: Vec<String> = kids.iter().map(|(_, p)| p.clone()).collect();
+    let (pids, cpu) = run_three(&groups, &exes, [None; 3]);
     let got = eventually(Duration::from_secs(10), async || {
         let by = samples_by_pid(dir.path());
         by.get(&pids[0]).copied().unwrap_or(0) as f64 >= 0.97 * cpu[0] * FREQ
@@ -192,19 +202,7 @@ async fn cgroup_rules_include_exclude_and_reload_live() {
     })
     .await;
     assert!(reloaded, "the reload was not applied:\n{}", s.logs());
-    let before: Vec<f64> = groups.iter().map(Group::cpu_seconds).collect();
-    let mut kids: Vec<(Child, String)> = (0..3)
-        .map(|i| spawn_in(&groups[i], &exes[i], "1.5", None))
-        .collect();
-    for (k, _) in &mut kids {
-        assert!(k.wait().unwrap().success());
-    }
-    let cpu: Vec<f64> = groups
-        .iter()
-        .zip(&before)
-        .map(|(g, b)| g.cpu_seconds() - b)
-        .collect();
-    let pids: Vec<String> = kids.iter().map(|(_, p)| p.clone()).collect();
+    let (pids, cpu) = run_three(&groups, &exes, [None; 3]);
     eventually(Duration::from_secs(10), async || {
         let by = samples_by_pid(dir.path());
         let n = |i: usize| by.get(&pids[i]).copied().unwrap_or(0) as f64;
@@ -268,6 +266,40 @@ async fn cgroup_rules_include_exclude_and_reload_live() {
         (0..1000).contains(&lag_ms),
         "b's first sample came {lag_ms} ms after SIGHUP (must be within one 1 s interval, and not before)"
     );
+
+    // 4. A rule on a cgroup that does not exist yet (a pod not scheduled yet): once it
+    //    appears, it is found at the next interval and its processes are included,
+    //    even one that was sampled (and not selected) before that.
+    let late_rule = groups[0].rule.replace("/a", "/late");
+    let include_late = format!("    selection:\n      include: [{{ cgroup: \"{late_rule}\" }}]\n");
+    s.reload(&config(&include_late));
+    let applied = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_selection_reloads_total",
+            &[("result", "applied")],
+        )
+        .await
+            >= 3.0
+    })
+    .await;
+    assert!(applied, "{}", s.logs());
+    let v2 = v2_mount().unwrap();
+    let late = Group::new(&v2, late_rule.trim_start_matches('/'));
+    let (mut kid, pid) = spawn_in(&late, &exes[0], "3", None);
+    assert!(kid.wait().unwrap().success());
+    let cpu = late.cpu_seconds();
+    eventually(Duration::from_secs(10), async || {
+        samples_by_pid(dir.path()).get(&pid).copied().unwrap_or(0) as f64 >= 0.6 * cpu * FREQ
+    })
+    .await;
+    let got = samples_by_pid(dir.path()).get(&pid).copied().unwrap_or(0) as f64;
+    eprintln!(
+        "a cgroup made after its rule: {got} samples of ~{:.0}",
+        cpu * FREQ
+    );
+    // The first interval (1 s) may go unselected, the rest must not.
+    assert!(got >= 0.6 * cpu * FREQ, "{got} samples for {cpu:.2} CPU s");
+    drop(late);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,33 +308,14 @@ async fn executable_glob_and_uid_rules_and_a_budget() {
     if !bpf_available("selection by executable and uid") {
         return;
     }
-    let Some(v2) = v2_mount() else {
-        panic!("no cgroup v2 hierarchy mounted; the selection tests need one");
-    };
     let _serial = SYSTEM_WIDE.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let exes = three_workloads(dir.path());
-    let base = format!("stackline-selection-exe-{}", std::process::id());
-    let groups = ["a", "b", "c"].map(|g| Group::new(&v2, &format!("{base}/{g}")));
+    let (exes, groups) = three_workloads(dir.path(), "exe");
     // Exclude spin_b by executable (user space decides it, once) and uid 54321 (the
     // program decides it): only spin_a is profiled.
     let rules = "    selection:\n      exclude: [{ executable: \"**/spin_b\", name: exe }, { uid: 54321, name: uid }]\n";
     let s = start_loaded(dir.path(), &config(rules)).await;
-    let before: Vec<f64> = groups.iter().map(Group::cpu_seconds).collect();
-    let mut kids = vec![
-        spawn_in(&groups[0], &exes[0], "1.5", None),
-        spawn_in(&groups[1], &exes[1], "1.5", None),
-        spawn_in(&groups[2], &exes[2], "1.5", Some(54321)),
-    ];
-    for (k, _) in &mut kids {
-        assert!(k.wait().unwrap().success());
-    }
-    let cpu: Vec<f64> = groups
-        .iter()
-        .zip(&before)
-        .map(|(g, b)| g.cpu_seconds() - b)
-        .collect();
-    let pids: Vec<String> = kids.iter().map(|(_, p)| p.clone()).collect();
+    let (pids, cpu) = run_three(&groups, &exes, [None, None, Some(54321)]);
     eventually(Duration::from_secs(10), async || {
         samples_by_pid(dir.path())
             .get(&pids[0])
@@ -456,8 +469,15 @@ async fn probabilistic_profiling_samples_a_fraction_of_whole_intervals() {
         if n > 0 {
             per_profile.push(n);
         }
-        let fraction = &r.resource_profiles[0].scope_profiles[0].profiles[0].attribute_indices;
-        assert_eq!(fraction.len(), 1, "the profile carries the fraction");
+        let attrs = &r.resource_profiles[0].scope_profiles[0].profiles[0].attribute_indices;
+        assert_eq!(attrs.len(), 1, "the profile carries the fraction");
+        let kv = &r.dictionary.as_ref().unwrap().attribute_table[attrs[0] as usize];
+        let key = &r.dictionary.as_ref().unwrap().string_table[kv.key_strindex as usize];
+        assert_eq!(key, "stackline.probabilistic.fraction");
+        assert_eq!(
+            kv.value.as_ref().and_then(|v| v.value.clone()),
+            Some(stackline::otlp::common::any_value::Value::DoubleValue(0.25))
+        );
     }
     // The first and last may be cut by the workload's start and end.
     assert!(

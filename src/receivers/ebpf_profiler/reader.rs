@@ -239,7 +239,14 @@ fn reader_loop(
                     tracing::info!(cpu_ms = (cpu * 1e3).round(), "first sample read");
                 }
                 if sample.decode_from(&item) {
-                    if sample.select_pending && !selector.admit(sample.tgid, sample.image_tag, now)
+                    if sample.select_pending
+                        && !selector.admit(
+                            sample.tgid,
+                            sample.image_tag,
+                            &sample.comm,
+                            &resolver.processes,
+                            now,
+                        )
                     {
                         continue;
                     }
@@ -260,9 +267,10 @@ fn reader_loop(
                 // before the switch belongs to this interval, not to the next.
                 // Taken after this, a sample is the next interval's; if that one is
                 // paused, there are no such samples (those taken while the switch is
-                // being written belong to this one).
+                // being written belong to this one). On shutdown nothing switches: every
+                // sample goes into the last interval.
                 let before = sys::monotonic_ns();
-                if selector.next_interval(&resolver.processes) {
+                if selector.next_interval(&resolver.processes, stopping) && !stopping {
                     flip_ns = before;
                 }
                 flipped = true;
