@@ -11,6 +11,7 @@ use std::time::Duration;
 mod containers;
 mod hostile_files;
 mod lifecycle;
+mod probabilistic;
 mod readers;
 mod sampling;
 mod selection;
