@@ -281,3 +281,28 @@ fn the_budget_refuses_many_samples_and_names_the_setting() {
     assert!(e.contains("limits.max_decoded_size_mib"), "{e}");
     assert!(from_slice_limited(long.as_bytes(), 1 << 20).is_ok());
 }
+
+#[test]
+fn a_long_decimal_double_reads_to_the_nearest_value_and_round_trips() {
+    // Found by the otlp_json fuzz target: 86 nines and `1.5` read one bit off the
+    // nearest double (serde_json's fast path), and its shortest form then read back as
+    // another value. With `float_roundtrip` every decimal reads correctly rounded.
+    let digits = format!("{}1.5", "9".repeat(86));
+    let body = format!(
+        r#"{{"resourceProfiles":[{{"resource":{{"attributes":[{{"key":"d","value":{{"doubleValue":{digits}}}}}]}}}}]}}"#
+    );
+    let r = from_slice(body.as_bytes()).unwrap();
+    let v = r.resource_profiles[0].resource.as_ref().unwrap().attributes[0]
+        .value
+        .as_ref()
+        .unwrap()
+        .value
+        .clone();
+    let want: f64 = digits.parse().unwrap();
+    assert_eq!(v, Some(V::DoubleValue(want)));
+    let again = from_slice(&to_vec(&r)).unwrap();
+    assert_eq!(
+        prost::Message::encode_to_vec(&again),
+        prost::Message::encode_to_vec(&r)
+    );
+}
