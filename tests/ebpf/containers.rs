@@ -36,7 +36,7 @@ impl Drop for TestCgroup {
 }
 
 /// The mount points of a cgroup v2 tree and of a v1 hierarchy, if this machine has them.
-fn cgroup_mounts() -> (Option<std::path::PathBuf>, Option<std::path::PathBuf>) {
+pub(super) fn cgroup_mounts() -> (Option<std::path::PathBuf>, Option<std::path::PathBuf>) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let (mut v2, mut v1) = (None, None);
     for l in mounts.lines() {

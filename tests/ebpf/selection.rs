@@ -46,11 +46,21 @@ impl Drop for Group {
 }
 
 fn v2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    super::containers::cgroup_mounts().0
+}
+
+/// Waits (10 s at most) until the agent has applied `n` reloads in all.
+async fn reload_applied(s: &Stackline, n: f64) {
+    let applied = eventually(Duration::from_secs(10), async || {
+        s.metric(
+            "stackline_ebpf_selection_reloads_total",
+            &[("result", "applied")],
+        )
+        .await
+            >= n
     })
+    .await;
+    assert!(applied, "reload {n} was not applied:\n{}", s.logs());
 }
 
 /// Starts `exe SECONDS` inside `group` (the shell joins it, then execs the workload, so
@@ -192,16 +202,7 @@ async fn cgroup_rules_include_exclude_and_reload_live() {
         groups[1].rule
     );
     s.reload(&config(&exclude_b));
-    let reloaded = eventually(Duration::from_secs(10), async || {
-        s.metric(
-            "stackline_ebpf_selection_reloads_total",
-            &[("result", "applied")],
-        )
-        .await
-            >= 1.0
-    })
-    .await;
-    assert!(reloaded, "the reload was not applied:\n{}", s.logs());
+    reload_applied(&s, 1.0).await;
     let (pids, cpu) = run_three(&groups, &exes, [None; 3]);
     eventually(Duration::from_secs(10), async || {
         let by = samples_by_pid(dir.path());
@@ -273,16 +274,7 @@ async fn cgroup_rules_include_exclude_and_reload_live() {
     let late_rule = groups[0].rule.replace("/a", "/late");
     let include_late = format!("    selection:\n      include: [{{ cgroup: \"{late_rule}\" }}]\n");
     s.reload(&config(&include_late));
-    let applied = eventually(Duration::from_secs(10), async || {
-        s.metric(
-            "stackline_ebpf_selection_reloads_total",
-            &[("result", "applied")],
-        )
-        .await
-            >= 3.0
-    })
-    .await;
-    assert!(applied, "{}", s.logs());
+    reload_applied(&s, 3.0).await;
     let v2 = v2_mount().unwrap();
     let late = Group::new(&v2, late_rule.trim_start_matches('/'));
     let (mut kid, pid) = spawn_in(&late, &exes[0], "3", None);
@@ -362,16 +354,7 @@ async fn executable_glob_and_uid_rules_and_a_budget() {
     // A budget of 50 samples/s per process on a workload sampled at 999 Hz.
     let budget = "    selection:\n      budget: { samples_per_second: 50 }\n";
     s.reload(&config(budget));
-    let reloaded = eventually(Duration::from_secs(10), async || {
-        s.metric(
-            "stackline_ebpf_selection_reloads_total",
-            &[("result", "applied")],
-        )
-        .await
-            >= 1.0
-    })
-    .await;
-    assert!(reloaded, "{}", s.logs());
+    reload_applied(&s, 1.0).await;
     let (mut kid, pid) = spawn_in(&groups[0], &exes[0], "3", None);
     let started = std::time::Instant::now();
     assert!(kid.wait().unwrap().success());
