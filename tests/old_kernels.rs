@@ -216,6 +216,12 @@ fn the_log_buffer_grows_to_fit_on_kernels_with_and_without_log_true_size() {
         for (programs, name) in [
             (programs, "stackline_sample"),
             (programs, "stackline_unwind"),
+            // Raw tracepoints on process changes, attached as well (`loaded` is the
+            // whole load, attach included).
+            (programs, "stackline_exec"),
+            (programs, "stackline_rename"),
+            (programs, "stackline_exit"),
+            (programs, "stackline_cgroup"),
             (fp_walker.as_array().unwrap(), "stackline_fp_walk"),
         ] {
             let p = programs

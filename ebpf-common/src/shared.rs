@@ -108,6 +108,8 @@ pub struct State {
     /// The last whole selection verdict this CPU used: a process sampled again on the
     /// same CPU skips the `VERDICTS` lookup.
     pub verdict: Verdict,
+    /// `PROC_EPOCH` when [`State::verdict`] was cached.
+    pub verdict_epoch: u64,
 }
 
 /// How user stacks are walked.
@@ -244,6 +246,9 @@ pub mod select {
     pub const USER_RULES: u32 = 32;
     /// The budget is per cgroup (its own, innermost), not per process.
     pub const BUDGET_PER_CGROUP: u32 = 8;
+    /// Some rule is by uid: a verdict cached per CPU holds only for the same uid (a
+    /// `setuid` is no event the programs see).
+    pub const UID_RULES: u32 = 64;
     /// A verdict user space wrote: the whole decision (every rule), not the kernel's part.
     pub const FINAL: u32 = 16;
     /// Ancestor levels of the cgroup tree looked at (a Kubernetes container is at 4).

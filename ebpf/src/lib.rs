@@ -50,6 +50,13 @@ pub static SEL_PIDS: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static VERDICTS: LruHashMap<u32, Verdict> = LruHashMap::with_max_entries(16384, 0);
 
+/// Process changes seen, one counter (bumped by `stackline_exec` and `stackline_exit`
+/// on every exec and every process's end): a per-CPU verdict cached at one value
+/// still holds at the same value, since its process has neither exec'd nor been
+/// replaced by another of the same pid.
+#[map]
+pub static PROC_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Per-rule sample counts: `2 * rule` taken, `2 * rule + 1` skipped.
 #[map]
 pub static SEL_RULES: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * MAX_RULES as u32, 0);

@@ -36,6 +36,7 @@ use stackline_ebpf::{
 };
 
 mod fp;
+mod procs;
 mod memory;
 mod native;
 mod select;

@@ -11,7 +11,7 @@ use aya_ebpf::helpers::generated::{
 };
 use stackline_ebpf::shared::{Bucket, SelectConfig, State, Verdict, counter, image, select};
 use stackline_ebpf::{
-    BUDGETS, SEL_CGROUPS, SEL_PIDS, SEL_RULES, SEL_UIDS, TASK_EXEC_ID_OFFSET, TASK_MM_OFFSET,
+    BUDGETS, PROC_EPOCH, SEL_CGROUPS, SEL_PIDS, SEL_RULES, SEL_UIDS, TASK_EXEC_ID_OFFSET, TASK_MM_OFFSET,
     VERDICTS, bump,
 };
 
@@ -98,17 +98,32 @@ fn current_image() -> u64 {
 
 /// `tgid`'s verdict: the cached one while it holds (same rules, cgroup, uid and, with
 /// user-space rules, image), else made from its pid, uid and cgroup ancestors and
-/// cached. This CPU's last whole verdict is looked at first.
+/// cached. This CPU's last whole verdict is looked at first, and holds while
+/// `PROC_EPOCH` says no process changed.
 #[inline(always)]
 fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
     let user_rules = c.flags & select::USER_RULES != 0;
+    // The uid only where a rule looks at it (0 in verdicts otherwise).
+    let uid_rules = c.flags & select::UID_RULES != 0;
+    let uid = if uid_rules { bpf_get_current_uid_gid() as u32 } else { 0 };
+    let epoch = PROC_EPOCH.get(0).copied().unwrap_or(0);
+    // This CPU's verdict, cached while no process exec'd, ended or changed cgroups
+    // anywhere: its process is then the image in the cgroup it was made for, so neither
+    // is read (each is a chain of loads that misses the cache at 1 kHz). That makes a
+    // process excluded by executable as cheap to skip as one excluded by cgroup.
+    if st.verdict_tgid == tgid
+        && st.verdict_epoch == epoch
+        && st.verdict.generation == c.generation
+        && st.verdict.uid == uid
+    {
+        return st.verdict;
+    }
+    // SAFETY: a helper without preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // The image matters only to verdicts user space makes (an exec changes what the
     // executable, name and build-ID rules see, not the pid, uid and cgroup rules): two
     // kernel reads saved per sample when there are no such rules.
     let img = if user_rules { current_image() } else { 0 };
-    // SAFETY: helpers without preconditions.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let uid = bpf_get_current_uid_gid() as u32;
     let holds = |v: &Verdict| {
         v.generation == c.generation
             && v.image == img
@@ -123,23 +138,26 @@ fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
     // Whole: made by user space, or with no rule left that only it evaluates. Only
     // those are kept per CPU (user space replaces the others in the map).
     let whole = |v: &Verdict| !user_rules || v.flags & select::FINAL != 0;
-    if st.verdict_tgid == tgid && holds(&st.verdict) {
-        return st.verdict;
-    }
+    let mut keep = |v: &Verdict| {
+        st.verdict_tgid = tgid;
+        st.verdict = *v;
+        st.verdict_epoch = epoch;
+    };
     // SAFETY: a hash lookup; the value is copied out at once.
     if let Some(v) = unsafe { VERDICTS.get(&tgid) } {
         let v = *v;
         if holds(&v) {
             if whole(&v) {
-                st.verdict_tgid = tgid;
-                st.verdict = v;
+                keep(&v);
             }
             return v;
         }
     }
     // SAFETY: hash lookups, copied out at once.
     let mut mask = unsafe { SEL_PIDS.get(&tgid).copied().unwrap_or(0) };
-    mask |= unsafe { SEL_UIDS.get(&uid).copied().unwrap_or(0) };
+    if uid_rules {
+        mask |= unsafe { SEL_UIDS.get(&uid).copied().unwrap_or(0) };
+    }
     let mut level = 0;
     while level < select::MAX_CGROUP_DEPTH {
         // SAFETY: a helper without preconditions; 0 past the task's own cgroup.
@@ -163,8 +181,7 @@ fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
     };
     let _ = VERDICTS.insert(&tgid, &v, 0);
     if whole(&v) {
-        st.verdict_tgid = tgid;
-        st.verdict = v;
+        keep(&v);
     }
     v
 }

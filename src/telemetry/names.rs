@@ -98,9 +98,9 @@ metric_names! {
     counter EBPF_SAMPLES = "stackline_ebpf_samples_total";
     /// Samples, or parts of them, lost. Label: `reason`: `ring_buffer_full`, `user_stack_unreadable`, `kernel_stack_unreadable`, `process_exited_before_maps_read`, `frame_outside_any_mapping`, `undecodable`, `invalid_profile` (a profile the receiver built failed the index check: a bug).
     counter EBPF_SAMPLES_LOST = "stackline_ebpf_samples_lost_total";
-    /// Cumulative run time of the program in the kernel, in seconds, as the kernel counts it (only while `kernel.bpf_stats_enabled` = 1). Label: `program`.
+    /// Cumulative run time of the program in the kernel, in seconds, as the kernel counts it (only while `kernel.bpf_stats_enabled` = 1). Label: `program`: `stackline_sample` (per sample, its tail-called walkers included), `stackline_exec`, `stackline_rename`, `stackline_exit` and `stackline_cgroup` (per exec, task rename, thread end and cgroup move; updated once an interval).
     gauge EBPF_PROGRAM_RUN_SECONDS = "stackline_ebpf_program_run_time_seconds";
-    /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`.
+    /// Cumulative runs of the program (while `kernel.bpf_stats_enabled` = 1). Label: `program`, as for the run time.
     counter EBPF_PROGRAM_RUNS = "stackline_ebpf_program_runs_total";
     /// Kernel memory of each BPF map the programs use (ring buffers, mapping index, per-CPU state; the unwind tables' own arrays are `stackline_ebpf_unwind_table_bytes`), in bytes. Label: `map`.
     gauge EBPF_MAP_MEMORY = "stackline_ebpf_map_memory_bytes";

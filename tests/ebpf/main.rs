@@ -15,6 +15,7 @@ mod probabilistic;
 mod readers;
 mod sampling;
 mod selection;
+mod selection_rules;
 mod verifier_log;
 
 /// Each test profiles the whole machine and most run a CPU-bound workload: run them one

@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::process::Child;
 
 /// A cgroup v2 directory the test made, removed when dropped.
-struct Group {
-    path: PathBuf,
+pub(super) struct Group {
+    pub(super) path: PathBuf,
     /// Its path as a rule names it (from the v2 root).
-    rule: String,
+    pub(super) rule: String,
 }
 
 impl Group {
-    fn new(v2: &Path, rel: &str) -> Group {
+    pub(super) fn new(v2: &Path, rel: &str) -> Group {
         let path = v2.join(rel);
         std::fs::create_dir_all(&path).unwrap();
         Group {
@@ -24,7 +24,7 @@ impl Group {
     }
 
     /// CPU seconds its processes used.
-    fn cpu_seconds(&self) -> f64 {
+    pub(super) fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(self.path.join("cpu.stat")).unwrap();
         let usec: f64 = stat
             .lines()
@@ -45,12 +45,12 @@ impl Drop for Group {
     }
 }
 
-fn v2_mount() -> Option<PathBuf> {
+pub(super) fn v2_mount() -> Option<PathBuf> {
     super::containers::cgroup_mounts().0
 }
 
 /// Waits (10 s at most) until the agent has applied `n` reloads in all.
-async fn reload_applied(s: &Stackline, n: f64) {
+pub(super) async fn reload_applied(s: &Stackline, n: f64) {
     let applied = eventually(Duration::from_secs(10), async || {
         s.metric(
             "stackline_ebpf_selection_reloads_total",
@@ -65,7 +65,7 @@ async fn reload_applied(s: &Stackline, n: f64) {
 
 /// Starts `exe SECONDS` inside `group` (the shell joins it, then execs the workload, so
 /// every instruction of the workload runs in the group), optionally as `uid`.
-fn spawn_in(group: &Group, exe: &Path, secs: &str, uid: Option<u32>) -> (Child, String) {
+pub(super) fn spawn_in(group: &Group, exe: &Path, secs: &str, uid: Option<u32>) -> (Child, String) {
     let procs = group.path.join("cgroup.procs");
     let mut script = format!("echo $$ > {} && exec ", procs.display());
     if let Some(u) = uid {
@@ -78,7 +78,7 @@ fn spawn_in(group: &Group, exe: &Path, secs: &str, uid: Option<u32>) -> (Child, 
 /// Samples per pid in the profiles written so far, of the workloads only (`spin_*`):
 /// before its exec the process is the shell that moved itself into the cgroup (or
 /// `setpriv`, still root), which the rules rightly treat as what it was then.
-fn samples_by_pid(dir: &Path) -> BTreeMap<String, usize> {
+pub(super) fn samples_by_pid(dir: &Path) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     let file = dir.join("profiles.jsonl");
     for s in read_json_lines(&file).iter().flat_map(flatten) {
@@ -97,7 +97,7 @@ fn samples_by_pid(dir: &Path) -> BTreeMap<String, usize> {
 
 /// Three copies of the workload with their own names (and so their own executables),
 /// and a cgroup for each (`stackline-selection-TEST-PID/{a,b,c}`).
-fn three_workloads(dir: &Path, test: &str) -> ([PathBuf; 3], [Group; 3]) {
+pub(super) fn three_workloads(dir: &Path, test: &str) -> ([PathBuf; 3], [Group; 3]) {
     let v2 = v2_mount().expect("no cgroup v2 hierarchy mounted; the selection tests need one");
     let exe = build_c_workload("cpu_shares", dir, &[]);
     // Readable by the uid the uid rule runs a workload as.
@@ -114,7 +114,7 @@ fn three_workloads(dir: &Path, test: &str) -> ([PathBuf; 3], [Group; 3]) {
 
 /// Runs the three workloads for 1.5 s of CPU each, workload i in group i (as `uids[i]`
 /// if given), and waits for them: their pids, and the CPU seconds each group used.
-fn run_three(
+pub(super) fn run_three(
     groups: &[Group; 3],
     exes: &[PathBuf; 3],
     uids: [Option<u32>; 3],
@@ -139,7 +139,7 @@ pub(super) fn config(selection: &str) -> String {
         .replace("    sampling_frequency: 99\n", "")
 }
 
-const FREQ: f64 = 999.0;
+pub(super) const FREQ: f64 = 999.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]

@@ -3,7 +3,8 @@
  * Built by the tests with frame pointers. Each round spends, in the thread's CPU time,
  * 60% in hot_a, 30% in hot_b (both through spin) and 10% in read_zero, which
  * spends its time in the kernel copying /dev/zero, for SECONDS of its CPU time.
- * Usage: cpu_shares SECONDS
+ * Usage: cpu_shares SECONDS [PROGRAM ARGS...]: with a PROGRAM, the process then execs
+ * it (the same process as another executable, for the selection tests).
  */
 #include <fcntl.h>
 #include <stdint.h>
@@ -91,6 +92,11 @@ int main(int argc, char **argv) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         double wall = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) * 1e-9;
         if (cpu_now() - cpu0 >= seconds || wall >= 10 * seconds) break;
+    }
+    if (argc > 2) {
+        execv(argv[2], argv + 2);
+        perror("execv");
+        return 1;
     }
     return 0;
 }

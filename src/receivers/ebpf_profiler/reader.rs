@@ -291,6 +291,16 @@ fn reader_loop(
             last_lost = lost;
             unwind_meters.update(&p.counters);
             selector.update_skips(&p.counters);
+            // The process-change programs run per exec and per process end, not per
+            // sample: their time is reported apart, once an interval.
+            for (name, fd, _) in &p.proc_programs {
+                if let Ok((run_ns, run_cnt)) = sys::prog_run_stats(fd.as_fd()) {
+                    metrics::gauge!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => *name)
+                        .set(run_ns as f64 / 1e9);
+                    metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => *name)
+                        .absolute(run_cnt);
+                }
+            }
             if now >= next_map_memory {
                 map_memory(&p);
                 next_map_memory = now + MAP_MEMORY_EVERY;

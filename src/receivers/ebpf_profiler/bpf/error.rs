@@ -30,10 +30,11 @@ pub enum LoadError {
         program: String,
         failure: LoadFailure,
     },
-    #[error("attaching `{program}` to the cpu-clock event of CPU {cpu} failed ({hint})")]
+    #[error("attaching `{program}` to {target} failed ({hint})")]
     Attach {
         program: String,
-        cpu: u32,
+        /// What it was attached to: "the cpu-clock event of CPU 3", "the raw tracepoint …".
+        target: String,
         hint: &'static str,
         #[source]
         source: std::io::Error,

@@ -25,6 +25,14 @@ pub const PROGRAM: &str = "stackline_sample";
 pub const UNWINDER: &str = "stackline_unwind";
 /// The frame-pointer walker's name (tail-called in `frame_pointer` mode).
 pub const FP_WALKER: &str = "stackline_fp_walk";
+/// The raw tracepoint programs that note process changes (exec, a rename, a process's
+/// end, a move to another cgroup), each with the tracepoint it is attached to.
+pub const PROC_PROGRAMS: [(&str, &str); 4] = [
+    ("stackline_exec", "sched_process_exec"),
+    ("stackline_rename", "task_rename"),
+    ("stackline_exit", "sched_process_exit"),
+    ("stackline_cgroup", "cgroup_attach_task"),
+];
 /// Executables whose tables can be loaded at once (entries of the map-of-maps).
 pub const MAX_TABLES: u32 = 4096;
 
@@ -75,6 +83,9 @@ pub struct Profiler {
     pub tables: Option<TableMaps>,
     /// Process selection's maps (taken by the reader).
     pub select: Option<SelectMaps>,
+    /// [`PROC_PROGRAMS`], loaded, each with its raw tracepoint's fd (closing it
+    /// detaches the program).
+    pub proc_programs: Vec<(&'static str, OwnedFd, OwnedFd)>,
     /// One enabled perf event per sampled CPU; closing them detaches the program.
     _events: Vec<OwnedFd>,
 }
@@ -295,18 +306,22 @@ pub fn load(
             .programs
             .get(name)
             .ok_or_else(|| LoadError::object(format!("no program `{name}` in the object")))?;
-        if !matches!(prog.section, ProgramSection::PerfEvent) {
-            return Err(LoadError::object(format!(
-                "`{name}` is not a perf_event program"
-            )));
-        }
+        let prog_type = match prog.section {
+            ProgramSection::PerfEvent => bpf_prog_type::BPF_PROG_TYPE_PERF_EVENT,
+            ProgramSection::RawTracePoint => bpf_prog_type::BPF_PROG_TYPE_RAW_TRACEPOINT,
+            _ => {
+                return Err(LoadError::object(format!(
+                    "`{name}` is neither a perf_event nor a raw tracepoint program"
+                )));
+            }
+        };
         let function = obj
             .functions
             .get(&prog.function_key())
             .ok_or_else(|| LoadError::object(format!("no code for `{name}`")))?;
         verifier_log::load(
             &ProgLoad {
-                prog_type: bpf_prog_type::BPF_PROG_TYPE_PERF_EVENT as u32,
+                prog_type: prog_type as u32,
                 name,
                 insns: &function.instructions,
                 license: &obj.license,
@@ -341,6 +356,26 @@ pub fn load(
         .map_err(|e| LoadError::map(format!("installing `{walker}` in `PROGS`"), e))?;
         u.fd
     };
+
+    // Process changes are followed from before the first sample: a verdict cached per
+    // CPU is trusted only while they say no process has changed (`select::verdict`).
+    let mut proc_programs = Vec::with_capacity(PROC_PROGRAMS.len());
+    for (name, tracepoint) in PROC_PROGRAMS {
+        let p = load_one(name)?;
+        on_loaded(name, &p.log);
+        let link = sys::raw_tracepoint_open(tracepoint, p.fd.as_fd()).map_err(|source| {
+            LoadError::Attach {
+                program: name.to_owned(),
+                target: format!("the raw tracepoint `{tracepoint}`"),
+                hint: match source.raw_os_error() {
+                    Some(libc::EPERM) | Some(libc::EACCES) => "needs CAP_BPF and CAP_PERFMON",
+                    _ => "the kernel refused the raw tracepoint; see `stackline ebpf-check`",
+                },
+                source,
+            }
+        })?;
+        proc_programs.push((name, p.fd, link));
+    }
 
     let mut config: Array<MapData, Config> = take(&mut maps, &obj_maps, "CONFIG")?;
     config
@@ -385,7 +420,7 @@ pub fn load(
             let errno = e.raw_os_error().unwrap_or(0);
             LoadError::Attach {
                 program: PROGRAM.to_owned(),
-                cpu,
+                target: format!("the cpu-clock event of CPU {cpu}"),
                 source: e,
                 hint: match errno {
                     libc::EACCES | libc::EPERM => {
@@ -414,6 +449,7 @@ pub fn load(
         events,
         tables: table_maps,
         select: Some(select),
+        proc_programs,
         _events: events_fds,
     })
 }

@@ -114,6 +114,21 @@ pub fn perf_event_attach(event: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
     Ok(())
 }
 
+/// `BPF_RAW_TRACEPOINT_OPEN`: attaches `prog` (a raw tracepoint program) to the kernel
+/// tracepoint `name`; closing the returned fd detaches it.
+pub fn raw_tracepoint_open(name: &str, prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a tracepoint name"))?;
+    // SAFETY: plain C union, zero is its initial state.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    attr.raw_tracepoint.name = name.as_ptr() as u64;
+    attr.raw_tracepoint.prog_fd = prog.as_raw_fd() as u32;
+    // SAFETY: `name` outlives the call; the command returns a new fd.
+    let fd = unsafe { bpf(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr) }?;
+    // SAFETY: a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// A program's cumulative run time and run count (non-zero only while
 /// `kernel.bpf_stats_enabled` is 1).
 pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {

@@ -62,6 +62,9 @@ pub fn write(
     if !rules.user.is_empty() {
         flags |= select::USER_RULES;
     }
+    if !rules.uids.is_empty() {
+        flags |= select::UID_RULES;
+    }
     let (cost, burst, per_cgroup) = rules.budget.unwrap_or((0, 0, false));
     if per_cgroup {
         flags |= select::BUDGET_PER_CGROUP;

@@ -127,7 +127,9 @@ impl Meters {
                 Some((_, t)) => Some(t),
                 None if skipped > 0 => Some(if per_cgroup {
                     let path = mount.and_then(|m| crate::host::cgroup::v2_find(m, key));
-                    format!("cgroup/{}", path.unwrap_or_else(|| key.to_string()))
+                    // `cgroup/system.slice/x.service`; the id if the path is not found.
+                    let path = path.unwrap_or_else(|| key.to_string());
+                    format!("cgroup/{}", path.trim_start_matches('/'))
                 } else {
                     let exe = processes
                         .info(key as u32)
