@@ -10,7 +10,7 @@
 # 2. A node of ten busy processes, nine of them excluded (90 % of the node), against no
 #    rules: the agent's total CPU and BPF time over the same run.
 #
-# Needs root.   Usage: [ROUNDS=3] scripts/bench-selection.sh [SECONDS]
+# Needs root.   Usage: [ROUNDS=3] [NODE=0 (skips part 2)] scripts/bench-selection.sh [SECONDS]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 long="${1:-20}"
@@ -112,6 +112,7 @@ for i in "${!settings[@]}"; do
       printf "%-40s %10.3f %7.3f–%-7.3f %10.2f %12.3f\n", label, median(bpf, n), lo, hi, median(agent, n), median(kept, n) }' \
     label="${labels[$i]}" "$work/runs"
 done
+[ "${NODE:-1}" = 1 ] || exit 0
 echo
 echo "A node of ten busy processes on both CPUs, ${long}s: totals"
 printf '%-40s %10s %10s %10s\n' "setting" "agent ms" "BPF ms" "samples"

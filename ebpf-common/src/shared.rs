@@ -82,6 +82,15 @@ pub const MAPPING_CACHE: usize = 4;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct State {
+    /// `PROC_EPOCH` when [`State::verdict`] was cached. The verdict cache comes first
+    /// and in 64 contiguous bytes: it is all a skipped sample reads of this state.
+    pub verdict_epoch: u64,
+    /// The process of [`State::verdict`] (0: none).
+    pub verdict_tgid: u32,
+    pub _verdict_pad: u32,
+    /// The last whole selection verdict this CPU used: a process sampled again on the
+    /// same CPU skips the `VERDICTS` lookup.
+    pub verdict: Verdict,
     pub record: Record,
     pub regs: Regs,
     /// The part of the stack read last (emptied for each sample).
@@ -102,14 +111,7 @@ pub struct State {
     /// Frames of this walk found by table, and by frame pointer.
     pub frames_table: u32,
     pub frames_fp: u32,
-    /// The process of [`State::verdict`] (0: none).
-    pub verdict_tgid: u32,
     pub event_addr: u64,
-    /// The last whole selection verdict this CPU used: a process sampled again on the
-    /// same CPU skips the `VERDICTS` lookup.
-    pub verdict: Verdict,
-    /// `PROC_EPOCH` when [`State::verdict`] was cached.
-    pub verdict_epoch: u64,
 }
 
 /// How user stacks are walked.
@@ -286,6 +288,41 @@ pub struct Verdict {
 /// kernel often gives the new address space of an exec the address the old one had.
 pub const fn image(mm: u64, exec_id: u64) -> u64 {
     mm ^ exec_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The index of `mask`'s lowest set bit (64 for 0), by halving: the BPF program's
+/// `trailing_zeros`, which has no BPF instruction and which LLVM lowers to a lookup in
+/// a 64-byte table in `.rodata`: a cache line of its own, read by every skipped sample.
+#[inline(always)]
+pub const fn lowest_bit(mask: u64) -> u32 {
+    if mask == 0 {
+        return 64;
+    }
+    let (mut m, mut r) = (mask, 0);
+    if m & 0xffff_ffff == 0 {
+        m >>= 32;
+        r += 32;
+    }
+    if m & 0xffff == 0 {
+        m >>= 16;
+        r += 16;
+    }
+    if m & 0xff == 0 {
+        m >>= 8;
+        r += 8;
+    }
+    if m & 0xf == 0 {
+        m >>= 4;
+        r += 4;
+    }
+    if m & 0x3 == 0 {
+        m >>= 2;
+        r += 2;
+    }
+    if m & 0x1 == 0 {
+        r += 1;
+    }
+    r
 }
 
 /// An [`image`] in 32 bits, for a [`RecordHeader`].

@@ -9,7 +9,9 @@ use aya_ebpf::helpers::generated::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
     bpf_ktime_get_ns, bpf_probe_read_kernel,
 };
-use stackline_ebpf::shared::{Bucket, SelectConfig, State, Verdict, counter, image, select};
+use stackline_ebpf::shared::{
+    Bucket, SelectConfig, State, Verdict, counter, image, lowest_bit, select,
+};
 use stackline_ebpf::{
     BUDGETS, PROC_EPOCH, SEL_CGROUPS, SEL_PIDS, SEL_RULES, SEL_UIDS, TASK_EXEC_ID_OFFSET, TASK_MM_OFFSET,
     VERDICTS, bump,
@@ -189,7 +191,7 @@ fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
 /// Counts a sample under the lowest rule of `mask`: taken (`skipped` 0) or skipped (1).
 #[inline(always)]
 fn rule_count(mask: u64, skipped: u32) {
-    let rule = mask.trailing_zeros() & 63;
+    let rule = lowest_bit(mask) & 63;
     if let Some(p) = SEL_RULES.get_ptr_mut(rule * 2 + skipped) {
         // SAFETY: a per-CPU slot; this program is the only writer on this CPU.
         unsafe { *p += 1 };

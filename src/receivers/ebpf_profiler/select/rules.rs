@@ -371,3 +371,21 @@ mod tests {
         assert_eq!(c.user_mask(&ProcessFacts::default()), 0);
     }
 }
+
+#[cfg(test)]
+mod bits {
+    use super::super::super::shared::lowest_bit;
+
+    /// The program counts a sample under the lowest rule of a mask with this, not
+    /// `trailing_zeros` (see its doc); they must agree on every bit.
+    #[test]
+    fn lowest_bit_is_trailing_zeros() {
+        assert_eq!(lowest_bit(0), 64);
+        for i in 0..64 {
+            for high in [0u64, u64::MAX, 0x8000_0000_0000_0000, 0x5555_5555_5555_5555] {
+                let m = (high << i) | (1u64 << i);
+                assert_eq!(lowest_bit(m), m.trailing_zeros(), "{m:#x}");
+            }
+        }
+    }
+}
