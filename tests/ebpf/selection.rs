@@ -332,18 +332,20 @@ async fn executable_glob_and_uid_rules_and_a_budget() {
     );
     assert_eq!(n(1), 0, "samples of the excluded executable");
     assert_eq!(n(2), 0, "samples of the excluded uid");
-    let by_exe = s
-        .metric(
+    let skipped = async |rule: &str| {
+        s.metric(
             "stackline_ebpf_selection_samples_total",
-            &[("rule", "exe"), ("result", "skipped")],
+            &[("rule", rule), ("result", "skipped")],
         )
-        .await;
-    let by_uid = s
-        .metric(
-            "stackline_ebpf_selection_samples_total",
-            &[("rule", "uid"), ("result", "skipped")],
-        )
-        .await;
+        .await
+    };
+    // The per-rule counts are published at each interval's end: wait for the last one
+    // (on a busy machine the check above can pass an interval before it).
+    eventually(Duration::from_secs(5), async || {
+        skipped("exe").await >= 0.9 * cpu[1] * FREQ && skipped("uid").await >= 0.9 * cpu[2] * FREQ
+    })
+    .await;
+    let (by_exe, by_uid) = (skipped("exe").await, skipped("uid").await);
     eprintln!(
         "skipped: by executable {by_exe}, by uid {by_uid}; b's CPU {:.2} s, c's {:.2} s",
         cpu[1], cpu[2]
