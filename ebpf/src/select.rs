@@ -128,7 +128,9 @@ fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
     let img = if user_rules { current_image() } else { 0 };
     let holds = |v: &Verdict| {
         v.generation == c.generation
-            && v.image == img
+            // No image (0): the task has let go of its address space (a process on its
+            // way out, after `exit_mm`), and is judged by the verdict it had.
+            && (v.image == img || img == 0)
             && v.cgroup == cgroup
             && v.uid == uid
             // User space's verdicts are redone after a while: an image can repeat when
