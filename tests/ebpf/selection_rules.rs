@@ -215,3 +215,70 @@ async fn a_process_moved_to_another_cgroup_is_judged_there() {
         "samples from before the move were kept: {kept}"
     );
 }
+
+/// Container-id rules, on cgroups laid out as containerd's under systemd (no runtime
+/// needed: the id is read from the cgroup path, as on a node): an include by a
+/// `containerd://` id prefix keeps its container only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(any(missing = "root", missing = "gcc"), ignore = "needs root, gcc")]
+async fn a_container_id_rule_selects_its_container() {
+    if !bpf_available("selection by container id") {
+        return;
+    }
+    let _serial = SYSTEM_WIDE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (exes, _groups) = three_workloads(dir.path(), "ctr");
+    let v2 = super::selection::v2_mount().unwrap();
+    let ids = [
+        "a1ec7ed000000000000000000000000000000000000000000000000000000001",
+        "b2ec7ed000000000000000000000000000000000000000000000000000000002",
+    ];
+    let base = format!(
+        "stackline-selection-ctr-{}/kubepods.slice",
+        std::process::id()
+    );
+    let ctrs = ids.map(|id| Group::new(&v2, &format!("{base}/cri-containerd-{id}.scope")));
+    // The first container by a 12-digit prefix of its id, as kubectl prints it.
+    let rules = format!(
+        "    selection:\n      include: [{{ container_id: \"containerd://{}\", name: ctr }}]\n",
+        &ids[0][..14]
+    );
+    let _s = start_loaded(dir.path(), &config(&rules)).await;
+    let before: Vec<f64> = ctrs.iter().map(Group::cpu_seconds).collect();
+    let mut kids: Vec<_> = (0..2)
+        .map(|i| spawn_in(&ctrs[i], &exes[i], "1", None))
+        .collect();
+    for (k, _) in &mut kids {
+        assert!(k.wait().unwrap().success());
+    }
+    let cpu: Vec<f64> = ctrs
+        .iter()
+        .zip(&before)
+        .map(|(g, b)| g.cpu_seconds() - b)
+        .collect();
+    let count = |pid: &str| {
+        super::selection::samples_by_pid(dir.path())
+            .get(pid)
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    eventually(Duration::from_secs(10), async || {
+        count(&kids[0].1) >= 0.95 * cpu[0] * FREQ
+    })
+    .await;
+    let (a, b) = (count(&kids[0].1), count(&kids[1].1));
+    eprintln!(
+        "include container {}: samples a {a} (~{:.0}), b {b}",
+        &ids[0][..12],
+        cpu[0] * FREQ
+    );
+    assert!(
+        a >= 0.95 * cpu[0] * FREQ,
+        "the container's process kept {a}"
+    );
+    assert_eq!(b, 0.0, "samples of the other container");
+    // `ctrs` are dropped (removed) before their parent, which `Group` also removes.
+    drop(ctrs);
+    let _ = std::fs::remove_dir(v2.join(&base));
+    let _ = std::fs::remove_dir(v2.join(base.trim_end_matches("/kubepods.slice")));
+}
