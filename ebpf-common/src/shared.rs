@@ -255,8 +255,10 @@ pub mod select {
     pub const FINAL: u32 = 16;
     /// Ancestor levels of the cgroup tree looked at (a Kubernetes container is at 4).
     pub const MAX_CGROUP_DEPTH: u32 = 16;
-    /// With user-space rules, a verdict is redone after this: a reused pid can show the
-    /// same image (and without the kernel offsets there is no image at all).
+    /// With user-space rules, a verdict in `VERDICTS` is redone after this: a reused pid
+    /// can show the same image (and without the kernel offsets there is no image at
+    /// all). A CPU's copy of it is not aged: it is dropped at the next exec, rename,
+    /// thread end or cgroup move on the node, which a reuse needs (`PROC_EPOCH`).
     pub const FINAL_TTL_NS: u64 = 10_000_000_000;
 }
 

@@ -5,7 +5,7 @@
 //! `PROC_EPOCH`, which tells the sampler that a verdict it cached per CPU may no longer
 //! be its process's (see `select::verdict`).
 
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::raw_tracepoint;
 use aya_ebpf::programs::RawTracePointContext;
 use stackline_ebpf::PROC_EPOCH;
@@ -13,39 +13,40 @@ use stackline_ebpf::PROC_EPOCH;
 #[inline(always)]
 fn bump_epoch() {
     if let Some(p) = PROC_EPOCH.get_ptr_mut(0) {
-        // A plain add (the BPF target has no atomic read-modify-write in Rust): two
-        // CPUs' changes at once can lose one of the two increments, but the value still
-        // moves past every verdict cached before either, and the changing process runs
-        // this program, so no CPU can cache it in between.
+        // The time, not a count: a plain store (the BPF target has no atomic add in
+        // Rust). A count's load-add-store, stalled on one CPU while others bumped it,
+        // could move it back to a value a verdict was cached at. A time stored late is
+        // older than the value it replaces, but still a change, and a later change
+        // stores a later time: no value comes back. (Two CPUs storing the same
+        // nanosecond are safe too: each change happened before its time was read.)
         // SAFETY: an array map's value, live for the program's run.
-        unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p).wrapping_add(1)) };
+        unsafe { core::ptr::write_volatile(p, bpf_ktime_get_ns()) };
     }
 }
 
-/// An exec replaces the process image: what executable, name and build-ID rules see.
+/// An exec replaces the process image: what executable and build-ID rules see.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn stackline_exec(_ctx: RawTracePointContext) -> i32 {
     bump_epoch();
     0
 }
 
-/// A task's new name: what process-name rules see. An exec renames the task before its
-/// `sched_process_exec`, after the new image is mapped: without this, a sample in
-/// between was judged by the old image's cached verdict.
+/// A task's new name. An exec renames the task (from `begin_new_exec`, after the new
+/// address space replaced the old one) before `sched_process_exec` fires: without this,
+/// a sample in between was judged by the old image's cached verdict. (A rename without
+/// an exec drops the per-CPU copies only; the process's verdict in `VERDICTS` stays.)
 #[raw_tracepoint(tracepoint = "task_rename")]
 pub fn stackline_rename(_ctx: RawTracePointContext) -> i32 {
     bump_epoch();
     0
 }
 
-/// A process's pid can be reused only after its leader has ended: only a leader's
-/// end (pid = tgid) counts, so a node's thread churn leaves the caches alone.
+/// A thread's end. Every thread counts, not only a process's leader: a leader can end
+/// long before its process's last thread, and only after that one is the pid free to
+/// be reused by a new process.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn stackline_exit(_ctx: RawTracePointContext) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid as u32 == (pid_tgid >> 32) as u32 {
-        bump_epoch();
-    }
+    bump_epoch();
     0
 }
 

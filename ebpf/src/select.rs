@@ -113,7 +113,11 @@ fn verdict(c: &SelectConfig, tgid: u32, st: &mut State) -> Verdict {
     // anywhere: its process is then the image in the cgroup it was made for, so neither
     // is read (each is a chain of loads that misses the cache at 1 kHz). That makes a
     // process excluded by executable as cheap to skip as one excluded by cgroup.
-    if st.verdict_tgid == tgid
+    // Without the task offsets there is no image, and a verdict user space made is
+    // redone only by age: checked on every sample, as in `holds`.
+    let trusted = !user_rules || TASK_MM_OFFSET.load() != 0;
+    if trusted
+        && st.verdict_tgid == tgid
         && st.verdict_epoch == epoch
         && st.verdict.generation == c.generation
         && st.verdict.uid == uid

@@ -238,7 +238,7 @@ async fn a_container_id_rule_selects_its_container() {
         std::process::id()
     );
     let ctrs = ids.map(|id| Group::new(&v2, &format!("{base}/cri-containerd-{id}.scope")));
-    // The first container by a 12-digit prefix of its id, as kubectl prints it.
+    // The first container by a 14-digit prefix of its id (at least 12 are needed).
     let rules = format!(
         "    selection:\n      include: [{{ container_id: \"containerd://{}\", name: ctr }}]\n",
         &ids[0][..14]

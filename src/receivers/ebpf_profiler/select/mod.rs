@@ -14,7 +14,7 @@
 //! its image: address space and exec count). Without one it ORs the rule masks of its
 //! pid, uid and cgroup ancestors. If a rule only user space evaluates could still
 //! change the outcome, the sample is taken and marked pending; user space decides the
-//! process, writes a final verdict (redone after 10 s, for pid reuse), and drops the
+//! process, writes a final verdict (redone after 10 s in the map, for pid reuse), and drops the
 //! sample if it is excluded, counting it under the rule.
 
 mod maps;
