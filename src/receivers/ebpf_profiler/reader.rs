@@ -196,6 +196,17 @@ fn reader_loop(
     let invalid = metrics::counter!(names::EBPF_SAMPLES_LOST, "reason" => "invalid_profile");
     let run_seconds = metrics::gauge!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => PROGRAM);
     let runs = metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => PROGRAM);
+    // The process-change programs' handles, made once like the sampler's.
+    let proc_meters: Vec<_> = p
+        .proc_programs
+        .iter()
+        .map(|(name, _, _)| {
+            (
+                metrics::gauge!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => *name),
+                metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => *name),
+            )
+        })
+        .collect();
     let mut last_lost = loader::counter(&p.counters, counter::RINGBUF_FULL);
     let mut interval = IntervalProfile::new(unix_now_ns(), cfg.sampling_frequency);
     interval.sampling_fraction = selector.fraction();
@@ -293,12 +304,10 @@ fn reader_loop(
             selector.update_skips(&p.counters);
             // The process-change programs run per exec and per process end, not per
             // sample: their time is reported apart, once an interval.
-            for (name, fd, _) in &p.proc_programs {
+            for ((_, fd, _), (seconds, count)) in p.proc_programs.iter().zip(&proc_meters) {
                 if let Ok((run_ns, run_cnt)) = sys::prog_run_stats(fd.as_fd()) {
-                    metrics::gauge!(names::EBPF_PROGRAM_RUN_SECONDS, "program" => *name)
-                        .set(run_ns as f64 / 1e9);
-                    metrics::counter!(names::EBPF_PROGRAM_RUNS, "program" => *name)
-                        .absolute(run_cnt);
+                    seconds.set(run_ns as f64 / 1e9);
+                    count.absolute(run_cnt);
                 }
             }
             if now >= next_map_memory {
